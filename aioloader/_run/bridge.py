@@ -1,0 +1,205 @@
+"""Synchronous iteration: a background event-loop thread and a cheap hand-off to the consumer.
+
+A Loader owns one :class:`LoopThread` for its whole life (uvloop when installed); each sync
+iteration runs its graph there and passes finished blocks to the consumer thread through a
+:class:`Handoff` (a C-level ``queue.SimpleQueue`` with a bound). The consumer pays a queue get and
+sometimes a wake-up per block, never a ``run_coroutine_threadsafe`` per item; the loop side
+only hears back (``call_soon_threadsafe``) when it is waiting for room.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import queue
+import threading
+from collections.abc import Callable, Coroutine, Iterator
+from concurrent.futures import Future
+from time import perf_counter
+from typing import Any
+
+from aioloader._run.block import Block
+from aioloader._run.channel import ChannelClosed
+
+STOP_TIMEOUT_S = 2.0
+_END: Any = object()
+
+
+def new_event_loop(kind: str) -> asyncio.AbstractEventLoop:
+    """``kind``: "auto" (uvloop when installed), "uvloop" or "asyncio"."""
+    if kind in ("auto", "uvloop"):
+        try:
+            import uvloop
+        except ImportError:
+            if kind == "uvloop":
+                raise
+        else:
+            return uvloop.new_event_loop()
+    return asyncio.new_event_loop()
+
+
+class LoopThread:
+    """An event loop running forever in a daemon thread, until :meth:`stop`."""
+
+    def __init__(self, kind: str) -> None:
+        self.kind = kind
+        self.loop = new_event_loop(kind)
+        ready = threading.Event()
+        self._thread = threading.Thread(target=self._main, args=(ready,), name="aioloader-loop", daemon=True)
+        self._thread.start()
+        ready.wait()
+
+    def _main(self, ready: threading.Event) -> None:
+        asyncio.set_event_loop(self.loop)
+        self.loop.call_soon(ready.set)
+        try:
+            self.loop.run_forever()
+        finally:
+            self.loop.run_until_complete(self.loop.shutdown_asyncgens())
+            self.loop.close()
+
+    def submit(self, coro: Coroutine[Any, Any, Any]) -> Future[Any]:
+        return asyncio.run_coroutine_threadsafe(coro, self.loop)
+
+    @property
+    def alive(self) -> bool:
+        return self._thread.is_alive()
+
+    def stop(self, timeout: float = STOP_TIMEOUT_S) -> None:
+        if self._thread.is_alive():
+            self.loop.call_soon_threadsafe(self.loop.stop)
+            self._thread.join(timeout)
+
+
+class Handoff:
+    """The final channel of a run consumed from another thread.
+
+    The last stage puts blocks straight into it (it has the producer half of the
+    :class:`~aioloader._run.channel.Channel` interface), so a sync consumer costs no extra hop.
+    ``queue.SimpleQueue`` does the blocking in C (a ``threading.Condition`` costs ~10 us of
+    Python per wait/notify pair); the bound is kept with two counters, each written by one
+    side only. A waiting producer is woken once the consumer has drained to half the
+    capacity, so a fast pair exchanges one wake-up per ``capacity / 2`` blocks.
+    """
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, capacity: int = 2, name: str = "consumer") -> None:
+        self._loop = loop
+        self.name = name
+        self.capacity = capacity
+        self._low_water = capacity // 2
+        self.on_get: Callable[[Any], None] | None = None  # the run's delivery counter
+        self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self._put = 0  # written by the producer only
+        self._taken = 0  # written by the consumer only
+        self._room: asyncio.Future[None] | None = None
+        self._closed = False
+        self.finished = threading.Event()
+        self.put_wait_s = 0.0
+        self.get_wait_s = 0.0
+        self.occupancy_max = 0
+        self._occupancy_sum = 0
+
+    def sized(self, capacity: int) -> Handoff:
+        """Set the bound (the run decides it from the spec's last depth) and return self."""
+        self.capacity = capacity
+        self._low_water = self.capacity // 2
+        return self
+
+    # producer half (loop thread), as Channel
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def starved(self) -> bool:
+        return self._put == self._taken
+
+    def occupancy_mean(self) -> float:
+        return self._occupancy_sum / self._put if self._put else 0.0
+
+    async def put(self, item: Any) -> None:
+        if self._put - self._taken >= self.capacity:
+            started = perf_counter()
+            try:
+                while self._put - self._taken >= self.capacity and not self._closed:
+                    room = self._loop.create_future()
+                    self._room = room
+                    if self._put - self._taken <= self._low_water:  # drained meanwhile
+                        break
+                    await room
+            finally:
+                self.put_wait_s += perf_counter() - started
+        if self._closed:
+            raise ChannelClosed(self.name)
+        self._put += 1
+        occupancy = self._put - self._taken
+        self._occupancy_sum += occupancy
+        if occupancy > self.occupancy_max:
+            self.occupancy_max = occupancy
+        self._queue.put(item)
+
+    def close(self) -> None:
+        """The end of the stream (or of the run, stopped by ``Loader.close()``)."""
+        self.fail(_END)
+
+    def fail(self, exc: BaseException | Any) -> None:
+        """Deliver ``exc`` to the consumer after what is queued; later puts are refused."""
+        if not self._closed:
+            self._closed = True
+            self._queue.put(exc)
+            room, self._room = self._room, None
+            if room is not None and not room.done():
+                room.set_result(None)
+
+    # consumer half (any thread)
+    def get(self) -> Any:
+        item = self._queue.get()
+        self._taken += 1
+        room = self._room
+        if room is not None and self._put - self._taken <= self._low_water:
+            self._room = None
+            self._loop.call_soon_threadsafe(_resolve, room)
+        return item
+
+
+def _resolve(future: asyncio.Future[None]) -> None:
+    if not future.done():
+        future.set_result(None)
+
+
+async def _drive(make_run: Callable[[Handoff], Any], handoff: Handoff) -> None:
+    """Run a graph on the loop thread with ``handoff`` as its output."""
+    run = None
+    try:
+        run = make_run(handoff)
+        run.start()
+        await run.wait()
+    except asyncio.CancelledError:
+        raise
+    except BaseException as exc:
+        handoff.fail(exc)
+    finally:
+        try:
+            if run is not None:
+                await run.aclose()
+        finally:
+            handoff.close()  # a consumer still waiting (Loader.close()) sees the end
+            handoff.finished.set()
+
+
+def iterate_blocks(loop_thread: LoopThread, make_run: Callable[[Handoff], Any]) -> Iterator[Block]:
+    """Blocks of a run executed on ``loop_thread``; stopping the generator stops the run."""
+    handoff = Handoff(loop_thread.loop)
+    future = loop_thread.submit(_drive(make_run, handoff))
+    try:
+        while True:
+            item = handoff.get()
+            if item is _END:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            if handoff.on_get is not None:
+                handoff.on_get(item)
+            yield item
+    finally:
+        if not handoff.finished.is_set():
+            future.cancel()
+            handoff.finished.wait(STOP_TIMEOUT_S)

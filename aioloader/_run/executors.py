@@ -1,0 +1,144 @@
+"""Where a map stage's function runs: inline on the loop, in a thread pool, or on the loop as a
+coroutine. The process pool plugs in through :func:`register_executor` (see ``workers/``).
+
+An executor runs a *chunk* (a list of values) and returns ``(results, failures, busy_s)`` where
+``failures`` lists ``(index, exception)`` for the items whose function raised; the result at a
+failed index is :data:`FAILED`. Executors never retry or skip: that is the stage's policy.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from time import perf_counter
+from typing import Any, Protocol
+
+FAILED: Any = object()
+ChunkResult = tuple[list[Any], list[tuple[int, BaseException]], float]
+
+
+class ChunkTimeout(Exception):
+    """A chunk ran past its deadline; ``index`` is the item that was running."""
+
+    def __init__(self, index: int) -> None:
+        super().__init__(index)
+        self.index = index
+
+
+def apply_items(fn: Callable[[Any], Any], values: list[Any]) -> ChunkResult:
+    """``fn`` on each value, recording failures without stopping the chunk.
+
+    ``list.extend`` over a ``map`` keeps the results appended before an exception, and the
+    ``map`` iterator resumes after the failed value, so the fast path has no per-item Python.
+    """
+    started = perf_counter()
+    results: list[Any] = []
+    failures: list[tuple[int, BaseException]] = []
+    remaining = map(fn, values)
+    while True:
+        try:
+            results.extend(remaining)
+            break
+        except Exception as exc:
+            failures.append((len(results), exc))
+            results.append(FAILED)
+    return results, failures, perf_counter() - started
+
+
+def apply_block(
+    fn: Callable[[list[Any]], list[Any]], values: list[Any], item_fn: Callable[[Any], Any] | None
+) -> ChunkResult:
+    """A block function (one call for the whole list); on failure, redo item by item with
+    ``item_fn`` to find which items fail (reads are idempotent)."""
+    started = perf_counter()
+    try:
+        results = list(fn(values))
+    except Exception:
+        if item_fn is None:
+            raise
+        return apply_items(item_fn, values)
+    if len(results) != len(values):
+        raise ValueError(f"a block function returned {len(results)} results for {len(values)} inputs")
+    return results, [], perf_counter() - started
+
+
+class Executor(Protocol):
+    """``run(work, values, timeout)``: ``work`` is the stage's chunk function (a picklable
+    ``partial(apply_items, fn)`` for sync functions; the coroutine function itself for async)."""
+
+    kind: str
+    workers: int
+
+    async def run(
+        self, work: Callable[..., Any], values: list[Any], timeout: float | None
+    ) -> ChunkResult: ...
+
+    def close(self) -> None: ...
+
+
+class ThreadExecutor:
+    """A thread pool owned by one run; closed (without waiting) when the run ends."""
+
+    kind = "thread"
+
+    def __init__(self, workers: int, name: str) -> None:
+        self.workers = workers
+        self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix=f"aioloader-{name}")
+
+    async def run(
+        self, work: Callable[[list[Any]], ChunkResult], values: list[Any], timeout: float | None
+    ) -> ChunkResult:
+        loop = asyncio.get_running_loop()
+        future = loop.run_in_executor(self._pool, work, values)
+        if timeout is None:
+            return await future
+        try:
+            return await asyncio.wait_for(future, timeout * len(values))
+        except TimeoutError:
+            raise ChunkTimeout(0) from None
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=False, cancel_futures=True)
+
+
+class AsyncExecutor:
+    """Coroutine functions on the loop; the stage's concurrency is the number of chunks in flight."""
+
+    kind = "async"
+
+    def __init__(self, workers: int) -> None:
+        self.workers = workers
+
+    async def run(self, fn: Callable[..., Any], values: list[Any], timeout: float | None) -> ChunkResult:
+        started = perf_counter()
+        results: list[Any] = []
+        failures: list[tuple[int, BaseException]] = []
+        for index, value in enumerate(values):
+            try:
+                if timeout is None:
+                    results.append(await fn(value))
+                else:
+                    results.append(await asyncio.wait_for(fn(value), timeout))
+            except TimeoutError:
+                raise ChunkTimeout(index) from None
+            except Exception as exc:
+                failures.append((index, exc))
+                results.append(FAILED)
+        return results, failures, perf_counter() - started
+
+    def close(self) -> None:
+        pass
+
+
+ExecutorFactory = Callable[..., Executor]
+_FACTORIES: dict[str, ExecutorFactory] = {}
+
+
+def register_executor(kind: str, factory: ExecutorFactory) -> None:
+    """Plug in an executor kind (``"process"``) built as ``factory(spec, runtime)``."""
+    _FACTORIES[kind] = factory
+
+
+def external_executor(kind: str) -> ExecutorFactory | None:
+    return _FACTORIES.get(kind)

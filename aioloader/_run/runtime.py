@@ -1,0 +1,84 @@
+"""What a Loader owns while it lives: the epoch counter, the background loop thread, the
+executor decisions made by ``executor="auto"``, long-lived resources (process pools) and the
+runs in progress, so that ``close()`` can stop all of them."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from typing import Any, Protocol
+
+from aioloader._run.bridge import STOP_TIMEOUT_S, LoopThread
+from aioloader._run.graph import Run
+
+
+class Closable(Protocol):
+    def close(self) -> None: ...
+
+
+class Runtime:
+    def __init__(self) -> None:
+        self.next_epoch = 0
+        self.decisions: dict[str, str] = {}
+        self.resources: dict[str, Closable] = {}
+        self.last_run: Run | None = None
+        self._loop_thread: LoopThread | None = None
+        self._active: dict[Run, asyncio.AbstractEventLoop] = {}
+        self._finished_events: dict[Run, threading.Event] = {}
+        self._lock = threading.Lock()
+
+    def take_epoch(self) -> int:
+        with self._lock:
+            epoch = self.next_epoch
+            self.next_epoch += 1
+            return epoch
+
+    def loop_thread(self, kind: str) -> LoopThread:
+        with self._lock:
+            if self._loop_thread is None or not self._loop_thread.alive:
+                self._loop_thread = LoopThread(kind)
+            return self._loop_thread
+
+    def resource(self, name: str, factory: Any) -> Any:
+        """A long-lived resource (a process pool) made once and closed with the Loader."""
+        with self._lock:
+            if name not in self.resources:
+                self.resources[name] = factory()
+            return self.resources[name]
+
+    def register(self, run: Run, finished: threading.Event | None = None) -> None:
+        self.last_run = run
+        with self._lock:
+            self._active[run] = asyncio.get_running_loop()
+            if finished is not None:
+                self._finished_events[run] = finished
+
+    def unregister(self, run: Run) -> None:
+        with self._lock:
+            self._active.pop(run, None)
+            self._finished_events.pop(run, None)
+
+    def close(self) -> None:
+        """Stop every run, the loop thread and every resource. Idempotent."""
+        with self._lock:
+            active = list(self._active.items())
+            finished = list(self._finished_events.values())
+        for run, loop in active:
+            try:
+                running = asyncio.get_running_loop()
+            except RuntimeError:
+                running = None
+            if loop is running:
+                run.cancel()
+            elif not loop.is_closed():
+                loop.call_soon_threadsafe(run.cancel)
+        for event in finished:
+            event.wait(STOP_TIMEOUT_S)
+        with self._lock:
+            loop_thread, self._loop_thread = self._loop_thread, None
+            resources = list(self.resources.values())
+            self.resources.clear()
+        if loop_thread is not None:
+            loop_thread.stop()
+        for resource in resources:
+            resource.close()

@@ -1,0 +1,2 @@
+"""One module per stage kind. Each stage is an object with ``input``/``output`` channels, a
+``stats`` record, and one coroutine ``run()`` that closes its output when its input is done."""

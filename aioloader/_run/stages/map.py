@@ -1,0 +1,310 @@
+"""The map stage: a function on every item, inline, in threads, on the loop or in processes.
+
+Concurrent execution keeps at most ``concurrency`` chunks running. With ``ordered=True`` chunks
+are emitted in input order through a bounded reorder window (``2 x concurrency`` chunks); with
+``ordered=False`` in completion order. Chunk size adapts so one task lasts about
+``_TARGET_TASK_S``: cheap functions do not pay a round trip per item, slow ones still spread
+over the workers. Failures go through the stage's policy: retry (awaited backoff), skip and
+record, or raise annotated with the stage name and sample key.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+from collections import deque
+from typing import Any
+
+from aioloader._run.block import Block
+from aioloader._run.channel import Channel, EndOfChannel
+from aioloader._run.executors import (
+    FAILED,
+    AsyncExecutor,
+    ChunkResult,
+    ChunkTimeout,
+    Executor,
+    ThreadExecutor,
+    apply_block,
+    apply_items,
+)
+from aioloader._spec import MapSpec
+from aioloader.errors import StageTimeoutError, TooManyFailures, annotate
+from aioloader.monitor.stats import ErrorLog, StageStats
+
+_TARGET_TASK_S = 0.002
+_MAX_CHUNK = 1024
+_AUTO_THREAD_ABOVE_S = 200e-6  # per item: slower than this blocks the loop, so use threads
+_BACKOFF_S = 0.05
+_FRACTION_MIN_SEEN = 100
+
+
+class _InlineExecutor:
+    kind = "inline"
+    workers = 1
+
+    async def run(self, work: Any, values: list[Any], timeout: float | None) -> ChunkResult:
+        return work(values)
+
+    def close(self) -> None:
+        pass
+
+
+def default_concurrency(kind: str) -> int:
+    import os
+
+    cores = os.cpu_count() or 1
+    return {"thread": max(2, cores), "async": 16}.get(kind, 1)
+
+
+class MapStage:
+    def __init__(
+        self,
+        spec: MapSpec,
+        *,
+        errors: ErrorLog,
+        decisions: dict[str, str],
+        expected_items: int | None = None,
+        executor: Executor | None = None,
+    ) -> None:
+        self.spec = spec
+        self.name = spec.name
+        self.input: Channel
+        self.output: Channel
+        self._errors = errors
+        self._decisions = decisions
+        self._expected = expected_items
+        self._seen = 0
+        self._failed = 0
+        self._cost_per_item: float | None = None
+        self._owned: list[Executor] = []
+        if spec.per_block:
+            self._work = functools.partial(apply_block, spec.fn, item_fn=spec.item_fn)
+        elif spec.is_async:
+            self._work = spec.fn
+        else:
+            self._work = functools.partial(apply_items, spec.fn)
+        kind = executor.kind if executor is not None else self._initial_kind()
+        self._executor: Executor = executor or self._make_executor(kind)
+        self.stats = StageStats(spec.name, workers=self._executor.workers, executor=kind)
+
+    # -- executor choice -------------------------------------------------------------------
+    def _initial_kind(self) -> str:
+        spec = self.spec
+        if spec.is_async:
+            return "async"
+        if spec.executor == "auto":
+            # A decision made in an earlier epoch sticks; otherwise start inline and measure.
+            return self._decisions.get(spec.name, "auto" if spec.timeout is None else "thread")
+        return spec.executor
+
+    def _make_executor(self, kind: str) -> Executor:
+        if kind in ("inline", "auto"):
+            return _InlineExecutor()
+        workers = self.spec.concurrency or default_concurrency(kind)
+        if kind == "thread":
+            executor: Executor = ThreadExecutor(workers, self.spec.name)
+        elif kind == "async":
+            executor = AsyncExecutor(workers)
+        else:
+            raise ValueError(f"executor {kind!r} is not available")
+        self._owned.append(executor)
+        return executor
+
+    def close(self) -> None:
+        for executor in self._owned:
+            executor.close()
+        self._owned.clear()
+
+    # -- running ---------------------------------------------------------------------------
+    async def run(self) -> None:
+        kind = self.stats.executor
+        if kind == "auto":
+            if not await self._probe_inline():
+                self.output.close()
+                return
+            kind = self.stats.executor
+        if kind == "inline":
+            async for block in self.input:
+                await self._forward(await self._process(block))
+        else:
+            await self._run_concurrent()
+        self.output.close()
+
+    async def _probe_inline(self) -> bool:
+        """executor="auto" for a sync function: run the first block inline and measure."""
+        try:
+            block = await self.input.get()
+        except EndOfChannel:
+            return False
+        await self._forward(await self._process(block))
+        per_item = self._cost_per_item or 0.0
+        kind = "thread" if per_item > _AUTO_THREAD_ABOVE_S else "inline"
+        self._decisions[self.spec.name] = kind
+        if kind == "thread":
+            self._executor = self._make_executor("thread")
+            self.stats.workers = self._executor.workers
+        self.stats.executor = kind
+        return True
+
+    async def _forward(self, block: Block | None) -> None:
+        if block is not None and len(block):
+            self.stats.items_out += len(block)
+            await self.output.put(block)
+
+    def _chunks(self, block: Block) -> list[Block]:
+        size = 1 if self.spec.timeout is not None else self._chunk_size()
+        n = len(block)
+        if size >= n:
+            return [block]
+        return [block.slice(start, start + size) for start in range(0, n, size)]
+
+    def _chunk_size(self) -> int:
+        cost = self._cost_per_item
+        if cost is None:
+            return 1
+        return max(1, min(_MAX_CHUNK, int(_TARGET_TASK_S / max(cost, 1e-9))))
+
+    async def _run_concurrent(self) -> None:
+        loop = asyncio.get_running_loop()
+        workers = self._executor.workers
+        slots = asyncio.Semaphore(workers)
+        ordered = self.spec.ordered
+        window = Channel(2 * workers, f"{self.name}.window")
+        running: set[asyncio.Task[Block | None]] = set()
+
+        def _on_done(task: asyncio.Task[Block | None]) -> None:
+            running.discard(task)
+            if ordered:
+                slots.release()
+            elif not task.cancelled():
+                done.append(task)
+                if done_signal is not None and not done_signal.done():
+                    done_signal.set_result(None)
+
+        done: deque[asyncio.Task[Block | None]] = deque()
+        done_signal: asyncio.Future[None] | None = None
+
+        async def dispatch() -> None:
+            try:
+                async for block in self.input:
+                    for chunk in self._chunks(block):
+                        await slots.acquire()
+                        task = loop.create_task(self._process(chunk))
+                        running.add(task)
+                        task.add_done_callback(_on_done)
+                        if ordered:
+                            await window.put(task)
+                        else:
+                            await window.put(None)  # counts dispatched chunks for the emitter
+            finally:
+                window.close()
+
+        dispatcher = loop.create_task(dispatch(), name=f"{self.name}.dispatch")
+        try:
+            if ordered:
+                async for task in window:
+                    await self._forward(await task)
+            else:
+                async for _ in window:
+                    while not done:
+                        done_signal = loop.create_future()
+                        await done_signal
+                    task = done.popleft()
+                    result = task.result()
+                    slots.release()
+                    await self._forward(result)
+            await dispatcher
+        finally:
+            dispatcher.cancel()
+            for task in list(running):
+                task.cancel()
+            pending = [dispatcher, *running]
+            await asyncio.gather(*pending, return_exceptions=True)
+
+    async def _process(self, chunk: Block) -> Block | None:
+        """Run one chunk through the executor and the failure policy."""
+        self.stats.items_in += len(chunk)
+        values = chunk.values
+        try:
+            results, failures, busy = await self._executor.run(self._work, values, self.spec.timeout)
+        except ChunkTimeout as timeout:
+            results = [FAILED] * len(values)
+            failures = [(timeout.index, self._timeout_error(chunk.keys[timeout.index]))]
+            busy = self.spec.timeout or 0.0
+        self.stats.busy_s += busy
+        if values:
+            cost = busy / len(values)
+            previous = self._cost_per_item
+            self._cost_per_item = cost if previous is None else 0.7 * previous + 0.3 * cost
+        self._seen += len(values)
+        if failures:
+            failures = await self._retry(chunk, results, failures)
+        if not failures:
+            return Block(chunk.keys, chunk.seqs, results)
+        return self._settle(chunk, results, failures)
+
+    def _timeout_error(self, key: Any) -> StageTimeoutError:
+        return StageTimeoutError(
+            f"stage {self.name!r} took longer than timeout={self.spec.timeout}s on sample key {key!r}",
+            stage=self.name,
+            key=key,
+        )
+
+    async def _retry(
+        self, chunk: Block, results: list[Any], failures: list[tuple[int, BaseException]]
+    ) -> list[tuple[int, BaseException]]:
+        spec = self.spec
+        if not spec.retries:
+            return failures
+        retryable = (*spec.retry_on, StageTimeoutError)
+        remaining = []
+        for index, exc in failures:
+            attempt = 0
+            while exc is not None and attempt < spec.retries and isinstance(exc, retryable):
+                await asyncio.sleep(_BACKOFF_S * 2**attempt)
+                attempt += 1
+                try:
+                    again, again_failures, busy = await self._executor.run(
+                        self._work, [chunk.values[index]], spec.timeout
+                    )
+                except ChunkTimeout:
+                    exc = self._timeout_error(chunk.keys[index])
+                    continue
+                self.stats.busy_s += busy
+                if again_failures:
+                    exc = again_failures[0][1]
+                else:
+                    results[index] = again[0]
+                    exc = None
+            if exc is not None:
+                remaining.append((index, exc))
+        return remaining
+
+    def _settle(self, chunk: Block, results: list[Any], failures: list[tuple[int, BaseException]]) -> Block:
+        """Apply on_error to failures that retries did not fix; return the surviving items."""
+        for index, exc in failures:
+            key = chunk.keys[index]
+            if self.spec.on_error == "raise":
+                raise annotate(exc, self.name, key)
+            self._errors.record(self.name, key, exc)
+            self._failed += 1
+            self._check_budget(exc, key)
+        failed = {index for index, _ in failures}
+        keep = [i for i in range(len(results)) if i not in failed]
+        return Block([chunk.keys[i] for i in keep], [chunk.seqs[i] for i in keep], [results[i] for i in keep])
+
+    def _check_budget(self, exc: BaseException, key: Any) -> None:
+        budget = self.spec.max_failures
+        if isinstance(budget, int):
+            exceeded = self._failed > budget
+        elif self._expected is not None:
+            exceeded = self._failed > budget * self._expected
+        else:
+            exceeded = self._seen >= _FRACTION_MIN_SEEN and self._failed > budget * self._seen
+        if exceeded:
+            raise TooManyFailures(
+                f"stage {self.name!r}: {self._failed} samples failed, more than max_failures={budget}"
+                f" (last: key {key!r}, {type(exc).__name__}: {exc})",
+                stage=self.name,
+                key=key,
+            ) from exc

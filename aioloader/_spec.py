@@ -1,0 +1,187 @@
+"""Declarative, frozen stage specs and their build-time validation.
+
+The fluent :class:`~aioloader.loader.Loader` only assembles these records; nothing here runs.
+Every check on user arguments happens here, when the pipeline is built, and names the argument.
+"""
+
+from __future__ import annotations
+
+import inspect
+import math
+import numbers
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+EXECUTORS = ("auto", "inline", "thread", "process")
+ON_ERROR = ("raise", "skip")
+SHARD_POLICIES = ("drop", "pad", "uneven")
+
+
+def fn_name(fn: Callable[..., Any]) -> str:
+    name = getattr(fn, "__qualname__", None) or getattr(fn, "__name__", None)
+    if name is None:
+        name = type(fn).__name__
+    return name.replace(".<locals>", "")
+
+
+def is_async_callable(fn: Callable[..., Any]) -> bool:
+    if inspect.iscoroutinefunction(fn):
+        return True
+    call = getattr(fn, "__call__", None)  # noqa: B004 - callable objects with async __call__
+    return call is not None and inspect.iscoroutinefunction(call)
+
+
+def check_callable(value: Any, argument: str) -> None:
+    if not callable(value):
+        raise TypeError(f"{argument} must be callable, got {type(value).__name__}: {value!r}")
+
+
+def check_positive_int(value: Any, argument: str, *, minimum: int = 1) -> int:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{argument} must be an int, got {type(value).__name__}: {value!r}")
+    if value < minimum:
+        raise ValueError(f"{argument} must be >= {minimum}, got {value}")
+    return int(value)
+
+
+def check_choice(value: Any, argument: str, choices: tuple[str, ...]) -> str:
+    if value not in choices:
+        raise ValueError(f"{argument} must be one of {', '.join(map(repr, choices))}, got {value!r}")
+    return value
+
+
+@dataclass(frozen=True, slots=True)
+class StageSpec:
+    """Common base: every stage has a user-facing name, unique within a pipeline."""
+
+    name: str
+
+
+@dataclass(frozen=True, slots=True)
+class MapSpec(StageSpec):
+    fn: Callable[..., Any]
+    executor: str = "auto"
+    concurrency: int | None = None
+    ordered: bool = True
+    on_error: str = "raise"
+    max_failures: int | float = 0
+    retries: int = 0
+    retry_on: tuple[type[BaseException], ...] = (OSError,)
+    timeout: float | None = None
+    is_async: bool = False
+    per_block: bool = False  # fn takes the list of values of a block and returns a list
+    item_fn: Callable[[Any], Any] | None = None  # per-item twin of a per_block fn, to find failures
+
+
+@dataclass(frozen=True, slots=True)
+class FilterSpec(StageSpec):
+    predicate: Callable[[Any], bool]
+
+
+@dataclass(frozen=True, slots=True)
+class BatchSpec(StageSpec):
+    size: int
+    collate: Callable[[list[Any]], Any] | None = None
+    drop_last: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class UnbatchSpec(StageSpec):
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class PrefetchSpec(StageSpec):
+    depth: int
+
+
+@dataclass(frozen=True, slots=True)
+class SourceSpec:
+    source: Any
+    shuffle: bool | str = False
+    seed: int = 0
+    rank: int | None = None
+    world_size: int | None = None
+    shard_policy: str = "drop"
+
+
+@dataclass(frozen=True, slots=True)
+class Options:
+    """Runtime options that do not change the data: loop kind and block size."""
+
+    event_loop: str = "auto"  # "auto" (uvloop when installed), "uvloop" or "asyncio"
+    block_size: int | None = None
+    extras: dict[str, Any] = field(default_factory=dict)
+
+
+def make_map_spec(
+    fn: Callable[..., Any],
+    *,
+    executor: str,
+    concurrency: int | None,
+    ordered: bool,
+    on_error: str,
+    max_failures: int | float,
+    retries: int,
+    retry_on: tuple[type[BaseException], ...],
+    timeout: float | None,
+    name: str | None,
+) -> MapSpec:
+    check_callable(fn, "fn")
+    check_choice(executor, "executor", EXECUTORS)
+    if concurrency is not None:
+        check_positive_int(concurrency, "concurrency")
+    if not isinstance(ordered, bool):
+        raise TypeError(f"ordered must be a bool, got {ordered!r}")
+    check_choice(on_error, "on_error", ON_ERROR)
+    _check_max_failures(max_failures)
+    check_positive_int(retries, "retries", minimum=0)
+    if not isinstance(retry_on, tuple) or not all(
+        isinstance(t, type) and issubclass(t, BaseException) for t in retry_on
+    ):
+        raise TypeError(f"retry_on must be a tuple of exception types, got {retry_on!r}")
+    if timeout is not None:
+        if isinstance(timeout, bool) or not isinstance(timeout, numbers.Real) or not timeout > 0:
+            raise ValueError(f"timeout must be a number of seconds > 0, got {timeout!r}")
+        timeout = float(timeout)
+    is_async = is_async_callable(fn)
+    if is_async and executor in ("thread", "process"):
+        raise ValueError(f"executor={executor!r} needs a sync function; {fn_name(fn)} is async")
+    if timeout is not None and executor == "inline" and not is_async:
+        raise ValueError(
+            "timeout cannot be enforced with executor='inline' (the function blocks the event "
+            "loop); use executor='thread' or 'process'"
+        )
+    return MapSpec(
+        name=name or f"map({fn_name(fn)})",
+        fn=fn,
+        executor=executor,
+        concurrency=concurrency,
+        ordered=ordered,
+        on_error=on_error,
+        max_failures=max_failures,
+        retries=retries,
+        retry_on=retry_on,
+        timeout=timeout,
+        is_async=is_async,
+    )
+
+
+def _check_max_failures(value: Any) -> None:
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"max_failures must be a count (int) or a fraction (float), got {value!r}")
+    if isinstance(value, numbers.Integral):
+        if value < 0:
+            raise ValueError(f"max_failures must be >= 0, got {value}")
+    elif not (0.0 <= float(value) < 1.0) or math.isnan(value):
+        raise ValueError(f"max_failures as a fraction must be in [0, 1), got {value}")
+
+
+def unique_name(name: str, taken: set[str]) -> str:
+    if name not in taken:
+        return name
+    i = 2
+    while f"{name}#{i}" in taken:
+        i += 1
+    return f"{name}#{i}"

@@ -1,0 +1,66 @@
+"""Classify a user's source as indexable, iterable or async iterable, once, at build time."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterable, Callable, Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+
+@dataclass(frozen=True, slots=True)
+class IndexableSource:
+    """Random access by integer key. ``get_many`` reads a list of keys in one call when the
+    source offers it (``__getitems__``, the torch batched-fetch protocol)."""
+
+    obj: Any
+    length: int
+    get_one: Callable[[int], Any]
+    get_many: Callable[[list[int]], list[Any]] | None
+
+
+@dataclass(frozen=True, slots=True)
+class IterableSource:
+    """A sync iterable; keys are stream positions. ``one_shot`` when it is its own iterator."""
+
+    obj: Iterable[Any]
+    one_shot: bool
+
+
+@dataclass(frozen=True, slots=True)
+class AsyncIterableSource:
+    obj: AsyncIterable[Any]
+    one_shot: bool
+
+
+AdaptedSource = IndexableSource | IterableSource | AsyncIterableSource
+
+
+def _is_torch_iterable_dataset(obj: Any) -> bool:
+    try:
+        from torch.utils.data import IterableDataset
+    except ImportError:  # pragma: no cover - torch is a dependency
+        return False
+    return isinstance(obj, IterableDataset)
+
+
+def adapt(source: Any) -> AdaptedSource:
+    """Classify ``source``; raise ``TypeError`` naming the argument when it is neither kind."""
+    if hasattr(source, "__aiter__"):
+        return AsyncIterableSource(source, one_shot=hasattr(source, "__anext__"))
+    if _is_torch_iterable_dataset(source):
+        return IterableSource(source, one_shot=False)
+    if isinstance(source, (str, bytes, bytearray, Mapping)):
+        raise TypeError(
+            f"source must be indexable (__len__ + __getitem__ by int) or iterable; "
+            f"a {type(source).__name__} is not a dataset"
+        )
+    if hasattr(source, "__len__") and hasattr(source, "__getitem__"):
+        length = len(source)
+        get_many = getattr(source, "__getitems__", None)
+        return IndexableSource(source, length, source.__getitem__, get_many)
+    if hasattr(source, "__iter__"):
+        return IterableSource(source, one_shot=hasattr(source, "__next__"))
+    raise TypeError(
+        "source must be indexable (__len__ + __getitem__), an iterable or an async iterable, "
+        f"got {type(source).__name__}"
+    )

@@ -1,0 +1,155 @@
+"""Measure loaders side by side and print a markdown table of ratios.
+
+Each contender is a name and a factory returning an iterable of batches. For each one the
+harness records samples/s, time to first batch, peak memory summed over the process tree (PSS,
+so shared pages count once) and CPU use (cores busy, summed over the tree). Contenders run in
+interleaved rounds and the median round is reported, because these machines are noisy.
+"""
+
+from __future__ import annotations
+
+import gc
+import statistics
+import threading
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any
+
+import psutil
+
+
+def _tree(proc: psutil.Process) -> list[psutil.Process]:
+    try:
+        return [proc, *proc.children(recursive=True)]
+    except psutil.Error:
+        return [proc]
+
+
+def _tree_memory(proc: psutil.Process) -> int:
+    total = 0
+    for p in _tree(proc):
+        try:
+            info = p.memory_full_info()
+            total += getattr(info, "pss", info.rss)
+        except psutil.Error:
+            continue
+    return total
+
+
+def _tree_cpu_seconds(proc: psutil.Process) -> float:
+    total = 0.0
+    for p in _tree(proc):
+        try:
+            t = p.cpu_times()
+            total += t.user + t.system
+        except psutil.Error:
+            continue
+    return total
+
+
+class _PeakSampler:
+    """Samples the tree's memory every ``period`` seconds in a thread until stopped."""
+
+    def __init__(self, period: float = 0.05) -> None:
+        self._proc = psutil.Process()
+        self._period = period
+        self._stop = threading.Event()
+        self.peak = _tree_memory(self._proc)
+        self._thread = threading.Thread(target=self._loop, daemon=True)
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self._period):
+            self.peak = max(self.peak, _tree_memory(self._proc))
+
+    def __enter__(self) -> _PeakSampler:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.peak = max(self.peak, _tree_memory(self._proc))
+
+
+@dataclass
+class Result:
+    name: str
+    samples_per_s: float
+    first_batch_s: float
+    peak_mb: float
+    cpu_cores: float
+    samples: int
+
+
+def _batch_len(batch: Any) -> int:
+    if isinstance(batch, (list, tuple)):
+        return _batch_len(batch[0])
+    if isinstance(batch, dict):
+        return _batch_len(next(iter(batch.values())))
+    return len(batch)
+
+
+def measure_once(
+    name: str, make: Callable[[], Iterable[Any]], consume: Callable[[Any], None] | None = None
+) -> Result:
+    gc.collect()
+    proc = psutil.Process()
+    with _PeakSampler() as sampler:
+        cpu0 = _tree_cpu_seconds(proc)
+        started = time.perf_counter()
+        first = None
+        samples = 0
+        iterable = make()
+        for batch in iterable:
+            if first is None:
+                first = time.perf_counter() - started
+            samples += _batch_len(batch)
+            if consume is not None:
+                consume(batch)
+        elapsed = time.perf_counter() - started
+        cpu = _tree_cpu_seconds(proc) - cpu0
+        close = getattr(iterable, "close", None)
+        if close is not None:
+            close()
+    return Result(name, samples / elapsed, first or 0.0, sampler.peak / 2**20, cpu / elapsed, samples)
+
+
+def compare(
+    contenders: list[tuple[str, Callable[[], Iterable[Any]]]],
+    *,
+    rounds: int = 3,
+    baseline: str | None = None,
+) -> list[Result]:
+    """Run every contender ``rounds`` times, interleaved; keep each one's median round."""
+    runs: dict[str, list[Result]] = {name: [] for name, _ in contenders}
+    for _ in range(rounds):
+        for name, make in contenders:
+            runs[name].append(measure_once(name, make))
+    results = []
+    for name, _ in contenders:
+        rs = sorted(runs[name], key=lambda r: r.samples_per_s)
+        median = rs[len(rs) // 2]
+        median.first_batch_s = statistics.median(r.first_batch_s for r in rs)
+        median.peak_mb = max(r.peak_mb for r in rs)
+        results.append(median)
+    return results
+
+
+def table(title: str, results: list[Result], baselines: list[str]) -> str:
+    """A markdown table; one ratio column per baseline (aioloader / baseline, higher is better)."""
+    by_name = {r.name: r for r in results}
+    head = ["loader", "samples/s", "first batch (s)", "peak mem (MB, tree PSS)", "CPU (cores)"]
+    head += [f"x vs {b}" for b in baselines]
+    lines = [f"### {title}", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in results:
+        row = [
+            r.name,
+            f"{r.samples_per_s:,.0f}",
+            f"{r.first_batch_s:.3f}",
+            f"{r.peak_mb:,.0f}",
+            f"{r.cpu_cores:.2f}",
+        ]
+        row += [f"{r.samples_per_s / by_name[b].samples_per_s:.2f}" for b in baselines]
+        lines.append("| " + " | ".join(row) + " |")
+    return "\n".join(lines)

@@ -1,0 +1,1 @@
+"""Workloads: each module exposes ``run(quick: bool) -> str`` returning a markdown section."""

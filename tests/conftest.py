@@ -1,0 +1,68 @@
+"""Shared fixtures: every test must leave no loader thread, worker process or shm segment."""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import os
+import threading
+import time
+
+import psutil
+import pytest
+
+LEAK_DEADLINE_S = 2.0  # DESIGN.md guarantee 6: everything is gone within 2 s
+
+
+def _loader_threads() -> set[threading.Thread]:
+    return {t for t in threading.enumerate() if t.name.startswith("aioloader")}
+
+
+def _shm_segments() -> set[str]:
+    try:
+        return {name for name in os.listdir("/dev/shm") if name.startswith(("aioloader", "psm_"))}
+    except FileNotFoundError:  # pragma: no cover - not Linux
+        return set()
+
+
+def wait_threads_gone(before: set[threading.Thread], deadline_s: float = LEAK_DEADLINE_S) -> set[threading.Thread]:
+    """Join new loader threads until the deadline; return those still alive."""
+    end = time.monotonic() + deadline_s
+    left = _loader_threads() - before
+    for thread in left:
+        thread.join(max(0.0, end - time.monotonic()))
+    return {t for t in _loader_threads() - before if t.is_alive()}
+
+
+@pytest.fixture(autouse=True)
+def no_leaks():
+    """Fail a test that leaves loader threads, child processes or shm segments behind."""
+    threads_before = _loader_threads()
+    shm_before = _shm_segments()
+    me = psutil.Process()
+    children_before = {p.pid for p in me.children(recursive=True)}
+    yield
+    gc.collect()
+    alive = wait_threads_gone(threads_before)
+    assert not alive, f"loader threads left running: {sorted(t.name for t in alive)}"
+    new_children = [p for p in me.children(recursive=True) if p.pid not in children_before]
+    _, still = psutil.wait_procs(new_children, timeout=LEAK_DEADLINE_S)
+    assert not still, f"child processes left running: {[p.pid for p in still]}"
+    leaked = _shm_segments() - shm_before
+    assert not leaked, f"shared-memory segments left in /dev/shm: {sorted(leaked)}"
+
+
+@pytest.fixture(params=["asyncio", "uvloop"])
+def event_loop_kind(request) -> str:
+    """For sync iteration: the background loop kind, so paths are tested with and without uvloop."""
+    return request.param
+
+
+@pytest.fixture(params=["asyncio", "uvloop"])
+def event_loop_policy(request):
+    """pytest-asyncio: run each async test on asyncio's loop and on uvloop."""
+    if request.param == "uvloop":
+        import uvloop
+
+        return uvloop.EventLoopPolicy()
+    return asyncio.DefaultEventLoopPolicy()
