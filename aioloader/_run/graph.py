@@ -90,6 +90,8 @@ def epoch_keys(pipeline: Pipeline, epoch: int, rank: RankInfo) -> Any:
 
 def read_spec(source: IndexableSource) -> MapSpec:
     """The implicit read stage of an indexable source: keys to samples."""
+    if source.aget_one is not None:
+        return MapSpec(name="read", fn=source.aget_one, is_async=True, concurrency=source.read_concurrency)
     if source.get_many is not None:
         return MapSpec(name="read", fn=source.get_many, per_block=True, item_fn=source.get_one)
     return MapSpec(name="read", fn=source.get_one)

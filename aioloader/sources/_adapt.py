@@ -2,20 +2,28 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterable, Callable, Iterable, Mapping
+from collections.abc import AsyncIterable, Awaitable, Callable, Iterable, Mapping
+import inspect
 from dataclasses import dataclass
 from typing import Any
 
 
 @dataclass(frozen=True, slots=True)
 class IndexableSource:
-    """Random access by integer key. ``get_many`` reads a list of keys in one call when the
-    source offers it (``__getitems__``, the torch batched-fetch protocol)."""
+    """Random access by integer key.
+
+    The implicit read stage uses, in order of preference: ``aget(key)`` (a coroutine method:
+    async file or network I/O, run on the loop with ``read_concurrency`` reads in flight,
+    default 16), ``__getitems__(keys)`` (the torch batched-fetch protocol: one call per block,
+    e.g. a whole HDF5 row range), else ``__getitem__(key)``.
+    """
 
     obj: Any
     length: int
     get_one: Callable[[int], Any]
     get_many: Callable[[list[int]], list[Any]] | None
+    aget_one: Callable[[int], Awaitable[Any]] | None = None
+    read_concurrency: int = 16
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,7 +65,10 @@ def adapt(source: Any) -> AdaptedSource:
     if hasattr(source, "__len__") and hasattr(source, "__getitem__"):
         length = len(source)
         get_many = getattr(source, "__getitems__", None)
-        return IndexableSource(source, length, source.__getitem__, get_many)
+        aget = getattr(source, "aget", None)
+        aget = aget if aget is not None and inspect.iscoroutinefunction(aget) else None
+        concurrency = getattr(source, "read_concurrency", 16)
+        return IndexableSource(source, length, source.__getitem__, get_many, aget, concurrency)
     if hasattr(source, "__iter__"):
         return IterableSource(source, one_shot=hasattr(source, "__next__"))
     raise TypeError(
