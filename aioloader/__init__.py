@@ -3,7 +3,8 @@
 The public face of the package: everything a user needs is importable from here.
 """
 
-from aioloader import collate, errors, sources
+from aioloader import collate, device, errors, order, sources, transforms
+from aioloader.collate import CustomCollateFn
 from aioloader.errors import (
     DataCorruptionError,
     DataFormatError,
@@ -14,14 +15,19 @@ from aioloader.errors import (
     WorkerCrashError,
 )
 from aioloader.loader import Loader
+from aioloader.monitor.memory import MemoryMonitor
 
 __version__ = "0.1.0"
 
 __all__ = [
     "Loader",
     "collate",
+    "order",
+    "device",
     "errors",
     "sources",
+    "transforms",
+    "CustomCollateFn",
     "DataLoadingError",
     "DataCorruptionError",
     "DataNotFoundError",
@@ -29,5 +35,6 @@ __all__ = [
     "WorkerCrashError",
     "StageTimeoutError",
     "TooManyFailures",
+    "MemoryMonitor",
     "__version__",
 ]

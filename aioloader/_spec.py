@@ -6,6 +6,7 @@ Every check on user arguments happens here, when the pipeline is built, and name
 
 from __future__ import annotations
 
+import functools
 import inspect
 import math
 import numbers
@@ -19,10 +20,15 @@ SHARD_POLICIES = ("drop", "pad", "uneven")
 
 
 def fn_name(fn: Callable[..., Any]) -> str:
-    name = getattr(fn, "__qualname__", None) or getattr(fn, "__name__", None)
-    if name is None:
-        name = type(fn).__name__
-    return name.replace(".<locals>", "")
+    """The name a user wrote: ``decode`` for a function, ``Decoder.decode`` for a method,
+    ``Decoder`` for a callable object, the inner name for a ``functools.partial``."""
+    if isinstance(fn, functools.partial):
+        return fn_name(fn.func)
+    if inspect.ismethod(fn):
+        return f"{type(fn.__self__).__name__}.{fn.__name__}"
+    if inspect.isfunction(fn) or inspect.isbuiltin(fn) or inspect.isclass(fn):
+        return fn.__name__
+    return type(fn).__name__
 
 
 def is_async_callable(fn: Callable[..., Any]) -> bool:
@@ -72,6 +78,7 @@ class MapSpec(StageSpec):
     is_async: bool = False
     per_block: bool = False  # fn takes the list of values of a block and returns a list
     item_fn: Callable[[Any], Any] | None = None  # per-item twin of a per_block fn, to find failures
+    seed: int | None = None  # set for a random transform: fn(sample, rng), rng from (seed, epoch, key)
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,11 +106,12 @@ class PrefetchSpec(StageSpec):
 @dataclass(frozen=True, slots=True)
 class SourceSpec:
     source: Any
-    shuffle: bool | str = False
+    shuffle: Any = False
     seed: int = 0
     rank: int | None = None
     world_size: int | None = None
     shard_policy: str = "drop"
+    order: Any = None  # the resolved KeyOrder for indexable sources (aioloader.order.orders)
 
 
 @dataclass(frozen=True, slots=True)

@@ -9,7 +9,7 @@ owns that thread, the epoch counter and any long-lived pool until ``close()``.
 from __future__ import annotations
 
 import weakref
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from dataclasses import replace
 from types import TracebackType
 from typing import Any
@@ -34,13 +34,17 @@ from aioloader._spec import (
     make_map_spec,
     unique_name,
 )
+from aioloader.device import device_spec
 from aioloader.monitor.stats import pipeline_stats
-from aioloader.order.sharding import resolve_rank, shard_count
+from aioloader.order.sample_rng import is_random
+from aioloader._run.stages.shuffle import ShuffleSpec
+from aioloader.order.orders import KeyOrder, order_count, resolve_order
+from aioloader.order.resume import FORMAT, ResumePoint, parse, parse_elastic
+from aioloader.order.sharding import RankInfo, resolve_rank, shard_count
 from aioloader.sources._adapt import IndexableSource, adapt
 
 __all__ = ["Loader"]
 
-_SHUFFLE_MODES = (False, True)
 
 
 class Loader:
@@ -60,21 +64,30 @@ class Loader:
         source: Any,
         /,
         *,
-        shuffle: bool | str = False,
+        shuffle: bool | str | KeyOrder = False,
         seed: int = 0,
         rank: int | None = None,
         world_size: int | None = None,
         shard_policy: str = "drop",
+        chunk_window: int | None = None,
     ) -> Loader:
-        """Start a pipeline from an indexable, iterable or async-iterable ``source``."""
+        """Start a pipeline from an indexable, iterable or async-iterable ``source``.
+
+        ``shuffle``: ``False`` (source order), ``True`` (a seeded permutation per epoch),
+        ``"chunks"`` (chunk order permuted, keys mixed within ``chunk_window`` chunks read
+        together; the source's chunk layout when it exposes one) or an ``al.order`` sampler
+        (``Weighted``, ``ClassBalanced``). Keys are sharded over ranks before any read."""
         adapted = adapt(source)
-        if shuffle not in _SHUFFLE_MODES:
-            raise ValueError(f"shuffle must be one of {_SHUFFLE_MODES}, got {shuffle!r}")
-        if shuffle and not isinstance(adapted, IndexableSource):
+        order = None
+        if isinstance(adapted, IndexableSource):
+            order = resolve_order(shuffle, source, chunk_window)
+        elif shuffle is not False:
             raise ValueError(
-                "shuffle=True needs an indexable source (a permutation of its keys); "
+                f"shuffle={shuffle!r} needs an indexable source (an order of its keys); "
                 "for a stream use .shuffle(buffer_size)"
             )
+        if chunk_window is not None and shuffle != "chunks":
+            raise ValueError("chunk_window only applies to shuffle='chunks'")
         if isinstance(seed, bool) or not isinstance(seed, int):
             raise TypeError(f"seed must be an int, got {seed!r}")
         if world_size is not None:
@@ -84,7 +97,7 @@ class Loader:
             if world_size is not None and rank >= world_size:
                 raise ValueError(f"rank must be < world_size={world_size}, got {rank}")
         check_choice(shard_policy, "shard_policy", SHARD_POLICIES)
-        spec = SourceSpec(source, shuffle, seed, rank, world_size, shard_policy)
+        spec = SourceSpec(source, shuffle, seed, rank, world_size, shard_policy, order)
         return cls(Pipeline(spec, adapted, (), Options()))
 
     def _then(self, spec: StageSpec) -> Loader:
@@ -106,8 +119,17 @@ class Loader:
         retry_on: tuple[type[BaseException], ...] = (OSError,),
         timeout: float | None = None,
         name: str | None = None,
+        worker_init: Callable[[int], None] | None = None,
     ) -> Loader:
-        """Apply ``fn`` (sync or async) to every item."""
+        """Apply ``fn`` (sync or async) to every item. A random transform (``fn.random`` is
+        True, as ``al.transforms`` augmentations) is called ``fn(item, rng)`` with a generator
+        drawn from (seed, epoch, key): the same whatever the executor, new each epoch.
+
+        ``executor="process"`` runs ``fn`` in a pool of worker processes kept for the Loader's
+        life (``concurrency`` processes; default 75% of the cores, at most 2 under 4 GiB free).
+        ``fn`` and ``worker_init`` must be picklable (checked here); ``worker_init(worker_id)``
+        runs once in each worker as it starts (and in a replacement after a crash). See
+        :mod:`aioloader.workers`."""
         spec = make_map_spec(
             fn,
             executor=executor,
@@ -120,11 +142,16 @@ class Loader:
             timeout=timeout,
             name=name,
         )
+        if is_random(fn):  # a random transform: fn(sample, rng), rng from (seed, epoch, key)
+            if spec.is_async:
+                raise TypeError(f"fn: a random transform must be sync, {spec.name} is async")
+            spec = replace(spec, seed=self._pipeline.source_spec.seed)
         if spec.executor == "process":
-            from aioloader._run.executors import external_executor
+            from aioloader.workers import process_map_spec  # also registers the executor kind
 
-            if external_executor("process") is None:
-                raise ValueError("executor='process' is not available in this build")
+            spec = process_map_spec(spec, worker_init)
+        elif worker_init is not None:
+            raise ValueError("worker_init is only used with executor='process'")
         return self._then(spec)
 
     def filter(self, predicate: Callable[[Any], bool], /, *, name: str | None = None) -> Loader:
@@ -150,10 +177,113 @@ class Loader:
         """Split batches back into items."""
         return self._then(UnbatchSpec("unbatch"))
 
+    def batch_by_tokens(
+        self,
+        max_tokens: int,
+        /,
+        *,
+        length: Callable[[Any], int] = len,
+        collate: Callable[[list[Any]], Any] | None = None,
+        padded: bool = True,
+        max_batch_size: int | None = None,
+    ) -> Loader:
+        """Batches of consecutive items under a token budget: ``batch size x longest length``
+        (``padded=True``) or the sum of lengths (``padded=False``) stays <= ``max_tokens``; an
+        item longer than the budget goes alone. See :mod:`aioloader._run.stages.batch_by_tokens`."""
+        from aioloader._run.stages.batch_by_tokens import token_batch_spec
+
+        return self._then(token_batch_spec(max_tokens, length, collate, padded, max_batch_size))
+
+    def bucket(
+        self,
+        boundaries: Sequence[int],
+        /,
+        *,
+        batch_size: int | Sequence[int],
+        length: Callable[[Any], int] = len,
+        collate: Callable[[list[Any]], Any] | None = None,
+        drop_last: bool = False,
+    ) -> Loader:
+        """Batches of items of similar length: bucket ``i`` holds lengths in
+        ``[boundaries[i-1], boundaries[i])`` and is emitted when it holds ``batch_size`` items
+        (an int, or one per bucket). See :mod:`aioloader._run.stages.bucket`."""
+        from aioloader._run.stages.bucket import bucket_spec
+
+        return self._then(bucket_spec(boundaries, batch_size, length, collate, drop_last))
+
+    def pack(
+        self,
+        seq_len: int,
+        /,
+        *,
+        batch_size: int = 1,
+        field: str = "input_ids",
+        split_documents: bool = True,
+        pad_value: int = 0,
+        drop_last: bool = False,
+    ) -> Loader:
+        """Pack token sequences into ``[batch_size, seq_len]`` rows with document boundaries
+        (``position_ids``, ``cu_seqlens``). See :mod:`aioloader._run.stages.pack`."""
+        from aioloader._run.stages.pack import pack_spec
+
+        return self._then(pack_spec(seq_len, batch_size, field, split_documents, pad_value, drop_last))
+
+    def validate(
+        self,
+        check: Callable[[Any], Any] | Sequence[Callable[[Any], Any]],
+        /,
+        *,
+        on_error: str = "raise",
+        max_failures: int | float = 0,
+    ) -> Loader:
+        """Check every item (e.g. ``al.transforms.Check(shape=..., dtype=..., range=...)``);
+        a failing item raises ``DataFormatError``/``DataCorruptionError`` naming its key, or is
+        skipped and recorded (``on_error="skip"``). See :mod:`aioloader._run.stages.validate`."""
+        from aioloader._run.stages.validate import validate_spec
+
+        return self._then(validate_spec(check, on_error, max_failures))
+
+    def shuffle(self, buffer_size: int, /, *, seed: int | None = None) -> Loader:
+        """A seeded shuffle buffer (reservoir) of ``buffer_size`` items: works on endless
+        streams in constant memory; its state (for ``state_dict``) is keys, not payloads.
+        ``seed`` defaults to the source's seed; the order changes with the epoch."""
+        check_positive_int(buffer_size, "buffer_size")
+        if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
+            raise TypeError(f"seed must be an int, got {seed!r}")
+        return self._then(ShuffleSpec("shuffle", buffer_size, seed))
+
     def prefetch(self, n: int, /) -> Loader:
         """Keep up to ``n`` outputs of the previous stage ready ahead of the consumer."""
         check_positive_int(n, "n")
         return self._then(PrefetchSpec("prefetch", n))
+
+    def to_device(
+        self,
+        device: Any,
+        /,
+        *,
+        non_blocking: bool = True,
+        normalize: bool = False,
+        dtype: Any = None,
+        mean: Any = None,
+        std: Any = None,
+        channel_dim: int = -3,
+    ) -> Loader:
+        """Move each batch's tensors to ``device`` ("cpu", "cuda", "cuda:N"), overlapping the
+        host-to-device copy with the training step (a copy stream, pinned staging buffers, one
+        event per batch the consumer's stream waits on). ``normalize=True`` (ImageNet mean/std),
+        or ``dtype``/``mean``/``std``, turns uint8 tensors into normalized floats on the device.
+        See :mod:`aioloader.device`."""
+        spec = device_spec(
+            device,
+            non_blocking=non_blocking,
+            normalize=normalize,
+            dtype=dtype,
+            mean=mean,
+            std=std,
+            channel_dim=channel_dim,
+        )
+        return self._then(spec)
 
     def options(self, *, event_loop: str | None = None, block_size: int | None = None) -> Loader:
         """Runtime options that do not change the data: ``event_loop`` ("auto", "uvloop",
@@ -183,7 +313,7 @@ class Loader:
         source, spec = self._pipeline.source, self._pipeline.source_spec
         if not isinstance(source, IndexableSource):
             raise TypeError("len() is not known for a loader over a stream (the source has no length)")
-        n = shard_count(source.length, resolve_rank(spec.rank, spec.world_size), spec.shard_policy)
+        n = shard_count(order_count(spec.order, source.length), resolve_rank(spec.rank, spec.world_size), spec.shard_policy)
         for stage in self._pipeline.stages:
             if isinstance(stage, BatchSpec):
                 n = n // stage.size if stage.drop_last else -(-n // stage.size)
@@ -198,14 +328,25 @@ class Loader:
         return n
 
     # -- iteration -------------------------------------------------------------------------
-    def _make_run(self, epoch: int) -> Run:
-        run = Run(self._pipeline, epoch, self._runtime.decisions)
+    def _start_epoch(self) -> tuple[int, ResumePoint | None]:
+        """The epoch of a new iteration, and where in it to start (after load_state_dict)."""
+        resume = self._runtime.take_resume()
+        if resume is not None:
+            self._runtime.next_epoch = resume.epoch + 1
+            return resume.epoch, resume
+        return self._runtime.take_epoch(), None
+
+    def _make_run(self, epoch: int, resume: ResumePoint | None) -> Run:
+        run = Run(self._pipeline, epoch, self._runtime.decisions, runtime=self._runtime, resume=resume)
         self._runtime.register(run)
         run.on_close.append(self._runtime.unregister)
         return run
 
-    def _make_sync_run(self, epoch: int, handoff: Any) -> Run:
-        run = Run(self._pipeline, epoch, self._runtime.decisions, sink=handoff.sized)
+    def _make_sync_run(self, epoch: int, resume: ResumePoint | None, handoff: Any, holder: list[Run]) -> Run:
+        run = Run(
+            self._pipeline, epoch, self._runtime.decisions, sink=handoff.sized, runtime=self._runtime, resume=resume
+        )
+        holder.append(run)
         handoff.on_get = run.note_delivered
         self._runtime.register(run, handoff.finished)
         run.on_close.append(self._runtime.unregister)
@@ -215,27 +356,89 @@ class Loader:
         return self._iterate()
 
     def _iterate(self) -> Iterator[Any]:
-        epoch = self._runtime.take_epoch()
+        epoch, resume = self._start_epoch()
         loop_thread = self._runtime.loop_thread(self._pipeline.options.event_loop)
-        for block in iterate_blocks(loop_thread, lambda handoff: self._make_sync_run(epoch, handoff)):
-            yield from block.values
+        holder: list[Run] = []
+        blocks = iterate_blocks(loop_thread, lambda handoff: self._make_sync_run(epoch, resume, handoff, holder))
+        for block in blocks:
+            yield from _hand_out(holder[0], block)
+        if holder:
+            holder[0].completed = True
 
     def __aiter__(self) -> AsyncIterator[Any]:
         return self._aiterate()
 
     async def _aiterate(self) -> AsyncIterator[Any]:
-        run = self._make_run(self._runtime.take_epoch())
+        run = self._make_run(*self._start_epoch())
         try:
             run.start()
             while True:
                 try:
                     block = await run.next_block()
                 except StopAsyncIteration:
+                    run.completed = True
                     return
-                for value in block.values:
+                for value in _hand_out(run, block):
                     yield value
         finally:
             await run.aclose()
+
+    # -- state -----------------------------------------------------------------------------
+    def _fingerprint(self, info: RankInfo) -> dict[str, Any]:
+        spec, source = self._pipeline.source_spec, self._pipeline.source
+        return {
+            "source": f"indexable:{source.length}" if isinstance(source, IndexableSource) else type(source).__name__,
+            "order": spec.order.describe() if spec.order is not None else None,
+            "seed": spec.seed,
+            "shard_policy": spec.shard_policy,
+            "world_size": info.world_size,
+            "stages": [describe_stage(s) for s in self._pipeline.stages],
+        }
+
+    def state_dict(self) -> dict[str, Any]:
+        """Where the consumer is: JSON-serialisable, keys and counters only. Loading it into
+        this loader's twin (same source, order, seed, stages) in a fresh process resumes
+        exactly after the last item or batch this consumer received."""
+        spec = self._pipeline.source_spec
+        info = resolve_rank(spec.rank, spec.world_size)
+        state: dict[str, Any] = {
+            "format": FORMAT,
+            "rank": info.rank,
+            "world_size": info.world_size,
+            "fingerprint": self._fingerprint(info),
+        }
+        pending = self._runtime.pending_resume
+        run = self._runtime.last_run
+        if pending is not None:
+            where = {"epoch": pending.epoch, "position": pending.position, "prefix": pending.prefix,
+                     "reservoir": pending.reservoir, "elastic": pending.elastic}
+        elif run is None or run.completed:
+            where = {"epoch": self._runtime.next_epoch, "position": 0, "prefix": [], "reservoir": None, "elastic": []}
+        else:
+            where = {"epoch": run.epoch, **self._runtime.on_loop_of(run, run.position_state)}
+            where["elastic"] = run.resume.elastic if run.resume is not None else []
+            if where.pop("epoch_done"):  # the last batch of the epoch was delivered
+                where = {"epoch": run.epoch + 1, "position": 0, "prefix": [], "reservoir": None, "elastic": []}
+        state.update(where)
+        return state
+
+    def load_state_dict(self, state: dict[str, Any] | list[dict[str, Any]]) -> None:
+        """Resume from ``state_dict()``: the next iteration continues where that consumer
+        stopped. A list of every rank's states (from a run with another world size) resumes
+        the epoch elastically: exactly the keys no rank received, spread over this world."""
+        spec = self._pipeline.source_spec
+        info = resolve_rank(spec.rank, spec.world_size)
+        fingerprint = self._fingerprint(info)
+        if isinstance(state, list):
+            if not isinstance(self._pipeline.source, IndexableSource):
+                raise ValueError("elastic resume needs an indexable source")
+            resume = parse_elastic(state, fingerprint)
+        else:
+            resume = parse(state, fingerprint)
+            if int(state["rank"]) != info.rank:
+                raise ValueError(f"the state is rank {state['rank']}'s; this loader is rank {info.rank}")
+        self._runtime.pending_resume = resume
+        self._runtime.next_epoch = resume.epoch
 
     # -- observability ---------------------------------------------------------------------
     def stats(self) -> dict[str, Any]:
@@ -272,3 +475,28 @@ class Loader:
 
     async def __aexit__(self, *exc: Any) -> None:
         await self.aclose()
+
+
+def _hand_out(run: Run, block: Any) -> Iterator[Any]:
+    """A block's items to the consumer, keeping ``run``'s delivery count exact per item."""
+    hand_over = getattr(block, "before_consumer", None)
+    if hand_over is not None:  # a device block: this thread's CUDA stream waits for its copy
+        hand_over()
+    values = block.values
+    if len(values) == 1:
+        run.current_count = 1
+        yield values[0]
+        return
+    for count, value in enumerate(values, 1):
+        run.current_count = count
+        yield value
+
+
+def describe_stage(spec: StageSpec) -> dict[str, Any]:
+    """A stage's part of a state's fingerprint: its kind, name and order-relevant settings."""
+    described: dict[str, Any] = {"kind": type(spec).__name__, "name": spec.name}
+    for attribute in ("size", "drop_last", "buffer_size", "seed", "ordered"):
+        value = getattr(spec, attribute, None)
+        if isinstance(value, (int, bool, str)):
+            described[attribute] = value
+    return described

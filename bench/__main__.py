@@ -10,7 +10,7 @@ import sys
 import psutil
 import torch
 
-WORKLOADS = ["tiny"]
+WORKLOADS = ["tiny", "jpeg", "h5", "h5_shuffle", "padding", "text"]
 
 
 def main(argv: list[str] | None = None) -> int:

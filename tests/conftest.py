@@ -58,11 +58,8 @@ def event_loop_kind(request) -> str:
     return request.param
 
 
-@pytest.fixture(params=["asyncio", "uvloop"])
-def event_loop_policy(request):
-    """pytest-asyncio: run each async test on asyncio's loop and on uvloop."""
-    if request.param == "uvloop":
-        import uvloop
+def pytest_asyncio_loop_factories(config, item):
+    """pytest-asyncio: run every async test on asyncio's loop and on uvloop."""
+    import uvloop
 
-        return uvloop.EventLoopPolicy()
-    return asyncio.DefaultEventLoopPolicy()
+    return {"asyncio": asyncio.new_event_loop, "uvloop": uvloop.new_event_loop}

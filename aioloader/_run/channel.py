@@ -80,6 +80,20 @@ class Channel:
         """True when the consumer is waiting on an empty channel (emit now rather than fill)."""
         return not self._items and any(not g.done() for g in self._getters)
 
+    async def wait_for_room(self) -> None:
+        """Until a put would not block (for the single producer that must not start work it
+        cannot hand on yet)."""
+        if len(self._items) >= self.capacity and not self._closed:
+            started = perf_counter()
+            loop = asyncio.get_running_loop()
+            try:
+                while len(self._items) >= self.capacity and not self._closed:
+                    waiter = loop.create_future()
+                    self._putters.append(waiter)
+                    await waiter
+            finally:
+                self.put_wait_s += perf_counter() - started
+
     async def put(self, item: Any) -> None:
         items = self._items
         if len(items) >= self.capacity and not self._closed:

@@ -14,6 +14,8 @@ from concurrent.futures import ThreadPoolExecutor
 from time import perf_counter
 from typing import Any, Protocol
 
+import numpy as np
+
 FAILED: Any = object()
 ChunkResult = tuple[list[Any], list[tuple[int, BaseException]], float]
 
@@ -50,10 +52,13 @@ def apply_block(
     fn: Callable[[list[Any]], list[Any]], values: list[Any], item_fn: Callable[[Any], Any] | None
 ) -> ChunkResult:
     """A block function (one call for the whole list); on failure, redo item by item with
-    ``item_fn`` to find which items fail (reads are idempotent)."""
+    ``item_fn`` to find which items fail (reads are idempotent). A numpy array result stays
+    one array (rows are items): batching then slices it instead of stacking rows."""
     started = perf_counter()
     try:
-        results = list(fn(values))
+        results = fn(values)
+        if not isinstance(results, np.ndarray):
+            results = list(results)
     except Exception:
         if item_fn is None:
             raise

@@ -30,8 +30,10 @@ from aioloader._spec import (
     UnbatchSpec,
 )
 from aioloader.monitor.stats import ErrorLog, StageStats, pipeline_stats
-from aioloader.order.permutation import epoch_permutation, index_dtype
-from aioloader.order.sharding import RankInfo, resolve_rank, shard_keys
+from aioloader.order.reservoir import ReservoirState
+from aioloader.order.resume import ResumePoint, remaining_order
+from aioloader.order.orders import resolve_order
+from aioloader.order.sharding import RankInfo, resolve_rank, shard_boundaries, shard_keys
 from aioloader.sources._adapt import AdaptedSource, AsyncIterableSource, IndexableSource
 
 # Channel depth in blocks. Sample blocks are small and cheap stages pay a task wake-up per
@@ -44,6 +46,8 @@ SAMPLE_DEPTH = 4
 # explicit prefetch(n) at the end, its hand-off holds 8 blocks (tiny workload: 505k -> 545k/s).
 SYNC_DEPTH = 8
 DEFAULT_BLOCK = 64
+MAX_CHUNK_BLOCK = 1 << 16
+_STARTED = "source:one-shot-started"  # runtime flag: a one-shot iterator was iterated
 MAX_BLOCK = 1024
 
 
@@ -67,6 +71,9 @@ class Pipeline:
 def block_size_for(pipeline: Pipeline) -> int:
     if pipeline.options.block_size is not None:
         return pipeline.options.block_size
+    window_keys = getattr(pipeline.source_spec.order, "window_keys", None)
+    if window_keys is not None and isinstance(pipeline.source, IndexableSource):
+        return max(1, min(MAX_CHUNK_BLOCK, window_keys(pipeline.source.length)))  # whole chunks per read
     for spec in pipeline.stages:
         if isinstance(spec, BatchSpec):
             return max(1, min(MAX_BLOCK, spec.size))
@@ -75,17 +82,29 @@ def block_size_for(pipeline: Pipeline) -> int:
     return DEFAULT_BLOCK
 
 
-def epoch_keys(pipeline: Pipeline, epoch: int, rank: RankInfo) -> Any:
-    """This rank's keys for ``epoch`` of an indexable source, in order."""
-    import numpy as np
-
+def epoch_keys(
+    pipeline: Pipeline, epoch: int, rank: RankInfo, elastic: list[dict[str, Any]] | None = None
+) -> tuple[Any, Any]:
+    """This rank's keys for ``epoch`` of an indexable source, in order (the source's key order,
+    less what earlier generations of ranks delivered on an elastic resume, sharded), and the
+    offsets where reads should start a new block (chunk windows), or None."""
     spec, source = pipeline.source_spec, pipeline.source
-    assert isinstance(source, IndexableSource)
-    if spec.shuffle:
-        keys = epoch_permutation(source.length, spec.seed, epoch)
+    if not isinstance(source, IndexableSource):
+        raise TypeError("epoch_keys needs an indexable source")
+    order = spec.order if spec.order is not None else resolve_order(spec.shuffle, source.obj)
+    windows = getattr(order, "keys_and_windows", None)
+    starts = None
+    if windows is not None and not elastic:
+        keys, starts = windows(source.length, spec.seed, epoch)
     else:
-        keys = np.arange(source.length, dtype=index_dtype(source.length))
-    return shard_keys(keys, rank, spec.shard_policy)
+        keys = order.keys(source.length, spec.seed, epoch)
+    if elastic:
+        keys = remaining_order(keys, elastic)
+    n = len(keys)
+    keys = shard_keys(keys, rank, spec.shard_policy)
+    if starts is not None:
+        starts = shard_boundaries(starts, n, rank, spec.shard_policy)
+    return keys, starts
 
 
 def read_spec(source: IndexableSource) -> MapSpec:
@@ -100,10 +119,28 @@ def read_spec(source: IndexableSource) -> MapSpec:
 class Run:
     """One epoch: stages, the channels between them, their tasks. Owned by one consumer."""
 
-    def __init__(self, pipeline: Pipeline, epoch: int, decisions: dict[str, str], sink: Any = None) -> None:
+    def __init__(
+        self,
+        pipeline: Pipeline,
+        epoch: int,
+        decisions: dict[str, str],
+        sink: Any = None,
+        runtime: Any = None,
+        resume: ResumePoint | None = None,
+    ) -> None:
         """``sink``: a consumer-side replacement for the final channel (the sync hand-off),
-        made as ``sink(depth)``; by default the run ends in a :class:`Channel`."""
+        made as ``sink(depth)``; by default the run ends in a :class:`Channel`. ``runtime``: the
+        Loader's Runtime (long-lived resources such as process pools), None for a bare run.
+        ``resume``: where to start in the epoch (``Loader.load_state_dict``)."""
         self.epoch = epoch
+        self.seed = pipeline.source_spec.seed
+        self.resume = resume
+        self.reservoir: Any = None  # the shuffle stage, when the pipeline has one
+        self.current_block: Block | None = None  # the block the consumer is taking items from
+        self.current_count = 0  # how many items of it the consumer has received
+        self.completed = False  # the consumer reached the end of the epoch
+        self.epoch_length: int | None = None  # this rank's keys in the epoch (indexable sources)
+        self.runtime = runtime
         self.errors = ErrorLog()
         self.rank = resolve_rank(pipeline.source_spec.rank, pipeline.source_spec.world_size)
         self.stages: list[Any] = []
@@ -122,16 +159,25 @@ class Run:
         block = block_size_for(pipeline)
         source = pipeline.source
         expected: int | None = None
+        start, prefix = (self.resume.position, self.resume.prefix) if self.resume else (0, [])
         if isinstance(source, IndexableSource):
-            keys = epoch_keys(pipeline, self.epoch, self.rank)
+            keys, starts = epoch_keys(pipeline, self.epoch, self.rank, self.resume.elastic if self.resume else None)
             expected = len(keys)
-            self.stages.append(KeySource(keys, block))
+            self.epoch_length = expected
+            self.stages.append(KeySource(keys, block, start=start, prefix=prefix, block_starts=starts))
             specs: list[StageSpec] = [read_spec(source), *pipeline.stages]
-        elif isinstance(source, AsyncIterableSource):
-            self.stages.append(AsyncIterSource(source.obj, block, self.rank))
-            specs = list(pipeline.stages)
         else:
-            self.stages.append(IterSource(source.obj, block, self.rank))
+            if source.one_shot:
+                # A second run would silently lose what the first one read ahead of the consumer.
+                if decisions.get(_STARTED):
+                    raise ValueError(
+                        "the source is a one-shot iterator (an iterator or generator object) and "
+                        "can be iterated once; pass a re-iterable (a list, a Dataset, an object "
+                        "whose __iter__ starts over) to run several epochs"
+                    )
+                decisions[_STARTED] = "yes"
+            stage_type = AsyncIterSource if isinstance(source, AsyncIterableSource) else IterSource
+            self.stages.append(stage_type(source.obj, block, self.rank, start=start, prefix=prefix))
             specs = list(pipeline.stages)
         depth = SAMPLE_DEPTH
         depths = [depth]
@@ -165,7 +211,14 @@ class Run:
 
     def _make_stage(self, spec: StageSpec, decisions: dict[str, str], expected: int | None) -> Stage:
         if isinstance(spec, MapSpec):
-            return MapStage(spec, errors=self.errors, decisions=decisions, expected_items=expected)
+            return MapStage(
+                spec,
+                errors=self.errors,
+                decisions=decisions,
+                expected_items=expected,
+                epoch=self.epoch,
+                runtime=self.runtime,
+            )
         if isinstance(spec, FilterSpec):
             return FilterStage(spec)
         if isinstance(spec, BatchSpec):
@@ -228,8 +281,57 @@ class Run:
         self.note_delivered(block)
         return block
 
+    # -- resume state ----------------------------------------------------------------------
+    def attach_reservoir(self, stage: Any) -> None:
+        if self.reservoir is not None:
+            raise ValueError("a pipeline can have one .shuffle(buffer_size) stage")
+        self.reservoir = stage
+
+    def resume_reservoir(self) -> ReservoirState | None:
+        if self.resume is None or self.resume.reservoir is None:
+            return None
+        return ReservoirState.from_json(self.resume.reservoir)
+
+    def delivered_next(self) -> int:
+        """The output seq after the last item the consumer received."""
+        block = self.current_block
+        if block is None or not self.current_count:
+            if self.resume is None:
+                return 0
+            if self.resume.reservoir is not None:
+                return int(self.resume.reservoir["emitted"])
+            return self.resume.position
+        seq = block.seqs[self.current_count - 1]
+        while isinstance(seq, list):  # a batch: its members, in order
+            seq = seq[-1]
+        if isinstance(seq, bool) or not isinstance(seq, int):
+            raise ValueError(f"cannot locate the consumer in the epoch: a stage renumbered items ({seq!r})")
+        return seq + 1
+
+    def position_state(self) -> dict[str, Any]:
+        """Where this run's consumer is: position, buffer prefix and reservoir counters.
+        Call it on the run's loop thread while stages may still run."""
+        delivered = self.delivered_next()
+        if self.reservoir is None:
+            where = {"position": delivered, "prefix": [], "reservoir": None}
+        else:
+            state = self.reservoir.state_at(delivered)
+            position = 0 if state.last_input is None else int(state.last_input) + 1
+            where = {"position": position, "prefix": [int(s) for s in state.slots], "reservoir": state.to_json()}
+        where["epoch_done"] = (
+            self.epoch_length is not None and where["position"] >= self.epoch_length and not where["prefix"]
+        )
+        return where
+
     def note_delivered(self, block: Block) -> None:
-        """Count a block the consumer received (called from the consumer's thread)."""
+        """Count a block the consumer received (called from the consumer's thread). The
+        iteration then advances ``current_count`` item by item as it hands them out."""
+        previous = self.current_block
+        if previous is not None and self.reservoir is not None:
+            self.current_count = len(previous)
+            self.reservoir.trim(self.delivered_next())
+        self.current_block = block
+        self.current_count = 0
         if self.first_output is None:
             self.first_output = time.perf_counter()
         self.batches += len(block)

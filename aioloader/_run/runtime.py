@@ -22,6 +22,7 @@ class Runtime:
         self.decisions: dict[str, str] = {}
         self.resources: dict[str, Closable] = {}
         self.last_run: Run | None = None
+        self.pending_resume: Any = None  # a ResumePoint for the next run (load_state_dict)
         self._loop_thread: LoopThread | None = None
         self._active: dict[Run, asyncio.AbstractEventLoop] = {}
         self._finished_events: dict[Run, threading.Event] = {}
@@ -32,6 +33,30 @@ class Runtime:
             epoch = self.next_epoch
             self.next_epoch += 1
             return epoch
+
+    def take_resume(self) -> Any:
+        with self._lock:
+            resume, self.pending_resume = self.pending_resume, None
+            return resume
+
+    def on_loop_of(self, run: Run, fn: Any) -> Any:
+        """``fn()`` on the loop thread that runs ``run`` (its stages mutate what ``fn`` reads);
+        directly when called from that loop or when the run has ended."""
+        with self._lock:
+            loop = self._active.get(run)
+        if loop is None or loop.is_closed():
+            return fn()
+        try:
+            running = asyncio.get_running_loop()
+        except RuntimeError:
+            running = None
+        if running is loop:
+            return fn()
+
+        async def call() -> Any:
+            return fn()
+
+        return asyncio.run_coroutine_threadsafe(call(), loop).result(STOP_TIMEOUT_S)
 
     def loop_thread(self, kind: str) -> LoopThread:
         with self._lock:

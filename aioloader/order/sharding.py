@@ -80,3 +80,14 @@ def shard_count(n: int, info: RankInfo, policy: str) -> int:
     if policy == "drop":
         return n // world
     return -(-n // world) if n else 0
+
+
+def shard_boundaries(starts: np.ndarray, n: int, info: RankInfo, policy: str) -> np.ndarray:
+    """Offsets in this rank's share where the global ``starts`` (block boundaries of the
+    unsharded order of ``n`` keys) fall, so a rank's reads stay within one global block."""
+    world, rank = info.world_size, info.rank
+    if world == 1:
+        return starts
+    local = -(-(starts - rank) // world)  # first local index whose global position >= start
+    count = shard_count(n, info, policy)
+    return np.unique(np.clip(local, 0, count))

@@ -6,5 +6,26 @@ iterable or async iterable (endless ones too) is a source; :func:`adapt` classif
 """
 
 from aioloader.sources._adapt import AsyncIterableSource, IndexableSource, IterableSource, adapt
+from aioloader.sources._modes import MODES, SourceStream
+from aioloader.sources.arrays import Array
+from aioloader.sources.hdf5 import HDF5
+from aioloader.sources.images import FileBytes, ImageFolder
+from aioloader.sources.mix import Cycle, Mix
+from aioloader.sources.text import JsonLines, TextLines
 
-__all__ = ["adapt", "IndexableSource", "IterableSource", "AsyncIterableSource"]
+__all__ = [
+    "adapt",
+    "IndexableSource",
+    "IterableSource",
+    "AsyncIterableSource",
+    "ImageFolder",
+    "TextLines",
+    "JsonLines",
+    "HDF5",
+    "Array",
+    "FileBytes",
+    "SourceStream",
+    "MODES",
+    "Mix",
+    "Cycle",
+]

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterable, Awaitable, Callable, Iterable, Mapping
 import inspect
+from collections.abc import AsyncIterable, Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -52,7 +52,13 @@ def _is_torch_iterable_dataset(obj: Any) -> bool:
 
 
 def adapt(source: Any) -> AdaptedSource:
-    """Classify ``source``; raise ``TypeError`` naming the argument when it is neither kind."""
+    """Classify ``source``; raise ``TypeError`` naming the argument when it is neither kind.
+
+    An object may say what to adapt in its place with ``__aioloader_source__()`` (a file source
+    in streaming mode hands over its sequential stream view)."""
+    hook = getattr(type(source), "__aioloader_source__", None)
+    if hook is not None:
+        source = hook(source)
     if hasattr(source, "__aiter__"):
         return AsyncIterableSource(source, one_shot=hasattr(source, "__anext__"))
     if _is_torch_iterable_dataset(source):

@@ -2,7 +2,9 @@
 
 Each batch travels as its own one-entry block (so ``prefetch(n)`` counts batches) whose key and
 seq entries are the lists of the members' keys and seqs. A block that is exactly one batch is
-collated without copying the lists.
+collated without copying the lists. A block whose values are one numpy array (an HDF5 or
+array read) is cut into batches by slicing: each batch is ``torch.from_numpy`` of a slice,
+equal to what :func:`~aioloader.collate.stack` makes of its rows.
 """
 
 from __future__ import annotations
@@ -10,6 +12,9 @@ from __future__ import annotations
 from collections.abc import Callable
 from time import perf_counter
 from typing import Any
+
+import numpy as np
+import torch
 
 from aioloader._run.block import Block
 from aioloader._run.channel import Channel
@@ -28,6 +33,7 @@ class BatchStage:
         self.input: Channel
         self.output: Channel
         self.stats = StageStats(spec.name)
+        self._pending: Block | None = None  # the tail of an array block, short of a batch
 
     async def _emit(self, keys: list[Any], seqs: list[Any], values: list[Any]) -> None:
         started = perf_counter()
@@ -39,13 +45,40 @@ class BatchStage:
         self.stats.items_out += 1
         await self.output.put(Block([keys], [seqs], [batch]))
 
+    async def _emit_array(self, keys: list[Any], seqs: list[Any], rows: np.ndarray) -> None:
+        """A batch sliced out of an array block: one tensor, no per-row Python objects."""
+        started = perf_counter()
+        batch = torch.from_numpy(np.ascontiguousarray(rows))
+        self.stats.busy_s += perf_counter() - started
+        self.stats.items_out += 1
+        await self.output.put(Block([keys], [seqs], [batch]))
+
+    async def _run_array_block(self, block: Block) -> None:
+        size, rows = self._size, block.values
+        for start in range(0, len(rows), size):
+            stop = min(start + size, len(rows))
+            if stop - start < size:
+                self._pending = block.slice(start, stop)
+                return
+            await self._emit_array(block.keys[start:stop], block.seqs[start:stop], rows[start:stop])
+
     async def run(self) -> None:
         size = self._size
         keys: list[Any] = []
         seqs: list[Any] = []
         values: list[Any] = []
+        fast_arrays = self._collate is stack
         async for block in self.input:
             self.stats.items_in += len(block)
+            if fast_arrays and isinstance(block.values, np.ndarray) and block.values.dtype.kind in "biuf":
+                if values or self._pending is not None:  # join the partial batch first
+                    block = self._join_array(keys, seqs, values, block)
+                    keys, seqs, values = [], [], []
+                await self._run_array_block(block)
+                continue
+            if self._pending is not None:  # a partial array batch, now joined by list blocks
+                keys, seqs, values = list(self._pending.keys), list(self._pending.seqs), list(self._pending.values)
+                self._pending = None
             if not values and len(block) == size:
                 await self._emit(block.keys, block.seqs, block.values)
                 continue
@@ -55,6 +88,23 @@ class BatchStage:
             while len(values) >= size:
                 await self._emit(keys[:size], seqs[:size], values[:size])
                 del keys[:size], seqs[:size], values[:size]
+        if self._pending is not None:
+            if not self._drop_last:
+                pending = self._pending
+                await self._emit_array(pending.keys, pending.seqs, pending.values)
+            self._pending = None
         if values and not self._drop_last:
             await self._emit(keys, seqs, values)
         self.output.close()
+
+    def _join_array(self, keys: list[Any], seqs: list[Any], values: list[Any], block: Block) -> Block:
+        """The partial batch (an array block's tail, or list items) followed by ``block``."""
+        if self._pending is not None:
+            head = self._pending
+            self._pending = None
+            head_rows = head.values
+            keys, seqs = list(head.keys), list(head.seqs)
+        else:
+            head_rows = np.stack([np.asarray(v) for v in values]) if values else block.values[:0]
+        rows = np.concatenate([head_rows, block.values])
+        return Block([*keys, *block.keys], [*seqs, *block.seqs], rows)

@@ -1,7 +1,8 @@
 """The map stage: a function on every item, inline, in threads, on the loop or in processes.
 
 Concurrent execution keeps at most ``concurrency`` chunks running. With ``ordered=True`` chunks
-are emitted in input order through a bounded reorder window (``2 x concurrency`` chunks); with
+are emitted in input order through a bounded reorder window: at most ``2 x concurrency`` chunks
+started and not yet emitted, plus the one being handed downstream; with
 ``ordered=False`` in completion order. Chunk size adapts so one task lasts about
 ``_TARGET_TASK_S``: cheap functions do not pay a round trip per item, slow ones still spread
 over the workers. Failures go through the stage's policy: retry (awaited backoff), skip and
@@ -26,10 +27,12 @@ from aioloader._run.executors import (
     ThreadExecutor,
     apply_block,
     apply_items,
+    external_executor,
 )
 from aioloader._spec import MapSpec
 from aioloader.errors import StageTimeoutError, TooManyFailures, annotate
 from aioloader.monitor.stats import ErrorLog, StageStats
+from aioloader.order.sample_rng import WithRng
 
 _TARGET_TASK_S = 0.002
 _MAX_CHUNK = 1024
@@ -65,8 +68,13 @@ class MapStage:
         decisions: dict[str, str],
         expected_items: int | None = None,
         executor: Executor | None = None,
+        epoch: int = 0,
+        runtime: Any = None,
     ) -> None:
+        """``runtime``: the Loader's Runtime, given to plug-in executors (the process pool
+        is one of its resources, so it outlives the run)."""
         self.spec = spec
+        self._runtime = runtime
         self.name = spec.name
         self.input: Channel
         self.output: Channel
@@ -81,6 +89,8 @@ class MapStage:
             self._work = functools.partial(apply_block, spec.fn, item_fn=spec.item_fn)
         elif spec.is_async:
             self._work = spec.fn
+        elif spec.seed is not None:  # a random transform: fn(sample, rng) on (key, sample) pairs
+            self._work = functools.partial(apply_items, WithRng(spec.fn, spec.seed, epoch))
         else:
             self._work = functools.partial(apply_items, spec.fn)
         kind = executor.kind if executor is not None else self._initial_kind()
@@ -106,7 +116,10 @@ class MapStage:
         elif kind == "async":
             executor = AsyncExecutor(workers)
         else:
-            raise ValueError(f"executor {kind!r} is not available")
+            factory = external_executor(kind)
+            if factory is None:
+                raise ValueError(f"executor {kind!r} is not available")
+            executor = factory(self.spec, self._runtime)
         self._owned.append(executor)
         return executor
 
@@ -158,15 +171,41 @@ class MapStage:
             return [block]
         return [block.slice(start, start + size) for start in range(0, n, size)]
 
+    async def _coalesce(self, block: Block) -> Block:
+        """Join the blocks already waiting upstream while a chunk would be larger than the
+        block (for executors whose round trip is costly: processes). Never waits for input."""
+        want = self._chunk_size()
+        blocks = [block]
+        size = len(block)
+        while size < want and len(self.input) > 0:
+            try:
+                more = await self.input.get()
+            except EndOfChannel:
+                break
+            blocks.append(more)
+            size += len(more)
+        if len(blocks) == 1:
+            return block
+        return Block(
+            [k for b in blocks for k in b.keys],
+            [s for b in blocks for s in b.seqs],
+            [v for b in blocks for v in b.values],
+        )
+
     def _chunk_size(self) -> int:
         cost = self._cost_per_item
         if cost is None:
             return 1
-        return max(1, min(_MAX_CHUNK, int(_TARGET_TASK_S / max(cost, 1e-9))))
+        # An executor with a costlier round trip (processes) may ask for longer tasks.
+        target = getattr(self._executor, "target_task_s", _TARGET_TASK_S)
+        return max(1, min(_MAX_CHUNK, int(target / max(cost, 1e-9))))
 
     async def _run_concurrent(self) -> None:
         loop = asyncio.get_running_loop()
-        workers = self._executor.workers
+        # Chunks in flight: an executor with its own queue (processes) takes more than its
+        # workers, so a worker starts its next chunk without waiting for the event loop.
+        workers = getattr(self._executor, "in_flight", self._executor.workers)
+        coalesce = getattr(self._executor, "coalesce", False) and self.spec.timeout is None
         slots = asyncio.Semaphore(workers)
         ordered = self.spec.ordered
         window = Channel(2 * workers, f"{self.name}.window")
@@ -187,7 +226,10 @@ class MapStage:
         async def dispatch() -> None:
             try:
                 async for block in self.input:
+                    if coalesce:
+                        block = await self._coalesce(block)
                     for chunk in self._chunks(block):
+                        await window.wait_for_room()  # the reorder window bounds started work
                         await slots.acquire()
                         task = loop.create_task(self._process(chunk))
                         running.add(task)
@@ -224,7 +266,7 @@ class MapStage:
     async def _process(self, chunk: Block) -> Block | None:
         """Run one chunk through the executor and the failure policy."""
         self.stats.items_in += len(chunk)
-        values = chunk.values
+        values = self._inputs(chunk)
         try:
             results, failures, busy = await self._executor.run(self._work, values, self.spec.timeout)
         except ChunkTimeout as timeout:
@@ -232,7 +274,7 @@ class MapStage:
             failures = [(timeout.index, self._timeout_error(chunk.keys[timeout.index]))]
             busy = self.spec.timeout or 0.0
         self.stats.busy_s += busy
-        if values:
+        if len(values):
             cost = busy / len(values)
             previous = self._cost_per_item
             self._cost_per_item = cost if previous is None else 0.7 * previous + 0.3 * cost
@@ -242,6 +284,12 @@ class MapStage:
         if not failures:
             return Block(chunk.keys, chunk.seqs, results)
         return self._settle(chunk, results, failures)
+
+    def _inputs(self, chunk: Block) -> list[Any]:
+        """What the work function takes: the values, or (key, value) pairs for a random transform."""
+        if self.spec.seed is None:
+            return chunk.values
+        return list(zip(chunk.keys, chunk.values, strict=True))
 
     def _timeout_error(self, key: Any) -> StageTimeoutError:
         return StageTimeoutError(
@@ -265,7 +313,7 @@ class MapStage:
                 attempt += 1
                 try:
                     again, again_failures, busy = await self._executor.run(
-                        self._work, [chunk.values[index]], spec.timeout
+                        self._work, [self._inputs(chunk)[index]], spec.timeout
                     )
                 except ChunkTimeout:
                     exc = self._timeout_error(chunk.keys[index])

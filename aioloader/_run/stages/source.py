@@ -23,6 +23,7 @@ import numpy as np
 
 from aioloader._run.block import Block
 from aioloader._run.channel import Channel
+from aioloader.errors import annotate
 from aioloader.monitor.stats import StageStats
 from aioloader.order.sharding import RankInfo
 
@@ -31,21 +32,61 @@ _MAX_BLOCK_S = 0.005
 
 
 class KeySource:
-    def __init__(self, keys: np.ndarray, block_size: int, name: str = "source") -> None:
+    """Blocks of keys in epoch order, from position ``start``; a resumed run first sends the
+    ``prefix`` positions (the shuffle buffer's content when the state was taken)."""
+
+    def __init__(
+        self,
+        keys: np.ndarray,
+        block_size: int,
+        name: str = "source",
+        *,
+        start: int = 0,
+        prefix: list[int] = (),
+        block_starts: np.ndarray | None = None,
+    ) -> None:
         self.name = name
         self._keys = keys
         self._block_size = block_size
+        self._block_starts = block_starts
+        self._start = start
+        self._prefix = list(prefix)
         self.output: Channel
         self.stats = StageStats(name)
 
     async def run(self) -> None:
         keys, size = self._keys, self._block_size
-        for start in range(0, len(keys), size):
-            block_keys = keys[start : start + size].tolist()
-            seqs = list(range(start, start + len(block_keys)))
+        for first in range(0, len(self._prefix), size):
+            seqs = self._prefix[first : first + size]
+            block_keys = keys[seqs].tolist()
+            self.stats.items_out += len(block_keys)
+            await self.output.put(Block(block_keys, seqs, list(block_keys)))
+        for start, stop in self._spans(len(keys), size):
+            block_keys = keys[start:stop].tolist()
+            seqs = list(range(start, stop))
             self.stats.items_out += len(block_keys)
             await self.output.put(Block(block_keys, seqs, list(block_keys)))
         self.output.close()
+
+    def _spans(self, n: int, size: int) -> list[tuple[int, int]]:
+        """Block spans from the start position: fixed ``size``, or cut at ``block_starts``
+        (chunk windows: one read per window), a window longer than ``size`` split in parts."""
+        if self._block_starts is None:
+            return [(s, min(s + size, n)) for s in range(self._start, n, size)]
+        cuts = sorted({self._start, n, *(int(b) for b in self._block_starts if self._start < b < n)})
+        spans = []
+        for begin, end in zip(cuts, cuts[1:], strict=False):
+            spans.extend((s, min(s + size, end)) for s in range(begin, end, size))
+        return spans
+
+
+class _PullFailed(Exception):
+    """The iterator raised after yielding ``items`` in this pull."""
+
+    def __init__(self, items: list[Any], error: BaseException) -> None:
+        super().__init__(error)
+        self.items = items
+        self.error = error
 
 
 def _pull(iterator: Iterator[Any], limit: int, deadline_s: float) -> tuple[list[Any], bool]:
@@ -53,16 +94,44 @@ def _pull(iterator: Iterator[Any], limit: int, deadline_s: float) -> tuple[list[
     items: list[Any] = []
     append = items.append
     started = perf_counter()
-    for item in iterator:
-        append(item)
-        if len(items) >= limit or perf_counter() - started > deadline_s:
-            return items, False
+    try:
+        for item in iterator:
+            append(item)
+            if len(items) >= limit or perf_counter() - started > deadline_s:
+                return items, False
+    except Exception as exc:
+        raise _PullFailed(items, exc) from None
     return items, True
 
 
+def _replay(iterator: Iterator[Any], stop: int, wanted: list[int]) -> list[Any]:
+    """Pull positions ``0..stop-1`` and keep those in ``wanted``, in ``wanted``'s order."""
+    index = {position: i for i, position in enumerate(wanted)}
+    kept: list[Any] = [None] * len(wanted)
+    for position, item in zip(range(stop), iterator, strict=False):
+        slot = index.get(position)
+        if slot is not None:
+            kept[slot] = item
+    return kept
+
+
 class IterSource:
-    def __init__(self, iterable: Any, block_size: int, rank: RankInfo, name: str = "source") -> None:
+    """A sync iterable. A resumed run replays the stream up to ``start`` (a stream cannot
+    seek), keeping only the ``prefix`` items (the shuffle buffer's content)."""
+
+    def __init__(
+        self,
+        iterable: Any,
+        block_size: int,
+        rank: RankInfo,
+        name: str = "source",
+        *,
+        start: int = 0,
+        prefix: list[int] = (),
+    ) -> None:
         self.name = name
+        self._start = start
+        self._prefix = list(prefix)
         self._iterable = iterable
         self._block_size = block_size
         self._rank = rank
@@ -77,23 +146,36 @@ class IterSource:
         loop = asyncio.get_running_loop()
         pool: ThreadPoolExecutor | None = None
         position = 0
+        if self._start:
+            kept = await loop.run_in_executor(None, _replay, iterator, self._start, self._prefix)
+            if self._prefix:
+                world, rank = self._rank.world_size, self._rank.rank
+                keys = [rank + s * world for s in self._prefix]
+                self.stats.items_out += len(kept)
+                await self.output.put(Block(keys, list(self._prefix), kept))
+            position = self._start
         try:
             ended = False
             while not ended:
-                if pool is None:
-                    started = perf_counter()
-                    items, ended = _pull(iterator, self._block_size, _MAX_BLOCK_S)
-                    elapsed = perf_counter() - started
-                    self.stats.busy_s += elapsed
-                    if elapsed > _PULL_INLINE_UNDER_S:
-                        pool = ThreadPoolExecutor(1, thread_name_prefix="aioloader-source")
-                        self.stats.executor = "thread"
-                else:
-                    started = perf_counter()
-                    items, ended = await loop.run_in_executor(
-                        pool, _pull, iterator, self._block_size, _MAX_BLOCK_S
-                    )
-                    self.stats.busy_s += perf_counter() - started
+                started = perf_counter()
+                try:
+                    if pool is None:
+                        items, ended = _pull(iterator, self._block_size, _MAX_BLOCK_S)
+                    else:
+                        items, ended = await loop.run_in_executor(
+                            pool, _pull, iterator, self._block_size, _MAX_BLOCK_S
+                        )
+                except _PullFailed as failed:
+                    key = position + len(failed.items)
+                    raise annotate(
+                        failed.error, self.name, key if world == 1 else rank + key * world
+                    ) from None
+                elapsed = perf_counter() - started
+                self.stats.busy_s += elapsed
+                if pool is None and elapsed > _PULL_INLINE_UNDER_S:
+                    # a slow iterator (files, network) would block the loop: pull in a thread
+                    pool = ThreadPoolExecutor(1, thread_name_prefix="aioloader-source")
+                    self.stats.executor = "thread"
                 if items:
                     seqs = list(range(position, position + len(items)))
                     keys = seqs if world == 1 else [rank + s * world for s in seqs]
@@ -107,8 +189,21 @@ class IterSource:
 
 
 class AsyncIterSource:
-    def __init__(self, iterable: Any, block_size: int, rank: RankInfo, name: str = "source") -> None:
+    """An async iterable; a resumed run replays it up to ``start`` like :class:`IterSource`."""
+
+    def __init__(
+        self,
+        iterable: Any,
+        block_size: int,
+        rank: RankInfo,
+        name: str = "source",
+        *,
+        start: int = 0,
+        prefix: list[int] = (),
+    ) -> None:
         self.name = name
+        self._start = start
+        self._prefix = list(prefix)
         self._iterable = iterable
         self._block_size = block_size
         self._rank = rank
@@ -119,13 +214,31 @@ class AsyncIterSource:
         world, rank = self._rank.world_size, self._rank.rank
         iterator: AsyncIterator[Any] = aiter(self._iterable)
         position = 0  # positions in the whole stream; this rank keeps every world-th
-        mine = 0
+        mine = 0  # this rank's positions (seqs)
         items: list[Any] = []
         keys: list[int] = []
         seqs: list[int] = []
+        start, prefix = self._start, self._prefix
+        wanted = {seq: i for i, seq in enumerate(prefix)}
+        kept: list[Any] = [None] * len(prefix)
         try:
-            async for item in iterator:
+            while True:
+                try:
+                    item = await anext(iterator)
+                except StopAsyncIteration:
+                    break
+                except Exception as exc:
+                    raise annotate(exc, self.name, position) from None
                 if position % world == rank:
+                    if mine < start:  # replaying up to a resume point: keep the buffer's items
+                        slot = wanted.get(mine)
+                        if slot is not None:
+                            kept[slot] = item
+                        mine += 1
+                        position += 1
+                        if mine == start and prefix:
+                            await self._emit_prefix(kept)
+                        continue
                     items.append(item)
                     keys.append(position)
                     seqs.append(mine)
@@ -135,11 +248,19 @@ class AsyncIterSource:
                     self.stats.items_out += len(items)
                     await self.output.put(Block(keys, seqs, items))
                     items, keys, seqs = [], [], []
+            if mine < start and prefix:  # the stream ended before the resume point
+                await self._emit_prefix(kept)
             if items:
                 self.stats.items_out += len(items)
                 await self.output.put(Block(keys, seqs, items))
         finally:
             aclose = getattr(iterator, "aclose", None)
-            if aclose is not None:
+            if aclose is not None and iterator is not self._iterable:
                 await aclose()
         self.output.close()
+
+    async def _emit_prefix(self, kept: list[Any]) -> None:
+        world, rank = self._rank.world_size, self._rank.rank
+        keys = [rank + seq * world for seq in self._prefix]
+        self.stats.items_out += len(kept)
+        await self.output.put(Block(keys, list(self._prefix), kept))

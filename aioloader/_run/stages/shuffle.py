@@ -1,0 +1,99 @@
+"""The shuffle-buffer stage: ``Loader.shuffle(buffer_size)``, a seeded reservoir for streams.
+
+Items keep their keys; their seqs become emission numbers, so the consumer's position is a
+position in this stage's output, which :meth:`state_at` maps back to the buffer's content
+(input seqs, i.e. keys: never payloads) and the source position to resume from. The undo log
+is trimmed as the consumer receives items, so it holds only what is in flight.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from time import perf_counter
+from typing import TYPE_CHECKING, Any
+
+from aioloader._run.block import Block
+from aioloader._run.channel import Channel
+from aioloader._spec import StageSpec
+from aioloader.monitor.stats import StageStats
+from aioloader.order.reservoir import Reservoir, ReservoirState
+
+if TYPE_CHECKING:
+    from aioloader._run.graph import Run
+
+_HISTORY = 1 << 22  # a backstop; the log is trimmed to what is in flight
+
+
+@dataclass(frozen=True, slots=True)
+class ShuffleSpec(StageSpec):
+    buffer_size: int
+    seed: int | None = None
+
+    def make_stage(self, run: Run) -> ShuffleStage:
+        return ShuffleStage(self, run)
+
+    def length(self, n: int) -> int:
+        return n
+
+
+def _seq_of(entry: tuple[Any, Any, Any]) -> Any:
+    return entry[1]
+
+
+class ShuffleStage:
+    def __init__(self, spec: ShuffleSpec, run: Run) -> None:
+        self.name = spec.name
+        self.input: Channel
+        self.output: Channel
+        self.stats = StageStats(spec.name)
+        seed = run.seed if spec.seed is None else spec.seed
+        saved = run.resume_reservoir()
+        if saved is None:
+            self.reservoir = Reservoir(spec.buffer_size, seed, run.epoch, history=_HISTORY, seq_of=_seq_of)
+        else:
+            self.reservoir = Reservoir.restored(
+                spec.buffer_size, seed, run.epoch, saved, history=_HISTORY, seq_of=_seq_of
+            )
+        self._block = 64
+        run.attach_reservoir(self)
+
+    def state_at(self, emitted: int) -> ReservoirState:
+        return self.reservoir.state_at(emitted)
+
+    async def run(self) -> None:
+        reservoir = self.reservoir
+        keys: list[Any] = []
+        seqs: list[Any] = []
+        values: list[Any] = []
+        async for block in self.input:
+            started = perf_counter()
+            self.stats.items_in += len(block)
+            for entry in zip(block.keys, block.seqs, block.values, strict=True):
+                out = reservoir.push(entry)
+                if out is not None:
+                    keys.append(out[0])
+                    seqs.append(reservoir.emitted - 1)
+                    values.append(out[2])
+            self.stats.busy_s += perf_counter() - started
+            if len(values) >= self._block or (values and self.output.starved()):
+                await self._emit(keys, seqs, values)
+                keys, seqs, values = [], [], []
+        while len(reservoir):
+            out = reservoir.pop()
+            keys.append(out[0])
+            seqs.append(reservoir.emitted - 1)
+            values.append(out[2])
+            if len(values) >= self._block:
+                await self._emit(keys, seqs, values)
+                keys, seqs, values = [], [], []
+        if values:
+            await self._emit(keys, seqs, values)
+        self.output.close()
+
+    async def _emit(self, keys: list[Any], seqs: list[Any], values: list[Any]) -> None:
+        self.stats.items_out += len(values)
+        await self.output.put(Block(keys, seqs, values))
+
+    def trim(self, delivered: int) -> None:
+        """The consumer has everything before emission ``delivered``: forget how to undo it."""
+        self.reservoir.forget_before(delivered)

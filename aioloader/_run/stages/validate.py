@@ -1,0 +1,134 @@
+"""The validate stage: checks every item (type, shape, dtype, value range) and raises or skips.
+
+A check is any callable taking a sample and returning ``None`` (or ``True``) when it is fine, else
+a problem: a message (raised as :class:`DataFormatError`), ``False`` (a generic
+:class:`DataFormatError`), or a :class:`DataLoadingError` instance (raised as it is, e.g. a
+:class:`DataCorruptionError` for values out of range). ``al.transforms.Check`` is the
+declarative one. Under ``on_error="skip"`` a failing item is dropped and recorded with its key
+in ``stats()["errors"]``; past ``max_failures`` the stage raises :class:`TooManyFailures`.
+Checks are cheap, so they run inline.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from time import perf_counter
+from typing import Any
+
+from aioloader._run.channel import Channel
+from aioloader._spec import ON_ERROR, StageSpec, check_callable, check_choice, fn_name
+from aioloader._spec import _check_max_failures as check_max_failures
+from aioloader.errors import DataFormatError, DataLoadingError, TooManyFailures, annotate
+from aioloader.monitor.stats import ErrorLog, StageStats
+
+_FRACTION_MIN_SEEN = 100
+
+
+@dataclass(frozen=True, slots=True)
+class ValidateSpec(StageSpec):
+    checks: tuple[Callable[[Any], Any], ...]
+    on_error: str = "raise"
+    max_failures: int | float = 0
+
+    def length(self, n: int) -> int:
+        """For ``len(loader)``: unchanged when failures raise; unknown when they are skipped."""
+        if self.on_error == "skip":
+            raise TypeError(f"len() is not known: stage {self.name!r} may skip items")
+        return n
+
+    def make_stage(self, run: Any) -> ValidateStage:
+        return ValidateStage(self, run.errors)
+
+
+def problem_of(check: Callable[[Any], Any], sample: Any, stage: str, key: Any) -> DataLoadingError | None:
+    """Run one check; its problem as an exception naming the stage and key, or ``None``."""
+    result = check(sample)
+    if result is None or result is True:
+        return None
+    if isinstance(result, DataLoadingError):
+        exc = result
+    elif result is False:
+        exc = DataFormatError(f"sample key {key!r} failed check {check!r}")
+    else:
+        exc = DataFormatError(f"sample key {key!r}: {result}")
+    if exc.stage is None:
+        exc.stage = stage
+    if exc.key is None:
+        exc.key = key
+    return exc
+
+
+class ValidateStage:
+    def __init__(self, spec: ValidateSpec, errors: ErrorLog) -> None:
+        self.name = spec.name
+        self._spec = spec
+        self._errors = errors
+        self._seen = 0
+        self._failed = 0
+        self.input: Channel
+        self.output: Channel
+        self.stats = StageStats(spec.name)
+
+    def _problem(self, key: Any, value: Any) -> DataLoadingError | None:
+        for check in self._spec.checks:
+            try:
+                exc = problem_of(check, value, self.name, key)
+            except Exception as raised:  # a check that raises reports the problem itself
+                raise annotate(raised, self.name, key) from None
+            if exc is not None:
+                return exc
+        return None
+
+    def _skip(self, key: Any, exc: DataLoadingError) -> None:
+        spec = self._spec
+        if spec.on_error == "raise":
+            raise annotate(exc, self.name, key)
+        self._errors.record(self.name, key, exc)
+        self._failed += 1
+        budget = spec.max_failures
+        if isinstance(budget, int):
+            exceeded = self._failed > budget
+        else:
+            exceeded = self._seen >= _FRACTION_MIN_SEEN and self._failed > budget * self._seen
+        if exceeded:
+            raise TooManyFailures(
+                f"stage {self.name!r}: {self._failed} samples failed, more than max_failures={budget}"
+                f" (last: key {key!r}, {type(exc).__name__}: {exc})",
+                stage=self.name,
+                key=key,
+            ) from exc
+
+    async def run(self) -> None:
+        async for block in self.input:
+            started = perf_counter()
+            self.stats.items_in += len(block)
+            keep: list[int] = []
+            for index, (key, value) in enumerate(zip(block.keys, block.values, strict=True)):
+                self._seen += 1
+                exc = self._problem(key, value)
+                if exc is None:
+                    keep.append(index)
+                else:
+                    self._skip(key, exc)
+            out = block if len(keep) == len(block) else block.take(keep)
+            self.stats.busy_s += perf_counter() - started
+            if len(out):
+                self.stats.items_out += len(out)
+                await self.output.put(out)
+        self.output.close()
+
+
+def validate_spec(
+    check: Callable[[Any], Any] | Sequence[Callable[[Any], Any]], on_error: str, max_failures: int | float
+) -> ValidateSpec:
+    """Validate ``Loader.validate`` arguments (naming each) and build the spec."""
+    checks = tuple(check) if isinstance(check, (list, tuple)) else (check,)
+    if not checks:
+        raise ValueError("check must be a callable or a non-empty list of callables")
+    for one in checks:
+        check_callable(one, "check")
+    check_choice(on_error, "on_error", ON_ERROR)
+    check_max_failures(max_failures)
+    name = "validate" if len(checks) > 1 else f"validate({fn_name(checks[0])})"
+    return ValidateSpec(name, checks, on_error, max_failures)

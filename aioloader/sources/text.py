@@ -1,0 +1,218 @@
+"""``TextLines`` and ``JsonLines``: the lines of text files as samples.
+
+Streaming (``mode="streaming"``, or ``source.stream()`` in any mode) reads the files front to
+back in constant memory. Random access (so ``shuffle=True`` works) goes through a line-offset
+index built once when the source is made (:mod:`aioloader.sources._line_index`), never
+loading the text: ``__getitems__`` sorts a block's keys, merges neighbours into byte ranges and
+reads each range with one ``os.pread``.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+from collections.abc import Iterator
+from typing import Any
+
+import numpy as np
+
+from aioloader.errors import DataCorruptionError, DataNotFoundError
+from aioloader.sources._handles import PerProcess, open_fd
+from aioloader.sources._line_index import LineIndex, build_line_index, pread_exact
+from aioloader.sources._modes import DEFAULT_MAX_MEMORY_USAGE, ModalSource
+from aioloader.sources._paths import expand_files
+
+__all__ = ["TextLines", "JsonLines"]
+
+_MAX_OPEN_FILES = 256  # more files than this: open each for the read, not kept open
+_MERGE_GAP_BYTES = 4096  # read across a gap this small rather than issue another pread
+
+
+def _strip_newline(raw: bytes) -> bytes:
+    if raw.endswith(b"\n"):
+        raw = raw[:-1]
+        if raw.endswith(b"\r"):
+            raw = raw[:-1]
+    return raw
+
+
+def _close_fds(fds: dict[int, int]) -> None:
+    for fd in fds.values():
+        os.close(fd)
+    fds.clear()
+
+
+class TextLines(ModalSource):
+    """Every line of one file, or of the files a glob matches (sorted), as ``str``.
+
+    A line is given without its line ending (``"\\n"`` or ``"\\r\\n"``). ``encoding`` and
+    ``errors`` are those of :meth:`bytes.decode`; a line that does not decode raises
+    ``DataCorruptionError`` with its key, file and line number.
+    """
+
+    _skip_blank = False
+    _format: str | None = None  # what a bad line is not valid as (None: the encoding)
+    _eager_factor = 1.0
+    _eager_per_item = 64
+
+    def __init__(
+        self,
+        path_or_glob: str | os.PathLike[str],
+        *,
+        mode: str = "lazy",
+        encoding: str = "utf-8",
+        errors: str = "strict",
+        max_memory_usage: float = DEFAULT_MAX_MEMORY_USAGE,
+    ) -> None:
+        self._setup_mode(mode, max_memory_usage)
+        if not isinstance(encoding, str) or not isinstance(errors, str):
+            raise TypeError(f"encoding and errors must be str, got {encoding!r}, {errors!r}")
+        "".encode(encoding)  # LookupError now for an unknown encoding, not at the first read
+        self.encoding = encoding
+        self.errors = errors
+        self.paths = expand_files(path_or_glob, "path_or_glob")
+        if all(p.stat().st_size == 0 for p in self.paths):
+            names = ", ".join(repr(str(p)) for p in self.paths[:3])
+            raise DataNotFoundError(
+                f"{type(self).__name__}: {names} {'is' if len(self.paths) == 1 else 'are'} empty"
+            )
+        self._index: LineIndex | None = None
+        if self.mode != "streaming":
+            self._index = build_line_index(self.paths, skip_blank=self._skip_blank)
+            if len(self._index) == 0:
+                raise DataNotFoundError(f"{type(self).__name__}: no lines in {[str(p) for p in self.paths]}")
+        self._fds = PerProcess(dict, _close_fds)
+        self._start_mode()
+
+    @property
+    def index_nbytes(self) -> int:
+        """Memory taken by the line-offset index (0 in streaming mode)."""
+        return 0 if self._index is None else self._index.nbytes
+
+    # -- parsing ---------------------------------------------------------------------------
+    def _decode(self, raw: bytes) -> Any:
+        """A line's bytes (with its line ending) to the sample; raises ``ValueError`` if bad."""
+        return _strip_newline(raw).decode(self.encoding, self.errors)
+
+    def _corrupt(self, index: int, where: str, exc: Exception) -> DataCorruptionError:
+        what = self._format or self.encoding
+        return DataCorruptionError(
+            f"{type(self).__name__}: {where} (key {index}) is not valid {what}: {exc}", key=index
+        )
+
+    def _where(self, file: int, index: int) -> str:
+        first = int(self._require_index().file_first[file])
+        kind = "record" if self._skip_blank else "line"
+        return f"{kind} {index - first + 1} of {str(self.paths[file])!r}"
+
+    # -- reading ---------------------------------------------------------------------------
+    def _require_index(self) -> LineIndex:
+        if self._index is None:
+            raise TypeError(
+                f"{type(self).__name__}(mode='streaming') has no line index: its length is not known "
+                "and it has no random access"
+            )
+        return self._index
+
+    def _length(self) -> int:
+        return len(self._require_index())
+
+    def _pread(self, file: int, length: int, offset: int) -> bytes:
+        if len(self.paths) > _MAX_OPEN_FILES:
+            fd = open_fd(str(self.paths[file]))
+            try:
+                return pread_exact(fd, length, offset)
+            finally:
+                os.close(fd)
+        fds = self._fds.get()
+        fd = fds.get(file)
+        if fd is None:
+            mine = open_fd(str(self.paths[file]))
+            fd = fds.setdefault(file, mine)
+            if fd != mine:  # another thread opened it first
+                os.close(mine)
+        return pread_exact(fd, length, offset)
+
+    def _read(self, index: int) -> Any:
+        file, start, stop = self._require_index().locate(index)
+        raw = self._pread(file, stop - start, start)
+        try:
+            return self._decode(raw)
+        except ValueError as exc:
+            raise self._corrupt(index, self._where(file, index), exc) from None
+
+    def _read_many(self, indices: np.ndarray) -> list[Any]:
+        """Sort the keys, merge neighbours into byte ranges, one ``pread`` per range."""
+        line_index = self._require_index()
+        if len(indices) == 0:
+            return []
+        order = np.argsort(indices, kind="stable")
+        ordered = indices[order]
+        files = line_index.files_of(ordered)
+        positions = ordered + files
+        starts = line_index.offsets[positions].astype(np.int64)
+        stops = line_index.offsets[positions + 1].astype(np.int64)
+        # A new byte range wherever the file changes or the gap to the previous line is large.
+        gaps = starts[1:] - stops[:-1]
+        breaks = np.flatnonzero((np.diff(files) != 0) | (gaps > _MERGE_GAP_BYTES)) + 1
+        bounds = [0, *breaks.tolist(), len(ordered)]
+        results: list[Any] = [None] * len(indices)
+        slots, keys = order.tolist(), ordered.tolist()
+        starts_list, stops_list = starts.tolist(), stops.tolist()
+        decode = self._decode
+        for lo, hi in itertools.pairwise(bounds):
+            file = int(files[lo])
+            base = starts_list[lo]
+            span = self._pread(file, max(stops_list[lo:hi]) - base, base)
+            for j in range(lo, hi):
+                raw = span[starts_list[j] - base : stops_list[j] - base]
+                try:
+                    results[slots[j]] = decode(raw)
+                except ValueError as exc:
+                    raise self._corrupt(keys[j], self._where(file, keys[j]), exc) from None
+        return results
+
+    def _scan(self) -> Iterator[Any]:
+        position = 0
+        decode, skip_blank = self._decode, self._skip_blank
+        for path in self.paths:
+            with open(path, "rb") as f:
+                for number, raw in enumerate(f, 1):
+                    if skip_blank and raw in (b"\n", b"\r\n"):
+                        continue
+                    try:
+                        item = decode(raw)
+                    except ValueError as exc:
+                        raise self._corrupt(position, f"line {number} of {str(path)!r}", exc) from None
+                    yield item
+                    position += 1
+
+    def _estimate_nbytes(self) -> int:
+        size = sum(p.stat().st_size for p in self.paths)
+        return int(size * self._eager_factor) + self._eager_per_item * self._length()
+
+    def _close(self) -> None:
+        self._fds.close()
+
+    def __repr__(self) -> str:
+        where = str(self.paths[0]) if len(self.paths) == 1 else f"{len(self.paths)} files"
+        n = "" if self._index is None else f", {len(self._index)} lines"
+        return f"{type(self).__name__}({where!r}{n}, mode={self.mode!r})"
+
+
+class JsonLines(TextLines):
+    """Every non-blank line of JSON Lines file(s), parsed with :func:`json.loads` (usually a dict).
+
+    A line that is not valid JSON raises ``DataCorruptionError`` with its key, file and line.
+    To skip bad records rather than stop, read ``TextLines`` and
+    ``.map(json.loads, on_error="skip")``.
+    """
+
+    _skip_blank = True
+    _format = "JSON"
+    _eager_factor = 6.0
+    _eager_per_item = 256
+
+    def _decode(self, raw: bytes) -> Any:
+        return json.loads(raw.decode(self.encoding, self.errors))

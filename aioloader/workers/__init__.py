@@ -1,0 +1,32 @@
+"""Process pool for CPU-bound map stages: ``.map(fn, executor="process")``.
+
+Importing this package registers the ``"process"`` executor kind (``Loader.map`` imports it).
+
+- ``executor.py``: the executor a map stage uses; crash redo policy, default pool size, the
+  ``worker_init`` spec and the build-time pickling check.
+- ``pool.py``: persistent worker processes, the I/O thread, crash and deadline detection, close.
+- ``shm.py``: results' arrays and tensors through reused shared-memory segments.
+- ``_child.py``: the worker process's main loop.
+"""
+
+from aioloader._run.executors import register_executor
+from aioloader.workers.executor import (
+    MAX_ATTEMPTS,
+    ProcessExecutor,
+    ProcessMapSpec,
+    default_workers,
+    make_process_executor,
+    process_map_spec,
+)
+from aioloader.workers.pool import ProcessPool
+
+register_executor("process", make_process_executor)
+
+__all__ = [
+    "MAX_ATTEMPTS",
+    "ProcessExecutor",
+    "ProcessMapSpec",
+    "ProcessPool",
+    "default_workers",
+    "process_map_spec",
+]

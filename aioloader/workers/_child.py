@@ -1,0 +1,109 @@
+"""The worker process's main loop (runs in the child, started by :mod:`aioloader.workers.pool`).
+
+Protocol on two pipes. Parent to child: the preparation data of ``multiprocessing.spawn`` (so the
+child sees the parent's ``sys.path``, cwd and ``__main__``), then the pickled
+``(work, worker_init, worker_id, segment_prefix)``, then tasks ``(task_id, releases, values)``.
+Child to parent: ``("ready", pid)`` or ``("init_error", exc)``, then one reply per task,
+``("ok", task_id, frame)`` or ``("error", task_id, exc)``. A third pipe is the lifeline: when
+the parent closes it (or dies) the child unlinks its segments and exits at once, even mid-task.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import signal
+import sys
+import threading
+import traceback
+from multiprocessing.connection import Connection
+from multiprocessing.spawn import prepare
+from typing import Any
+
+from aioloader.workers.shm import SegmentArena, pack
+
+BOOTSTRAPPING = False  # true while a worker imports the parent's __main__ (see ProcessPool)
+
+
+def _portable(exc: BaseException) -> BaseException:
+    """``exc`` with the worker's traceback as a note, or a RuntimeError when it cannot be
+    pickled and unpickled (exceptions with custom constructors often cannot)."""
+    if exc.__traceback__ is not None:
+        tb = "".join(traceback.format_tb(exc.__traceback__))
+        try:
+            exc.add_note(f"traceback in worker process {os.getpid()}:\n{tb}")
+        except (AttributeError, TypeError):
+            pass
+    try:
+        pickle.loads(pickle.dumps(exc))
+        return exc
+    except Exception:
+        plain = RuntimeError(f"{type(exc).__qualname__}: {exc} (the original exception cannot be pickled)")
+        for note in getattr(exc, "__notes__", []):
+            plain.add_note(note)
+        return plain
+
+
+def _watch_lifeline(fd: int, arena: list[SegmentArena]) -> None:
+    while True:
+        try:
+            if not os.read(fd, 1):
+                break
+        except InterruptedError:
+            continue
+        except OSError:
+            break
+    for a in arena:
+        a.unlink_all()
+    os._exit(0)
+
+
+def _serve(tasks: Connection, results: Connection, work: Any, arena: SegmentArena) -> None:
+    while True:
+        try:
+            task_id, releases, values = tasks.recv()
+        except (EOFError, OSError):
+            return
+        arena.release(releases)
+        try:
+            out = work(pickle.loads(values))
+            results_, failures, busy = out
+            failures = [(i, _portable(e)) for i, e in failures]
+            reply: Any = ("ok", task_id, pack((results_, failures, busy), arena))
+        except Exception as exc:
+            reply = ("error", task_id, _portable(exc))
+        results.send(reply)
+
+
+def main(argv: list[str] | None = None) -> None:
+    task_fd, result_fd, life_fd = (int(a) for a in (argv or sys.argv[1:])[:3])
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
+    arena: list[SegmentArena] = []
+    threading.Thread(target=_watch_lifeline, args=(life_fd, arena), daemon=True).start()
+    tasks = Connection(task_fd, writable=False)
+    results = Connection(result_fd, readable=False)
+    global BOOTSTRAPPING
+    try:
+        BOOTSTRAPPING = True
+        try:
+            prepare(tasks.recv())
+        finally:
+            BOOTSTRAPPING = False
+        work, worker_init, worker_id, prefix = pickle.loads(tasks.recv_bytes())
+        arena.append(SegmentArena(prefix))
+        if worker_init is not None:
+            worker_init(worker_id)
+    except (EOFError, OSError):
+        return
+    except BaseException as exc:
+        results.send(("init_error", _portable(exc)))
+        return
+    results.send(("ready", os.getpid()))
+    try:
+        _serve(tasks, results, work, arena[0])
+    finally:
+        arena[0].unlink_all()
+
+
+if __name__ == "__main__":
+    main()

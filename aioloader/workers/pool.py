@@ -1,0 +1,410 @@
+"""A persistent pool of worker processes, with crash and hang detection.
+
+Workers are fresh interpreters started with ``subprocess`` (spawn semantics: never a bare fork of
+a process with threads, and no hidden helper process such as multiprocessing's resource tracker
+or forkserver). Each worker has a task pipe, a result pipe and a lifeline pipe.
+
+One I/O thread (``aioloader-pool-<stage>``) owns all pipe traffic: it hands a queued task to a
+worker only when that worker is idle (so a send never blocks on a busy worker), receives replies
+and maps their shared-memory segments, and resolves each task's ``concurrent.futures.Future``
+with an :class:`Outcome`. It also watches for deaths (end of file on a result pipe) and deadlines:
+a worker that dies or runs past its task's deadline (it is killed) is reaped, its segments are
+unlinked and a replacement is started in the same slot. Policy (redo, retry, skip) is not here:
+the caller decides from the outcome ("ok", "crash", "timeout", "error").
+
+:meth:`ProcessPool.close` closes the lifelines (workers exit at once, even mid-task), kills any
+worker still alive after a grace period, reaps them all and unlinks every segment of the pool.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import secrets
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from concurrent.futures import Future
+from dataclasses import dataclass
+from multiprocessing.connection import Connection, wait
+from multiprocessing.spawn import get_preparation_data
+from pathlib import Path
+from typing import Any
+
+from aioloader.errors import WorkerCrashError
+from aioloader.workers import _child, shm
+
+MAX_START_FAILURES = 3  # workers dying before they are ready, in a row: the pool is broken
+_GRACE_S = 0.5  # at close, how long workers get to exit before SIGKILL
+_PACKAGE_ROOT = str(Path(__file__).resolve().parents[2])
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """How a task ended: ``kind`` is "ok" (``value`` = the work's return), "crash" (``value``
+    describes the death), "timeout", or "error" (``value`` is the exception)."""
+
+    kind: str
+    value: Any = None
+
+
+class _Task:
+    __slots__ = ("deadline", "future", "payload", "started", "timeout")
+
+    def __init__(self, payload: bytes, timeout: float | None) -> None:
+        self.payload = payload
+        self.timeout = timeout
+        self.future: Future[Outcome] = Future()
+        self.started = False
+        self.deadline: float | None = None
+
+    def finish(self, outcome: Outcome) -> None:
+        if not self.future.done():
+            self.future.set_result(outcome)
+
+
+class _Worker:
+    """One child process and the parent's ends of its pipes; touched by the I/O thread only
+    (``releases`` also by finalizers, from any thread: a deque is safe for that)."""
+
+    def __init__(self, slot: int, spawn: int, proc: subprocess.Popen[bytes], tasks: Connection,
+                 results: Connection, lifeline: int) -> None:  # fmt: skip
+        self.slot = slot
+        self.spawn = spawn
+        self.proc = proc
+        self.tasks = tasks
+        self.results = results
+        self.lifeline = lifeline
+        self.state = "starting"  # -> "idle" <-> "busy"; "dead"
+        self.task: _Task | None = None
+        self.releases: deque[str] = deque()
+        self.segments: set[str] = set()
+
+    def release(self, name: str) -> None:
+        if self.state != "dead":
+            self.releases.append(name)
+
+    def close_pipes(self) -> None:
+        for conn in (self.tasks, self.results):
+            conn.close()
+        if self.lifeline >= 0:
+            os.close(self.lifeline)
+            self.lifeline = -1
+
+
+def _describe_exit(pid: int, returncode: int | None) -> str:
+    if returncode is None:
+        return f"worker pid {pid} stopped answering"
+    if returncode < 0:
+        try:
+            return f"worker pid {pid} was killed by signal {signal.Signals(-returncode).name}"
+        except ValueError:
+            return f"worker pid {pid} was killed by signal {-returncode}"
+    return f"worker pid {pid} exited with code {returncode}"
+
+
+class ProcessPool:
+    """``workers`` processes running ``work(values)`` (a picklable chunk function)."""
+
+    def __init__(
+        self,
+        work: Callable[[list[Any]], Any],
+        *,
+        workers: int,
+        worker_init: Callable[[int], None] | None = None,
+        name: str = "map",
+    ) -> None:
+        if workers < 1:
+            raise ValueError(f"workers must be >= 1, got {workers}")
+        if _child.BOOTSTRAPPING:
+            raise RuntimeError(
+                "a process pool was started while a worker process imported the main module: "
+                "guard the script's entry point with `if __name__ == '__main__':` (as for "
+                "multiprocessing's spawn start method)"
+            )
+        self.size = workers
+        self.name = name
+        self._work = work
+        self._worker_init = worker_init
+        self._prefix = f"aioloader_{os.getpid()}_{secrets.token_hex(3)}_"
+        self._prep = get_preparation_data(f"aioloader-{name}")
+        self._prep.pop("authkey", None)  # not picklable, and the workers make no connections
+        self._lock = threading.Lock()
+        self._pending: deque[_Task] = deque()
+        self._workers: dict[int, _Worker] = {}
+        self._spawns = 0
+        self._start_failures = 0
+        self._broken: BaseException | None = None
+        self._closed = False
+        self._feeders: list[threading.Thread] = []
+        self._wake_r, self._wake_w = os.pipe()
+        os.set_blocking(self._wake_w, False)
+        for slot in range(workers):
+            self._spawn(slot)
+        self._thread = threading.Thread(target=self._serve, name=f"aioloader-pool-{name}", daemon=True)
+        self._thread.start()
+
+    # -- any thread --------------------------------------------------------------------------
+    @property
+    def pids(self) -> list[int]:
+        """Pids of the live workers (for tests and diagnostics)."""
+        return sorted(w.proc.pid for w in list(self._workers.values()) if w.state != "dead")
+
+    def submit(self, payload: bytes, timeout: float | None = None) -> Future[Outcome]:
+        """Queue a task (``payload``: the pickled list of values); ``timeout`` in seconds from
+        the moment a worker starts it."""
+        task = _Task(payload, timeout)
+        with self._lock:
+            if self._closed:
+                task.finish(Outcome("error", RuntimeError(f"the process pool of {self.name!r} is closed")))
+            elif self._broken is not None:
+                task.finish(Outcome("error", self._broken))
+            else:
+                self._pending.append(task)
+        self._wake()
+        return task.future
+
+    def close(self) -> None:
+        """Stop every worker and unlink every segment; idempotent, bounded by ~1 s."""
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            pending = list(self._pending)
+            self._pending.clear()
+        self._wake()
+        if self._thread is not threading.current_thread():
+            self._thread.join(2.0)
+        workers = list(self._workers.values())
+        self._workers.clear()
+        for worker in workers:
+            if worker.lifeline >= 0:
+                os.close(worker.lifeline)  # the child exits on end of file, even mid-task
+                worker.lifeline = -1
+        deadline = time.monotonic() + _GRACE_S
+        for worker in workers:
+            try:
+                worker.proc.wait(max(0.0, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                worker.proc.kill()
+                worker.proc.wait()
+        closed = Outcome("error", RuntimeError(f"the process pool of {self.name!r} is closed"))
+        for worker in workers:
+            worker.state = "dead"
+            worker.close_pipes()
+            if worker.task is not None:
+                worker.task.finish(closed)
+            for segment in worker.segments:
+                shm.unlink(segment)
+        for task in pending:
+            task.future.cancel() or task.finish(closed)
+        for feeder in self._feeders:
+            feeder.join(1.0)
+        os.close(self._wake_r)
+        os.close(self._wake_w)
+        shm.sweep(self._prefix)
+
+    def _wake(self) -> None:
+        try:
+            os.write(self._wake_w, b"\0")
+        except (BlockingIOError, OSError):  # full (a wake-up is pending anyway) or closed
+            pass
+
+    # -- I/O thread ----------------------------------------------------------------------------
+    def _spawn(self, slot: int) -> None:
+        spawn = self._spawns
+        self._spawns += 1
+        task_r, task_w = os.pipe()
+        result_r, result_w = os.pipe()
+        life_r, life_w = os.pipe()
+        code = (
+            f"import sys; sys.path.insert(0, {_PACKAGE_ROOT!r}); "
+            "from aioloader.workers._child import main; main()"
+        )
+        try:
+            proc = subprocess.Popen(
+                [sys.executable, "-c", code, str(task_r), str(result_w), str(life_r)],
+                pass_fds=(task_r, result_w, life_r),
+                stdin=subprocess.DEVNULL,
+            )
+        except BaseException:
+            for fd in (task_r, task_w, result_r, result_w, life_r, life_w):
+                os.close(fd)
+            raise
+        finally:
+            for fd in (task_r, result_w, life_r):
+                try:
+                    os.close(fd)
+                except OSError:
+                    pass
+        tasks = Connection(task_w, readable=False)
+        worker = _Worker(slot, spawn, proc, tasks, Connection(result_r, writable=False), life_w)
+        self._workers[slot] = worker
+        init = pickle.dumps((self._work, self._worker_init, slot, f"{self._prefix}{spawn}_"))
+        # The child reads this after importing; a thread keeps a large payload from blocking us.
+        feeder = threading.Thread(
+            target=_feed, args=(proc, tasks, self._prep, init), name="aioloader-pool-feed", daemon=True
+        )
+        self._feeders = [f for f in self._feeders if f.is_alive()]
+        self._feeders.append(feeder)
+        feeder.start()
+
+    def _serve(self) -> None:
+        try:
+            while not self._closed:
+                live = {w.results: w for w in self._workers.values() if w.state != "dead"}
+                ready = wait([self._wake_r, *live], self._until_deadline())
+                for obj in ready:
+                    if obj == self._wake_r:
+                        os.read(self._wake_r, 4096)
+                    elif not self._closed and live[obj].state != "dead":  # type: ignore[index]
+                        self._receive(live[obj])  # type: ignore[index]
+                if self._closed:
+                    break
+                self._expire()
+                self._dispatch()
+        except BaseException as exc:  # a bug here must fail the tasks, never hang them
+            self._break(exc)
+
+    def _until_deadline(self) -> float | None:
+        deadlines = [w.task.deadline for w in self._workers.values() if w.task and w.task.deadline]
+        if not deadlines:
+            return None
+        return max(0.0, min(deadlines) - time.monotonic())
+
+    def _receive(self, worker: _Worker) -> None:
+        try:
+            message = worker.results.recv()
+        except (EOFError, OSError):
+            self._on_death(worker)
+            return
+        except Exception as exc:  # the reply could not be unpickled here
+            message = ("error", None, exc)
+        kind = message[0]
+        if kind == "ready":
+            worker.state = "idle"
+            self._start_failures = 0
+        elif kind == "init_error":
+            error = WorkerCrashError(
+                f"stage {self.name!r}: a worker process failed to start "
+                f"(worker_init or loading the function): {type(message[1]).__name__}: {message[1]}",
+                stage=self.name,
+            )
+            error.__cause__ = message[1]
+            self._break(error)
+        else:
+            task, worker.task = worker.task, None
+            worker.state = "idle"
+            if task is None:
+                return
+            if kind == "ok":
+                frame = message[2]
+                if frame[0] is not None:
+                    worker.segments.add(frame[0])
+                try:
+                    outcome = Outcome("ok", shm.unpack(frame, worker.release))
+                except Exception as exc:
+                    outcome = Outcome("error", exc)
+            else:
+                outcome = Outcome("error", message[2])
+            task.finish(outcome)
+
+    def _expire(self) -> None:
+        now = time.monotonic()
+        for worker in list(self._workers.values()):
+            task = worker.task
+            if task is not None and task.deadline is not None and now >= task.deadline:
+                worker.proc.kill()
+                worker.task = None
+                task.finish(Outcome("timeout"))
+                self._on_death(worker)
+
+    def _on_death(self, worker: _Worker) -> None:
+        was = worker.state
+        worker.state = "dead"
+        if worker.lifeline >= 0:
+            os.close(worker.lifeline)
+            worker.lifeline = -1
+        try:
+            worker.proc.wait(1.0)
+        except subprocess.TimeoutExpired:  # closed its pipe but lingers: it is of no use now
+            worker.proc.kill()
+            worker.proc.wait()
+        worker.close_pipes()
+        for segment in worker.segments:
+            shm.unlink(segment)
+        shm.sweep(f"{self._prefix}{worker.spawn}_")
+        detail = _describe_exit(worker.proc.pid, worker.proc.returncode)
+        if worker.task is not None:
+            worker.task.finish(Outcome("crash", detail))
+            worker.task = None
+        if self._workers.get(worker.slot) is worker:
+            del self._workers[worker.slot]
+        if was == "starting":
+            self._start_failures += 1
+            if self._start_failures >= MAX_START_FAILURES:
+                self._break(
+                    WorkerCrashError(
+                        f"stage {self.name!r}: worker processes die before they are ready "
+                        f"({self._start_failures} in a row; last: {detail})",
+                        stage=self.name,
+                    )
+                )
+                return
+        if not self._closed and self._broken is None:
+            self._spawn(worker.slot)
+
+    def _dispatch(self) -> None:
+        idle = [w for w in self._workers.values() if w.state == "idle"]
+        while idle:
+            with self._lock:
+                if not self._pending:
+                    return
+                task = self._pending.popleft()
+            if not task.started:
+                if not task.future.set_running_or_notify_cancel():
+                    continue  # cancelled while queued
+                task.started = True
+            worker = idle.pop()
+            releases = []
+            while worker.releases:
+                releases.append(worker.releases.popleft())
+            worker.task = task
+            worker.state = "busy"
+            if task.timeout is not None:
+                task.deadline = time.monotonic() + task.timeout
+            try:
+                worker.tasks.send((id(task), releases, task.payload))
+            except OSError:
+                pass  # it is dying: the end of file on its result pipe reports the crash
+
+    def _break(self, error: BaseException) -> None:
+        """The pool cannot work any more: fail what is queued and running."""
+        with self._lock:
+            self._broken = error
+            pending = list(self._pending)
+            self._pending.clear()
+        outcome = Outcome("error", error)
+        for task in pending:
+            task.finish(outcome)
+        for worker in self._workers.values():
+            if worker.task is not None:
+                worker.task.finish(outcome)
+                worker.task = None
+
+
+def _feed(proc: subprocess.Popen[bytes], tasks: Connection, prep: dict[str, Any], init: bytes) -> None:
+    try:
+        tasks.send(prep)
+        tasks.send_bytes(init)
+    except OSError:  # the child died first; the I/O thread sees it
+        pass
+    except Exception:  # the child would wait forever: end it, the I/O thread counts a failed start
+        proc.kill()
+
+
+__all__ = ["MAX_START_FAILURES", "Outcome", "ProcessPool"]

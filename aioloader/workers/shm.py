@@ -1,0 +1,177 @@
+"""Shared-memory transport for results coming back from worker processes.
+
+A result is pickled with protocol 5: numpy arrays (and CPU tensors, reduced to arrays) hand their
+buffers out of band, and those of at least :data:`SHM_MIN_BYTES` are copied once into a POSIX
+shared-memory segment instead of travelling through the pipe. The pipe carries only the small
+pickle and the buffer spans. The parent maps the segment and unpickles arrays as *views* of it,
+so nothing is copied again until collation stacks them into a batch.
+
+Segments belong to the worker that made them (:class:`SegmentArena`) and are reused: one is lent
+for one result, and the parent hands it back (:class:`Lease`) once every view of it is gone (the
+mapping's finalizer). Names start with ``aioloader_<parent pid>_<pool>_<spawn>_`` so the pool can
+sweep every segment of a dead worker, or of the whole pool at close.
+"""
+
+from __future__ import annotations
+
+import _posixshmem
+import io
+import mmap
+import os
+import pickle
+import weakref
+from collections.abc import Callable
+from typing import Any
+
+# Smaller buffers stay in the pickle. Measured on 2 cores (2 workers, batch 16, items/s, pipe vs
+# shm): 150 KB 29.9k vs 29.9k, 1 MB 6.7k vs 9.2k, 8 MB 336 vs 507; so segments pay from ~128 KB.
+SHM_MIN_BYTES = 128 * 1024
+_MIN_SEGMENT = 1 << 20
+_ALIGN = 64
+_MAX_FREE = 8  # free segments a worker keeps for reuse; more are unlinked
+_SHM_DIR = "/dev/shm"
+
+Frame = tuple[str | None, int, list[tuple[int, int]], bytes]  # segment, size, spans, pickle
+
+
+def unlink(name: str) -> None:
+    """Remove a segment's name (its memory goes when the last mapping does); missing is fine."""
+    try:
+        _posixshmem.shm_unlink("/" + name)
+    except FileNotFoundError:
+        pass
+
+
+def sweep(prefix: str) -> list[str]:
+    """Unlink every segment whose name starts with ``prefix`` (Linux lists them in /dev/shm)."""
+    try:
+        names = [n for n in os.listdir(_SHM_DIR) if n.startswith(prefix)]
+    except FileNotFoundError:  # pragma: no cover - no /dev/shm (macOS): names are tracked instead
+        return []
+    for name in names:
+        unlink(name)
+    return names
+
+
+def _map(name: str, size: int, *, create: bool) -> mmap.mmap:
+    flags = os.O_RDWR | (os.O_CREAT | os.O_EXCL if create else 0)
+    fd = _posixshmem.shm_open("/" + name, flags, mode=0o600)
+    try:
+        if create:
+            os.ftruncate(fd, size)
+            return mmap.mmap(fd, size)
+        return mmap.mmap(fd, size)  # MAP_POPULATE measured no faster
+    finally:
+        os.close(fd)
+
+
+class _Segment:
+    __slots__ = ("map", "name", "size", "view")
+
+    def __init__(self, name: str, size: int) -> None:
+        self.name = name
+        self.size = size
+        self.map = _map(name, size, create=True)
+        self.view = memoryview(self.map)
+
+    def close(self) -> None:
+        self.view.release()
+        self.map.close()
+        unlink(self.name)
+
+
+class SegmentArena:
+    """The worker's segments: lent one per result, reused once the parent releases them."""
+
+    def __init__(self, prefix: str) -> None:
+        self._prefix = prefix
+        self._count = 0
+        self._free: list[_Segment] = []
+        self._lent: dict[str, _Segment] = {}
+
+    def lend(self, nbytes: int) -> _Segment:
+        fits = [s for s in self._free if s.size >= nbytes]
+        if fits:
+            segment = min(fits, key=lambda s: s.size)
+            self._free.remove(segment)
+        else:
+            size = max(_MIN_SEGMENT, 1 << (nbytes - 1).bit_length())
+            segment = _Segment(f"{self._prefix}{self._count}", size)
+            self._count += 1
+        self._lent[segment.name] = segment
+        return segment
+
+    def release(self, names: list[str]) -> None:
+        for name in names:
+            segment = self._lent.pop(name, None)
+            if segment is not None:
+                self._free.append(segment)
+        while len(self._free) > _MAX_FREE:
+            self._free.pop(0).close()
+
+    def unlink_all(self) -> None:
+        """Unlink every name (mappings stay valid): the parent has gone away."""
+        for segment in [*self._free, *self._lent.values()]:
+            unlink(segment.name)
+
+
+def _reduce_tensor(obj: Any) -> Any:
+    """CPU tensors travel as numpy arrays (out of band); others by torch's own pickling."""
+    import torch
+
+    if obj.device.type != "cpu" or obj.requires_grad or obj.is_sparse or not obj.is_contiguous():
+        return NotImplemented
+    try:
+        array = obj.numpy()
+    except (TypeError, RuntimeError):  # bfloat16 and other dtypes numpy lacks
+        return NotImplemented
+    return torch.from_numpy, (array,)
+
+
+class _Pickler(pickle.Pickler):
+    def reducer_override(self, obj: Any) -> Any:
+        if type(obj).__name__ in ("Tensor", "Parameter") and type(obj).__module__.startswith("torch"):
+            return _reduce_tensor(obj)
+        return NotImplemented
+
+
+def pack(obj: Any, arena: SegmentArena | None) -> Frame:
+    """Pickle ``obj``; large buffers go into a segment lent by ``arena`` (in-band without one)."""
+    buffers: list[memoryview] = []
+
+    def out_of_band(buffer: pickle.PickleBuffer) -> bool:
+        raw = buffer.raw()
+        if arena is None or raw.nbytes < SHM_MIN_BYTES:
+            return True
+        buffers.append(raw)
+        return False
+
+    stream = io.BytesIO()
+    _Pickler(stream, protocol=5, buffer_callback=out_of_band).dump(obj)
+    if arena is None or not buffers:
+        return None, 0, [], stream.getvalue()
+    spans = []
+    offset = 0
+    for raw in buffers:
+        spans.append((offset, raw.nbytes))
+        offset += -(-raw.nbytes // _ALIGN) * _ALIGN
+    segment = arena.lend(offset)
+    for (start, nbytes), raw in zip(spans, buffers, strict=True):
+        segment.view[start : start + nbytes] = raw
+    return segment.name, segment.size, spans, stream.getvalue()
+
+
+def unpack(frame: Frame, on_release: Callable[[str], None]) -> Any:
+    """The object of ``frame``; its arrays are views of the segment, which is handed back
+    (``on_release(name)``) when the last of them is gone."""
+    name, size, spans, data = frame
+    if name is None:
+        return pickle.loads(data)
+    mapping = _map(name, size, create=False)
+    finalizer = weakref.finalize(mapping, on_release, name)
+    finalizer.atexit = False
+    whole = memoryview(mapping)
+    try:
+        return pickle.loads(data, buffers=[whole[start : start + nbytes] for start, nbytes in spans])
+    finally:
+        whole.release()

@@ -1,0 +1,189 @@
+"""TextLines and JsonLines against real files, checked with plain open() and json.loads."""
+
+from __future__ import annotations
+
+import json
+import pickle
+import tracemalloc
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import aioloader as al
+
+
+def _lines(path: Path) -> list[str]:
+    """The independent reader: Python's own line splitting on the bytes, endings removed."""
+    with open(path, "rb") as f:
+        out = []
+        for raw in f:
+            text = raw.decode("utf-8")
+            text = text[:-1] if text.endswith("\n") else text
+            out.append(text[:-1] if text.endswith("\r") else text)
+        return out
+
+
+@pytest.fixture
+def text_file(tmp_path: Path) -> Path:
+    path = tmp_path / "a.txt"
+    rng = np.random.default_rng(0)
+    lines = [f"line {i} " + "x" * int(rng.integers(0, 40)) for i in range(300)]
+    lines[5] = ""
+    lines[7] = "héllo wörld ✓"
+    body = "\n".join(lines[:100]) + "\r\n" + "\r\n".join(lines[100:200]) + "\n" + "\n".join(lines[200:])
+    path.write_bytes(body.encode())  # CRLF and LF mixed, no newline at the end
+    return path
+
+
+def test_lines_equal_plain_open(text_file: Path) -> None:
+    expected = _lines(text_file)
+    source = al.sources.TextLines(text_file)
+    assert len(source) == len(expected) == 300
+    assert [source[i] for i in range(len(source))] == expected
+    assert source[-1] == expected[-1]
+    assert list(source.stream()) == expected
+    keys = [299, 3, 3, 150, 0, 151, 152, 7]
+    assert source.__getitems__(keys) == [expected[k] for k in keys]
+    with pytest.raises(IndexError):
+        source[300]
+    with pytest.raises(TypeError, match="integers"):
+        source["3"]
+
+
+def test_index_is_compact_and_built_without_loading_text(text_file: Path) -> None:
+    source = al.sources.TextLines(text_file)
+    index = source._index
+    assert index.offsets.dtype == np.uint32  # 4 bytes per line for a file under 4 GiB
+    assert source.index_nbytes <= 4 * (len(source) + 1) + 8 * 2
+    assert al.sources.TextLines(text_file, mode="streaming").index_nbytes == 0
+
+
+def test_glob_reads_matching_files_in_sorted_order(tmp_path: Path) -> None:
+    for name, lines in [("b.txt", ["b1", "b2"]), ("a.txt", ["a1"]), ("c.log", ["no"]), ("d.txt", ["d1\n"])]:
+        (tmp_path / name).write_text("\n".join(lines))
+    source = al.sources.TextLines(tmp_path / "*.txt")
+    expected = ["a1", "b1", "b2", "d1"]
+    assert [source[i] for i in range(len(source))] == expected
+    assert source.__getitems__([3, 0, 2, 1]) == ["d1", "a1", "b2", "b1"]
+    assert list(source) == expected
+
+
+def test_shuffled_loader_yields_every_line_once(text_file: Path) -> None:
+    expected = _lines(text_file)
+    with al.Loader.from_source(al.sources.TextLines(text_file), shuffle=True, seed=5) as loader:
+        first = list(loader)
+        second = list(loader)
+    assert sorted(first) == sorted(expected) == sorted(second)
+    assert first != expected and first != second  # a permutation, new per epoch
+
+
+def test_streaming_reads_in_constant_memory(tmp_path: Path) -> None:
+    path = tmp_path / "big.txt"
+    line = "y" * 100
+    with open(path, "w") as f:
+        for i in range(40_000):
+            f.write(f"{i} {line}\n")  # about 4.3 MB
+    source = al.sources.TextLines(path, mode="streaming")
+    tracemalloc.start()
+    try:
+        count = 0
+        for item in source.stream():
+            count += len(item) > 0
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert count == 40_000
+    assert peak < 512 * 1024, f"streaming a 4 MB file peaked at {peak} bytes"
+
+
+def test_jsonlines_yields_dicts_and_skips_blank_lines(tmp_path: Path) -> None:
+    records = [{"id": i, "text": f"t{i}", "tags": list(range(i % 3))} for i in range(50)]
+    lines = [json.dumps(r) for r in records]
+    lines.insert(10, "")
+    lines.insert(20, "\r")  # a CRLF blank line once the "\n" is added
+    path = tmp_path / "data.jsonl"
+    path.write_text("\n" + "\n".join(lines) + "\n\n")
+    source = al.sources.JsonLines(path)
+    assert len(source) == 50
+    assert [source[i] for i in range(50)] == records
+    assert source.__getitems__([49, 0, 25]) == [records[49], records[0], records[25]]
+    for mode in ("streaming", "eager", "cached"):
+        with al.Loader.from_source(al.sources.JsonLines(path, mode=mode)) as loader:
+            assert list(loader) == records
+
+
+def test_corrupt_json_line_names_key_and_line(tmp_path: Path) -> None:
+    path = tmp_path / "bad.jsonl"
+    path.write_text('{"a": 1}\n{"a": 2\n{"a": 3}\n')
+    source = al.sources.JsonLines(path)
+    with pytest.raises(al.DataCorruptionError, match="record 2 of") as info:
+        source[1]
+    assert info.value.key == 1
+    with pytest.raises(al.DataCorruptionError, match="key 1"):
+        source.__getitems__([0, 1, 2])
+    with pytest.raises(al.DataCorruptionError, match="line 2 of"):
+        list(source.stream())
+
+
+def test_skipping_corrupt_records_with_textlines_and_map(tmp_path: Path) -> None:
+    path = tmp_path / "bad.jsonl"
+    path.write_text('{"a": 1}\n{"a": 2\n{"a": 3}\n')
+    loader = al.Loader.from_source(al.sources.TextLines(path)).map(
+        json.loads, on_error="skip", max_failures=1
+    )
+    with loader:
+        assert list(loader) == [{"a": 1}, {"a": 3}]
+        errors = loader.stats()["errors"]
+    assert [e["key"] for e in errors] == [1]
+
+
+def test_undecodable_line_is_data_corruption(tmp_path: Path) -> None:
+    path = tmp_path / "latin.txt"
+    path.write_bytes(b"ok\ncaf\xe9\nok\n")
+    source = al.sources.TextLines(path)
+    with pytest.raises(al.DataCorruptionError, match="line 2") as info:
+        source[1]
+    assert info.value.key == 1
+    assert al.sources.TextLines(path, encoding="latin-1")[1] == "café"
+    assert al.sources.TextLines(path, errors="replace")[1] == "caf\ufffd"
+
+
+def test_bad_paths_and_empty_files(tmp_path: Path) -> None:
+    with pytest.raises(al.DataNotFoundError, match=r"missing\.txt"):
+        al.sources.TextLines(tmp_path / "missing.txt")
+    with pytest.raises(al.DataNotFoundError, match=r"\*\.nothing"):
+        al.sources.TextLines(tmp_path / "*.nothing")
+    (tmp_path / "empty.txt").write_text("")
+    with pytest.raises(al.DataNotFoundError, match="empty"):
+        al.sources.TextLines(tmp_path / "empty.txt")
+    (tmp_path / "blank.jsonl").write_text("\n\n")
+    with pytest.raises(al.DataNotFoundError, match="no lines"):
+        al.sources.JsonLines(tmp_path / "blank.jsonl")
+    with pytest.raises(TypeError, match="path_or_glob"):
+        al.sources.TextLines(None)
+    with pytest.raises(LookupError):
+        al.sources.TextLines(tmp_path / "blank.jsonl", encoding="no-such-codec")
+
+
+def test_streaming_mode_is_a_stream(text_file: Path) -> None:
+    source = al.sources.TextLines(text_file, mode="streaming")
+    with pytest.raises(TypeError, match="streaming"):
+        source[0]
+    with pytest.raises(TypeError, match="length"):
+        len(source)
+    with pytest.raises(ValueError, match="indexable"):
+        al.Loader.from_source(source, shuffle=True)
+    with al.Loader.from_source(source).batch(64, collate=al.collate.as_list) as loader:
+        assert [x for batch in loader for x in batch] == _lines(text_file)
+
+
+def test_pickled_copy_reopens_its_own_file(text_file: Path) -> None:
+    source = al.sources.TextLines(text_file)
+    first = source[10]
+    copy = pickle.loads(pickle.dumps(source))
+    assert not copy._fds.is_open
+    assert copy[10] == first
+    source.close()
+    assert source[11] == _lines(text_file)[11]  # reopens after close
+    source.close()

@@ -1,0 +1,194 @@
+"""Clean stop (guarantee 6): breaking out, an exception in the loop body, Ctrl-C, ``close()``,
+``with`` and ``async with`` leave no task or thread of the run behind within 2 s. The autouse
+``no_leaks`` fixture checks threads, processes and shm segments after every test."""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import itertools
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import threading
+
+import pytest
+
+import aioloader as al
+
+from .conftest import wait_threads_gone
+
+
+def _slow_endless():
+    async def slow(x):
+        await asyncio.sleep(0.001)
+        return x
+
+    return al.Loader.from_source(itertools.count()).map(slow, concurrency=4).batch(8)
+
+
+def _threaded_endless():
+    return al.Loader.from_source(itertools.count()).map(lambda x: x, executor="thread", concurrency=3).batch(8)
+
+
+def _run_tasks(loader) -> list[str]:
+    """Names of aioloader tasks alive on the loader's loop thread."""
+
+    async def names():
+        return sorted(t.get_name() for t in asyncio.all_tasks() if t.get_name().startswith("aioloader:"))
+
+    loop = loader._runtime.loop_thread("auto").loop
+    return asyncio.run_coroutine_threadsafe(names(), loop).result()
+
+
+def _map_threads() -> set[str]:
+    return {t.name for t in threading.enumerate() if t.name.startswith("aioloader-map")}
+
+
+@pytest.mark.parametrize("make", [_slow_endless, _threaded_endless])
+def test_break_stops_the_run(make):
+    loader = make()
+    with loader:
+        for i, _ in enumerate(loader):
+            if i == 3:
+                break
+        assert _run_tasks(loader) == []
+        assert not wait_threads_gone({t for t in threading.enumerate() if not t.name.startswith("aioloader-map")})
+        assert not _map_threads()
+
+
+def test_exception_in_loop_body_stops_the_run():
+    loader = _threaded_endless()
+    with loader:
+        with pytest.raises(ZeroDivisionError):
+            for i, _ in enumerate(loader):
+                if i == 2:
+                    1 / 0  # noqa: B018
+        gc.collect()
+        assert _run_tasks(loader) == []
+
+
+def test_ctrl_c_in_loop_body_stops_the_run():
+    loader = _slow_endless()
+    with loader:
+        with pytest.raises(KeyboardInterrupt):
+            for i, _ in enumerate(loader):
+                if i == 2:
+                    signal.raise_signal(signal.SIGINT)
+        gc.collect()
+        assert _run_tasks(loader) == []
+
+
+def test_ctrl_c_while_blocked_waiting_for_a_batch(tmp_path):
+    """SIGINT to a process whose consumer is blocked on the loader: it exits promptly."""
+    script = tmp_path / "consumer.py"
+    script.write_text(
+        textwrap.dedent(
+            """
+            import asyncio, sys
+            import aioloader as al
+
+            async def never(x):
+                print("blocked", flush=True)  # the consumer now waits for a batch
+                await asyncio.Event().wait()
+
+            loader = al.Loader.from_source(range(10)).map(never, concurrency=1)
+            try:
+                for _ in loader:
+                    pass
+            except KeyboardInterrupt:
+                print("interrupted", flush=True)
+                sys.exit(3)
+            """
+        )
+    )
+    proc = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True, cwd=os.getcwd())
+    try:
+        assert proc.stdout.readline().strip() == "blocked"
+        proc.send_signal(signal.SIGINT)
+        out, _ = proc.communicate(timeout=10)
+    finally:
+        proc.kill()
+    assert proc.returncode == 3, out
+    assert "interrupted" in out
+
+
+def test_close_from_another_thread_ends_a_blocked_consumer():
+    loader = _slow_endless()
+    got_one = threading.Event()
+    result: dict[str, object] = {}
+
+    def consume():
+        count = 0
+        for _ in loader:
+            count += 1
+            got_one.set()
+        result["count"] = count
+
+    consumer = threading.Thread(target=consume)
+    consumer.start()
+    assert got_one.wait(10)
+    loader.close()
+    consumer.join(5)
+    assert not consumer.is_alive()
+    assert result["count"] >= 1
+
+
+def test_close_is_idempotent_and_loader_is_reusable():
+    loader = al.Loader.from_source(range(10))
+    assert list(loader) == list(range(10))
+    loader.close()
+    loader.close()
+    assert list(loader) == list(range(10))  # a closed loader starts a fresh loop thread
+    loader.close()
+
+
+def test_garbage_collected_loader_stops_its_thread():
+    before = {t for t in threading.enumerate() if t.name.startswith("aioloader")}
+    loader = al.Loader.from_source(range(10))
+    assert list(loader) == list(range(10))
+    del loader
+    gc.collect()
+    assert not wait_threads_gone(before)
+
+
+async def test_async_break_cancels_all_tasks():
+    async with _slow_endless() as loader:
+        async for i, _ in _aenumerate(loader):
+            if i == 3:
+                break
+        for _ in range(20):  # the async generator's finaliser runs on the loop
+            await asyncio.sleep(0)
+        assert not [t for t in asyncio.all_tasks() if t.get_name().startswith("aioloader:")]
+
+
+async def test_async_exception_in_body_and_async_with():
+    with pytest.raises(RuntimeError, match="training step failed"):
+        async with _slow_endless() as loader:
+            async for batch in loader:
+                raise RuntimeError("training step failed")
+    for _ in range(20):
+        await asyncio.sleep(0)
+    assert not [t for t in asyncio.all_tasks() if t.get_name().startswith("aioloader:")]
+
+
+async def test_async_close_during_iteration_ends_quietly():
+    loader = _slow_endless()
+    count = 0
+    async for _ in loader:
+        count += 1
+        if count == 2:
+            await loader.aclose()
+    assert count >= 2
+    for _ in range(20):
+        await asyncio.sleep(0)
+    assert not [t for t in asyncio.all_tasks() if t.get_name().startswith("aioloader:")]
+
+
+async def _aenumerate(aiterable):
+    i = 0
+    async for item in aiterable:
+        yield i, item
+        i += 1

@@ -1,0 +1,208 @@
+"""The process executor with real worker processes: order, persistence across epochs, arrays
+through shared memory, worker_init, build-time refusal of unpicklable functions, and clean stops.
+
+Functions given to workers live at module level (they must pickle by reference).
+"""
+
+from __future__ import annotations
+
+import gc
+import os
+import time
+
+import numpy as np
+import psutil
+import pytest
+import torch
+
+import aioloader as al
+from aioloader.workers import ProcessExecutor
+
+SHAPE = (256, 200, 3)  # 153 600 bytes: over the shared-memory threshold
+
+
+def image(key: int) -> np.ndarray:
+    """A deterministic image for ``key``: every pixel depends on the key and its position."""
+    h, w, c = SHAPE
+    grid = np.arange(h * w * c, dtype=np.uint32).reshape(SHAPE)
+    return ((grid * 7 + key * 131) % 251).astype(np.uint8)
+
+
+def decode(key: int) -> dict:
+    return {"img": image(key), "t": torch.from_numpy(image(key + 1)), "pid": os.getpid(), "key": key}
+
+
+def square(x: int) -> int:
+    return x * x
+
+
+def block_on_key(x: int) -> int:
+    if x == 40:
+        time.sleep(600)  # ended by close(), which must not wait for it
+    return x
+
+
+_WORKER_ID: int | None = None
+
+
+def remember_worker(worker_id: int) -> None:
+    global _WORKER_ID
+    _WORKER_ID = worker_id
+
+
+def worker_identity(_: int) -> tuple[int | None, int]:
+    return _WORKER_ID, os.getpid()
+
+
+def _children() -> list[psutil.Process]:
+    return psutil.Process().children(recursive=True)
+
+
+def _segments() -> set[str]:
+    return {n for n in os.listdir("/dev/shm") if n.startswith("aioloader")}
+
+
+def _pool_pids(loader: al.Loader) -> list[int]:
+    pools = [r for name, r in loader._runtime.resources.items() if name.startswith("process-pool:")]
+    return sorted(pid for pool in pools for pid in pool.pids)
+
+
+def test_big_arrays_round_trip_pixel_by_pixel_on_the_same_pool_across_epochs():
+    segments_before = _segments()
+    loader = (
+        al.Loader.from_source(range(96), shuffle=True, seed=3)
+        .map(decode, executor="process", concurrency=2)
+        .batch(8)
+    )
+    pids_by_epoch = []
+    with loader:
+        for _ in range(2):
+            keys_seen, pids = [], set()
+            for batch in loader:
+                assert batch["img"].shape == (8, *SHAPE) and batch["img"].dtype == torch.uint8
+                for row, key in enumerate(batch["key"].tolist()):
+                    assert np.array_equal(batch["img"][row].numpy(), image(key)), f"key {key}"
+                    assert np.array_equal(batch["t"][row].numpy(), image(key + 1)), f"key {key}"
+                keys_seen += batch["key"].tolist()
+                pids |= set(batch["pid"].tolist())
+            assert sorted(keys_seen) == list(range(96))
+            pids_by_epoch.append(pids)
+            assert _segments() - segments_before, "results should come back through shared memory"
+        assert pids_by_epoch[0] == pids_by_epoch[1] == set(_pool_pids(loader))
+        assert len(pids_by_epoch[0]) == 2
+    assert not _children()
+    assert _segments() == segments_before
+
+
+def test_order_is_deterministic_and_matches_inline():
+    expected = [x * x for x in al.Loader.from_source(range(3000), shuffle=True, seed=1)]
+    with al.Loader.from_source(range(3000), shuffle=True, seed=1).map(
+        square, executor="process", concurrency=2
+    ) as loader:
+        assert list(loader) == expected
+        stage = next(s for s in loader.stats()["stages"] if s["name"] == "map(square)")
+        assert stage["executor"] == "process" and stage["workers"] == 2
+
+
+async def test_async_iteration_with_processes():
+    async with al.Loader.from_source(range(500)).map(square, executor="process", concurrency=1) as loader:
+        got = [x async for x in loader]
+        assert got == [x * x for x in range(500)]
+        got = [x async for x in loader]  # second epoch, same pool
+        assert got == [x * x for x in range(500)]
+    assert not _children()
+
+
+def test_worker_init_runs_in_each_worker():
+    loader = al.Loader.from_source(range(400)).map(
+        worker_identity, executor="process", concurrency=2, worker_init=remember_worker
+    )
+    with loader:
+        seen = set(loader)
+        pids = _pool_pids(loader)
+    by_pid = dict((pid, wid) for wid, pid in seen)
+    assert set(by_pid) <= set(pids)
+    assert set(by_pid.values()) <= {0, 1} and None not in by_pid.values()
+
+
+def test_unpicklable_function_is_refused_when_building():
+    with pytest.raises(TypeError, match=r"fn .*cannot be sent to worker processes.*pickle"):
+        al.Loader.from_source(range(3)).map(lambda x: x, executor="process")
+    with pytest.raises(TypeError, match=r"worker_init .*cannot be pickled"):
+        al.Loader.from_source(range(3)).map(square, executor="process", worker_init=lambda i: None)
+    with pytest.raises(ValueError, match="worker_init"):
+        al.Loader.from_source(range(3)).map(square, executor="thread", worker_init=remember_worker)
+
+
+def test_default_pool_size_rule():
+    from aioloader.workers import default_workers
+
+    cores = len(os.sched_getaffinity(0))
+    expected = max(1, int(0.75 * cores + 0.5))
+    if psutil.virtual_memory().available < 4 * 2**30:
+        expected = min(expected, 2)
+    assert default_workers() == expected
+
+
+def test_breaking_out_keeps_the_pool_and_close_ends_it():
+    loader = al.Loader.from_source(range(10_000)).map(decode, executor="process", concurrency=2).batch(4)
+    for i, _ in enumerate(loader):
+        if i == 3:
+            break
+    pids = _pool_pids(loader)
+    assert len(pids) == 2
+    for batch in loader:  # the next epoch, on the same pool
+        assert batch["key"].tolist() == [0, 1, 2, 3]
+        break
+    assert _pool_pids(loader) == pids
+    started = time.monotonic()
+    loader.close()
+    assert time.monotonic() - started < 2.0
+    assert not _children() and not _segments()
+
+
+def test_exception_in_training_loop_stops_everything():
+    with (
+        pytest.raises(RuntimeError, match="training step failed"),
+        al.Loader.from_source(range(10_000))
+        .map(decode, executor="process", concurrency=2)
+        .batch(4) as loader,
+    ):
+        for i, _ in enumerate(loader):
+            if i == 2:
+                raise RuntimeError("training step failed")
+    assert not _children() and not _segments()
+
+
+def test_close_while_a_worker_is_stuck_is_prompt():
+    loader = al.Loader.from_source(range(100)).map(block_on_key, executor="process", concurrency=2)
+    iterator = iter(loader)
+    assert [next(iterator) for _ in range(10)] == list(range(10))  # key 40 is now stuck
+    started = time.monotonic()
+    loader.close()
+    assert time.monotonic() - started < 2.0
+    assert not _children() and not _segments()
+
+
+def test_a_dropped_loader_is_cleaned_by_its_finalizer():
+    loader = al.Loader.from_source(range(200)).map(decode, executor="process", concurrency=1)
+    assert len(list(loader)) == 200
+    assert _children()
+    del loader
+    gc.collect()
+    assert not _children() and not _segments()
+
+
+async def test_executor_without_a_loader_owns_its_pool():
+    from functools import partial
+
+    from aioloader._run.executors import apply_items
+    from aioloader._spec import MapSpec
+
+    executor = ProcessExecutor(MapSpec(name="bare", fn=square, concurrency=1), None)
+    try:
+        results, failures, busy = await executor.run(partial(apply_items, square), [1, 2, 3], None)
+        assert results == [1, 4, 9] and failures == [] and busy >= 0
+    finally:
+        executor.close()
+    assert not _children()

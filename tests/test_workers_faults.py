@@ -1,0 +1,236 @@
+"""Faults with real worker processes (DESIGN.md guarantee 5): a worker that dies mid-epoch is
+replaced and its items redone, nothing lost or doubled; an item that kills every worker fails
+with WorkerCrashError; a hang past ``timeout`` kills the worker and raises StageTimeoutError (or
+is retried); skip with max_failures; retries with backoff; a failing worker_init.
+
+Faults fire once per key by creating a marker file with O_EXCL (the first run only), so no test
+waits on time: each waits on process deaths, pipes and files.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import signal
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+
+import aioloader as al
+from aioloader.workers import MAX_ATTEMPTS
+
+pytestmark = pytest.mark.slow
+
+
+def _first_time(marker_dir: str, key: int, tag: str = "") -> bool:
+    """True for the first caller only, across processes (O_EXCL on a marker file)."""
+    try:
+        os.close(os.open(Path(marker_dir) / f"{tag}{key}", os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+    except FileExistsError:
+        return False
+    return True
+
+
+def _die(how: str) -> None:
+    if how == "exit":
+        os._exit(3)
+    elif how == "sigkill":
+        os.kill(os.getpid(), signal.SIGKILL)
+    elif how == "segfault":
+        ctypes.string_at(0)
+    raise AssertionError(how)
+
+
+class DieOnce:
+    """Kills its worker the first time it sees ``key``."""
+
+    def __init__(self, marker_dir: Path, key: int, how: str) -> None:
+        self.marker_dir, self.key, self.how = str(marker_dir), key, how
+
+    def __call__(self, x: int) -> tuple[int, int]:
+        if x == self.key and _first_time(self.marker_dir, x):
+            _die(self.how)
+        return x * 2, os.getpid()
+
+
+class AlwaysDie:
+    def __init__(self, key: int) -> None:
+        self.key = key
+
+    def __call__(self, x: int) -> int:
+        if x == self.key:
+            os._exit(5)
+        return x
+
+
+class Hang:
+    """Hangs on ``key`` (every time, or only the first time with ``once``)."""
+
+    def __init__(self, marker_dir: Path, key: int, once: bool) -> None:
+        self.marker_dir, self.key, self.once = str(marker_dir), key, once
+
+    def __call__(self, x: int) -> int:
+        if x == self.key and (not self.once or _first_time(self.marker_dir, x)):
+            time.sleep(600)
+        return x
+
+
+def fail_tenth(x: int) -> int:
+    if x % 10 == 0:
+        raise ValueError(f"corrupt sample {x}")
+    return x
+
+
+class FlakyIO:
+    """Raises OSError the first ``times`` runs of every key divisible by 7."""
+
+    def __init__(self, marker_dir: Path, times: int) -> None:
+        self.marker_dir, self.times = str(marker_dir), times
+
+    def __call__(self, x: int) -> int:
+        if x % 7 == 0:
+            for attempt in range(self.times):
+                if _first_time(self.marker_dir, x, f"a{attempt}-"):
+                    raise OSError(f"transient read error on {x}")
+        return x
+
+
+def broken_init(worker_id: int) -> None:
+    raise RuntimeError(f"cannot open the dataset in worker {worker_id}")
+
+
+def identity(x: int) -> int:
+    return x
+
+
+def _children() -> list[psutil.Process]:
+    return psutil.Process().children(recursive=True)
+
+
+def _segments() -> set[str]:
+    return {n for n in os.listdir("/dev/shm") if n.startswith("aioloader")}
+
+
+def _pool_pids(loader: al.Loader) -> list[int]:
+    pools = [r for name, r in loader._runtime.resources.items() if name.startswith("process-pool:")]
+    return sorted(pid for pool in pools for pid in pool.pids)
+
+
+@pytest.mark.parametrize("how", ["exit", "sigkill", "segfault"])
+def test_worker_killed_mid_epoch_is_replaced_and_its_items_redone(tmp_path, how):
+    loader = al.Loader.from_source(range(300)).map(
+        DieOnce(tmp_path, 137, how), executor="process", concurrency=2
+    )
+    with loader:
+        iterator = iter(loader)
+        out = [next(iterator)[0]]
+        started_pids = set(_pool_pids(loader))
+        out += [value for value, _ in iterator]
+        assert out == [2 * x for x in range(300)]  # in order, nothing lost, nothing doubled
+        assert (tmp_path / "137").exists()
+        replaced = set(_pool_pids(loader))
+        assert len(replaced) == 2 and len(replaced & started_pids) == 1  # one worker was replaced
+        assert [v for v, _ in loader] == [2 * x for x in range(300)]  # the next epoch still runs
+    assert not _children() and not _segments()
+
+
+def test_an_item_that_always_kills_its_worker_raises_worker_crash_error():
+    loader = al.Loader.from_source(range(30)).map(
+        AlwaysDie(11), executor="process", concurrency=1, name="decode"
+    )
+    with loader, pytest.raises(al.WorkerCrashError, match=f"died each of the {MAX_ATTEMPTS} times") as info:
+        list(loader)
+    assert info.value.stage == "decode" and info.value.key == 11
+    assert not _children() and not _segments()
+
+
+def test_an_item_that_always_kills_its_worker_is_skipped_under_skip():
+    loader = al.Loader.from_source(range(30)).map(
+        AlwaysDie(11), executor="process", concurrency=1, on_error="skip", max_failures=1
+    )
+    with loader:
+        assert list(loader) == [x for x in range(30) if x != 11]
+        errors = loader.stats()["errors"]
+        assert [(e["key"], e["type"]) for e in errors] == [(11, "WorkerCrashError")]
+    assert not _children()
+
+
+def test_hang_past_timeout_raises_stage_timeout_error_naming_stage_and_key(tmp_path):
+    loader = al.Loader.from_source(range(20)).map(
+        Hang(tmp_path, 6, once=False), executor="process", concurrency=2, timeout=0.5, name="slow"
+    )
+    with loader:
+        iterator = iter(loader)
+        assert [next(iterator) for _ in range(6)] == list(range(6))  # the pool is up
+        started = time.monotonic()
+        with pytest.raises(al.StageTimeoutError) as info:
+            next(iterator)
+        assert time.monotonic() - started < 5.0
+    assert info.value.stage == "slow" and info.value.key == 6
+    assert "slow" in str(info.value) and "key 6" in str(info.value)
+    assert not _children() and not _segments()
+
+
+def test_hang_once_is_retried_on_a_fresh_worker(tmp_path):
+    loader = al.Loader.from_source(range(40)).map(
+        Hang(tmp_path, 9, once=True), executor="process", concurrency=2, timeout=0.5, retries=1
+    )
+    with loader:
+        assert list(loader) == list(range(40))
+        assert len(_pool_pids(loader)) == 2
+    assert not _children()
+
+
+def test_failing_fraction_is_skipped_and_recorded_then_too_many_failures():
+    with al.Loader.from_source(range(500)).map(
+        fail_tenth, executor="process", concurrency=2, on_error="skip", max_failures=0.15
+    ) as loader:
+        assert list(loader) == [x for x in range(500) if x % 10]
+        stats = loader.stats()
+        assert stats["error_count"] == 50
+        assert {e["key"] for e in stats["errors"]} <= set(range(0, 500, 10))
+        assert all(e["type"] == "ValueError" and "corrupt sample" in e["message"] for e in stats["errors"])
+    with (
+        al.Loader.from_source(range(500)).map(
+            fail_tenth, executor="process", concurrency=2, on_error="skip", max_failures=0.05
+        ) as loader,
+        pytest.raises(al.TooManyFailures),
+    ):
+        list(loader)
+    assert not _children() and not _segments()
+
+
+def test_error_in_worker_keeps_its_type_and_the_worker_traceback():
+    with al.Loader.from_source(range(50)).map(fail_tenth, executor="process", concurrency=1) as loader:
+        with pytest.raises(ValueError, match="corrupt sample 0") as info:
+            list(loader)
+        notes = "\n".join(info.value.__notes__)
+        assert "traceback in worker process" in notes and "fail_tenth" in notes
+        assert info.value.key == 0
+
+
+def test_retries_with_backoff_in_processes(tmp_path):
+    with al.Loader.from_source(range(60)).map(
+        FlakyIO(tmp_path, times=2), executor="process", concurrency=2, retries=2
+    ) as loader:
+        assert list(loader) == list(range(60))
+    (tmp_path / "again").mkdir()
+    with (
+        al.Loader.from_source(range(60)).map(
+            FlakyIO(tmp_path / "again", times=2), executor="process", concurrency=2, retries=1
+        ) as loader,
+        pytest.raises(OSError, match="transient read error on 0"),
+    ):
+        list(loader)
+
+
+def test_failing_worker_init_fails_the_run_without_a_respawn_storm():
+    loader = al.Loader.from_source(range(10)).map(
+        identity, executor="process", concurrency=2, worker_init=broken_init
+    )
+    with loader, pytest.raises(al.WorkerCrashError, match="cannot open the dataset") as info:
+        list(loader)
+    assert isinstance(info.value.__cause__, RuntimeError)
+    assert not _children()

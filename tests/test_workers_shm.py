@@ -1,0 +1,56 @@
+"""The shared-memory transport on its own (no processes): arrays and tensors come back as views
+of a segment, small buffers stay in the pickle, a segment is handed back only when the last view
+is gone, and the worker's arena reuses it."""
+
+from __future__ import annotations
+
+import gc
+import os
+
+import numpy as np
+import torch
+
+from aioloader.workers import shm
+
+
+def _segments(prefix: str) -> set[str]:
+    return {n for n in os.listdir("/dev/shm") if n.startswith(prefix)}
+
+
+def test_large_arrays_travel_as_views_of_a_segment_and_are_released_when_unused():
+    prefix = f"aioloader_test_{os.getpid()}_"
+    arena = shm.SegmentArena(prefix)
+    try:
+        big = np.arange(200_000, dtype=np.float32)
+        tensor = torch.arange(50_000, dtype=torch.int64)  # 400 KB
+        small = np.arange(10, dtype=np.int16)
+        frame = shm.pack({"big": big, "t": tensor, "small": small, "s": "text"}, arena)
+        name, _, spans, data = frame
+        assert name is not None and len(spans) == 2  # big and t; small stays in the pickle
+        assert len(data) < 2_000
+        released: list[str] = []
+        out = shm.unpack(frame, released.append)
+        assert np.array_equal(out["big"], big) and torch.equal(out["t"], tensor)
+        assert np.array_equal(out["small"], small) and out["s"] == "text"
+        assert isinstance(out["t"], torch.Tensor)
+        view = out["big"][1000:2000]
+        del out
+        gc.collect()
+        assert released == []  # a view of the segment is still alive
+        assert view[0] == 1000
+        del view
+        gc.collect()
+        assert released == [name]
+        arena.release(released)
+        again = shm.pack(np.ones(100_000), arena)
+        assert again[0] == name  # the segment is reused
+        assert _segments(prefix) == {name}
+    finally:
+        arena.unlink_all()
+    assert not _segments(prefix)
+
+
+def test_without_an_arena_everything_is_pickled_in_band():
+    frame = shm.pack(np.zeros(1_000_000), None)
+    assert frame[0] is None
+    assert np.array_equal(shm.unpack(frame, lambda name: None), np.zeros(1_000_000))
