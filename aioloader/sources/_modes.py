@@ -265,8 +265,9 @@ class ModalSource:
             cache.put(index, value)
         return value
 
-    def __getitems__(self, keys: Sequence[Any]) -> list[Any]:
-        """Items at ``keys`` with one call (the torch batched-fetch protocol)."""
+    def __getitems__(self, keys: Sequence[Any]) -> Sequence[Any]:
+        """Items at ``keys`` with one call (the torch batched-fetch protocol); array sources
+        return one numpy array whose rows are the items."""
         indices = self._check_indices(keys)
         if self._items is not None:
             items = self._items

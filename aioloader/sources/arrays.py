@@ -87,14 +87,15 @@ class Array(ModalSource):
         row = self._rows()[index]
         return np.asarray(row) if isinstance(row, np.ndarray) else row
 
-    def _read_many(self, indices: np.ndarray) -> list[Any]:
+    def _read_many(self, indices: np.ndarray) -> np.ndarray:
+        """Rows at ``indices`` as one array (batching slices it; see the batch stage)."""
         rows = self._rows()
         n = len(indices)
         if n and indices[-1] - indices[0] + 1 == n and bool(np.all(np.diff(indices) == 1)):
             block = np.asarray(rows[int(indices[0]) : int(indices[-1]) + 1])
         else:
             block = rows[indices]  # one fancy index: one copy
-        return list(block)
+        return block
 
     def _scan(self) -> Iterator[Any]:
         rows = self._rows()

@@ -163,7 +163,9 @@ class HDF5(ModalSource):
             out[lo:hi] = block if stop - start == hi - lo else block[unique[lo:hi] - start]
         return out
 
-    def _read_many(self, indices: np.ndarray) -> list[Any]:
+    def _read_many(self, indices: np.ndarray) -> list[Any] | np.ndarray:
+        """Rows at ``indices``: one array for a single dataset (batching slices it, rows never
+        become Python objects one by one), a list of tuples for several."""
         if len(indices) == 0:
             return []
         unique, inverse = np.unique(indices, return_inverse=True)
@@ -173,8 +175,10 @@ class HDF5(ModalSource):
         columns = []
         for source in self._sources():
             rows = self._read_rows(source, unique, bounds)
-            columns.append(list(rows if in_order else rows[inverse]))
-        return columns[0] if len(columns) == 1 else list(zip(*columns, strict=True))
+            columns.append(rows if in_order else rows[inverse])
+        if len(columns) == 1:
+            return columns[0]
+        return list(zip(*(list(c) for c in columns), strict=True))
 
     def _scan(self) -> Iterator[Any]:
         for rows in self.chunks():

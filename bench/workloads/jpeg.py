@@ -98,17 +98,25 @@ def run(quick: bool = False) -> str:
         .batch(BATCH, collate=al.collate.as_list)
         .map(DecodeBatch(), executor="thread", concurrency=threads)
     )
+    per_process = (
+        al.Loader.from_source(source, shuffle=True, seed=0)
+        .map(decode, executor="process", concurrency=2)
+        .batch(BATCH)
+    )
     contenders = [
         ("torch DL w=0", lambda: torch_loader(0)),
         ("torch DL w=2", lambda: torch_loader(2)),
-        (f"aioloader threads={threads}, decode per sample", lambda: per_item),
-        (f"aioloader threads={threads}, decode per batch", lambda: per_batch),
+        (f"aioloader threads={threads}, decode per sample", lambda: iter(per_item)),
+        (f"aioloader threads={threads}, decode per batch", lambda: iter(per_batch)),
+        # iter(): the harness closes what it gets; an epoch's iterator closes, the pool persists.
+        ("aioloader processes=2, decode per sample", lambda: iter(per_process)),
     ]
     try:
         results = compare(contenders, rounds=1 if quick else 3)
     finally:
         per_item.close()
         per_batch.close()
+        per_process.close()
     return table(
         f"jpeg: {n:,} JPEGs 320x240, decode + resize {SIZE}, batch {BATCH}",
         results,
