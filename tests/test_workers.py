@@ -86,10 +86,11 @@ def test_big_arrays_round_trip_pixel_by_pixel_on_the_same_pool_across_epochs():
                 keys_seen += batch["key"].tolist()
                 pids |= set(batch["pid"].tolist())
             assert sorted(keys_seen) == list(range(96))
-            pids_by_epoch.append(pids)
+            pids_by_epoch.append((pids, _pool_pids(loader)))
             assert _segments() - segments_before, "results should come back through shared memory"
-        assert pids_by_epoch[0] == pids_by_epoch[1] == set(_pool_pids(loader))
-        assert len(pids_by_epoch[0]) == 2
+        (first, pool_first), (second, pool_second) = pids_by_epoch
+        assert len(pool_first) == 2 and pool_first == pool_second  # the same processes both epochs
+        assert first | second <= set(pool_first)  # (a worker slow to start may sit out an epoch)
     assert not _children()
     assert _segments() == segments_before
 
