@@ -58,7 +58,7 @@ def _stack_arrays(samples: list[np.ndarray]) -> torch.Tensor:
     return torch.from_numpy(out)
 
 
-def stack(samples: list[Any]) -> Any:
+def stack(samples: Sequence[Any]) -> Any:
     """Collate like torch's ``default_collate``, into preallocated tensors."""
     if not samples:
         raise ValueError("stack: cannot collate an empty batch")
