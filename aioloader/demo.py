@@ -130,7 +130,9 @@ def main(epochs: int = 2) -> int:
         for epoch in range(epochs):
             results.append(_epoch(loader, batches, f"aioloader epoch {epoch}"))
             samples, elapsed, first = results[-1]
-            print(f"  epoch {epoch}: {samples / elapsed:8,.0f} samples/s   first batch {first * 1000:6.1f} ms")
+            print(
+                f"  epoch {epoch}: {samples / elapsed:8,.0f} samples/s   first batch {first * 1000:6.1f} ms"
+            )
         stats = loader.stats()
     print(_stage_table(stats))
     print(f"  bottleneck: {stats['bottleneck']}\n")

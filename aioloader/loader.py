@@ -17,6 +17,7 @@ from typing import Any
 from aioloader._run.bridge import iterate_blocks
 from aioloader._run.graph import Pipeline, Run
 from aioloader._run.runtime import Runtime
+from aioloader._run.stages.shuffle import ShuffleSpec
 from aioloader._spec import (
     SHARD_POLICIES,
     BatchSpec,
@@ -36,15 +37,13 @@ from aioloader._spec import (
 )
 from aioloader.device import device_spec
 from aioloader.monitor.stats import pipeline_stats
-from aioloader.order.sample_rng import is_random
-from aioloader._run.stages.shuffle import ShuffleSpec
 from aioloader.order.orders import KeyOrder, order_count, resolve_order
 from aioloader.order.resume import FORMAT, ResumePoint, parse, parse_elastic
+from aioloader.order.sample_rng import is_random
 from aioloader.order.sharding import RankInfo, resolve_rank, shard_count
 from aioloader.sources._adapt import IndexableSource, adapt
 
 __all__ = ["Loader"]
-
 
 
 class Loader:
@@ -313,7 +312,11 @@ class Loader:
         source, spec = self._pipeline.source, self._pipeline.source_spec
         if not isinstance(source, IndexableSource):
             raise TypeError("len() is not known for a loader over a stream (the source has no length)")
-        n = shard_count(order_count(spec.order, source.length), resolve_rank(spec.rank, spec.world_size), spec.shard_policy)
+        n = shard_count(
+            order_count(spec.order, source.length),
+            resolve_rank(spec.rank, spec.world_size),
+            spec.shard_policy,
+        )
         for stage in self._pipeline.stages:
             if isinstance(stage, BatchSpec):
                 n = n // stage.size if stage.drop_last else -(-n // stage.size)
@@ -344,7 +347,12 @@ class Loader:
 
     def _make_sync_run(self, epoch: int, resume: ResumePoint | None, handoff: Any, holder: list[Run]) -> Run:
         run = Run(
-            self._pipeline, epoch, self._runtime.decisions, sink=handoff.sized, runtime=self._runtime, resume=resume
+            self._pipeline,
+            epoch,
+            self._runtime.decisions,
+            sink=handoff.sized,
+            runtime=self._runtime,
+            resume=resume,
         )
         holder.append(run)
         handoff.on_get = run.note_delivered
@@ -359,7 +367,9 @@ class Loader:
         epoch, resume = self._start_epoch()
         loop_thread = self._runtime.loop_thread(self._pipeline.options.event_loop)
         holder: list[Run] = []
-        blocks = iterate_blocks(loop_thread, lambda handoff: self._make_sync_run(epoch, resume, handoff, holder))
+        blocks = iterate_blocks(
+            loop_thread, lambda handoff: self._make_sync_run(epoch, resume, handoff, holder)
+        )
         for block in blocks:
             yield from _hand_out(holder[0], block)
         if holder:
@@ -387,7 +397,9 @@ class Loader:
     def _fingerprint(self, info: RankInfo) -> dict[str, Any]:
         spec, source = self._pipeline.source_spec, self._pipeline.source
         return {
-            "source": f"indexable:{source.length}" if isinstance(source, IndexableSource) else type(source).__name__,
+            "source": f"indexable:{source.length}"
+            if isinstance(source, IndexableSource)
+            else type(source).__name__,
             "order": spec.order.describe() if spec.order is not None else None,
             "seed": spec.seed,
             "shard_policy": spec.shard_policy,
@@ -410,15 +422,32 @@ class Loader:
         pending = self._runtime.pending_resume
         run = self._runtime.last_run
         if pending is not None:
-            where = {"epoch": pending.epoch, "position": pending.position, "prefix": pending.prefix,
-                     "reservoir": pending.reservoir, "elastic": pending.elastic}
+            where = {
+                "epoch": pending.epoch,
+                "position": pending.position,
+                "prefix": pending.prefix,
+                "reservoir": pending.reservoir,
+                "elastic": pending.elastic,
+            }
         elif run is None or run.completed:
-            where = {"epoch": self._runtime.next_epoch, "position": 0, "prefix": [], "reservoir": None, "elastic": []}
+            where = {
+                "epoch": self._runtime.next_epoch,
+                "position": 0,
+                "prefix": [],
+                "reservoir": None,
+                "elastic": [],
+            }
         else:
             where = {"epoch": run.epoch, **self._runtime.on_loop_of(run, run.position_state)}
             where["elastic"] = run.resume.elastic if run.resume is not None else []
             if where.pop("epoch_done"):  # the last batch of the epoch was delivered
-                where = {"epoch": run.epoch + 1, "position": 0, "prefix": [], "reservoir": None, "elastic": []}
+                where = {
+                    "epoch": run.epoch + 1,
+                    "position": 0,
+                    "prefix": [],
+                    "reservoir": None,
+                    "elastic": [],
+                }
         state.update(where)
         return state
 

@@ -110,7 +110,7 @@ def measure_once(
         elapsed = time.perf_counter() - started
         cpu = _tree_cpu_seconds(proc) - cpu0
         close = getattr(iterable, "close", None)
-        if close is not None:
+        if close is not None and hasattr(iterable, "__next__"):  # an iterator; a Loader stays open
             close()
     return Result(name, samples / elapsed, first or 0.0, sampler.peak / 2**20, cpu / elapsed, samples)
 

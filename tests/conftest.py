@@ -19,13 +19,18 @@ def _loader_threads() -> set[threading.Thread]:
 
 
 def _shm_segments() -> set[str]:
+    """This process's loader segments (named ``aioloader_<owner pid>_...``): other processes on
+    the machine (a benchmark, another test run) must not fail this one."""
+    prefix = f"aioloader_{os.getpid()}_"
     try:
-        return {name for name in os.listdir("/dev/shm") if name.startswith(("aioloader", "psm_"))}
+        return {name for name in os.listdir("/dev/shm") if name.startswith(prefix)}
     except FileNotFoundError:  # pragma: no cover - not Linux
         return set()
 
 
-def wait_threads_gone(before: set[threading.Thread], deadline_s: float = LEAK_DEADLINE_S) -> set[threading.Thread]:
+def wait_threads_gone(
+    before: set[threading.Thread], deadline_s: float = LEAK_DEADLINE_S
+) -> set[threading.Thread]:
     """Join new loader threads until the deadline; return those still alive."""
     end = time.monotonic() + deadline_s
     left = _loader_threads() - before

@@ -75,7 +75,9 @@ async def test_async_iterable_source():
                 await asyncio.sleep(0)
             yield i
 
-    assert await acollect(al.Loader.from_source(agen()).filter(lambda x: x % 3 == 0)) == list(range(0, 300, 3))
+    assert await acollect(al.Loader.from_source(agen()).filter(lambda x: x % 3 == 0)) == list(
+        range(0, 300, 3)
+    )
 
 
 def test_endless_source_can_be_consumed_partially():
@@ -106,7 +108,9 @@ def test_async_map_function_in_sync_iteration():
         await asyncio.sleep(0)
         return 2 * x
 
-    assert collect(al.Loader.from_source(range(100)).map(double, concurrency=7)) == [2 * x for x in range(100)]
+    assert collect(al.Loader.from_source(range(100)).map(double, concurrency=7)) == [
+        2 * x for x in range(100)
+    ]
 
 
 def test_filter_unbatch_roundtrip():
@@ -194,7 +198,10 @@ class TestEpochs:
 @pytest.mark.parametrize("policy", ["drop", "pad", "uneven"])
 def test_sharding_over_ranks(world, policy):
     n = 10
-    per_rank = [collect(al.Loader.from_source(range(n), rank=r, world_size=world, shard_policy=policy)) for r in range(world)]
+    per_rank = [
+        collect(al.Loader.from_source(range(n), rank=r, world_size=world, shard_policy=policy))
+        for r in range(world)
+    ]
     union = [k for keys in per_rank for k in keys]
     if policy == "uneven":
         assert sorted(union) == list(range(n))

@@ -28,7 +28,10 @@ def _notes(exc: BaseException) -> str:
 @pytest.mark.parametrize("executor", ["inline", "thread"])
 def test_map_error_keeps_type_and_names_stage_and_key(executor, event_loop_kind):
     loader = al.Loader.from_source(range(100)).map(boom_at(13), executor=executor, name="decode")
-    with loader.options(event_loop=event_loop_kind) as loader, pytest.raises(ValueError, match="bad sample 13") as info:
+    with (
+        loader.options(event_loop=event_loop_kind) as loader,
+        pytest.raises(ValueError, match="bad sample 13") as info,
+    ):
         list(loader)
     assert info.value.stage == "decode" and info.value.key == 13
     assert "'decode'" in _notes(info.value) and "key 13" in _notes(info.value)
@@ -63,17 +66,21 @@ def test_read_error_names_read_stage():
 
 
 def test_filter_and_collate_errors():
-    with al.Loader.from_source(range(10)).filter(lambda x: 1 / (x - 3)) as loader:
-        with pytest.raises(ZeroDivisionError) as info:
-            list(loader)
+    with (
+        al.Loader.from_source(range(10)).filter(lambda x: 1 / (x - 3)) as loader,
+        pytest.raises(ZeroDivisionError) as info,
+    ):
+        list(loader)
     assert info.value.key == 3 and info.value.stage.startswith("filter")
 
     def bad_collate(items):
         raise TypeError("cannot collate")
 
-    with al.Loader.from_source(range(10)).batch(4, collate=bad_collate) as loader:
-        with pytest.raises(TypeError) as info:
-            list(loader)
+    with (
+        al.Loader.from_source(range(10)).batch(4, collate=bad_collate) as loader,
+        pytest.raises(TypeError) as info,
+    ):
+        list(loader)
     assert info.value.stage == "batch" and info.value.key == [0, 1, 2, 3]
 
 
@@ -128,13 +135,13 @@ def test_too_many_failures_count_and_fraction():
             raise ValueError("corrupt")
         return x
 
-    with al.Loader.from_source(range(100)).map(fn, on_error="skip", max_failures=5) as loader:
-        with pytest.raises(al.TooManyFailures, match="max_failures=5") as info:
-            list(loader)
+    loader = al.Loader.from_source(range(100)).map(fn, on_error="skip", max_failures=5)
+    with loader, pytest.raises(al.TooManyFailures, match="max_failures=5") as info:
+        list(loader)
     assert isinstance(info.value.__cause__, ValueError)
-    with al.Loader.from_source(range(100)).map(fn, on_error="skip", max_failures=0.05) as loader:
-        with pytest.raises(al.TooManyFailures):
-            list(loader)
+    loader = al.Loader.from_source(range(100)).map(fn, on_error="skip", max_failures=0.05)
+    with loader, pytest.raises(al.TooManyFailures):
+        list(loader)
     with al.Loader.from_source(range(100)).map(fn, on_error="skip", max_failures=0.1) as loader:
         assert len(list(loader)) == 90
 
@@ -155,9 +162,9 @@ def test_retries_with_backoff(executor):
     with al.Loader.from_source(range(20)).map(flaky, executor=executor, retries=2) as loader:
         assert list(loader) == list(range(20))
     attempts.clear()
-    with al.Loader.from_source(range(20)).map(flaky, executor=executor, retries=1) as loader:
-        with pytest.raises(OSError, match="transient 0"):
-            list(loader)
+    loader = al.Loader.from_source(range(20)).map(flaky, executor=executor, retries=1)
+    with loader, pytest.raises(OSError, match="transient 0"):
+        list(loader)
 
 
 def test_non_retryable_error_is_not_retried():

@@ -23,8 +23,12 @@ def rank_keys(n, world, policy, shuffle="perm", seed=0, executor="inline", concu
     out = []
     for rank in range(world):
         loader = al.Loader.from_source(
-            range(n), shuffle={"none": False, "perm": True, "chunks": "chunks"}[shuffle],
-            seed=seed, rank=rank, world_size=world, shard_policy=policy,
+            range(n),
+            shuffle={"none": False, "perm": True, "chunks": "chunks"}[shuffle],
+            seed=seed,
+            rank=rank,
+            world_size=world,
+            shard_policy=policy,
         )
         if executor != "inline":
             loader = loader.map(lambda x: x, executor=executor, concurrency=concurrency)
@@ -68,10 +72,14 @@ def test_exactly_once_over_ranks(n, world, policy, shuffle, seed, executor, conc
     concurrency=st.integers(1, 6),
     block=st.integers(1, 50),
 )
-def test_same_spec_seed_epoch_same_sequence_whatever_the_concurrency(n, shuffle, seed, epoch, concurrency, block):
+def test_same_spec_seed_epoch_same_sequence_whatever_the_concurrency(
+    n, shuffle, seed, epoch, concurrency, block
+):
     def run(executor, conc, blk):
         loader = al.Loader.from_source(range(n), shuffle=True if shuffle == "perm" else "chunks", seed=seed)
-        loader = loader.map(lambda x: x, executor=executor, concurrency=conc).shuffle(7).options(block_size=blk)
+        loader = (
+            loader.map(lambda x: x, executor=executor, concurrency=conc).shuffle(7).options(block_size=blk)
+        )
         loader.set_epoch(epoch)
         return collect(loader)
 
@@ -92,7 +100,7 @@ def test_new_epoch_new_order_for_every_shuffle_kind():
         assert first != second
 
 
-class iter_source:  # noqa: N801 - a re-iterable stream for tests
+class iter_source:
     def __init__(self, n):
         self.n = n
 
@@ -159,7 +167,9 @@ def test_weighted_sampler_with_and_without_replacement():
 
 def test_class_balanced_sampler():
     labels = [0] * 90 + [1] * 10
-    got = collect(al.Loader.from_source(range(100), shuffle=al.order.ClassBalanced(labels, num_samples=2000), seed=2))
+    got = collect(
+        al.Loader.from_source(range(100), shuffle=al.order.ClassBalanced(labels, num_samples=2000), seed=2)
+    )
     minority = sum(1 for k in got if labels[k] == 1) / len(got)
     assert 0.45 < minority < 0.55
     # within an epoch a class cycles its own permutation: the minority repeats only once exhausted

@@ -41,7 +41,9 @@ def _jittered_async(seed: int):
 def test_ordered_output_under_random_delays(executor, event_loop_kind):
     fn = _jittered_sync(1) if executor == "thread" else _jittered_async(1)
     kwargs = {"executor": "thread"} if executor == "thread" else {}
-    loader = al.Loader.from_source(range(300)).map(fn, concurrency=8, **kwargs).options(event_loop=event_loop_kind)
+    loader = (
+        al.Loader.from_source(range(300)).map(fn, concurrency=8, **kwargs).options(event_loop=event_loop_kind)
+    )
     with loader:
         assert list(loader) == [x * 10 for x in range(300)]
 

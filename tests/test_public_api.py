@@ -23,6 +23,12 @@ def test_every_module_has_a_docstring():
 
 
 def test_error_hierarchy():
-    for name in ("DataCorruptionError", "DataNotFoundError", "DataFormatError", "WorkerCrashError",
-                 "StageTimeoutError", "TooManyFailures"):
+    for name in (
+        "DataCorruptionError",
+        "DataNotFoundError",
+        "DataFormatError",
+        "WorkerCrashError",
+        "StageTimeoutError",
+        "TooManyFailures",
+    ):
         assert issubclass(getattr(al.errors, name), al.errors.DataLoadingError)

@@ -42,7 +42,9 @@ class Stream:
 
 def build(source, *, shuffle, buffer, batch, seed=0, filt=False, concurrency=1):
     loader = al.Loader.from_source(source, shuffle=shuffle, seed=seed)
-    loader = loader.map(lambda x: x * 1, executor="thread" if concurrency > 1 else "inline", concurrency=concurrency)
+    loader = loader.map(
+        lambda x: x * 1, executor="thread" if concurrency > 1 else "inline", concurrency=concurrency
+    )
     if filt:
         loader = loader.filter(lambda x: x % 7 != 3)
     if buffer:
@@ -84,7 +86,15 @@ def state_after(loader, k: int, epochs_before: int = 0) -> dict:
 )
 def test_exact_resume_mid_epoch(n, shuffle, buffer, batch, filt, concurrency, seed, data):
     def make(source=None):
-        return build(source or range(n), shuffle=shuffle, buffer=buffer, batch=batch, seed=seed, filt=filt, concurrency=concurrency)
+        return build(
+            source or range(n),
+            shuffle=shuffle,
+            buffer=buffer,
+            batch=batch,
+            seed=seed,
+            filt=filt,
+            concurrency=concurrency,
+        )
 
     full, following = batches(make(), epochs=2)
     k = data.draw(st.integers(0, len(full)))
@@ -170,13 +180,19 @@ def test_resume_in_a_fresh_process(tmp_path):
     state_file = str(tmp_path / "state.json")
 
     def run(mode):
-        out = subprocess.run([sys.executable, str(tmp_path / "job.py"), mode, state_file],
-                             capture_output=True, text=True, timeout=120, check=True)
+        out = subprocess.run(
+            [sys.executable, str(tmp_path / "job.py"), mode, state_file],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=True,
+        )
         return out.stdout
 
     full = json.loads(run("full"))
     run("save")
-    assert json.load(open(state_file))["seen"] == full[:13]
+    with open(state_file) as saved:
+        assert json.load(saved)["seen"] == full[:13]
     assert json.loads(run("resume")) == full[13:]
 
 
@@ -206,8 +222,9 @@ def test_elastic_resume_continues_with_exactly_the_undelivered_keys(old_world, n
     delivered: list[int] = []
     states = []
     for rank in range(old_world):
-        loader = al.Loader.from_source(range(n), shuffle=shuffle, seed=5, rank=rank, world_size=old_world,
-                                       shard_policy="uneven")
+        loader = al.Loader.from_source(
+            range(n), shuffle=shuffle, seed=5, rank=rank, world_size=old_world, shard_policy="uneven"
+        )
         with loader:
             it = iter(loader)
             for _ in range(3 + 2 * rank):  # ranks stop at different points
@@ -217,8 +234,9 @@ def test_elastic_resume_continues_with_exactly_the_undelivered_keys(old_world, n
     after: list[int] = []
     counts = []
     for rank in range(new_world):
-        loader = al.Loader.from_source(range(n), shuffle=shuffle, seed=5, rank=rank, world_size=new_world,
-                                       shard_policy="uneven")
+        loader = al.Loader.from_source(
+            range(n), shuffle=shuffle, seed=5, rank=rank, world_size=new_world, shard_policy="uneven"
+        )
         loader.load_state_dict(states)
         with loader:
             got = [int(x) for x in loader]
@@ -229,7 +247,9 @@ def test_elastic_resume_continues_with_exactly_the_undelivered_keys(old_world, n
 
 
 def test_elastic_resume_through_a_shuffle_buffer_is_refused():
-    states = [state_after(al.Loader.from_source(range(20), rank=r, world_size=2).shuffle(4), 1) for r in range(2)]
+    states = [
+        state_after(al.Loader.from_source(range(20), rank=r, world_size=2).shuffle(4), 1) for r in range(2)
+    ]
     with pytest.raises(ValueError, match="shuffle buffer"):
         al.Loader.from_source(range(20)).shuffle(4).load_state_dict(states)
 
@@ -250,7 +270,9 @@ class Payload:
 
 def test_endless_stream_through_a_reservoir_runs_in_constant_memory():
     buffer = 256
-    loader = al.Loader.from_source(Payload(i) for i in itertools.count()).shuffle(buffer).batch(32, collate=list)
+    loader = (
+        al.Loader.from_source(Payload(i) for i in itertools.count()).shuffle(buffer).batch(32, collate=list)
+    )
     peak = 0
     with loader:
         for step, batch in enumerate(loader):

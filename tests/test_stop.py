@@ -30,7 +30,9 @@ def _slow_endless():
 
 
 def _threaded_endless():
-    return al.Loader.from_source(itertools.count()).map(lambda x: x, executor="thread", concurrency=3).batch(8)
+    return (
+        al.Loader.from_source(itertools.count()).map(lambda x: x, executor="thread", concurrency=3).batch(8)
+    )
 
 
 def _run_tasks(loader) -> list[str]:
@@ -55,7 +57,9 @@ def test_break_stops_the_run(make):
             if i == 3:
                 break
         assert _run_tasks(loader) == []
-        assert not wait_threads_gone({t for t in threading.enumerate() if not t.name.startswith("aioloader-map")})
+        assert not wait_threads_gone(
+            {t for t in threading.enumerate() if not t.name.startswith("aioloader-map")}
+        )
         assert not _map_threads()
 
 
@@ -167,7 +171,7 @@ async def test_async_break_cancels_all_tasks():
 async def test_async_exception_in_body_and_async_with():
     with pytest.raises(RuntimeError, match="training step failed"):
         async with _slow_endless() as loader:
-            async for batch in loader:
+            async for _batch in loader:
                 raise RuntimeError("training step failed")
     for _ in range(20):
         await asyncio.sleep(0)

@@ -64,9 +64,16 @@ class LoopThread:
     def alive(self) -> bool:
         return self._thread.is_alive()
 
+    @property
+    def is_current(self) -> bool:
+        """True when called from this loop's own thread (e.g. a finaliser run by GC there)."""
+        return threading.current_thread() is self._thread
+
     def stop(self, timeout: float = STOP_TIMEOUT_S) -> None:
-        if self._thread.is_alive():
-            self.loop.call_soon_threadsafe(self.loop.stop)
+        if not self._thread.is_alive():
+            return
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        if not self.is_current:  # the loop's own thread cannot wait for itself to end
             self._thread.join(timeout)
 
 

@@ -30,9 +30,9 @@ from aioloader._spec import (
     UnbatchSpec,
 )
 from aioloader.monitor.stats import ErrorLog, StageStats, pipeline_stats
+from aioloader.order.orders import resolve_order
 from aioloader.order.reservoir import ReservoirState
 from aioloader.order.resume import ResumePoint, remaining_order
-from aioloader.order.orders import resolve_order
 from aioloader.order.sharding import RankInfo, resolve_rank, shard_boundaries, shard_keys
 from aioloader.sources._adapt import AdaptedSource, AsyncIterableSource, IndexableSource
 
@@ -161,7 +161,9 @@ class Run:
         expected: int | None = None
         start, prefix = (self.resume.position, self.resume.prefix) if self.resume else (0, [])
         if isinstance(source, IndexableSource):
-            keys, starts = epoch_keys(pipeline, self.epoch, self.rank, self.resume.elastic if self.resume else None)
+            keys, starts = epoch_keys(
+                pipeline, self.epoch, self.rank, self.resume.elastic if self.resume else None
+            )
             expected = len(keys)
             self.epoch_length = expected
             self.stages.append(KeySource(keys, block, start=start, prefix=prefix, block_starts=starts))
@@ -317,7 +319,11 @@ class Run:
         else:
             state = self.reservoir.state_at(delivered)
             position = 0 if state.last_input is None else int(state.last_input) + 1
-            where = {"position": position, "prefix": [int(s) for s in state.slots], "reservoir": state.to_json()}
+            where = {
+                "position": position,
+                "prefix": [int(s) for s in state.slots],
+                "reservoir": state.to_json(),
+            }
         where["epoch_done"] = (
             self.epoch_length is not None and where["position"] >= self.epoch_length and not where["prefix"]
         )

@@ -26,7 +26,8 @@ class Runtime:
         self._loop_thread: LoopThread | None = None
         self._active: dict[Run, asyncio.AbstractEventLoop] = {}
         self._finished_events: dict[Run, threading.Event] = {}
-        self._lock = threading.Lock()
+        # reentrant: close() may run from a GC finaliser in a thread that holds the lock
+        self._lock = threading.RLock()
 
     def take_epoch(self) -> int:
         with self._lock:
@@ -97,8 +98,11 @@ class Runtime:
                 run.cancel()
             elif not loop.is_closed():
                 loop.call_soon_threadsafe(run.cancel)
-        for event in finished:
-            event.wait(STOP_TIMEOUT_S)
+        with self._lock:
+            on_loop_thread = self._loop_thread is not None and self._loop_thread.is_current
+        if not on_loop_thread:  # the runs end on the loop thread: it cannot wait for them
+            for event in finished:
+                event.wait(STOP_TIMEOUT_S)
         with self._lock:
             loop_thread, self._loop_thread = self._loop_thread, None
             resources = list(self.resources.values())

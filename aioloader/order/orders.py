@@ -130,8 +130,12 @@ class Weighted:
     def __post_init__(self) -> None:
         w = np.asarray(self.weights, dtype=np.float64)
         if w.ndim != 1 or len(w) == 0 or not np.all(np.isfinite(w)) or np.any(w < 0) or w.sum() <= 0:
-            raise ValueError("weights must be a non-empty 1-D sequence of finite non-negative numbers, not all 0")
-        if self.num_samples is not None and (not isinstance(self.num_samples, numbers.Integral) or self.num_samples < 0):
+            raise ValueError(
+                "weights must be a non-empty 1-D sequence of finite non-negative numbers, not all 0"
+            )
+        if self.num_samples is not None and (
+            not isinstance(self.num_samples, numbers.Integral) or self.num_samples < 0
+        ):
             raise ValueError(f"num_samples must be an int >= 0, got {self.num_samples!r}")
         if not self.replacement and self.num_samples is not None and self.num_samples > np.count_nonzero(w):
             raise ValueError("num_samples exceeds the keys with non-zero weight and replacement=False")

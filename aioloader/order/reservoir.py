@@ -66,7 +66,13 @@ class ReservoirState:
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> ReservoirState:
-        return cls(list(data["slots"]), int(data["inputs"]), data["last_input"], int(data["emitted"]), bool(data["draining"]))
+        return cls(
+            list(data["slots"]),
+            int(data["inputs"]),
+            data["last_input"],
+            int(data["emitted"]),
+            bool(data["draining"]),
+        )
 
 
 class Reservoir:
@@ -86,7 +92,9 @@ class Reservoir:
         self._log: deque[tuple[int, Any, Any, bool]] = deque(maxlen=history)
 
     @classmethod
-    def restored(cls, size: int, seed: int, epoch: int, state: ReservoirState, *, history: int, seq_of: Any) -> Reservoir:
+    def restored(
+        cls, size: int, seed: int, epoch: int, state: ReservoirState, *, history: int, seq_of: Any
+    ) -> Reservoir:
         """A reservoir whose slots will be refilled, in slot order, by the first inputs
         (the resumed source sends the saved slots' items first)."""
         reservoir = cls(size, seed, epoch, history=history, seq_of=seq_of)
@@ -165,8 +173,6 @@ class Reservoir:
                 slots.append(slots[j])
                 slots[j] = out_seq
         index = len(log) - back - 1  # the log entry of emission number `emitted - 1`
-        if index >= 0:
-            draining = not log[index][3]
-        else:  # emission `emitted - 1` happened before this run (or there was none)
-            draining = self._restored is not None and self._restored.draining
+        # emission `emitted - 1` in this run's log, else before this run (or there was none)
+        draining = not log[index][3] if index >= 0 else bool(self._restored and self._restored.draining)
         return ReservoirState(slots, inputs, last_input, emitted, draining)

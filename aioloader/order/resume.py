@@ -37,7 +37,9 @@ class ResumePoint:
     delivered: int = 0
 
 
-def fingerprint_diff(saved: dict[str, Any], current: dict[str, Any], *, ignore: Sequence[str] = ()) -> list[str]:
+def fingerprint_diff(
+    saved: dict[str, Any], current: dict[str, Any], *, ignore: Sequence[str] = ()
+) -> list[str]:
     """Human-readable differences between two fingerprints."""
     diffs = []
     for key in sorted(set(saved) | set(current)):

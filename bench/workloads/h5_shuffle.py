@@ -51,4 +51,6 @@ def run(quick: bool = False) -> str:
         chunks16.close()
         source.close()
     title = f"HDF5 shuffled: {rows:,} rows x 256 float32, chunks of {CHUNK_ROWS} rows, batch {BATCH}"
-    return table(title, results, ["torch DL shuffle w=0", "torch DL shuffle w=2"]) + "\n" + _order_quality(rows)
+    return (
+        table(title, results, ["torch DL shuffle w=0", "torch DL shuffle w=2"]) + "\n" + _order_quality(rows)
+    )

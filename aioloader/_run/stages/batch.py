@@ -48,6 +48,8 @@ class BatchStage:
     async def _emit_array(self, keys: list[Any], seqs: list[Any], rows: np.ndarray) -> None:
         """A batch sliced out of an array block: one tensor, no per-row Python objects."""
         started = perf_counter()
+        if not rows.flags.writeable:  # a read-only memory map: a tensor must own writable memory
+            rows = rows.copy()
         batch = torch.from_numpy(np.ascontiguousarray(rows))
         self.stats.busy_s += perf_counter() - started
         self.stats.items_out += 1
@@ -77,7 +79,11 @@ class BatchStage:
                 await self._run_array_block(block)
                 continue
             if self._pending is not None:  # a partial array batch, now joined by list blocks
-                keys, seqs, values = list(self._pending.keys), list(self._pending.seqs), list(self._pending.values)
+                keys, seqs, values = (
+                    list(self._pending.keys),
+                    list(self._pending.seqs),
+                    list(self._pending.values),
+                )
                 self._pending = None
             if not values and len(block) == size:
                 await self._emit(block.keys, block.seqs, block.values)

@@ -75,7 +75,7 @@ class KeySource:
             return [(s, min(s + size, n)) for s in range(self._start, n, size)]
         cuts = sorted({self._start, n, *(int(b) for b in self._block_starts if self._start < b < n)})
         spans = []
-        for begin, end in zip(cuts, cuts[1:], strict=False):
+        for begin, end in itertools.pairwise(cuts):
             spans.extend((s, min(s + size, end)) for s in range(begin, end, size))
         return spans
 
