@@ -12,7 +12,7 @@ import math
 import numbers
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 EXECUTORS = ("auto", "inline", "thread", "process")
 ON_ERROR = ("raise", "skip")
@@ -59,9 +59,14 @@ def check_choice(value: Any, argument: str, choices: tuple[str, ...]) -> str:
 
 @dataclass(frozen=True, slots=True)
 class StageSpec:
-    """Common base: every stage has a user-facing name, unique within a pipeline."""
+    """Common base: every stage has a user-facing name, unique within a pipeline.
+
+    ``resume_blocker``: why ``state_dict()`` cannot place the consumer exactly after this
+    stage (it holds items across outputs or reorders them), or None when it can.
+    """
 
     name: str
+    resume_blocker: ClassVar[str | None] = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import weakref
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from dataclasses import replace
+from time import perf_counter
 from types import TracebackType
 from typing import Any
 
@@ -36,6 +37,7 @@ from aioloader._spec import (
     unique_name,
 )
 from aioloader.device import device_spec
+from aioloader.monitor.progress import check_progress, make_observer
 from aioloader.monitor.stats import pipeline_stats
 from aioloader.order.orders import KeyOrder, order_count, resolve_order
 from aioloader.order.resume import FORMAT, ResumePoint, parse, parse_elastic
@@ -89,6 +91,8 @@ class Loader:
             raise ValueError("chunk_window only applies to shuffle='chunks'")
         if isinstance(seed, bool) or not isinstance(seed, int):
             raise TypeError(f"seed must be an int, got {seed!r}")
+        if seed < 0:
+            raise ValueError(f"seed must be >= 0, got {seed}")
         if world_size is not None:
             check_positive_int(world_size, "world_size")
         if rank is not None:
@@ -110,7 +114,7 @@ class Loader:
         /,
         *,
         executor: str = "auto",
-        concurrency: int | None = None,
+        concurrency: int | str | None = None,
         ordered: bool = True,
         on_error: str = "raise",
         max_failures: int | float = 0,
@@ -128,11 +132,18 @@ class Loader:
         life (``concurrency`` processes; default 75% of the cores, at most 2 under 4 GiB free).
         ``fn`` and ``worker_init`` must be picklable (checked here); ``worker_init(worker_id)``
         runs once in each worker as it starts (and in a replacement after a crash). See
-        :mod:`aioloader.workers`."""
+        :mod:`aioloader.workers`.
+
+        ``executor="auto"`` measures ``fn`` on the first block: cheap functions stay inline,
+        GIL-releasing ones go to threads, GIL-holding CPU-heavy picklable ones to processes
+        (see :mod:`aioloader.monitor.autotune`). ``concurrency="auto"`` tunes the chunks in
+        flight and the output queue depth while running (hill-climbing on throughput within the
+        cores and the memory budget); ``stats()["autotune"]`` shows what it chose."""
+        tune = concurrency == "auto"
         spec = make_map_spec(
             fn,
             executor=executor,
-            concurrency=concurrency,
+            concurrency=None if tune else concurrency,
             ordered=ordered,
             on_error=on_error,
             max_failures=max_failures,
@@ -151,7 +162,20 @@ class Loader:
             spec = process_map_spec(spec, worker_init)
         elif worker_init is not None:
             raise ValueError("worker_init is only used with executor='process'")
-        return self._then(spec)
+        loader = self._then(spec)
+        if tune:
+            return loader._with_extras(
+                autotune=(
+                    *self._pipeline.options.extras.get("autotune", ()),
+                    loader._pipeline.stages[-1].name,
+                )
+            )
+        return loader
+
+    def _with_extras(self, **extras: Any) -> Loader:
+        options = self._pipeline.options
+        options = replace(options, extras={**options.extras, **extras})
+        return Loader(replace(self._pipeline, options=options))
 
     def filter(self, predicate: Callable[[Any], bool], /, *, name: str | None = None) -> Loader:
         """Keep the items for which ``predicate(item)`` is true."""
@@ -247,8 +271,8 @@ class Loader:
         streams in constant memory; its state (for ``state_dict``) is keys, not payloads.
         ``seed`` defaults to the source's seed; the order changes with the epoch."""
         check_positive_int(buffer_size, "buffer_size")
-        if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
-            raise TypeError(f"seed must be an int, got {seed!r}")
+        if seed is not None:
+            check_positive_int(seed, "seed", minimum=0)
         return self._then(ShuffleSpec("shuffle", buffer_size, seed))
 
     def prefetch(self, n: int, /) -> Loader:
@@ -284,9 +308,25 @@ class Loader:
         )
         return self._then(spec)
 
-    def options(self, *, event_loop: str | None = None, block_size: int | None = None) -> Loader:
+    def options(
+        self,
+        *,
+        event_loop: str | None = None,
+        block_size: int | None = None,
+        progress: bool | float | None = None,
+        monitor: Any = None,
+    ) -> Loader:
         """Runtime options that do not change the data: ``event_loop`` ("auto", "uvloop",
-        "asyncio") for sync iteration, and ``block_size`` (items per hand-off between stages)."""
+        "asyncio") for sync iteration, ``block_size`` (items per hand-off between stages),
+        ``progress`` (a tqdm bar on iterations longer than 1 s with True, or after that many
+        seconds; total from ``len(loader)`` when known) and ``monitor`` (an
+        ``al.DataLoaderPerformanceMonitor`` fed every value the consumer receives)."""
+        if progress is not None:
+            self = self._with_extras(progress=check_progress(progress))
+        if monitor is not None:
+            if not callable(getattr(monitor, "record_batch", None)):
+                raise TypeError(f"monitor must have a record_batch(batch_size) method, got {monitor!r}")
+            self = self._with_extras(monitor=monitor)
         options = self._pipeline.options
         if event_loop is not None:
             check_choice(event_loop, "event_loop", ("auto", "uvloop", "asyncio"))
@@ -370,28 +410,58 @@ class Loader:
         blocks = iterate_blocks(
             loop_thread, lambda handoff: self._make_sync_run(epoch, resume, handoff, holder)
         )
-        for block in blocks:
-            yield from _hand_out(holder[0], block)
-        if holder:
-            holder[0].completed = True
+        observer = make_observer(self._pipeline.options.extras, self._length(), f"epoch {epoch}")
+        try:
+            asked = perf_counter()
+            for block in blocks:
+                run = holder[0]
+                run.consumer_wait_s += perf_counter() - asked
+                if observer is None:
+                    yield from _hand_out(run, block)
+                else:
+                    yield from observer.hand_out(_hand_out(run, block), block.keys)
+                asked = perf_counter()
+            if holder:
+                holder[0].completed = True
+        finally:
+            if holder and holder[0].ended is None:
+                holder[0].ended = perf_counter()
+            if observer is not None:
+                observer.close()
 
     def __aiter__(self) -> AsyncIterator[Any]:
         return self._aiterate()
 
     async def _aiterate(self) -> AsyncIterator[Any]:
-        run = self._make_run(*self._start_epoch())
+        epoch, resume = self._start_epoch()
+        run = self._make_run(epoch, resume)
+        observer = make_observer(self._pipeline.options.extras, self._length(), f"epoch {epoch}")
         try:
             run.start()
             while True:
+                asked = perf_counter()
                 try:
                     block = await run.next_block()
                 except StopAsyncIteration:
                     run.completed = True
                     return
-                for value in _hand_out(run, block):
+                finally:
+                    run.consumer_wait_s += perf_counter() - asked
+                values = _hand_out(run, block)
+                for value in values if observer is None else observer.hand_out(values, block.keys):
                     yield value
         finally:
+            if run.ended is None:
+                run.ended = perf_counter()
+            if observer is not None:
+                observer.close()
             await run.aclose()
+
+    def _length(self) -> int | None:
+        try:
+            return len(self)
+        except TypeError:
+            return None
 
     # -- state -----------------------------------------------------------------------------
     def _fingerprint(self, info: RankInfo) -> dict[str, Any]:
@@ -419,6 +489,7 @@ class Loader:
             "world_size": info.world_size,
             "fingerprint": self._fingerprint(info),
         }
+        _check_resumable(self._pipeline.stages)
         pending = self._runtime.pending_resume
         run = self._runtime.last_run
         if pending is not None:
@@ -471,13 +542,25 @@ class Loader:
 
     # -- observability ---------------------------------------------------------------------
     def stats(self) -> dict[str, Any]:
-        """Statistics of the current (or last) run: per-stage counters, rates, bottleneck, errors."""
+        """Statistics of the current (or last) run, JSON-serialisable: per stage (``stages``)
+        items in/out, rate, busy and utilization fractions, time waiting for input and for room
+        downstream, queue occupancy (mean, max, capacity), errors; overall samples/s, batches/s,
+        time to first batch, ``memory`` (RSS summed over this process and its worker processes,
+        percent of the machine), ``cpu_percent``, the ``consumer``'s wait, ``bottleneck`` (the
+        stage the rest waits for, or ``"consumer"``), skipped ``errors`` and a ``timeline``
+        (per-stage rate and queue occupancy over time). See :mod:`aioloader.monitor.stats`."""
         run = self._runtime.last_run
         if run is None:
             from aioloader.monitor.stats import ErrorLog
 
             return pipeline_stats([], ErrorLog(), started=0.0, first_output=None, samples=0, batches=0)
         return run.stats()
+
+    def report(self) -> str:
+        """``stats()`` as a readable table (a string)."""
+        from aioloader.monitor.report import render
+
+        return render(self.stats())
 
     def __repr__(self) -> str:
         names = " -> ".join(["source", *(s.name for s in self._pipeline.stages)])
@@ -529,3 +612,17 @@ def describe_stage(spec: StageSpec) -> dict[str, Any]:
         if isinstance(value, (int, bool, str)):
             described[attribute] = value
     return described
+
+
+def _check_resumable(stages: tuple[StageSpec, ...]) -> None:
+    """Refuse a state that could not resume exactly (rather than resume approximately)."""
+    for stage in stages:
+        if stage.resume_blocker is not None:
+            raise ValueError(
+                f"state_dict: stage {stage.name!r} cannot be resumed exactly: {stage.resume_blocker}"
+            )
+        if isinstance(stage, MapSpec) and not stage.ordered:
+            raise ValueError(
+                f"state_dict: stage {stage.name!r} has ordered=False, so what the consumer received "
+                "is not a prefix of the epoch; use ordered=True to resume exactly"
+            )

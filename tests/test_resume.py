@@ -269,21 +269,29 @@ class Payload:
 
 
 def test_endless_stream_through_a_reservoir_runs_in_constant_memory():
-    buffer = 256
+    from aioloader._run.bridge import SYNC_MAX_DEPTH
+    from aioloader._run.graph import DEFAULT_BLOCK, SAMPLE_DEPTH
+
+    buffer, batch = 256, 32
     loader = (
-        al.Loader.from_source(Payload(i) for i in itertools.count()).shuffle(buffer).batch(32, collate=list)
+        al.Loader.from_source(Payload(i) for i in itertools.count())
+        .shuffle(buffer)
+        .batch(batch, collate=list)
     )
-    peak = 0
+    peaks = {0: 0, 1: 0}
     with loader:
-        for step, batch in enumerate(loader):
-            del batch
-            if step % 200 == 0:
+        for step, out in enumerate(loader):
+            del out
+            if step % 100 == 0:
                 gc.collect()
-                peak = max(peak, Payload.live)
+                half = 0 if step < 1500 else 1
+                peaks[half] = max(peaks[half], Payload.live)
             if step == 3000:  # ~100k items through a 256-item buffer
                 break
         state = loader.state_dict()
-    # buffer + channels in flight (blocks of 64 before the buffer, batches after it)
-    assert peak <= buffer + 12 * 64 + 12 * 32
+    # the buffer, sample blocks in the channels and stages before it, batches after it
+    bound = buffer + 2 * (SAMPLE_DEPTH + 1) * DEFAULT_BLOCK + (SYNC_MAX_DEPTH + 2) * batch
+    assert max(peaks.values()) <= bound
+    assert peaks[1] <= peaks[0] + batch, "live items grew over the run"
     assert len(state["prefix"]) == buffer
-    assert len(loader._runtime.last_run.reservoir.reservoir._log) < 1000, "the undo log must be trimmed"
+    assert len(loader._runtime.last_run.reservoir.reservoir._log) < 2000, "the undo log must be trimmed"

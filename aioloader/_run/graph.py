@@ -29,7 +29,8 @@ from aioloader._spec import (
     StageSpec,
     UnbatchSpec,
 )
-from aioloader.monitor.stats import ErrorLog, StageStats, pipeline_stats
+from aioloader.monitor.observe import RunMonitor, run_stats
+from aioloader.monitor.stats import ErrorLog, StageStats
 from aioloader.order.orders import resolve_order
 from aioloader.order.reservoir import ReservoirState
 from aioloader.order.resume import ResumePoint, remaining_order
@@ -42,9 +43,6 @@ from aioloader.sources._adapt import AdaptedSource, AsyncIterableSource, Indexab
 # depth 2 -> 4 took sync iteration from 550k to 620k samples/s.
 DEFAULT_DEPTH = 2
 SAMPLE_DEPTH = 4
-# A sync consumer is woken across threads, which costs far more than a task switch; without an
-# explicit prefetch(n) at the end, its hand-off holds 8 blocks (tiny workload: 505k -> 545k/s).
-SYNC_DEPTH = 8
 DEFAULT_BLOCK = 64
 MAX_CHUNK_BLOCK = 1 << 16
 _STARTED = "source:one-shot-started"  # runtime flag: a one-shot iterator was iterated
@@ -152,6 +150,10 @@ class Run:
         self.samples = 0
         self.batches = 0
         self.on_close: list[Any] = []  # callbacks run once every task has ended
+        self.options = pipeline.options
+        self.consumer_wait_s = 0.0  # time the consumer waited for a block (set by the Loader)
+        self.ended: float | None = None  # when the consumer saw the end of the epoch
+        self.monitor: RunMonitor | None = None  # time series, memory/CPU, autotuner
         self._build(pipeline, decisions, sink)
 
     # -- building --------------------------------------------------------------------------
@@ -203,11 +205,11 @@ class Run:
             downstream.stats.input = channel
         last = self.stages[-1]
         final_depth = depths[len(self.stages) - 1]
-        if sink is not None and not (specs and isinstance(specs[-1], PrefetchSpec)):
-            final_depth = max(final_depth, SYNC_DEPTH)
-        self.output = (
-            sink(final_depth) if sink is not None else Channel(final_depth, f"{last.name}->consumer")
-        )
+        if sink is not None:  # the sync hand-off: sized in bytes unless prefetch(n) set it
+            explicit = bool(specs) and isinstance(specs[-1], PrefetchSpec)
+            self.output = sink(final_depth, adaptive=not explicit)
+        else:
+            self.output = Channel(final_depth, f"{last.name}->consumer")
         last.output = self.output
         last.stats.output = self.output
 
@@ -236,6 +238,8 @@ class Run:
     def start(self) -> None:
         loop = asyncio.get_running_loop()
         self.started = time.perf_counter()
+        self.monitor = RunMonitor(self)
+        self.monitor.start(loop)
         for stage in self.stages:
             stage.stats.started = self.started
             self._tasks.append(loop.create_task(self._guard(stage), name=f"aioloader:{stage.name}"))
@@ -348,6 +352,8 @@ class Run:
         if self._closed:
             return
         self._closed = True
+        if self.monitor is not None:
+            self.monitor.stop()
         for task in self._tasks:
             task.cancel()
         try:
@@ -361,11 +367,4 @@ class Run:
                 callback(self)
 
     def stats(self) -> dict[str, Any]:
-        return pipeline_stats(
-            [s.stats for s in self.stages],
-            self.errors,
-            started=self.started,
-            first_output=self.first_output,
-            samples=self.samples,
-            batches=self.batches,
-        )
+        return run_stats(self)

@@ -13,6 +13,7 @@ A task past its deadline has had its worker killed by the pool; it surfaces as
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import os
 import pickle
 from collections.abc import Callable
@@ -75,7 +76,7 @@ def process_map_spec(spec: MapSpec, worker_init: Callable[[int], None] | None) -
     if worker_init is not None:
         check_callable(worker_init, "worker_init")
         _check_picklable(worker_init, "worker_init")
-    fields = {name: getattr(spec, name) for name in MapSpec.__dataclass_fields__}
+    fields = {f.name: getattr(spec, f.name) for f in dataclasses.fields(MapSpec)}
     return ProcessMapSpec(**fields, worker_init=worker_init)
 
 

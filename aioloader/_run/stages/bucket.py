@@ -14,7 +14,7 @@ import itertools
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from time import perf_counter
-from typing import Any
+from typing import Any, ClassVar
 
 from aioloader._run.stages._grouping import GroupStage, unknown_length
 from aioloader._spec import StageSpec, check_callable, check_positive_int
@@ -22,6 +22,7 @@ from aioloader._spec import StageSpec, check_callable, check_positive_int
 
 @dataclass(frozen=True, slots=True)
 class BucketSpec(StageSpec):
+    resume_blocker: ClassVar[str | None] = "it holds items in buckets and emits them out of input order"
     boundaries: tuple[int, ...]
     batch_sizes: tuple[int, ...]  # one per bucket: len(boundaries) + 1
     length_fn: Callable[[Any], int] = len

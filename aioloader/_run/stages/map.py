@@ -31,6 +31,7 @@ from aioloader._run.executors import (
 )
 from aioloader._spec import MapSpec
 from aioloader.errors import StageTimeoutError, TooManyFailures, annotate
+from aioloader.monitor.autotune import Limiter, PlacementProbe
 from aioloader.monitor.stats import ErrorLog, StageStats
 from aioloader.order.sample_rng import WithRng
 
@@ -85,6 +86,10 @@ class MapStage:
         self._failed = 0
         self._cost_per_item: float | None = None
         self._owned: list[Executor] = []
+        self._tune_max: int | None = None  # concurrency="auto": the pool size, set by the tuner
+        self._limiter: Limiter | None = None  # the in-flight limit while running concurrently
+        self._window: Channel | None = None
+        self.placement: dict[str, Any] | None = None  # what executor="auto" measured
         if spec.per_block:
             self._work = functools.partial(apply_block, spec.fn, item_fn=spec.item_fn)
         elif spec.is_async:
@@ -111,6 +116,10 @@ class MapStage:
         if kind in ("inline", "auto"):
             return _InlineExecutor()
         workers = self.spec.concurrency or default_concurrency(kind)
+        if kind == "thread" and self._tune_max is not None:
+            workers = max(workers, self._tune_max)  # threads are made lazily: size for the budget
+        if kind == "process":
+            import aioloader.workers  # noqa: F401 - registers the process executor kind
         if kind == "thread":
             executor: Executor = ThreadExecutor(workers, self.spec.name)
         elif kind == "async":
@@ -144,20 +153,60 @@ class MapStage:
         self.output.close()
 
     async def _probe_inline(self) -> bool:
-        """executor="auto" for a sync function: run the first block inline and measure."""
+        """executor="auto" for a sync function: measure it on the first block and choose
+        inline, thread or process (:class:`~aioloader.monitor.autotune.PlacementProbe`; a
+        block function keeps the inline-cost rule)."""
         try:
             block = await self.input.get()
         except EndOfChannel:
             return False
+        probe = None
+        if not self.spec.per_block:
+            probe = PlacementProbe.for_work(self._work, can_process=self._runtime is not None)
+            self._executor = probe
         await self._forward(await self._process(block))
-        per_item = self._cost_per_item or 0.0
-        kind = "thread" if per_item > _AUTO_THREAD_ABOVE_S else "inline"
+        if probe is not None:
+            kind = probe.decision
+            self.placement = probe.describe()
+        else:
+            per_item = self._cost_per_item or 0.0
+            kind = "thread" if per_item > _AUTO_THREAD_ABOVE_S else "inline"
         self._decisions[self.spec.name] = kind
-        if kind == "thread":
-            self._executor = self._make_executor("thread")
-            self.stats.workers = self._executor.workers
+        self._executor = self._make_executor(kind)
+        self.stats.workers = self._executor.workers
         self.stats.executor = kind
         return True
+
+    # -- concurrency="auto" (driven by aioloader.monitor.autotune.Tuner) -------------------
+    def enable_tuning(self, max_workers: int) -> None:
+        """Before the run starts: pools sized for ``max_workers``; the limit starts at the
+        stage's default and the tuner moves it."""
+        self._tune_max = max_workers
+        if isinstance(self._executor, ThreadExecutor):
+            start = self._executor.workers
+            self._executor.close()
+            self._owned.remove(self._executor)
+            self._executor = self._make_executor("thread")
+            self._limiter = Limiter(start)
+
+    @property
+    def tunable(self) -> bool:
+        """Running concurrently, so the in-flight limit means something."""
+        return self._window is not None
+
+    @property
+    def concurrency_limit(self) -> int:
+        if self._limiter is not None:
+            return self._limiter.limit
+        return getattr(self._executor, "in_flight", self._executor.workers)
+
+    def set_concurrency_limit(self, limit: int) -> None:
+        if self._limiter is None:
+            self._limiter = Limiter(limit)
+        self._limiter.set_limit(limit)
+        if self._window is not None:
+            self._window.capacity = 2 * self._limiter.limit
+        self.stats.concurrency = self._limiter.limit
 
     async def _forward(self, block: Block | None) -> None:
         if block is not None and len(block):
@@ -206,9 +255,15 @@ class MapStage:
         # workers, so a worker starts its next chunk without waiting for the event loop.
         workers = getattr(self._executor, "in_flight", self._executor.workers)
         coalesce = getattr(self._executor, "coalesce", False) and self.spec.timeout is None
-        slots = asyncio.Semaphore(workers)
+        if self._limiter is None or self._tune_max is None:
+            if self._tune_max is not None and isinstance(self._executor, ThreadExecutor):
+                workers = min(workers, self.spec.concurrency or default_concurrency("thread"))
+            self._limiter = Limiter(workers)
+        slots = self._limiter
+        workers = slots.limit
         ordered = self.spec.ordered
         window = Channel(2 * workers, f"{self.name}.window")
+        self._window = window
         running: set[asyncio.Task[Block | None]] = set()
 
         def _on_done(task: asyncio.Task[Block | None]) -> None:

@@ -26,7 +26,7 @@ import numbers
 from collections.abc import Mapping
 from dataclasses import dataclass
 from time import perf_counter
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
@@ -39,6 +39,7 @@ from aioloader.errors import DataFormatError, annotate
 
 @dataclass(frozen=True, slots=True)
 class PackSpec(StageSpec):
+    resume_blocker: ClassVar[str | None] = "it packs a document into more than one batch"
     seq_len: int
     batch_size: int = 1
     field: str = "input_ids"
