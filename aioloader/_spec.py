@@ -148,7 +148,7 @@ def make_map_spec(
     if not isinstance(ordered, bool):
         raise TypeError(f"ordered must be a bool, got {ordered!r}")
     check_choice(on_error, "on_error", ON_ERROR)
-    _check_max_failures(max_failures)
+    check_max_failures(max_failures)
     check_positive_int(retries, "retries", minimum=0)
     if not isinstance(retry_on, tuple) or not all(
         isinstance(t, type) and issubclass(t, BaseException) for t in retry_on
@@ -181,7 +181,7 @@ def make_map_spec(
     )
 
 
-def _check_max_failures(value: Any) -> None:
+def check_max_failures(value: Any) -> None:
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise TypeError(f"max_failures must be a count (int) or a fraction (float), got {value!r}")
     if isinstance(value, numbers.Integral):

@@ -6,11 +6,10 @@ from __future__ import annotations
 
 import numbers
 from collections.abc import Callable
-from time import perf_counter
 from typing import Any
 
-from aioloader._run.block import Block
 from aioloader._run.channel import Channel
+from aioloader._run.stages.batch import emit_batch
 from aioloader.collate import stack
 from aioloader.errors import annotate
 from aioloader.monitor.stats import StageStats
@@ -42,11 +41,4 @@ class GroupStage:
         return int(n)
 
     async def emit(self, keys: list[Any], seqs: list[Any], values: list[Any]) -> None:
-        started = perf_counter()
-        try:
-            batch = self._collate(values)
-        except Exception as exc:
-            raise annotate(exc, self.name, keys) from None
-        self.stats.busy_s += perf_counter() - started
-        self.stats.items_out += 1
-        await self.output.put(Block([keys], [seqs], [batch]))
+        await emit_batch(self, self._collate, keys, seqs, values)

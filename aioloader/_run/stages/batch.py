@@ -36,14 +36,7 @@ class BatchStage:
         self._pending: Block | None = None  # the tail of an array block, short of a batch
 
     async def _emit(self, keys: list[Any], seqs: list[Any], values: list[Any]) -> None:
-        started = perf_counter()
-        try:
-            batch = self._collate(values)
-        except Exception as exc:
-            raise annotate(exc, self.name, keys) from None
-        self.stats.busy_s += perf_counter() - started
-        self.stats.items_out += 1
-        await self.output.put(Block([keys], [seqs], [batch]))
+        await emit_batch(self, self._collate, keys, seqs, values)
 
     async def _emit_array(self, keys: list[Any], seqs: list[Any], rows: np.ndarray) -> None:
         """A batch sliced out of an array block: one tensor, no per-row Python objects."""
@@ -114,3 +107,18 @@ class BatchStage:
             head_rows = np.stack([np.asarray(v) for v in values]) if values else block.values[:0]
         rows = np.concatenate([head_rows, block.values])
         return Block([*keys, *block.keys], [*seqs, *block.seqs], rows)
+
+
+async def emit_batch(
+    stage: Any, collate: Callable[[list[Any]], Any], keys: list[Any], seqs: list[Any], values: list[Any]
+) -> None:
+    """Collate ``values`` into one batch and send it as a one-entry block: what every batching
+    stage does with a group (a failure names the stage and the members' keys)."""
+    started = perf_counter()
+    try:
+        batch = collate(values)
+    except Exception as exc:
+        raise annotate(exc, stage.name, keys) from None
+    stage.stats.busy_s += perf_counter() - started
+    stage.stats.items_out += 1
+    await stage.output.put(Block([keys], [seqs], [batch]))

@@ -29,8 +29,9 @@ from aioloader._run.executors import (
     apply_items,
     external_executor,
 )
+from aioloader._run.failures import FailurePolicy
 from aioloader._spec import MapSpec
-from aioloader.errors import StageTimeoutError, TooManyFailures, annotate
+from aioloader.errors import StageTimeoutError
 from aioloader.monitor.autotune import Limiter, PlacementProbe
 from aioloader.monitor.stats import ErrorLog, StageStats
 from aioloader.order.sample_rng import WithRng
@@ -39,7 +40,6 @@ _TARGET_TASK_S = 0.002
 _MAX_CHUNK = 1024
 _AUTO_THREAD_ABOVE_S = 200e-6  # per item: slower than this blocks the loop, so use threads
 _BACKOFF_S = 0.05
-_FRACTION_MIN_SEEN = 100
 
 
 class _InlineExecutor:
@@ -79,17 +79,13 @@ class MapStage:
         self.name = spec.name
         self.input: Channel
         self.output: Channel
-        self._errors = errors
         self._decisions = decisions
-        self._expected = expected_items
-        self._seen = 0
-        self._failed = 0
+        self._policy = FailurePolicy(spec.name, spec.on_error, spec.max_failures, errors, expected_items)
         self._cost_per_item: float | None = None
         self._owned: list[Executor] = []
         self._tune_max: int | None = None  # concurrency="auto": the pool size, set by the tuner
         self._limiter: Limiter | None = None  # the in-flight limit while running concurrently
         self._window: Channel | None = None
-        self.placement: dict[str, Any] | None = None  # what executor="auto" measured
         if spec.per_block:
             self._work = functools.partial(apply_block, spec.fn, item_fn=spec.item_fn)
         elif spec.is_async:
@@ -167,7 +163,7 @@ class MapStage:
         await self._forward(await self._process(block))
         if probe is not None:
             kind = probe.decision
-            self.placement = probe.describe()
+            self.stats.placement = probe.describe()
         else:
             per_item = self._cost_per_item or 0.0
             kind = "thread" if per_item > _AUTO_THREAD_ABOVE_S else "inline"
@@ -333,7 +329,7 @@ class MapStage:
             cost = busy / len(values)
             previous = self._cost_per_item
             self._cost_per_item = cost if previous is None else 0.7 * previous + 0.3 * cost
-        self._seen += len(values)
+        self._policy.seen += len(values)
         if failures:
             failures = await self._retry(chunk, results, failures)
         if not failures:
@@ -386,28 +382,7 @@ class MapStage:
     def _settle(self, chunk: Block, results: list[Any], failures: list[tuple[int, BaseException]]) -> Block:
         """Apply on_error to failures that retries did not fix; return the surviving items."""
         for index, exc in failures:
-            key = chunk.keys[index]
-            if self.spec.on_error == "raise":
-                raise annotate(exc, self.name, key)
-            self._errors.record(self.name, key, exc)
-            self._failed += 1
-            self._check_budget(exc, key)
+            self._policy.fail(chunk.keys[index], exc)
         failed = {index for index, _ in failures}
         keep = [i for i in range(len(results)) if i not in failed]
         return Block([chunk.keys[i] for i in keep], [chunk.seqs[i] for i in keep], [results[i] for i in keep])
-
-    def _check_budget(self, exc: BaseException, key: Any) -> None:
-        budget = self.spec.max_failures
-        if isinstance(budget, int):
-            exceeded = self._failed > budget
-        elif self._expected is not None:
-            exceeded = self._failed > budget * self._expected
-        else:
-            exceeded = self._seen >= _FRACTION_MIN_SEEN and self._failed > budget * self._seen
-        if exceeded:
-            raise TooManyFailures(
-                f"stage {self.name!r}: {self._failed} samples failed, more than max_failures={budget}"
-                f" (last: key {key!r}, {type(exc).__name__}: {exc})",
-                stage=self.name,
-                key=key,
-            ) from exc

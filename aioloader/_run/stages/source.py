@@ -115,9 +115,10 @@ def _replay(iterator: Iterator[Any], stop: int, wanted: list[int]) -> list[Any]:
     return kept
 
 
-class IterSource:
-    """A sync iterable. A resumed run replays the stream up to ``start`` (a stream cannot
-    seek), keeping only the ``prefix`` items (the shuffle buffer's content)."""
+class _StreamSource:
+    """What the sync and async stream sources share: this rank's slice of the stream and, on a
+    resumed run, the replay up to ``start`` keeping the ``prefix`` positions (a stream cannot
+    seek; those are the shuffle buffer's items, sent first)."""
 
     def __init__(
         self,
@@ -138,6 +139,19 @@ class IterSource:
         self.output: Channel
         self.stats = StageStats(name)
 
+    def _key(self, seq: int) -> int:
+        """The stream position of this rank's item number ``seq``."""
+        world = self._rank.world_size
+        return seq if world == 1 else self._rank.rank + seq * world
+
+    async def _emit_prefix(self, kept: list[Any]) -> None:
+        self.stats.items_out += len(kept)
+        await self.output.put(Block([self._key(s) for s in self._prefix], list(self._prefix), kept))
+
+
+class IterSource(_StreamSource):
+    """A sync iterable, pulled inline until a pull is slow, then in a thread."""
+
     async def run(self) -> None:
         iterator = iter(self._iterable)
         world, rank = self._rank.world_size, self._rank.rank
@@ -149,10 +163,7 @@ class IterSource:
         if self._start:
             kept = await loop.run_in_executor(None, _replay, iterator, self._start, self._prefix)
             if self._prefix:
-                world, rank = self._rank.world_size, self._rank.rank
-                keys = [rank + s * world for s in self._prefix]
-                self.stats.items_out += len(kept)
-                await self.output.put(Block(keys, list(self._prefix), kept))
+                await self._emit_prefix(kept)
             position = self._start
         try:
             ended = False
@@ -188,27 +199,9 @@ class IterSource:
         self.output.close()
 
 
-class AsyncIterSource:
-    """An async iterable; a resumed run replays it up to ``start`` like :class:`IterSource`."""
-
-    def __init__(
-        self,
-        iterable: Any,
-        block_size: int,
-        rank: RankInfo,
-        name: str = "source",
-        *,
-        start: int = 0,
-        prefix: list[int] = (),
-    ) -> None:
-        self.name = name
-        self._start = start
-        self._prefix = list(prefix)
-        self._iterable = iterable
-        self._block_size = block_size
-        self._rank = rank
-        self.output: Channel
-        self.stats = StageStats(name)
+class AsyncIterSource(_StreamSource):
+    """An async iterable, pulled on the loop; a partial block goes out when the next stage is
+    starved, so slow streams are not held back to fill blocks."""
 
     async def run(self) -> None:
         world, rank = self._rank.world_size, self._rank.rank
@@ -258,9 +251,3 @@ class AsyncIterSource:
             if aclose is not None and iterator is not self._iterable:
                 await aclose()
         self.output.close()
-
-    async def _emit_prefix(self, kept: list[Any]) -> None:
-        world, rank = self._rank.world_size, self._rank.rank
-        keys = [rank + seq * world for seq in self._prefix]
-        self.stats.items_out += len(kept)
-        await self.output.put(Block(keys, list(self._prefix), kept))

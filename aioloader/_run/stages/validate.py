@@ -17,12 +17,10 @@ from time import perf_counter
 from typing import Any
 
 from aioloader._run.channel import Channel
-from aioloader._spec import ON_ERROR, StageSpec, check_callable, check_choice, fn_name
-from aioloader._spec import _check_max_failures as check_max_failures
-from aioloader.errors import DataFormatError, DataLoadingError, TooManyFailures, annotate
+from aioloader._run.failures import FailurePolicy
+from aioloader._spec import ON_ERROR, StageSpec, check_callable, check_choice, check_max_failures, fn_name
+from aioloader.errors import DataFormatError, DataLoadingError, annotate
 from aioloader.monitor.stats import ErrorLog, StageStats
-
-_FRACTION_MIN_SEEN = 100
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,9 +61,7 @@ class ValidateStage:
     def __init__(self, spec: ValidateSpec, errors: ErrorLog) -> None:
         self.name = spec.name
         self._spec = spec
-        self._errors = errors
-        self._seen = 0
-        self._failed = 0
+        self._policy = FailurePolicy(spec.name, spec.on_error, spec.max_failures, errors)
         self.input: Channel
         self.output: Channel
         self.stats = StageStats(spec.name)
@@ -80,37 +76,18 @@ class ValidateStage:
                 return exc
         return None
 
-    def _skip(self, key: Any, exc: DataLoadingError) -> None:
-        spec = self._spec
-        if spec.on_error == "raise":
-            raise annotate(exc, self.name, key)
-        self._errors.record(self.name, key, exc)
-        self._failed += 1
-        budget = spec.max_failures
-        if isinstance(budget, int):
-            exceeded = self._failed > budget
-        else:
-            exceeded = self._seen >= _FRACTION_MIN_SEEN and self._failed > budget * self._seen
-        if exceeded:
-            raise TooManyFailures(
-                f"stage {self.name!r}: {self._failed} samples failed, more than max_failures={budget}"
-                f" (last: key {key!r}, {type(exc).__name__}: {exc})",
-                stage=self.name,
-                key=key,
-            ) from exc
-
     async def run(self) -> None:
         async for block in self.input:
             started = perf_counter()
             self.stats.items_in += len(block)
             keep: list[int] = []
             for index, (key, value) in enumerate(zip(block.keys, block.values, strict=True)):
-                self._seen += 1
+                self._policy.seen += 1
                 exc = self._problem(key, value)
                 if exc is None:
                     keep.append(index)
                 else:
-                    self._skip(key, exc)
+                    self._policy.fail(key, exc)
             out = block if len(keep) == len(block) else block.take(keep)
             self.stats.busy_s += perf_counter() - started
             if len(out):
