@@ -1,0 +1,141 @@
+"""Loaders derived from a user's spec for the service: one per rank, twins to check states, and
+specs loaded from a file or pickled for a child process.
+
+A spec travels to another process in one of two ways:
+
+- pickled (``Loader.in_subprocess()``): the pipeline is pickled in the parent, so functions and
+  sources must be picklable by reference (defined at module level, importable in a fresh
+  interpreter; the child sees the parent's ``sys.path`` and main module as with
+  multiprocessing's spawn). Checked at once, with a ``TypeError`` saying what failed;
+- as a file (``aioloader serve SPEC.py``): the file is imported as a module named after it,
+  from its own directory (which joins ``sys.path`` so process-pool workers import it too), and
+  its attribute (``loader`` by default) is a Loader or a function returning one.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import pickle
+import sys
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+from aioloader.loader import Loader
+from aioloader.order.sharding import resolve_rank
+
+
+def check_host_only(loader: Loader, where: str) -> None:
+    """``ValueError`` when ``loader`` ends on an accelerator (``.to_device("cuda")``): its
+    batches would be made on a device of another process (or machine) than the trainer's."""
+    from aioloader.device import DeviceSpec
+
+    for stage in loader._pipeline.stages:
+        if isinstance(stage, DeviceSpec) and stage.device_type != "cpu":
+            raise ValueError(
+                f"{where}: the spec moves batches to {stage.device_type!r} (stage {stage.name!r}), "
+                "which would happen in another process than the trainer's; drop .to_device() from "
+                "the spec and move each batch in the training loop"
+            )
+
+
+def rank_loader(loader: Loader, rank: int, world_size: int) -> Loader:
+    """``loader``'s spec for ``rank`` of ``world_size`` (its own rank settings overridden)."""
+    if isinstance(world_size, bool) or not isinstance(world_size, int) or world_size < 1:
+        raise ValueError(f"world_size must be an int >= 1, got {world_size!r}")
+    if isinstance(rank, bool) or not isinstance(rank, int) or not 0 <= rank < world_size:
+        raise ValueError(f"rank must be an int in [0, world_size={world_size}), got {rank!r}")
+    pipeline = loader._pipeline
+    source_spec = replace(pipeline.source_spec, rank=rank, world_size=world_size)
+    return Loader(replace(pipeline, source_spec=source_spec))
+
+
+def pinned_rank(loader: Loader) -> Loader:
+    """``loader`` with its rank resolved here (torch.distributed, environment), so a child
+    process that has no process group still shards as this process would."""
+    spec = loader._pipeline.source_spec
+    info = resolve_rank(spec.rank, spec.world_size)
+    return rank_loader(loader, info.rank, info.world_size)
+
+
+def validated_state(loader: Loader, state: Any) -> dict[str, Any]:
+    """``state`` (a state, or every rank's states for an elastic resume) loaded into a twin of
+    ``loader``, and that twin's ``state_dict()``: what a run of ``loader`` resumes from.
+    ``ValueError``/``TypeError`` when it does not fit the spec."""
+    if not isinstance(state, (dict, list)):
+        raise TypeError(
+            f"state must be a dict from state_dict() or a list of them, got {type(state).__name__}"
+        )
+    twin = Loader(loader._pipeline)
+    try:
+        twin.load_state_dict(state)
+        return twin.state_dict()
+    except ValueError:
+        raise
+    except Exception as exc:  # a malformed state (it may come from the network): say so
+        raise ValueError(f"state is not a valid loader state: {type(exc).__name__}: {exc}") from None
+    finally:
+        twin.close()
+
+
+def fresh_state(loader: Loader) -> dict[str, Any]:
+    """The state of a run of ``loader`` that has not started (epoch 0, position 0)."""
+    with Loader(loader._pipeline) as twin:
+        return twin.state_dict()
+
+
+def length_or_none(loader: Loader) -> int | None:
+    try:
+        return len(loader)
+    except TypeError:
+        return None
+
+
+def pickled_spec(loader: Loader) -> bytes:
+    """The pipeline of ``loader``, pickled for a child process; ``TypeError`` when it cannot be."""
+    try:
+        return pickle.dumps(loader._pipeline, protocol=pickle.HIGHEST_PROTOCOL)
+    except Exception as exc:
+        raise TypeError(
+            "in_subprocess() sends the loader's spec to a fresh interpreter by pickling it, and "
+            f"this spec cannot be pickled ({type(exc).__name__}: {exc}). Define its functions, "
+            "sources and collate functions at module level (not lambdas or local functions), "
+            "or serve it from a spec file: `aioloader serve SPEC.py`"
+        ) from exc
+
+
+def loader_from_pickle(data: bytes) -> Loader:
+    return Loader(pickle.loads(data))
+
+
+def load_spec_file(path: str | Path, attribute: str = "loader") -> Loader:
+    """The Loader named ``attribute`` in the Python file ``path`` (or returned by calling it)."""
+    file = Path(path).resolve()
+    if not file.is_file() or file.suffix != ".py":
+        raise ValueError(f"spec must be a Python file (SPEC.py), got {str(path)!r}")
+    name = file.stem
+    if not name.isidentifier():
+        raise ValueError(f"spec file name {file.name!r} must be a valid module name")
+    folder = str(file.parent)
+    if folder not in sys.path:
+        sys.path.insert(0, folder)
+    module = sys.modules.get(name)
+    if module is None or getattr(module, "__file__", None) != str(file):
+        module_spec = importlib.util.spec_from_file_location(name, file)
+        if module_spec is None or module_spec.loader is None:  # pragma: no cover - a .py file
+            raise ValueError(f"cannot import spec file {str(file)!r}")
+        module = importlib.util.module_from_spec(module_spec)
+        sys.modules[name] = module
+        try:
+            module_spec.loader.exec_module(module)
+        except BaseException:
+            sys.modules.pop(name, None)
+            raise
+    value = getattr(module, attribute, None)
+    if value is None:
+        raise ValueError(f"spec file {file.name} has no attribute {attribute!r} (a Loader)")
+    if not isinstance(value, Loader) and callable(value):
+        value = value()
+    if not isinstance(value, Loader):
+        raise TypeError(f"{file.name}:{attribute} must be an aioloader.Loader, got {type(value).__name__}")
+    return value
