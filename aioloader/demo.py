@@ -1,9 +1,10 @@
 """``aioloader demo``: stream a built-in image dataset and report throughput beside torch.
 
-Builds (once, in a cache folder) 2,000 JPEGs of 320x240 in 10 class folders, streams two epochs
-through a realistic pipeline (read + Pillow decode + resize to 224 in threads, batching,
-prefetch) with a progress bar, then prints samples/s, time to first batch, the per-stage
-breakdown with the bottleneck, and the same work through ``torch.utils.data.DataLoader``.
+Builds (once, in a cache folder) 2,000 JPEGs (``--images``) of 320x240 in 10 class folders,
+streams two epochs through a realistic pipeline (read + Pillow decode + resize to 224, placed by
+``executor="auto"``, batching, prefetch) with a progress bar, then prints samples/s, time to
+first batch, ``Loader.report()`` with the bottleneck, and the same work through
+``torch.utils.data.DataLoader``. ``--plot out.png`` draws the last epoch's timeline.
 """
 
 from __future__ import annotations
@@ -29,17 +30,18 @@ OUT = 224
 BATCH = 32
 
 
-def cache_dir() -> Path:
+def cache_dir(images: int = IMAGES) -> Path:
     base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base) / "aioloader" / "demo-images"
+    suffix = "" if images == IMAGES else f"-{images}"
+    return Path(base) / "aioloader" / f"demo-images{suffix}"
 
 
-def build_dataset(root: Path) -> list[tuple[str, int]]:
-    """2,000 JPEGs of smooth random colour fields; made once, reused afterwards."""
+def build_dataset(root: Path, images: int = IMAGES) -> list[tuple[str, int]]:
+    """``images`` JPEGs of smooth random colour fields; made once, reused afterwards."""
     done = root / ".complete"
     if not done.exists():
         rng = np.random.default_rng(0)
-        for i in range(IMAGES):
+        for i in range(images):
             folder = root / f"class_{i % CLASSES:02d}"
             folder.mkdir(parents=True, exist_ok=True)
             low = rng.integers(0, 255, (6, 8, 3), dtype=np.uint8)
@@ -84,12 +86,7 @@ class _TorchImages(Dataset):
 
 
 def build_loader(items: list[tuple[str, int]]) -> al.Loader:
-    return (
-        al.Loader.from_source(items, shuffle=True, seed=0)
-        .map(load, executor="thread", concurrency=2, name="load")
-        .batch(BATCH)
-        .prefetch(4)
-    )
+    return al.Loader.from_source(items, shuffle=True, seed=0).map(load, name="load").batch(BATCH).prefetch(4)
 
 
 def _epoch(iterable: Any, total: int, desc: str) -> tuple[int, float, float]:
@@ -103,23 +100,12 @@ def _epoch(iterable: Any, total: int, desc: str) -> tuple[int, float, float]:
     return samples, time.perf_counter() - started, first or 0.0
 
 
-def _stage_table(stats: dict[str, Any]) -> str:
-    lines = [
-        f"  {'stage':<14}{'executor':<10}{'workers':>8}{'items out':>11}{'busy':>7}{'wait in':>9}{'wait out':>9}{'queue':>8}"
-    ]
-    for s in stats["stages"]:
-        lines.append(
-            f"  {s['name']:<14}{s['executor']:<10}{s['workers']:>8}{s['items_out']:>11}{s['busy']:>7.0%}"
-            f"{s['wait_input_s']:>8.2f}s{s['wait_output_s']:>8.2f}s{s['queue_mean']:>5.1f}/{s['queue_capacity']}"
-        )
-    return "\n".join(lines)
-
-
-def main(epochs: int = 2) -> int:
-    root = cache_dir()
-    print(f"dataset: {IMAGES} JPEGs {SIZE[0]}x{SIZE[1]} in {CLASSES} classes at {root}")
+def main(epochs: int = 2, images: int = IMAGES, compare: bool = True, plot: str | None = None) -> int:
+    """Run the demo; ``compare=False`` skips torch DataLoader; ``plot``: a PNG of the timeline."""
+    root = cache_dir(images)
+    print(f"dataset: {images} JPEGs {SIZE[0]}x{SIZE[1]} in {CLASSES} classes at {root}")
     started = time.perf_counter()
-    items = build_dataset(root)
+    items = build_dataset(root, images)
     print(f"  ready in {time.perf_counter() - started:.1f}s\n")
 
     loader = build_loader(items)
@@ -134,8 +120,14 @@ def main(epochs: int = 2) -> int:
                 f"  epoch {epoch}: {samples / elapsed:8,.0f} samples/s   first batch {first * 1000:6.1f} ms"
             )
         stats = loader.stats()
-    print(_stage_table(stats))
-    print(f"  bottleneck: {stats['bottleneck']}\n")
+        print(loader.report())
+    if plot is not None:
+        from aioloader.monitor.plot import plot_timeline
+
+        print(f"timeline written to {plot_timeline(stats, plot)}")
+    if not compare:
+        return 0
+    print()
 
     torch_loader = DataLoader(
         _TorchImages(items), batch_size=BATCH, shuffle=True, num_workers=2, persistent_workers=True

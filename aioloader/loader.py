@@ -321,13 +321,16 @@ class Loader:
         ``progress`` (a tqdm bar on iterations longer than 1 s with True, or after that many
         seconds; total from ``len(loader)`` when known) and ``monitor`` (an
         ``al.DataLoaderPerformanceMonitor`` fed every value the consumer receives)."""
+        extras: dict[str, Any] = {}
         if progress is not None:
-            self = self._with_extras(progress=check_progress(progress))
+            extras["progress"] = check_progress(progress)
         if monitor is not None:
             if not callable(getattr(monitor, "record_batch", None)):
                 raise TypeError(f"monitor must have a record_batch(batch_size) method, got {monitor!r}")
-            self = self._with_extras(monitor=monitor)
+            extras["monitor"] = monitor
         options = self._pipeline.options
+        if extras:
+            options = replace(options, extras={**options.extras, **extras})
         if event_loop is not None:
             check_choice(event_loop, "event_loop", ("auto", "uvloop", "asyncio"))
             options = replace(options, event_loop=event_loop)
@@ -565,6 +568,19 @@ class Loader:
     def __repr__(self) -> str:
         names = " -> ".join(["source", *(s.name for s in self._pipeline.stages)])
         return f"<aioloader.Loader {names}>"
+
+    # -- isolation -------------------------------------------------------------------------
+    def in_subprocess(self, *, credits: int = 4) -> Any:
+        """This pipeline running in a child process (a fresh interpreter), its batches handed
+        over through shared memory, so the loader's Python work leaves the trainer's CPU and GIL.
+        The result iterates like this Loader (sync and async) with the same ``len``,
+        ``set_epoch``, ``state_dict``/``load_state_dict`` and ``stats``; ``credits`` batches
+        may wait ahead of the consumer. The spec is pickled (functions and sources defined at
+        module level; ``TypeError`` here when it cannot be). Close it (or use ``with``): that
+        ends the child. See :mod:`aioloader.service.subprocess_loader`."""
+        from aioloader.service.subprocess_loader import SubprocessLoader
+
+        return SubprocessLoader(self, credits=credits)
 
     # -- lifetime --------------------------------------------------------------------------
     def close(self) -> None:

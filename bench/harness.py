@@ -80,11 +80,25 @@ class Result:
     peak_mb: float
     cpu_cores: float
     samples: int
+    batches: int = 0
+    elapsed_s: float = 0.0
+
+    @property
+    def batches_per_s(self) -> float:
+        return self.batches / self.elapsed_s if self.elapsed_s else 0.0
+
+    @property
+    def memory_percent(self) -> float:
+        """Peak tree PSS as a percentage of the machine's memory."""
+        return 100.0 * self.peak_mb * 2**20 / psutil.virtual_memory().total
 
 
 def _batch_len(batch: Any) -> int:
     if isinstance(batch, (list, tuple)):
-        return _batch_len(batch[0])
+        first = batch[0] if batch else None
+        if first is None or isinstance(first, (str, bytes, int, float)):
+            return len(batch)  # a list of plain samples (collate=as_list)
+        return _batch_len(first)
     if isinstance(batch, dict):
         return _batch_len(next(iter(batch.values())))
     return len(batch)
@@ -100,11 +114,13 @@ def measure_once(
         started = time.perf_counter()
         first = None
         samples = 0
+        batches = 0
         iterable = make()
         for batch in iterable:
             if first is None:
                 first = time.perf_counter() - started
             samples += _batch_len(batch)
+            batches += 1
             if consume is not None:
                 consume(batch)
         elapsed = time.perf_counter() - started
@@ -112,7 +128,9 @@ def measure_once(
         close = getattr(iterable, "close", None)
         if close is not None and hasattr(iterable, "__next__"):  # an iterator; a Loader stays open
             close()
-    return Result(name, samples / elapsed, first or 0.0, sampler.peak / 2**20, cpu / elapsed, samples)
+    return Result(
+        name, samples / elapsed, first or 0.0, sampler.peak / 2**20, cpu / elapsed, samples, batches, elapsed
+    )
 
 
 def compare(
@@ -153,3 +171,12 @@ def table(title: str, results: list[Result], baselines: list[str]) -> str:
         row += [f"{r.samples_per_s / by_name[b].samples_per_s:.2f}" for b in baselines]
         lines.append("| " + " | ".join(row) + " |")
     return "\n".join(lines)
+
+
+def best_ratio(results: list[Result], auto: str, hand_tuned: list[str]) -> str:
+    """One line: the auto contender's rate against the best hand-tuned aioloader contender."""
+    by_name = {r.name: r for r in results}
+    best = max((by_name[n] for n in hand_tuned), key=lambda r: r.samples_per_s)
+    ratio = by_name[auto].samples_per_s / best.samples_per_s
+    verdict = "meets" if ratio >= 0.9 else "BELOW"
+    return f"\n\nauto / best hand-tuned ({best.name}): **{ratio:.2f}x** ({verdict} the 0.9x target)"

@@ -17,7 +17,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 import aioloader as al
-from bench.harness import compare, table
+from bench.harness import best_ratio, compare, table
 
 BATCH = 256
 WIDTH = 256
@@ -66,20 +66,23 @@ def run(quick: bool = False) -> str:
     dataset = TorchH5Dataset(path)
     source = al.sources.HDF5(path, "x")
     loader = al.Loader.from_source(source).batch(BATCH)
+    auto = al.Loader.from_source(source).batch(BATCH)  # the read stage: executor="auto"
     contenders = [
         ("torch DL w=0", lambda: DataLoader(dataset, batch_size=BATCH, num_workers=0)),
         ("torch DL w=2", lambda: DataLoader(dataset, batch_size=BATCH, num_workers=2)),
         ("torch DL w=0 over al.sources.HDF5", lambda: DataLoader(source, batch_size=BATCH, num_workers=0)),
         # iter(): the harness closes what it gets; closing an epoch iterator keeps the loader.
         ("aioloader sync", lambda: iter(loader)),
+        ("aioloader auto", lambda: iter(auto)),
     ]
     try:
         results = compare(contenders, rounds=1 if quick else 3)
     finally:
         loader.close()
+        auto.close()
         source.close()
     return table(
         f"h5: {rows:,} rows x {WIDTH} float32, chunks of {CHUNK_ROWS} rows, batch {BATCH}, in order",
         results,
         ["torch DL w=0", "torch DL w=2"],
-    )
+    ) + best_ratio(results, "aioloader auto", ["aioloader sync"])

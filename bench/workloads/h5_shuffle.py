@@ -12,7 +12,7 @@ import numpy as np
 from torch.utils.data import DataLoader
 
 import aioloader as al
-from bench.harness import compare, table
+from bench.harness import best_ratio, compare, table
 from bench.workloads.h5 import BATCH, CHUNK_ROWS, TorchH5Dataset, make_file
 
 
@@ -38,19 +38,27 @@ def run(quick: bool = False) -> str:
     source = al.sources.HDF5(path, "x")
     chunks4 = al.Loader.from_source(source, shuffle="chunks", chunk_window=4).batch(BATCH)
     chunks16 = al.Loader.from_source(source, shuffle="chunks", chunk_window=16).batch(BATCH)
+    auto = al.Loader.from_source(source, shuffle="chunks").batch(BATCH)  # default window, auto read
     contenders = [
         ("torch DL shuffle w=0", lambda: DataLoader(dataset, batch_size=BATCH, shuffle=True, num_workers=0)),
         ("torch DL shuffle w=2", lambda: DataLoader(dataset, batch_size=BATCH, shuffle=True, num_workers=2)),
         ("aioloader chunks window 4", lambda: chunks4),
         ("aioloader chunks window 16", lambda: chunks16),
+        ("aioloader chunks auto", lambda: auto),
     ]
     try:
         results = compare(contenders, rounds=1 if quick else 3)
     finally:
         chunks4.close()
         chunks16.close()
+        auto.close()
         source.close()
     title = f"HDF5 shuffled: {rows:,} rows x 256 float32, chunks of {CHUNK_ROWS} rows, batch {BATCH}"
     return (
-        table(title, results, ["torch DL shuffle w=0", "torch DL shuffle w=2"]) + "\n" + _order_quality(rows)
+        table(title, results, ["torch DL shuffle w=0", "torch DL shuffle w=2"])
+        + best_ratio(
+            results, "aioloader chunks auto", ["aioloader chunks window 4", "aioloader chunks window 16"]
+        )
+        + "\n"
+        + _order_quality(rows)
     )

@@ -19,7 +19,7 @@ from torch.utils.data import DataLoader, Dataset
 
 import aioloader as al
 from aioloader.transforms import decode_image
-from bench.harness import compare, table
+from bench.harness import best_ratio, compare, table
 
 BATCH = 32
 SIZE = 224
@@ -103,6 +103,7 @@ def run(quick: bool = False) -> str:
         .map(decode, executor="process", concurrency=2)
         .batch(BATCH)
     )
+    auto = al.Loader.from_source(source, shuffle=True, seed=0).map(decode, concurrency="auto").batch(BATCH)
     contenders = [
         ("torch DL w=0", lambda: torch_loader(0)),
         ("torch DL w=2", lambda: torch_loader(2)),
@@ -110,6 +111,7 @@ def run(quick: bool = False) -> str:
         (f"aioloader threads={threads}, decode per batch", lambda: iter(per_batch)),
         # iter(): the harness closes what it gets; an epoch's iterator closes, the pool persists.
         ("aioloader processes=2, decode per sample", lambda: iter(per_process)),
+        ("aioloader auto, decode per sample", lambda: iter(auto)),
     ]
     try:
         results = compare(contenders, rounds=1 if quick else 3)
@@ -117,8 +119,10 @@ def run(quick: bool = False) -> str:
         per_item.close()
         per_batch.close()
         per_process.close()
+        auto.close()
+    hand_tuned = [name for name, _ in contenders if name.startswith("aioloader") and "auto" not in name]
     return table(
         f"jpeg: {n:,} JPEGs 320x240, decode + resize {SIZE}, batch {BATCH}",
         results,
         ["torch DL w=0", "torch DL w=2"],
-    )
+    ) + best_ratio(results, "aioloader auto, decode per sample", hand_tuned)

@@ -19,7 +19,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 import aioloader as al
-from bench.harness import compare, table
+from bench.harness import best_ratio, compare, table
 
 BATCH = 64
 LINES = 200_000
@@ -106,6 +106,7 @@ def run(quick: bool = False) -> str:
         .batch(BATCH, collate=al.collate.as_list)
         .map(tokenize_and_pad, executor="process", concurrency=2)
     )
+    auto = al.Loader.from_source(lines).map(tokenize, concurrency="auto").batch(BATCH, collate=pad)
     contenders = [
         ("torch DL w=0", lambda: DataLoader(dataset, batch_size=BATCH, num_workers=0, collate_fn=pad)),
         ("torch DL w=2", lambda: DataLoader(dataset, batch_size=BATCH, num_workers=2, collate_fn=pad)),
@@ -113,11 +114,15 @@ def run(quick: bool = False) -> str:
         # which starts once (the first round) and persists across epochs, as designed.
         ("aioloader process, per item", lambda: iter(per_item)),
         ("aioloader process, per batch", lambda: iter(per_batch)),
+        ("aioloader auto, per item", lambda: iter(auto)),
     ]
     try:
         results = compare(contenders, rounds=1 if quick else 3)
     finally:
         per_item.close()
         per_batch.close()
+        auto.close()
     title = f"text: {len(lines):,} lines of 5-120 words, tokenize + pad, batch {BATCH}"
-    return table(title, results, ["torch DL w=0", "torch DL w=2"])
+    return table(title, results, ["torch DL w=0", "torch DL w=2"]) + best_ratio(
+        results, "aioloader auto, per item", ["aioloader process, per item", "aioloader process, per batch"]
+    )

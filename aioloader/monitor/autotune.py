@@ -1,0 +1,463 @@
+"""Autotuning: where a map stage runs (``executor="auto"``) and how many chunks it keeps in
+flight (``concurrency="auto"``).
+
+**Placement.** :class:`PlacementProbe` stands in for the executor on a stage's first block. It
+times the first item inline. A function cheaper than :data:`INLINE_BELOW_S` per item stays inline
+(a hand-off to a pool costs more than the work). Otherwise it runs the next ~:data:`PROBE_S` of
+items in a thread while the loop thread spins, and measures how long the spinning thread was
+*blocked* (neither on a core nor waiting for one, from ``/proc/thread-self/schedstat``) per
+second of CPU the worker thread used: a function that holds the GIL blocks the spinner for as
+long as it runs, one that releases it (Pillow decode, numpy, hashing, I/O) not at all. Scheduler
+waits are not blocking, so a busy machine does not fool it (blocked share of wall time on 2 busy
+cores: pure-Python loop 0.08-0.49, diluted when the worker waits for a core, hence per worker CPU
+second; sha256, sleep, numpy matmul and JPEG decode -0.04-0.05). Off Linux it falls back to the
+spinner's loss of speed.
+GIL-releasing -> threads; GIL-holding -> processes when the work pickles (else threads when an
+item blocks the loop longer than :data:`THREAD_ABOVE_S`, inline otherwise). The rest of the block
+runs in a thread; every result is kept, nothing runs twice.
+
+**Concurrency.** :class:`Tuner` hill-climbs each tuned stage's in-flight limit on the delivered
+samples/s, measured over windows of the run's timeline ticks: step, keep the step if the rate rose
+by more than :data:`GAIN`, else revert and turn; after two failed turns hold for a while and try
+again. Steps up stop at the CPU budget (the cores, when the loader's processes already use them)
+and when the memory budget (``max_memory_usage`` of the available memory) is reached, where the
+stage steps down and its output queue shrinks back. The output queue grows with the limit so the
+chunks that finish together have room.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import pickle
+import sys
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from time import perf_counter
+from typing import Any
+
+import psutil
+
+__all__ = [
+    "INLINE_BELOW_S",
+    "THREAD_ABOVE_S",
+    "Limiter",
+    "PlacementProbe",
+    "Tuner",
+    "gil_blocked_fraction",
+    "place",
+]
+
+INLINE_BELOW_S = (
+    10e-6  # per item: cheaper than a pool hand-off (text tokenising, ~15 us, gains from processes)
+)
+THREAD_ABOVE_S = 200e-6  # per item: slower than this blocks the loop too long; leave it
+PROBE_S = 0.06  # how long the GIL probe runs the function in a thread, in all
+_PROBES = 3  # the GIL probe is split in this many readings
+HOLDS_GIL_ABOVE = 0.25  # spinner blocked per worker CPU second that means the GIL is held
+_LONG_BLOCK = 0.2  # of the switch interval: the spinner's mean block when the worker holds the GIL
+_SHORT_ITEM_S = 250e-6  # below this, the cost is measured over several items
+_COST_ITEMS = 8
+_MIN_WORKER_CPU_S = 0.001  # a worker that used less CPU than this waited (I/O)
+_MIN_PROBE_SWITCHES = 4  # the shortest GIL reading, in switch intervals (a shorter one may fit
+# in the interval the spinner keeps the GIL before it must hand it over, and tells nothing)
+_SPIN_CAP_S = 0.5  # the spinner stops after this long even if the probe chunk runs on
+_SCHEDSTAT = "/proc/thread-self/schedstat"
+_STATUS = "/proc/thread-self/status"
+
+ChunkResult = tuple[list[Any], list[tuple[int, BaseException]], float]
+
+
+# -- placement ---------------------------------------------------------------------------------
+def _schedstat() -> tuple[float, float] | None:
+    """(seconds on a core, seconds runnable waiting for one) of the calling thread, or None
+    (off Linux). The waiting time is exact at each switch, which is what the probe reads."""
+    try:
+        with open(_SCHEDSTAT) as f:
+            on_cpu, waiting, _ = f.read().split()
+    except (OSError, ValueError):
+        return None
+    return int(on_cpu) / 1e9, int(waiting) / 1e9
+
+
+def _voluntary_switches() -> int:
+    """How many times the calling thread went to sleep (blocked), or 0 when unknown."""
+    try:
+        with open(_STATUS) as f:
+            for line in f:
+                if line.startswith("voluntary_ctxt_switches"):
+                    return int(line.split()[1])
+    except (OSError, ValueError):
+        pass
+    return 0
+
+
+def _spin(end: float, done: list[bool]) -> int:
+    n = 0
+    while not done[0] and perf_counter() < end:
+        n += 1
+    return n
+
+
+def gil_blocked_fraction(
+    work: Callable[[list[Any]], ChunkResult], values: list[Any]
+) -> tuple[ChunkResult, float]:
+    """Run ``work(values)`` in a thread while this thread spins; return its result and how long
+    this thread was blocked per second the worker spent on a core (about 1 when ``work`` holds
+    the GIL, about 0 when it releases it)."""
+    outcome: list[Any] = []
+    done = [False]
+
+    worker: list[float] = []  # the worker thread's CPU seconds and wall seconds
+
+    go = threading.Event()
+
+    def target() -> None:
+        go.wait()
+        cpu, wall = time.thread_time(), perf_counter()
+        try:
+            outcome.append(work(values))
+        except BaseException as exc:  # re-raised in the caller
+            outcome.append(exc)
+        finally:
+            worker.extend((time.thread_time() - cpu, perf_counter() - wall))
+            done[0] = True
+
+    thread = threading.Thread(target=target, name="aioloader-gil-probe", daemon=True)
+    thread.start()  # started before the measurement: a thread's start-up is not the function's
+    solo_started = perf_counter()
+    solo_rate = _spin(solo_started + 0.002, [False]) / max(perf_counter() - solo_started, 1e-9)
+    before = _schedstat()
+    sleeps = _voluntary_switches()
+    cpu_before = time.thread_time()
+    started = perf_counter()
+    go.set()
+    spins = _spin(started + _SPIN_CAP_S, done)
+    wall = max(perf_counter() - started, 1e-9)
+    on_cpu = time.thread_time() - cpu_before
+    sleeps = _voluntary_switches() - sleeps
+    after = _schedstat()
+    thread.join()
+    if before is not None and after is not None:
+        # Blocked time per second of the worker's CPU: it took the GIL from the spinner for as
+        # long as it ran Python (about 1), or not at all (about 0). Per second of the worker's
+        # CPU rather than of wall time, so a worker kept off the cores by other processes does
+        # not dilute it.
+        # On-CPU time from the thread clock: schedstat's runs a scheduler tick behind.
+        blocked_s = wall - on_cpu - (after[1] - before[1])
+        cpu = worker[0] if worker else 0.0
+        # A worker that hardly ran waited on I/O (it released the GIL); its wall time would not
+        # tell, as a loaded machine keeps runnable threads waiting for a core.
+        blocked = 0.0 if cpu < _MIN_WORKER_CPU_S else blocked_s / cpu
+        # A thread that takes the GIL from the spinner keeps it a whole switch interval (it runs
+        # Python); one that releases it hands it back at once. Short blocks, however many (a
+        # loaded machine makes each hand-over slow), are not the GIL being held.
+        if sleeps and blocked_s / sleeps < _LONG_BLOCK * sys.getswitchinterval():
+            blocked = 0.0
+    else:  # no scheduler statistics: the spinner's loss of speed, mapped to the same scale
+        blocked = max(0.0, 1.0 - spins / wall / solo_rate) if solo_rate else 0.0
+        blocked = blocked if blocked > 0.3 else 0.0
+    result = outcome[0]
+    if isinstance(result, BaseException):
+        raise result
+    return result, max(0.0, blocked)
+
+
+def _picklable(obj: Any) -> bool:
+    try:
+        pickle.dumps(obj)
+    except Exception:
+        return False
+    return True
+
+
+def place(cost_s: float, holds_gil: bool | None, picklable: bool, can_process: bool) -> str:
+    """The executor for a function costing ``cost_s`` per item: "inline", "thread" or "process"."""
+    if cost_s < INLINE_BELOW_S:
+        return "inline"
+    if holds_gil is None:  # not measured (too little work in the first block): by cost only
+        return "thread" if cost_s > THREAD_ABOVE_S else "inline"
+    if not holds_gil:
+        return "thread"
+    if picklable and can_process and (os.cpu_count() or 1) > 1:
+        return "process"
+    return "thread" if cost_s > THREAD_ABOVE_S else "inline"
+
+
+def _merge(parts: list[ChunkResult]) -> ChunkResult:
+    results: list[Any] = []
+    failures: list[tuple[int, BaseException]] = []
+    busy = 0.0
+    for part_results, part_failures, part_busy in parts:
+        failures.extend((index + len(results), exc) for index, exc in part_failures)
+        results.extend(part_results)
+        busy += part_busy
+    return results, failures, busy
+
+
+async def _in_thread(work: Callable[[list[Any]], ChunkResult], values: list[Any]) -> ChunkResult:
+    """``work(values)`` in a one-off thread, awaited without blocking the loop."""
+    loop = asyncio.get_running_loop()
+    future: asyncio.Future[Any] = loop.create_future()
+
+    def deliver(outcome: Any) -> None:
+        if not future.done():
+            if isinstance(outcome, BaseException):
+                future.set_exception(outcome)
+            else:
+                future.set_result(outcome)
+
+    def target() -> None:
+        try:
+            outcome: Any = work(values)
+        except BaseException as exc:
+            outcome = exc
+        if not loop.is_closed():
+            loop.call_soon_threadsafe(deliver, outcome)
+
+    threading.Thread(target=target, name="aioloader-probe", daemon=True).start()
+    return await future
+
+
+class PlacementProbe:
+    """An executor for a stage's first block that measures the function and decides where the
+    stage runs next (``decision``, with ``cost_s`` and ``blocked`` for the record)."""
+
+    kind = "auto"
+    workers = 1
+
+    def __init__(self, *, picklable: bool, can_process: bool) -> None:
+        self._picklable = picklable
+        self._can_process = can_process
+        self.decision = "inline"
+        self.cost_s = 0.0
+        self.blocked: float | None = None
+
+    @classmethod
+    def for_work(cls, work: Any, can_process: bool) -> PlacementProbe:
+        return cls(picklable=can_process and _picklable(work), can_process=can_process)
+
+    async def run(
+        self, work: Callable[[list[Any]], ChunkResult], values: list[Any], timeout: float | None
+    ) -> ChunkResult:
+        first = work(values[:1])
+        head = 1
+        if first[2] < _SHORT_ITEM_S and len(values) > 1:  # one short call is a noisy measure
+            head = min(len(values), _COST_ITEMS)
+            first = _merge([first, work(values[1:head])])
+        self.cost_s = first[2] / head
+        rest = values[head:]
+        shortest = _MIN_PROBE_SWITCHES * sys.getswitchinterval()
+        if self.cost_s < INLINE_BELOW_S or self.cost_s * len(rest) < shortest:
+            # Too cheap to move, or too little work in the block for a GIL reading that means
+            # anything: placed by cost alone (a cheap function stays inline).
+            self.decision = place(self.cost_s, None, self._picklable, self._can_process)
+            return _merge([first, work(rest)]) if rest else first
+        count = max(1, min(len(rest), int(PROBE_S / max(self.cost_s, 1e-9))))
+        parts = [first]
+        readings = []
+        step = max(1, -(-count // _PROBES), int(shortest / max(self.cost_s, 1e-9)))
+        for start in range(0, count, step):  # a few short probes: the median resists a hiccup
+            probed, blocked = gil_blocked_fraction(work, rest[start : min(count, start + step)])
+            parts.append(probed)
+            readings.append(blocked)
+        self.blocked = sorted(readings)[len(readings) // 2]
+        holds_gil = self.blocked > HOLDS_GIL_ABOVE
+        self.decision = place(self.cost_s, holds_gil, self._picklable, self._can_process)
+        if rest[count:]:
+            parts.append(await _in_thread(work, rest[count:]))
+        return _merge(parts)
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "decision": self.decision,
+            "cost_us": round(self.cost_s * 1e6, 1),
+            "gil_blocked": None if self.blocked is None else round(self.blocked, 2),
+        }
+
+    def close(self) -> None:
+        pass
+
+
+# -- concurrency ---------------------------------------------------------------------------------
+class Limiter:
+    """A semaphore whose limit can change while tasks hold it (the tuned in-flight limit)."""
+
+    def __init__(self, limit: int) -> None:
+        if limit < 1:
+            raise ValueError(f"limit must be >= 1, got {limit}")
+        self.limit = limit
+        self.used = 0
+        self._waiters: deque[asyncio.Future[None]] = deque()
+
+    async def acquire(self) -> None:
+        while self.used >= self.limit:
+            waiter = asyncio.get_running_loop().create_future()
+            self._waiters.append(waiter)
+            try:
+                await waiter
+            except asyncio.CancelledError:
+                if waiter.done() and not waiter.cancelled():
+                    self._wake()  # pass on a wake-up this task can no longer use
+                raise
+        self.used += 1
+
+    def release(self) -> None:
+        self.used -= 1
+        self._wake()
+
+    def set_limit(self, limit: int) -> None:
+        self.limit = max(1, limit)
+        self._wake()
+
+    def _wake(self) -> None:
+        free = self.limit - self.used
+        while free > 0 and self._waiters:
+            waiter = self._waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(None)
+                free -= 1
+
+
+GAIN = 0.03  # a step must raise samples/s by more than this fraction to be kept
+WINDOW_TICKS = 2  # timeline ticks per measurement window
+HOLD_WINDOWS = 8  # windows to stay put after the climb settles
+MEMORY_BUDGET = 0.8  # of the memory available when the run started
+
+
+class _Climb:
+    """Hill-climbing state of one stage."""
+
+    def __init__(self, stage: Any, limit: int, maximum: int) -> None:
+        self.stage = stage
+        self.limit = limit
+        self.maximum = maximum
+        self.base_depth = stage.output.capacity
+        self.direction = 1
+        self.previous: int | None = None  # the limit before the step being judged
+        self.best: float | None = None
+        self.turns = 0
+        self.hold = 0
+        self.history: list[int] = [limit]
+
+
+class Tuner:
+    """``concurrency="auto"``: hill-climbs the in-flight limit of the map stages named in
+    ``tuned`` on the run's delivered samples/s. Driven by the run's timeline ticks."""
+
+    def __init__(self, run: Any, tuned: set[str], pids: Callable[[], list[int]]) -> None:
+        self._run = run
+        self._tuned = tuned
+        self._pids = pids
+        self._climbs: list[_Climb] = []
+        self._turn = 0
+        self._ticks = 0
+        self._samples = 0
+        self._elapsed = 0.0
+        self._cores = (
+            len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+        )
+        self._memory_budget = MEMORY_BUDGET * psutil.virtual_memory().available
+        self._cpu_mark: tuple[float, float] | None = None
+
+    def prepare(self) -> None:
+        """Before the stages start: size their pools for the budget, the limit starts low."""
+        for stage in self._run.stages:
+            if stage.name in self._tuned and hasattr(stage, "enable_tuning"):
+                maximum = 2 * self._cores
+                stage.enable_tuning(maximum)
+                self._climbs.append(_Climb(stage, stage.concurrency_limit, maximum))
+
+    def tick(self, dt: float) -> None:
+        """One timeline tick: accumulate; at the end of a window, judge and step."""
+        self._ticks += 1
+        self._elapsed += dt
+        if self._ticks % WINDOW_TICKS or not self._climbs:
+            return
+        samples = self._run.samples
+        rate = (samples - self._samples) / max(self._elapsed, 1e-9)
+        self._samples, self._elapsed = samples, 0.0
+        climb = self._climbs[self._turn % len(self._climbs)]
+        if not getattr(climb.stage, "tunable", False):  # not running concurrently (yet)
+            return
+        if self._over_memory():
+            self._apply(climb, max(1, climb.limit - 1))
+            climb.stage.output.capacity = climb.base_depth
+            climb.previous, climb.best = None, None
+            return
+        self._step(climb, rate)
+
+    def _step(self, climb: _Climb, rate: float) -> None:
+        if climb.hold:
+            climb.hold -= 1
+            if not climb.hold:
+                climb.best, climb.turns, climb.direction = None, 0, 1
+            return
+        if climb.previous is not None and climb.best is not None:
+            if rate > climb.best * (1 + GAIN):  # the step helped: keep going
+                climb.best = rate
+            else:  # it did not: go back and turn
+                self._apply(climb, climb.previous)
+                climb.direction = -climb.direction
+                climb.turns += 1
+                climb.previous = None
+                if climb.turns >= 2:
+                    climb.hold = HOLD_WINDOWS
+                    self._turn += 1
+                return
+        else:
+            climb.best = rate if climb.best is None else max(climb.best, rate)
+        target = climb.limit + climb.direction
+        if target < 1 or target > climb.maximum or (climb.direction > 0 and self._cpu_full()):
+            climb.direction = -climb.direction
+            climb.turns += 1
+            climb.previous = None
+            if climb.turns >= 2:
+                climb.hold = HOLD_WINDOWS
+                self._turn += 1
+            return
+        climb.previous = climb.limit
+        self._apply(climb, target)
+
+    def _apply(self, climb: _Climb, limit: int) -> None:
+        climb.limit = limit
+        climb.stage.set_concurrency_limit(limit)
+        climb.stage.output.capacity = max(climb.base_depth, limit)
+        climb.history.append(limit)
+        del climb.history[:-32]
+
+    def _cpu_full(self) -> bool:
+        """The loader's processes already keep every core busy (over the last window)."""
+        cpu = 0.0
+        for pid in self._pids():
+            try:
+                times = psutil.Process(pid).cpu_times()
+            except psutil.Error:
+                continue
+            cpu += times.user + times.system
+        now = perf_counter()
+        mark, self._cpu_mark = self._cpu_mark, (now, cpu)
+        if mark is None:
+            return False
+        return (cpu - mark[1]) / max(now - mark[0], 1e-9) >= 0.95 * self._cores
+
+    def _over_memory(self) -> bool:
+        rss = 0
+        for pid in self._pids():
+            try:
+                rss += psutil.Process(pid).memory_info().rss
+            except psutil.Error:
+                continue
+        return rss > self._memory_budget
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            c.stage.name: {
+                "concurrency": c.limit,
+                "queue_depth": c.stage.output.capacity,
+                "history": c.history,
+            }
+            for c in self._climbs
+        }

@@ -1,0 +1,133 @@
+"""executor="auto" placement (inline / thread / process) and concurrency="auto" tuning."""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import hashlib
+import json
+
+import pytest
+
+import aioloader as al
+from aioloader._run.executors import apply_items
+from aioloader.monitor.autotune import Limiter, PlacementProbe, gil_blocked_fraction, place
+
+_DATA = b"x" * (1 << 20)
+
+
+def trivial(x: int) -> int:
+    return x + 1
+
+
+def holds_gil(x: int) -> int:
+    """~0.7 ms of pure Python per item: holds the GIL the whole time."""
+    total = 0
+    for i in range(25_000):
+        total += i
+    return x
+
+
+def releases_gil(x: int) -> int:
+    """sha256 of 1 MiB (~0.7 ms): hashlib releases the GIL for large buffers."""
+    hashlib.sha256(_DATA).digest()
+    return x
+
+
+def _stage(stats: dict, name: str) -> dict:
+    return next(s for s in stats["stages"] if s["name"] == name)
+
+
+def test_place_rule() -> None:
+    assert place(1e-6, None, True, True) == "inline"
+    assert place(1e-3, False, True, True) == "thread"
+    assert place(1e-3, True, False, True) == "thread"
+    assert place(50e-6, True, False, True) == "inline"
+    assert place(1e-3, None, True, True) == "thread"
+    assert place(1e-3, True, True, False) == "thread"
+
+
+def test_gil_probe_tells_holding_from_releasing() -> None:
+    holding = [
+        gil_blocked_fraction(functools.partial(apply_items, holds_gil), list(range(30)))[1] for _ in range(3)
+    ]
+    releasing = [
+        gil_blocked_fraction(functools.partial(apply_items, releases_gil), list(range(15)))[1]
+        for _ in range(3)
+    ]
+    assert sorted(holding)[1] > sorted(releasing)[1]
+    result, _ = gil_blocked_fraction(functools.partial(apply_items, trivial), [1, 2, 3])
+    assert result[0] == [2, 3, 4]
+
+
+async def test_probe_keeps_every_result_in_order() -> None:
+    probe = PlacementProbe(picklable=True, can_process=True)
+    results, failures, busy = await probe.run(
+        functools.partial(apply_items, releases_gil), list(range(90)), None
+    )
+    assert results == list(range(90)) and failures == [] and busy > 0
+    assert probe.decision == "thread", probe.describe()
+    json.dumps(probe.describe())
+
+
+def test_auto_places_a_trivial_function_inline() -> None:
+    with al.Loader.from_source(list(range(200))).map(trivial).batch(10) as loader:
+        assert [int(x) for b in loader for x in b] == list(range(1, 201))
+        assert _stage(loader.stats(), "map(trivial)")["executor"] == "inline"
+
+
+def test_auto_places_a_gil_releasing_function_in_threads() -> None:
+    loader = al.Loader.from_source(list(range(192))).map(releases_gil).batch(16).options(block_size=96)
+    with loader:  # blocks of 96: the probe takes three readings of ~20 ms
+        assert [int(x) for b in loader for x in b] == list(range(192))
+        stage = _stage(loader.stats(), "map(releases_gil)")
+    assert stage["executor"] == "thread", stage["placement"]
+
+
+def test_auto_places_a_gil_holding_picklable_function_in_processes() -> None:
+    loader = al.Loader.from_source(list(range(192))).map(holds_gil).batch(16).options(block_size=96)
+    with loader:
+        assert [int(x) for b in loader for x in b] == list(range(192))
+        stage = _stage(loader.stats(), "map(holds_gil)")
+        assert stage["executor"] == "process", stage["placement"]
+        # the decision sticks for the next epoch
+        assert len(list(loader)) == 12
+        assert _stage(loader.stats(), "map(holds_gil)")["executor"] == "process"
+
+
+def test_auto_keeps_an_unpicklable_gil_holder_in_threads() -> None:
+    def local_heavy(x: int) -> int:  # a local function cannot be pickled
+        return holds_gil(x)
+
+    with al.Loader.from_source(list(range(64))).map(local_heavy).batch(16) as loader:
+        assert len(list(loader)) == 4
+        assert _stage(loader.stats(), "map(local_heavy)")["executor"] == "thread"
+
+
+async def test_limiter_resizes_while_held() -> None:
+    limiter = Limiter(1)
+    await limiter.acquire()
+    waiter = asyncio.ensure_future(limiter.acquire())
+    await asyncio.sleep(0)
+    assert not waiter.done()
+    limiter.set_limit(2)  # room now: the waiter gets in without a release
+    await asyncio.wait_for(waiter, 1)
+    assert limiter.used == 2
+    limiter.set_limit(1)
+    limiter.release()
+    limiter.release()
+    assert limiter.used == 0
+    with pytest.raises(ValueError, match="limit"):
+        Limiter(0)
+
+
+def test_concurrency_auto_runs_and_reports() -> None:
+    loader = al.Loader.from_source(list(range(300))).map(releases_gil, executor="thread", concurrency="auto")
+    with loader:
+        assert sorted(loader) == list(range(300))
+        stats = loader.stats()
+    json.dumps(stats)
+    tuned = stats["autotune"]["map(releases_gil)"]
+    assert 1 <= tuned["concurrency"] <= 64 and tuned["queue_depth"] >= 1
+    with pytest.raises(TypeError, match="concurrency"):
+        al.Loader.from_source([1]).map(trivial, concurrency="fast")
