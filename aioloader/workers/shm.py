@@ -19,6 +19,7 @@ import io
 import mmap
 import os
 import pickle
+import threading
 import weakref
 from collections.abc import Callable
 from typing import Any
@@ -81,38 +82,53 @@ class _Segment:
 
 
 class SegmentArena:
-    """The worker's segments: lent one per result, reused once the parent releases them."""
+    """The worker's segments: lent one per result, reused once the parent releases them.
+
+    The lifeline thread may call :meth:`unlink_all` at any moment (the parent died); a lock
+    makes creating and registering a segment one step, and a closed arena creates no more,
+    so no segment can appear after the clean-up (seen: one created between ``shm_open`` and
+    its registration outlived a killed parent).
+    """
 
     def __init__(self, prefix: str) -> None:
         self._prefix = prefix
         self._count = 0
         self._free: list[_Segment] = []
         self._lent: dict[str, _Segment] = {}
+        self._lock = threading.Lock()
+        self._closed = False
 
     def lend(self, nbytes: int) -> _Segment:
-        fits = [s for s in self._free if s.size >= nbytes]
-        if fits:
-            segment = min(fits, key=lambda s: s.size)
-            self._free.remove(segment)
-        else:
-            size = max(_MIN_SEGMENT, 1 << (nbytes - 1).bit_length())
-            segment = _Segment(f"{self._prefix}{self._count}", size)
-            self._count += 1
-        self._lent[segment.name] = segment
-        return segment
+        with self._lock:
+            if self._closed:
+                raise RuntimeError("the segment arena is closed: the parent has gone away")
+            fits = [s for s in self._free if s.size >= nbytes]
+            if fits:
+                segment = min(fits, key=lambda s: s.size)
+                self._free.remove(segment)
+            else:
+                size = max(_MIN_SEGMENT, 1 << (nbytes - 1).bit_length())
+                segment = _Segment(f"{self._prefix}{self._count}", size)
+                self._count += 1
+            self._lent[segment.name] = segment
+            return segment
 
     def release(self, names: list[str]) -> None:
-        for name in names:
-            segment = self._lent.pop(name, None)
-            if segment is not None:
-                self._free.append(segment)
-        while len(self._free) > _MAX_FREE:
-            self._free.pop(0).close()
+        with self._lock:
+            for name in names:
+                segment = self._lent.pop(name, None)
+                if segment is not None:
+                    self._free.append(segment)
+            while len(self._free) > _MAX_FREE:
+                self._free.pop(0).close()
 
     def unlink_all(self) -> None:
-        """Unlink every name (mappings stay valid): the parent has gone away."""
-        for segment in [*self._free, *self._lent.values()]:
-            unlink(segment.name)
+        """Unlink every name (mappings stay valid): the parent has gone away. Idempotent."""
+        with self._lock:
+            self._closed = True
+            for segment in [*self._free, *self._lent.values()]:
+                unlink(segment.name)
+            sweep(self._prefix)  # a backstop: anything else under this arena's names
 
 
 def _reduce_tensor(obj: Any) -> Any:
