@@ -206,3 +206,52 @@ def test_quality_measure():
 def test_permutation_keys_are_compact():
     keys = al.order.Permutation().keys(1000, seed=0, epoch=0)
     assert keys.dtype == np.uint32
+
+
+class _AsyncStream:
+    def __init__(self, n):
+        self.n = n
+
+    def __aiter__(self):
+        return self._gen()
+
+    async def _gen(self):
+        for i in range(self.n):
+            yield i
+
+
+def _stream_rank_items(n, world, policy, kind):
+    out = []
+    for rank in range(world):
+        source = iter_source(n) if kind == "sync" else _AsyncStream(n)
+        loader = al.Loader.from_source(source, rank=rank, world_size=world, shard_policy=policy).options(
+            block_size=3
+        )
+        out.append(collect(loader))
+    return out
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    n=st.integers(0, 60),
+    world=st.integers(1, 5),
+    policy=st.sampled_from(["drop", "pad", "uneven"]),
+    kind=st.sampled_from(["sync", "async"]),
+)
+def test_streams_shard_with_the_same_guarantees(n, world, policy, kind):
+    """A stream has no length: each rank reads it whole, holds its item of each round of
+    world positions, and drops or pads a partial last round so counts stay equal."""
+    per_rank = _stream_rank_items(n, world, policy, kind)
+    union = Counter(k for items in per_rank for k in items)
+    if policy == "uneven":
+        assert sorted(union.elements()) == list(range(n))
+    elif policy == "drop":
+        assert len({len(items) for items in per_rank}) == 1
+        assert all(c == 1 for c in union.values()) and n - sum(union.values()) <= world - 1
+    else:
+        assert len({len(items) for items in per_rank}) == 1
+        assert set(union) == set(range(n)) and sum(union.values()) - n <= world - 1
+    # each rank's items keep the stream order (a pad item, from the first round, comes last)
+    for items in per_rank:
+        body = items[:-1] if policy == "pad" else items
+        assert body == sorted(body)

@@ -295,3 +295,20 @@ def test_endless_stream_through_a_reservoir_runs_in_constant_memory():
     assert peaks[1] <= peaks[0] + batch, "live items grew over the run"
     assert len(state["prefix"]) == buffer
     assert len(loader._runtime.last_run.reservoir.reservoir._log) < 2000, "the undo log must be trimmed"
+
+
+@pytest.mark.parametrize("policy", ["drop", "pad", "uneven"])
+def test_sharded_stream_resumes_exactly(policy):
+    def make(rank):
+        return (
+            al.Loader.from_source(Stream(53), rank=rank, world_size=3, shard_policy=policy)
+            .shuffle(4)
+            .batch(3)
+        )
+
+    for rank in range(3):
+        (full,) = batches(make(rank))
+        state = state_after(make(rank), 2)
+        resumed = make(rank)
+        resumed.load_state_dict(state)
+        assert batches(resumed)[0] == full[2:]

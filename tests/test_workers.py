@@ -59,7 +59,9 @@ def _children() -> list[psutil.Process]:
 
 
 def _segments() -> set[str]:
-    return {n for n in os.listdir("/dev/shm") if n.startswith(f"aioloader_{os.getpid()}_")}  # this process's pools
+    return {
+        n for n in os.listdir("/dev/shm") if n.startswith(f"aioloader_{os.getpid()}_")
+    }  # this process's pools
 
 
 def _pool_pids(loader: al.Loader) -> list[int]:

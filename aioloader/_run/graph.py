@@ -181,7 +181,16 @@ class Run:
                     )
                 decisions[_STARTED] = "yes"
             stage_type = AsyncIterSource if isinstance(source, AsyncIterableSource) else IterSource
-            self.stages.append(stage_type(source.obj, block, self.rank, start=start, prefix=prefix))
+            self.stages.append(
+                stage_type(
+                    source.obj,
+                    block,
+                    self.rank,
+                    start=start,
+                    prefix=prefix,
+                    policy=pipeline.source_spec.shard_policy,
+                )
+            )
             specs = list(pipeline.stages)
         depth = SAMPLE_DEPTH
         depths = [depth]

@@ -26,6 +26,7 @@ from aioloader._run.channel import Channel
 from aioloader.errors import annotate
 from aioloader.monitor.stats import StageStats
 from aioloader.order.sharding import RankInfo
+from aioloader.order.stream_shard import RoundSharder
 
 _PULL_INLINE_UNDER_S = 0.002
 _MAX_BLOCK_S = 0.005
@@ -129,10 +130,12 @@ class _StreamSource:
         *,
         start: int = 0,
         prefix: list[int] = (),
+        policy: str = "drop",
     ) -> None:
         self.name = name
         self._start = start
         self._prefix = list(prefix)
+        self._policy = policy
         self._iterable = iterable
         self._block_size = block_size
         self._rank = rank
@@ -149,6 +152,12 @@ class _StreamSource:
         await self.output.put(Block([self._key(s) for s in self._prefix], list(self._prefix), kept))
 
 
+def _shard_stream(iterator: Iterator[Any], sharder: RoundSharder) -> Iterator[Any]:
+    for item in iterator:
+        yield from sharder.push(item)
+    yield from sharder.finish()
+
+
 class IterSource(_StreamSource):
     """A sync iterable, pulled inline until a pull is slow, then in a thread."""
 
@@ -156,7 +165,7 @@ class IterSource(_StreamSource):
         iterator = iter(self._iterable)
         world, rank = self._rank.world_size, self._rank.rank
         if world > 1:
-            iterator = itertools.islice(iterator, rank, None, world)
+            iterator = _shard_stream(iterator, RoundSharder(rank, world, self._policy))
         loop = asyncio.get_running_loop()
         pool: ThreadPoolExecutor | None = None
         position = 0
@@ -206,7 +215,8 @@ class AsyncIterSource(_StreamSource):
     async def run(self) -> None:
         world, rank = self._rank.world_size, self._rank.rank
         iterator: AsyncIterator[Any] = aiter(self._iterable)
-        position = 0  # positions in the whole stream; this rank keeps every world-th
+        sharder = RoundSharder(rank, world, self._policy) if world > 1 else None
+        position = 0  # positions in the whole stream
         mine = 0  # this rank's positions (seqs)
         items: list[Any] = []
         keys: list[int] = []
@@ -217,30 +227,37 @@ class AsyncIterSource(_StreamSource):
         try:
             while True:
                 try:
-                    item = await anext(iterator)
+                    pulled = await anext(iterator)
                 except StopAsyncIteration:
                     break
                 except Exception as exc:
                     raise annotate(exc, self.name, position) from None
-                if position % world == rank:
+                position += 1
+                for item in [pulled] if sharder is None else sharder.push(pulled):
                     if mine < start:  # replaying up to a resume point: keep the buffer's items
                         slot = wanted.get(mine)
                         if slot is not None:
                             kept[slot] = item
                         mine += 1
-                        position += 1
                         if mine == start and prefix:
                             await self._emit_prefix(kept)
                         continue
                     items.append(item)
-                    keys.append(position)
+                    keys.append(self._key(mine))
                     seqs.append(mine)
                     mine += 1
-                position += 1
                 if items and (len(items) >= self._block_size or self.output.starved()):
                     self.stats.items_out += len(items)
                     await self.output.put(Block(keys, seqs, items))
                     items, keys, seqs = [], [], []
+            for item in [] if sharder is None else sharder.finish():  # a partial last round
+                if mine >= start:
+                    items.append(item)
+                    keys.append(self._key(mine))
+                    seqs.append(mine)
+                elif wanted.get(mine) is not None:
+                    kept[wanted[mine]] = item
+                mine += 1
             if mine < start and prefix:  # the stream ended before the resume point
                 await self._emit_prefix(kept)
             if items:
