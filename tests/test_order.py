@@ -255,3 +255,18 @@ def test_streams_shard_with_the_same_guarantees(n, world, policy, kind):
     for items in per_rank:
         body = items[:-1] if policy == "pad" else items
         assert body == sorted(body)
+
+
+def test_a_sharded_multi_file_stream_gives_each_rank_whole_files(tmp_path):
+    for f in range(5):
+        (tmp_path / f"part{f}.txt").write_text("".join(f"{f}:{i}\n" for i in range(7 + f)))
+    lines = {}
+    for rank in range(2):
+        source = al.sources.TextLines(str(tmp_path / "part*.txt"), mode="streaming")
+        loader = al.Loader.from_source(source, rank=rank, world_size=2, shard_policy="uneven")
+        with loader:
+            lines[rank] = list(loader)
+    every = [f"{f}:{i}" for f in range(5) for i in range(7 + f)]
+    assert sorted(lines[0] + lines[1]) == sorted(every)
+    assert {line.split(":")[0] for line in lines[0]} == {"0", "2", "4"}  # rank 0 read files 0, 2, 4 only
+    assert {line.split(":")[0] for line in lines[1]} == {"1", "3"}

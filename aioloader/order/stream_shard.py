@@ -6,6 +6,11 @@ positions until the round is complete, so a stream that ends mid-round drops the
 on every rank alike: equal counts (what DDP needs), at most ``W - 1`` items left out. Under
 ``"pad"`` the partial round is completed from the first round (kept, ``W`` items), as the
 indexable ``"pad"`` policy wraps around to the start: equal counts, only padding repeats.
+
+A stream made of independent parts (``shards()``: a text source's files) is sharded by part
+under ``"uneven"`` when it has at least ``W`` of them: each rank reads only its own files.
+Equal counts (``"drop"``, ``"pad"``) need the parts' lengths, which a stream does not know
+without reading them, so those policies keep the scheme above.
 """
 
 from __future__ import annotations

@@ -151,6 +151,11 @@ class SourceStream:
     def __iter__(self) -> Iterator[Any]:
         return iter(self.source)
 
+    def shards(self) -> list[Any] | None:
+        """The source's independent parts (a text source's files), when it has them."""
+        shards = getattr(self.source, "shards", None)
+        return shards() if shards is not None else None
+
     def __repr__(self) -> str:
         return f"<stream of {self.source!r}>"
 

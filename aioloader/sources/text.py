@@ -12,7 +12,8 @@ from __future__ import annotations
 import itertools
 import json
 import os
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -173,10 +174,15 @@ class TextLines(ModalSource):
                     raise self._corrupt(keys[j], self._where(file, keys[j]), exc) from None
         return results
 
-    def _scan(self) -> Iterator[Any]:
+    def shards(self) -> list[_FileShard]:
+        """One stream per file, in order: a sharded stream gives each rank whole files (see
+        :class:`~aioloader.order.stream_shard.RoundSharder` for when it does)."""
+        return [_FileShard(self, path) for path in self.paths]
+
+    def _scan(self, paths: Sequence[Path] | None = None) -> Iterator[Any]:
         position = 0
         decode, skip_blank = self._decode, self._skip_blank
-        for path in self.paths:
+        for path in self.paths if paths is None else paths:
             with open(path, "rb") as f:
                 for number, raw in enumerate(f, 1):
                     if skip_blank and raw in (b"\n", b"\r\n"):
@@ -216,3 +222,14 @@ class JsonLines(TextLines):
 
     def _decode(self, raw: bytes) -> Any:
         return json.loads(raw.decode(self.encoding, self.errors))
+
+
+class _FileShard:
+    """The lines of one file of a text source, read front to back (a fresh pass per ``iter``)."""
+
+    def __init__(self, source: TextLines, path: Path) -> None:
+        self.source = source
+        self.path = path
+
+    def __iter__(self) -> Iterator[Any]:
+        return self.source._scan([self.path])

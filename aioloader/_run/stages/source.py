@@ -152,6 +152,12 @@ class _StreamSource:
         await self.output.put(Block([self._key(s) for s in self._prefix], list(self._prefix), kept))
 
 
+def _shards(iterable: Any) -> list[Any] | None:
+    """A stream's independent parts (``shards()``: a text source's files), if it has them."""
+    shards = getattr(iterable, "shards", None)
+    return list(shards()) if callable(shards) else None
+
+
 def _shard_stream(iterator: Iterator[Any], sharder: RoundSharder) -> Iterator[Any]:
     for item in iterator:
         yield from sharder.push(item)
@@ -162,10 +168,15 @@ class IterSource(_StreamSource):
     """A sync iterable, pulled inline until a pull is slow, then in a thread."""
 
     async def run(self) -> None:
-        iterator = iter(self._iterable)
         world, rank = self._rank.world_size, self._rank.rank
-        if world > 1:
-            iterator = _shard_stream(iterator, RoundSharder(rank, world, self._policy))
+        shards = _shards(self._iterable) if world > 1 and self._policy == "uneven" else None
+        if shards is not None and len(shards) >= world:
+            # whole parts (files) per rank: each rank reads only its own
+            iterator = itertools.chain.from_iterable(shards[rank::world])
+        elif world > 1:
+            iterator = _shard_stream(iter(self._iterable), RoundSharder(rank, world, self._policy))
+        else:
+            iterator = iter(self._iterable)
         loop = asyncio.get_running_loop()
         pool: ThreadPoolExecutor | None = None
         position = 0
