@@ -89,3 +89,21 @@ async def test_concurrent_map_respects_bounds():
         # the map's window adds 2 x concurrency chunks of at most one block each
         assert pulled <= _bound(stages_before_batch=1, batch=4) + (2 * 4 + 1) * BLOCK
         await it.aclose()
+
+
+async def test_channel_grow_wakes_a_blocked_producer_and_never_shrinks():
+    from aioloader._run.channel import Channel
+
+    channel = Channel(1, "test")
+    await channel.put(0)
+    producer = asyncio.ensure_future(channel.put(1))
+    await _settle()
+    assert not producer.done(), "a full channel blocks its producer"
+    channel.grow(1)  # not larger: nothing changes
+    await _settle()
+    assert not producer.done()
+    channel.grow(3)
+    await _settle()
+    assert producer.done() and len(channel) == 2 and channel.capacity == 3
+    channel.grow(2)
+    assert channel.capacity == 3

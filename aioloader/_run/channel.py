@@ -147,6 +147,12 @@ class Channel:
         except EndOfChannel:
             raise StopAsyncIteration from None
 
+    def grow(self, capacity: int) -> None:
+        """Raise the bound (never lower it); a producer waiting for room is woken."""
+        if capacity > self.capacity:
+            self.capacity = capacity
+            _wake_all(self._putters)
+
     def close(self) -> None:
         """No more puts; the consumer drains what is queued. Idempotent."""
         self._closed = True

@@ -38,6 +38,7 @@ from aioloader.order.sample_rng import WithRng
 
 _TARGET_TASK_S = 0.002
 _MAX_CHUNK = 1024
+_MAX_COALESCE_DEPTH = 64  # blocks a coalescing stage may ask its input channel to hold
 _AUTO_THREAD_ABOVE_S = 200e-6  # per item: slower than this blocks the loop, so use threads
 _BACKOFF_S = 0.05
 
@@ -220,6 +221,10 @@ class MapStage:
         """Join the blocks already waiting upstream while a chunk would be larger than the
         block (for executors whose round trip is costly: processes). Never waits for input."""
         want = self._chunk_size()
+        if want > len(block) and len(block):
+            # room upstream for one task of the target size (processes: ~10 ms of items), so
+            # tasks are not capped by the default depth (text workload: 97k -> 126k lines/s)
+            self.input.grow(min(_MAX_COALESCE_DEPTH, -(-want // len(block)) + 1))
         blocks = [block]
         size = len(block)
         while size < want and len(self.input) > 0:
