@@ -12,9 +12,9 @@ import weakref
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from dataclasses import replace
 from time import perf_counter
-from types import TracebackType
 from typing import Any
 
+from aioloader._closing import Closing
 from aioloader._run.bridge import iterate_blocks
 from aioloader._run.graph import Pipeline, Run
 from aioloader._run.runtime import Runtime
@@ -48,7 +48,7 @@ from aioloader.sources._adapt import IndexableSource, adapt
 __all__ = ["Loader"]
 
 
-class Loader:
+class Loader(Closing):
     """A declarative data pipeline. Build it with :meth:`from_source` and the fluent methods."""
 
     __slots__ = ("__weakref__", "_pipeline", "_runtime")
@@ -586,23 +586,6 @@ class Loader:
     def close(self) -> None:
         """Stop every run, the loop thread and every pool of this loader. Idempotent."""
         self._runtime.close()
-
-    async def aclose(self) -> None:
-        self._runtime.close()
-
-    def __enter__(self) -> Loader:
-        return self
-
-    def __exit__(
-        self, *exc: tuple[type[BaseException] | None, BaseException | None, TracebackType | None]
-    ) -> None:
-        self.close()
-
-    async def __aenter__(self) -> Loader:
-        return self
-
-    async def __aexit__(self, *exc: Any) -> None:
-        await self.aclose()
 
 
 def _hand_out(run: Run, block: Any) -> Iterator[Any]:

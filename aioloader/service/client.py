@@ -29,6 +29,7 @@ import weakref
 from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
 from typing import Any, NoReturn
 
+from aioloader._closing import Closing
 from aioloader._run.bridge import LoopThread
 from aioloader.order.sharding import resolve_rank
 from aioloader.service import protocol
@@ -176,7 +177,7 @@ class _Stream:
             writer.transport.abort()
 
 
-class Client:
+class Client(Closing):
     """A remote Loader for one rank. Use :func:`connect` to make one."""
 
     def __init__(
@@ -284,21 +285,6 @@ class Client:
             with contextlib.suppress(Exception):
                 wait.result(_CLOSE_TIMEOUT_S + 1)
         self._finalizer()
-
-    async def aclose(self) -> None:
-        self.close()
-
-    def __enter__(self) -> Client:
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        self.close()
-
-    async def __aenter__(self) -> Client:
-        return self
-
-    async def __aexit__(self, *exc: Any) -> None:
-        self.close()
 
     def __repr__(self) -> str:
         return f"<aioloader.service.Client rank {self.rank}/{self.world_size} of {self.address}>"

@@ -37,6 +37,7 @@ from multiprocessing.spawn import get_preparation_data
 from pathlib import Path
 from typing import Any
 
+from aioloader._closing import Closing
 from aioloader.errors import WorkerCrashError
 from aioloader.loader import Loader
 from aioloader.service.cursor import Cursor
@@ -67,7 +68,7 @@ class _Run:
         self.deliver(item)
 
 
-class SubprocessLoader:
+class SubprocessLoader(Closing):
     """A Loader running in a child process. Made by :meth:`aioloader.Loader.in_subprocess`."""
 
     def __init__(self, loader: Loader, *, credits: int = 4) -> None:
@@ -172,21 +173,6 @@ class SubprocessLoader:
         self._finalizer.detach()
         if run is not None:
             run.put(("error", RuntimeError("the loader was closed"), None))
-
-    async def aclose(self) -> None:
-        self.close()
-
-    def __enter__(self) -> SubprocessLoader:
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        self.close()
-
-    async def __aenter__(self) -> SubprocessLoader:
-        return self
-
-    async def __aexit__(self, *exc: Any) -> None:
-        self.close()
 
     def __repr__(self) -> str:
         return f"<aioloader.SubprocessLoader pid {self._proc.pid}>"
