@@ -15,7 +15,6 @@ import signal
 import time
 from pathlib import Path
 
-import psutil
 import pytest
 
 import aioloader as al
@@ -105,19 +104,7 @@ def identity(x: int) -> int:
     return x
 
 
-def _children() -> list[psutil.Process]:
-    return psutil.Process().children(recursive=True)
-
-
-def _segments() -> set[str]:
-    return {
-        n for n in os.listdir("/dev/shm") if n.startswith(f"aioloader_{os.getpid()}_")
-    }  # this process's pools
-
-
-def _pool_pids(loader: al.Loader) -> list[int]:
-    pools = [r for name, r in loader._runtime.resources.items() if name.startswith("process-pool:")]
-    return sorted(pid for pool in pools for pid in pool.pids)
+from tests.test_workers import _children, _pool_pids, _segments  # noqa: E402 - shared helpers
 
 
 @pytest.mark.parametrize("how", ["exit", "sigkill", "segfault"])

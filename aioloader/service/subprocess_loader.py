@@ -26,15 +26,12 @@ import queue
 import secrets
 import signal
 import subprocess
-import sys
 import threading
 import weakref
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Iterator
 from concurrent.futures import Future
-from multiprocessing.connection import Connection
 from multiprocessing.spawn import get_preparation_data
-from pathlib import Path
 from typing import Any
 
 from aioloader._closing import Closing
@@ -44,8 +41,8 @@ from aioloader.service.cursor import Cursor
 from aioloader.service.specs import check_host_only, pickled_spec, pinned_rank
 from aioloader.workers import _child as worker_child
 from aioloader.workers import shm
+from aioloader.workers._spawn import spawn_child
 
-_PACKAGE_ROOT = str(Path(__file__).resolve().parents[2])
 START_TIMEOUT_S = 120.0  # a fresh interpreter importing torch and the user's modules
 REQUEST_TIMEOUT_S = 60.0
 _GRACE_S = 2.0
@@ -94,7 +91,7 @@ class SubprocessLoader(Closing):
         self._dead: BaseException | None = None
         self._closed = False
         self._cursor: Cursor | None = None
-        self._proc, self._commands, self._results, self._lifeline = _spawn()
+        self._proc, self._commands, self._results, self._lifeline = spawn_child("aioloader.service._child")
         self._reader = threading.Thread(target=self._read, name="aioloader-subprocess", daemon=True)
         self._reader.start()
         self._finalizer = weakref.finalize(self, _kill, self._proc, self._prefix)
@@ -367,30 +364,6 @@ class SubprocessLoader(Closing):
                 future.set_exception(error)
         if run is not None:
             run.put(("error", error, None))
-
-
-def _spawn() -> tuple[subprocess.Popen[bytes], Connection, Connection, int]:
-    command_r, command_w = os.pipe()
-    result_r, result_w = os.pipe()
-    life_r, life_w = os.pipe()
-    code = (
-        f"import sys; sys.path.insert(0, {_PACKAGE_ROOT!r}); "
-        "from aioloader.service._child import main; main()"
-    )
-    try:
-        proc = subprocess.Popen(
-            [sys.executable, "-c", code, str(command_r), str(result_w), str(life_r)],
-            pass_fds=(command_r, result_w, life_r),
-            stdin=subprocess.DEVNULL,
-        )
-    except BaseException:
-        for fd in (command_w, result_r, life_w):
-            os.close(fd)
-        raise
-    finally:
-        for fd in (command_r, result_w, life_r):
-            os.close(fd)
-    return proc, Connection(command_w, readable=False), Connection(result_r, writable=False), life_w
 
 
 def _close_fd(fd: int) -> None:

@@ -23,7 +23,6 @@ import pickle
 import secrets
 import signal
 import subprocess
-import sys
 import threading
 import time
 from collections import deque
@@ -32,15 +31,14 @@ from concurrent.futures import Future
 from dataclasses import dataclass
 from multiprocessing.connection import Connection, wait
 from multiprocessing.spawn import get_preparation_data
-from pathlib import Path
 from typing import Any
 
 from aioloader.errors import WorkerCrashError
 from aioloader.workers import _child, shm
+from aioloader.workers._spawn import spawn_child
 
 MAX_START_FAILURES = 3  # workers dying before they are ready, in a row: the pool is broken
 _GRACE_S = 0.5  # at close, how long workers get to exit before SIGKILL
-_PACKAGE_ROOT = str(Path(__file__).resolve().parents[2])
 
 
 @dataclass(frozen=True, slots=True)
@@ -218,31 +216,8 @@ class ProcessPool:
     def _spawn(self, slot: int) -> None:
         spawn = self._spawns
         self._spawns += 1
-        task_r, task_w = os.pipe()
-        result_r, result_w = os.pipe()
-        life_r, life_w = os.pipe()
-        code = (
-            f"import sys; sys.path.insert(0, {_PACKAGE_ROOT!r}); "
-            "from aioloader.workers._child import main; main()"
-        )
-        try:
-            proc = subprocess.Popen(
-                [sys.executable, "-c", code, str(task_r), str(result_w), str(life_r)],
-                pass_fds=(task_r, result_w, life_r),
-                stdin=subprocess.DEVNULL,
-            )
-        except BaseException:
-            for fd in (task_r, task_w, result_r, result_w, life_r, life_w):
-                os.close(fd)
-            raise
-        finally:
-            for fd in (task_r, result_w, life_r):
-                try:
-                    os.close(fd)
-                except OSError:
-                    pass
-        tasks = Connection(task_w, readable=False)
-        worker = _Worker(slot, spawn, proc, tasks, Connection(result_r, writable=False), life_w)
+        proc, tasks, results, life_w = spawn_child("aioloader.workers._child")
+        worker = _Worker(slot, spawn, proc, tasks, results, life_w)
         self._workers[slot] = worker
         init = pickle.dumps((self._work, self._worker_init, slot, f"{self._prefix}{spawn}_"))
         # The child reads this after importing; a thread keeps a large payload from blocking us.
