@@ -4,13 +4,18 @@ Workers are fresh interpreters started with ``subprocess`` (spawn semantics: nev
 a process with threads, and no hidden helper process such as multiprocessing's resource tracker
 or forkserver). Each worker has a task pipe, a result pipe and a lifeline pipe.
 
-One I/O thread (``aioloader-pool-<stage>``) owns all pipe traffic: it hands a queued task to a
-worker only when that worker is idle (so a send never blocks on a busy worker), receives replies
-and maps their shared-memory segments, and resolves each task's ``concurrent.futures.Future``
-with an :class:`Outcome`. It also watches for deaths (end of file on a result pipe) and deadlines:
-a worker that dies or runs past its task's deadline (it is killed) is reaped, its segments are
-unlinked and a replacement is started in the same slot. Policy (redo, retry, skip) is not here:
-the caller decides from the outcome ("ok", "crash", "timeout", "error").
+One I/O thread (``aioloader-pool-<stage>``) owns all pipe traffic: it hands queued tasks to the
+workers, receives replies and maps their shared-memory segments, and resolves each task's
+``concurrent.futures.Future`` with an :class:`Outcome`. A worker holds at most
+:data:`TASKS_PER_WORKER` tasks: the one it runs and one waiting in its pipe, so it starts the next
+without waiting for this thread (on 2 busy cores the thread's turn can come milliseconds late).
+A task is queued ahead only when both fit in the pipe's buffer at once, so a send never blocks on
+a busy worker (which could be blocked itself, sending a reply this thread has yet to read).
+It also watches for deaths (end of file on a result pipe) and deadlines: a worker that dies or
+runs past its task's deadline (it is killed) is reaped, its segments are unlinked and a
+replacement is started in the same slot; the task it ran ends as a crash or a timeout, the one
+waiting behind it goes back to the front of the queue (it never started). Policy (redo, retry,
+skip) is not here: the caller decides from the outcome ("ok", "crash", "timeout", "error").
 
 :meth:`ProcessPool.close` closes the lifelines (workers exit at once, even mid-task), kills any
 worker still alive after a grace period, reaps them all and unlinks every segment of the pool.
@@ -35,10 +40,18 @@ from typing import Any
 
 from aioloader.errors import WorkerCrashError
 from aioloader.workers import _child, shm
-from aioloader.workers._spawn import spawn_child
+from aioloader.workers._spawn import pipe_capacity, spawn_child
 
 MAX_START_FAILURES = 3  # workers dying before they are ready, in a row: the pool is broken
+TASKS_PER_WORKER = 2  # the running task and one waiting in the worker's pipe
 _GRACE_S = 0.5  # at close, how long workers get to exit before SIGKILL
+# One thread per worker for OpenMP/MKL (torch's intra-op pool), as torch DataLoader's workers:
+# the workers are the parallelism, and several spinning OpenMP pools per core burn the CPU the
+# work needs (JPEG decoded per batch in 2 workers: 4x the CPU time without this).
+# worker_init may raise it again with torch.set_num_threads(n).
+WORKER_ENV = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1"}
+# Pipe room kept free when queueing ahead: each write may leave part of a 4 KiB page unused.
+_PIPE_SLACK = 8 * 4096
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,6 +65,9 @@ class Outcome:
 
 class _Task:
     __slots__ = ("deadline", "future", "payload", "started", "timeout")
+
+    # ``started``: handed to a worker at least once (its future is running); ``deadline``: set
+    # when the task is at the head of its worker's queue, i.e. the worker is running it.
 
     def __init__(self, payload: bytes, timeout: float | None) -> None:
         self.payload = payload
@@ -77,10 +93,26 @@ class _Worker:
         self.tasks = tasks
         self.results = results
         self.lifeline = lifeline
-        self.state = "starting"  # -> "idle" <-> "busy"; "dead"
-        self.task: _Task | None = None
+        self.state = "starting"  # -> "ready"; "dead"
+        self.queue: deque[_Task] = deque()  # sent, not answered; the head is running
+        self.pipe_bytes = pipe_capacity(tasks.fileno())
         self.releases: deque[str] = deque()
         self.segments: set[str] = set()
+
+    @property
+    def task(self) -> _Task | None:
+        """The task the worker is running (None when idle)."""
+        return self.queue[0] if self.queue else None
+
+    def can_take(self, task: _Task) -> bool:
+        """Whether ``task`` can be sent now without the send blocking: an idle worker takes
+        anything (it is reading its pipe); a busy one one more task, when both fit the pipe."""
+        if self.state != "ready" or len(self.queue) >= TASKS_PER_WORKER:
+            return False
+        if not self.queue:
+            return True
+        queued = sum(len(t.payload) for t in self.queue)
+        return queued + len(task.payload) + _PIPE_SLACK <= self.pipe_bytes
 
     def release(self, name: str) -> None:
         if self.state != "dead":
@@ -194,8 +226,9 @@ class ProcessPool:
         for worker in workers:
             worker.state = "dead"
             worker.close_pipes()
-            if worker.task is not None:
-                worker.task.finish(closed)
+            for task in worker.queue:
+                task.finish(closed)
+            worker.queue.clear()
             for segment in worker.segments:
                 shm.unlink(segment)
         for task in pending:
@@ -216,7 +249,7 @@ class ProcessPool:
     def _spawn(self, slot: int) -> None:
         spawn = self._spawns
         self._spawns += 1
-        proc, tasks, results, life_w = spawn_child("aioloader.workers._child")
+        proc, tasks, results, life_w = spawn_child("aioloader.workers._child", WORKER_ENV)
         worker = _Worker(slot, spawn, proc, tasks, results, life_w)
         self._workers[slot] = worker
         init = pickle.dumps((self._work, self._worker_init, slot, f"{self._prefix}{spawn}_"))
@@ -246,7 +279,7 @@ class ProcessPool:
             self._break(exc)
 
     def _until_deadline(self) -> float | None:
-        deadlines = [w.task.deadline for w in self._workers.values() if w.task and w.task.deadline]
+        deadlines = [t.deadline for w in self._workers.values() if (t := w.task) and t.deadline]
         if not deadlines:
             return None
         return max(0.0, min(deadlines) - time.monotonic())
@@ -261,7 +294,7 @@ class ProcessPool:
             message = ("error", None, exc)
         kind = message[0]
         if kind == "ready":
-            worker.state = "idle"
+            worker.state = "ready"
             self._start_failures = 0
         elif kind == "init_error":
             error = WorkerCrashError(
@@ -272,10 +305,10 @@ class ProcessPool:
             error.__cause__ = message[1]
             self._break(error)
         else:
-            task, worker.task = worker.task, None
-            worker.state = "idle"
-            if task is None:
+            if not worker.queue:
                 return
+            task = worker.queue.popleft()
+            self._start_head(worker)
             if kind == "ok":
                 frame = message[2]
                 if frame[0] is not None:
@@ -288,15 +321,33 @@ class ProcessPool:
                 outcome = Outcome("error", message[2])
             task.finish(outcome)
 
+    def _start_head(self, worker: _Worker) -> None:
+        """The worker has gone on to the task at the head of its queue: its clock starts."""
+        head = worker.task
+        if head is not None and head.timeout is not None and head.deadline is None:
+            head.deadline = time.monotonic() + head.timeout
+
     def _expire(self) -> None:
         now = time.monotonic()
         for worker in list(self._workers.values()):
             task = worker.task
             if task is not None and task.deadline is not None and now >= task.deadline:
                 worker.proc.kill()
-                worker.task = None
+                worker.queue.popleft()
                 task.finish(Outcome("timeout"))
                 self._on_death(worker)
+
+    def _requeue(self, tasks: list[_Task]) -> None:
+        """Tasks a dead worker never started go back to the front of the queue, in order."""
+        with self._lock:
+            if self._closed or self._broken is not None:
+                error = self._broken or RuntimeError(f"the process pool of {self.name!r} is closed")
+                for task in tasks:
+                    task.finish(Outcome("error", error))
+                return
+            for task in reversed(tasks):
+                task.deadline = None
+                self._pending.appendleft(task)
 
     def _on_death(self, worker: _Worker) -> None:
         was = worker.state
@@ -314,9 +365,10 @@ class ProcessPool:
             shm.unlink(segment)
         shm.sweep(f"{self._prefix}{worker.spawn}_")
         detail = _describe_exit(worker.proc.pid, worker.proc.returncode)
-        if worker.task is not None:
-            worker.task.finish(Outcome("crash", detail))
-            worker.task = None
+        if worker.queue:
+            worker.queue.popleft().finish(Outcome("crash", detail))
+            self._requeue(list(worker.queue))
+            worker.queue.clear()
         if self._workers.get(worker.slot) is worker:
             del self._workers[worker.slot]
         if was == "starting":
@@ -334,24 +386,26 @@ class ProcessPool:
             self._spawn(worker.slot)
 
     def _dispatch(self) -> None:
-        idle = [w for w in self._workers.values() if w.state == "idle"]
-        while idle:
+        while True:
             with self._lock:
                 if not self._pending:
                     return
-                task = self._pending.popleft()
+                task = self._pending[0]
+                # the least loaded worker that can take it without blocking the send
+                takers = [w for w in self._workers.values() if w.can_take(task)]
+                if not takers:
+                    return
+                self._pending.popleft()
             if not task.started:
                 if not task.future.set_running_or_notify_cancel():
                     continue  # cancelled while queued
                 task.started = True
-            worker = idle.pop()
+            worker = min(takers, key=lambda w: len(w.queue))
             releases = []
             while worker.releases:
                 releases.append(worker.releases.popleft())
-            worker.task = task
-            worker.state = "busy"
-            if task.timeout is not None:
-                task.deadline = time.monotonic() + task.timeout
+            worker.queue.append(task)
+            self._start_head(worker)
             try:
                 worker.tasks.send((id(task), releases, task.payload))
             except OSError:
@@ -367,9 +421,9 @@ class ProcessPool:
         for task in pending:
             task.finish(outcome)
         for worker in self._workers.values():
-            if worker.task is not None:
-                worker.task.finish(outcome)
-                worker.task = None
+            for task in worker.queue:
+                task.finish(outcome)
+            worker.queue.clear()
 
 
 def _feed(proc: subprocess.Popen[bytes], tasks: Connection, prep: dict[str, Any], init: bytes) -> None:

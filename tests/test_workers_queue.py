@@ -1,0 +1,97 @@
+"""The pool queues one task ahead in each worker's pipe: what that must not change.
+
+A task waiting behind one that kills its worker never started, so it runs once on the
+replacement (not counted as a crash, not run twice); a waiting task's timeout counts from when
+its worker starts it, not from when it was queued; a task too large to fit in the pipe next to
+the running one waits in the parent instead (the send would block). Workers run with one
+OpenMP/MKL thread, as torch DataLoader's do.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+from pathlib import Path
+
+from aioloader.workers.pool import TASKS_PER_WORKER, ProcessPool
+
+
+def _run(values: list) -> tuple[list, list, float]:
+    """The chunk function: ("exit", _) kills the worker, ("sleep", s) sleeps, ("log", path)
+    appends this pid to a file, ("env", name) returns an environment variable."""
+    import time
+
+    results = []
+    for kind, arg in values:
+        if kind == "exit":
+            os._exit(3)
+        elif kind == "sleep":
+            time.sleep(arg)
+            results.append(arg)
+        elif kind == "log":
+            with open(arg, "a") as f:
+                f.write(f"{os.getpid()}\n")
+            results.append(os.getpid())
+        elif kind == "env":
+            results.append(os.environ.get(arg))
+        elif kind == "torch_threads":
+            import torch
+
+            results.append(torch.get_num_threads())
+    return results, [], 0.0
+
+
+def _submit(pool: ProcessPool, *values: tuple, timeout: float | None = None):
+    return pool.submit(pickle.dumps(list(values)), timeout)
+
+
+def test_a_task_queued_behind_a_crash_runs_once_on_the_replacement(tmp_path: Path):
+    log = tmp_path / "runs.log"
+    pool = ProcessPool(_run, workers=1, name="queue")
+    try:
+        assert TASKS_PER_WORKER >= 2
+        doomed = _submit(pool, ("sleep", 0.2), ("exit", None))
+        behind = _submit(pool, ("log", str(log)))
+        assert doomed.result(30).kind == "crash"
+        outcome = behind.result(30)
+        assert outcome.kind == "ok"
+        assert log.read_text().splitlines() == [str(outcome.value[0][0])]  # ran exactly once
+    finally:
+        pool.close()
+
+
+def test_a_queued_tasks_timeout_counts_from_its_start():
+    pool = ProcessPool(_run, workers=1, name="queue")
+    try:
+        first = _submit(pool, ("sleep", 0.6))
+        # queued behind 0.6 s of work: a clock started at submission would expire at 0.3 s
+        second = _submit(pool, ("sleep", 0.0), timeout=0.3)
+        assert first.result(30).kind == "ok"
+        assert second.result(30).kind == "ok"
+        late = _submit(pool, ("sleep", 5.0), timeout=0.3)
+        assert late.result(30).kind == "timeout"
+        assert _submit(pool, ("sleep", 0.0)).result(30).kind == "ok"  # a fresh worker took over
+    finally:
+        pool.close()
+
+
+def test_a_task_too_large_for_the_pipe_waits_instead_of_blocking():
+    pool = ProcessPool(_run, workers=1, name="queue")
+    try:
+        ballast = "x" * (4 << 20)  # larger than any pipe buffer: a blocking send would hang
+        first = _submit(pool, ("sleep", 0.3), ("env", ballast))
+        second = _submit(pool, ("env", ballast))
+        third = _submit(pool, ("sleep", 0.0))
+        assert [f.result(60).kind for f in (first, second, third)] == ["ok", "ok", "ok"]
+    finally:
+        pool.close()
+
+
+def test_workers_run_one_openmp_thread():
+    pool = ProcessPool(_run, workers=1, name="queue")
+    try:
+        outcome = _submit(pool, ("env", "OMP_NUM_THREADS"), ("torch_threads", None)).result(60)
+        assert outcome.kind == "ok"
+        assert outcome.value[0] == ["1", 1]
+    finally:
+        pool.close()
