@@ -84,6 +84,8 @@ class MapSpec(StageSpec):
     per_block: bool = False  # fn takes the list of values of a block and returns a list
     item_fn: Callable[[Any], Any] | None = None  # per-item twin of a per_block fn, to find failures
     seed: int | None = None  # set for a random transform: fn(sample, rng), rng from (seed, epoch, key)
+    # the batch stage fused into this one (aioloader._run.fusion): fn takes (keys, members)
+    fused_batch: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -199,3 +199,23 @@ def test_pickles_and_reads_in_the_copy(tree: Path) -> None:
     copy = pickle.loads(pickle.dumps(source))
     assert copy[0] == source[0]
     assert copy.cache_stats()["items"] == 1  # each process fills its own cache
+
+
+def test_cached_read_gives_the_whole_file_or_hands_it_to_a_thread(tmp_path):
+    from aioloader.sources._cached_read import CachedReader
+
+    reader = CachedReader()
+    big = tmp_path / "big.bin"
+    payload = os.urandom(3 << 20)
+    big.write_bytes(payload)
+    empty = tmp_path / "empty.bin"
+    empty.write_bytes(b"")
+    for path, content in ((big, payload), (empty, b"")):
+        data = reader.read(str(path))
+        # None only when the page cache lacks part of it (then aiofiles reads it)
+        assert data is None or bytes(data) == content
+    if CachedReader().enabled:  # a fresh reader: this one may be backing off after a slow read
+        with pytest.raises(FileNotFoundError):
+            CachedReader().read(str(tmp_path / "missing.bin"))
+    if reader.enabled:  # Linux with RWF_NOWAIT: a file just written is in the page cache
+        assert reader.hits >= 1

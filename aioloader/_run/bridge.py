@@ -219,6 +219,9 @@ async def _drive(make_run: Callable[[Handoff], Any], handoff: Handoff) -> None:
     run = None
     try:
         run = make_run(handoff)
+        # make_run holds the Loader: if this thread kept the last reference to it, the
+        # Loader's finalizer (closing its pools) would run here, after the consumer had moved on
+        make_run = None  # type: ignore[assignment]
         run.start()
         await run.wait()
     except asyncio.CancelledError:
@@ -226,6 +229,7 @@ async def _drive(make_run: Callable[[Handoff], Any], handoff: Handoff) -> None:
     except BaseException as exc:
         handoff.fail(exc)
     finally:
+        make_run = None  # type: ignore[assignment]
         try:
             if run is not None:
                 await run.aclose()

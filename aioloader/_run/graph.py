@@ -14,6 +14,7 @@ from typing import Any, Protocol
 
 from aioloader._run.block import Block
 from aioloader._run.channel import Channel, EndOfChannel
+from aioloader._run.fusion import fuse_map_batch
 from aioloader._run.stages.batch import BatchStage
 from aioloader._run.stages.filter import FilterStage
 from aioloader._run.stages.map import MapStage
@@ -169,7 +170,7 @@ class Run:
             expected = len(keys)
             self.epoch_length = expected
             self.stages.append(KeySource(keys, block, start=start, prefix=prefix, block_starts=starts))
-            specs: list[StageSpec] = [read_spec(source), *pipeline.stages]
+            specs: list[StageSpec] = [read_spec(source), *fuse_map_batch(pipeline.stages)]
         else:
             if source.one_shot:
                 # A second run would silently lose what the first one read ahead of the consumer.
@@ -191,7 +192,7 @@ class Run:
                     policy=pipeline.source_spec.shard_policy,
                 )
             )
-            specs = list(pipeline.stages)
+            specs = fuse_map_batch(pipeline.stages)
         depth = SAMPLE_DEPTH
         depths = [depth]
         for spec in specs:

@@ -66,4 +66,13 @@ def run_stats(run: Any) -> dict[str, Any]:
     )
     if monitor is not None and monitor.tuner is not None:
         stats["autotune"] = monitor.tuner.describe()
+    _user_order(stats["stages"])
     return stats
+
+
+def _user_order(stages: list[dict[str, Any]]) -> None:
+    """A fused map stage runs after the batch stage that groups its items; list it where the
+    user wrote it, before that batch stage."""
+    for i in range(1, len(stages)):
+        if stages[i].get("fused") is not None and stages[i - 1]["name"] == stages[i]["fused"]:
+            stages[i - 1], stages[i] = stages[i], stages[i - 1]

@@ -1,7 +1,8 @@
 """``ImageFolder``: image files under a root folder, one class per sub-folder.
 
 Items are ``(raw_bytes, label)`` (or ``raw_bytes`` alone for a flat folder), read with async file
-I/O on the event loop (``aget``, aiofiles); decoding is a separate step
+I/O on the event loop (``aget``: straight from the page cache when it holds the file, else
+aiofiles in a thread); decoding is a separate step
 (:func:`aioloader.transforms.decode_image`) so it can run in threads or processes. The raw bytes
 are a :class:`FileBytes`, a ``bytes`` that remembers its file and key for error messages.
 """
@@ -18,6 +19,7 @@ import numpy as np
 
 from aioloader._spec import check_positive_int
 from aioloader.errors import DataNotFoundError
+from aioloader.sources._cached_read import CachedReader
 from aioloader.sources._modes import DEFAULT_MAX_MEMORY_USAGE, ModalSource
 from aioloader.sources._paths import existing_dir
 
@@ -127,6 +129,7 @@ class ImageFolder(ModalSource):
             where = f" (looked in sub-folders {self.classes})" if self.classes else ""
             raise DataNotFoundError(f"ImageFolder: no {wanted} under {str(self.root)!r}{where}; it is empty")
         self.files = files
+        self._cached = CachedReader()
         self.labels: np.ndarray | None = np.asarray(labels, dtype=np.int64) if self.classes else None
         self._start_mode()
 
@@ -162,7 +165,9 @@ class ImageFolder(ModalSource):
     async def _aread(self, index: int) -> Any:
         path = os.path.join(self.root, self.files[index])
         try:
-            data = await _read_file(path)
+            data = self._cached.read(path)  # on the loop when the page cache has it all
+            if data is None:
+                data = await _read_file(path)
         except FileNotFoundError:
             raise self._missing(index, path) from None
         return self._item(index, path, data)

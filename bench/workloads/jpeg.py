@@ -3,8 +3,13 @@
 The images are generated once into ``.cache/bench`` (smooth gradients plus noise, so they
 compress like photos rather than like pure noise). Every contender decodes with the same
 function (Pillow, RGB, bilinear resize to 224x224) and shuffles with the same seed.
-aioloader reads the files with async I/O and decodes in a thread pool (Pillow releases the
-GIL); torch DataLoader reads and decodes in its workers.
+aioloader reads the files on its event loop (from the page cache, else with aiofiles) and
+decodes in threads (Pillow releases the GIL) or processes; torch DataLoader reads and decodes in
+its workers. "decode per sample" is ``.map(decode).batch(32)`` as a user writes it (fused into
+one task per batch: decode and stack in the worker); "decode per batch" restructures it by hand.
+
+The ceiling on this machine: two processes doing nothing but read + decode_image, with no
+loader at all, reach ~1,525 images/s (one: ~780/s).
 """
 
 from __future__ import annotations

@@ -3,10 +3,11 @@ fallback for unknown words) and padding to the longest line of the batch; batch 
 of 5-120 words, generated once into ``.cache/bench``.
 
 The tokeniser holds the GIL, so threads cannot help: this is the process pool's workload. torch
-DataLoader tokenises in ``__getitem__`` and pads in ``collate_fn``. aioloader runs it two ways:
-per item (``.map(tokenize, executor="process").batch(64, collate=pad)``) and per batch
-(``.batch(64, collate=list).map(tokenize_and_pad, executor="process")``), where a worker returns
-one padded array per batch and the parent only hands batches on.
+DataLoader tokenises in ``__getitem__`` and pads in ``collate_fn``. aioloader runs it as written
+naturally (``.map(tokenize, executor="process").batch(64, collate=pad)``, which map-then-batch
+fusion runs as one task per batch: tokenize and pad in the worker) and restructured by hand
+(``.batch(64, collate=list).map(tokenize_and_pad, executor="process")``); auto is the natural
+spelling with ``executor="auto"``.
 """
 
 from __future__ import annotations

@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import math
+import sys
 from collections import deque
 from typing import Any
 
@@ -32,7 +34,7 @@ from aioloader._run.executors import (
 from aioloader._run.failures import FailurePolicy
 from aioloader._spec import MapSpec
 from aioloader.errors import StageTimeoutError
-from aioloader.monitor.autotune import Limiter, PlacementProbe
+from aioloader.monitor.autotune import PROBE_S, THREAD_ABOVE_S, Limiter, PlacementProbe
 from aioloader.monitor.stats import ErrorLog, StageStats
 from aioloader.order.sample_rng import WithRng
 
@@ -41,6 +43,8 @@ _MAX_CHUNK = 1024
 _MAX_COALESCE_DEPTH = 64  # blocks a coalescing stage may ask its input channel to hold
 _AUTO_THREAD_ABOVE_S = 200e-6  # per item: slower than this blocks the loop, so use threads
 _BACKOFF_S = 0.05
+_PROBE_SWITCHES = 5  # a GIL reading needs this many switch intervals of work (see autotune)
+_MAX_PROBE_BLOCKS = 64  # blocks a second placement probe may gather
 
 
 class _InlineExecutor:
@@ -98,6 +102,7 @@ class MapStage:
         kind = executor.kind if executor is not None else self._initial_kind()
         self._executor: Executor = executor or self._make_executor(kind)
         self.stats = StageStats(spec.name, workers=self._executor.workers, executor=kind)
+        self.stats.fused = spec.fused_batch
 
     # -- executor choice -------------------------------------------------------------------
     def _initial_kind(self) -> str:
@@ -162,6 +167,9 @@ class MapStage:
             probe = PlacementProbe.for_work(self._work, can_process=self._runtime is not None)
             self._executor = probe
         await self._forward(await self._process(block))
+        if probe is not None and probe.blocked is None and probe.cost_s > THREAD_ABOVE_S:
+            # costly, but the block was too short for a GIL reading (a fused stage's one batch)
+            probe = await self._probe_more(probe)
         if probe is not None:
             kind = probe.decision
             self.stats.placement = probe.describe()
@@ -173,6 +181,24 @@ class MapStage:
         self.stats.workers = self._executor.workers
         self.stats.executor = kind
         return True
+
+    async def _probe_more(self, first: PlacementProbe) -> PlacementProbe:
+        """The first block was too little work to tell whether the function holds the GIL (a
+        fused stage's block is one batch): probe again on enough of the next blocks."""
+        enough = PROBE_S + _PROBE_SWITCHES * sys.getswitchinterval()
+        wanted = min(_MAX_PROBE_BLOCKS, max(2, math.ceil(enough / max(first.cost_s, 1e-9)) + 1))
+        blocks = []
+        for _ in range(wanted):
+            try:
+                blocks.append(await self.input.get())
+            except EndOfChannel:
+                break
+        if not blocks:
+            return first
+        probe = PlacementProbe.for_work(self._work, can_process=self._runtime is not None)
+        self._executor = probe
+        await self._forward(await self._process(_join(blocks)))
+        return probe
 
     # -- concurrency="auto" (driven by aioloader.monitor.autotune.Tuner) -------------------
     def enable_tuning(self, max_workers: int) -> None:
@@ -205,9 +231,15 @@ class MapStage:
             self._window.capacity = 2 * self._limiter.limit
         self.stats.concurrency = self._limiter.limit
 
+    def _samples(self, block: Block) -> int:
+        """Samples in ``block``: its items, or a fused stage's batches' members."""
+        if self.spec.fused_batch is None:
+            return len(block)
+        return sum(len(keys) for keys in block.keys)
+
     async def _forward(self, block: Block | None) -> None:
         if block is not None and len(block):
-            self.stats.items_out += len(block)
+            self.stats.items_out += self._samples(block)
             await self.output.put(block)
 
     def _chunks(self, block: Block) -> list[Block]:
@@ -234,13 +266,7 @@ class MapStage:
                 break
             blocks.append(more)
             size += len(more)
-        if len(blocks) == 1:
-            return block
-        return Block(
-            [k for b in blocks for k in b.keys],
-            [s for b in blocks for s in b.seqs],
-            [v for b in blocks for v in b.values],
-        )
+        return _join(blocks)
 
     def _chunk_size(self) -> int:
         cost = self._cost_per_item
@@ -321,7 +347,7 @@ class MapStage:
 
     async def _process(self, chunk: Block) -> Block | None:
         """Run one chunk through the executor and the failure policy."""
-        self.stats.items_in += len(chunk)
+        self.stats.items_in += self._samples(chunk)
         values = self._inputs(chunk)
         try:
             results, failures, busy = await self._executor.run(self._work, values, self.spec.timeout)
@@ -342,8 +368,9 @@ class MapStage:
         return self._settle(chunk, results, failures)
 
     def _inputs(self, chunk: Block) -> list[Any]:
-        """What the work function takes: the values, or (key, value) pairs for a random transform."""
-        if self.spec.seed is None:
+        """What the work function takes: the values, or (key, value) pairs for a random transform
+        and for a fused batch (whose members' keys name a failure)."""
+        if self.spec.seed is None and self.spec.fused_batch is None:
             return chunk.values
         return list(zip(chunk.keys, chunk.values, strict=True))
 
@@ -391,3 +418,14 @@ class MapStage:
         failed = {index for index, _ in failures}
         keep = [i for i in range(len(results)) if i not in failed]
         return Block([chunk.keys[i] for i in keep], [chunk.seqs[i] for i in keep], [results[i] for i in keep])
+
+
+def _join(blocks: list[Block]) -> Block:
+    """One block holding the entries of ``blocks``, in order."""
+    if len(blocks) == 1:
+        return blocks[0]
+    return Block(
+        [k for b in blocks for k in b.keys],
+        [s for b in blocks for s in b.seqs],
+        [v for b in blocks for v in b.values],
+    )

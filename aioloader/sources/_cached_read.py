@@ -1,0 +1,68 @@
+"""Reading a whole small file on the event loop when the page cache already holds it.
+
+A thread hop per file (aiofiles) costs the parent ~120 us of CPU per file on 2 busy cores
+(ImageFolder, 1500 JPEGs of 25 KB: 120-150 us per file, read alone), about ten times the read
+itself when the file is cached, as it is from the second epoch on for any dataset that fits in
+memory. ``preadv(..., RWF_NOWAIT)`` (Linux 4.14+) reads only what is cached and never waits for
+the disk, so the loop tries it first and falls back to the thread when it would block.
+
+``open`` itself may wait on cold metadata (a network file system): an attempt slower than
+:data:`SLOW_S` turns the fast path off for the next :data:`BACKOFF_FILES` files, so the loop is
+never held up for long. A file system that does not support the flag turns it off for good.
+"""
+
+from __future__ import annotations
+
+import os
+from time import perf_counter
+
+SLOW_S = 0.001  # an attempt slower than this (open waiting on metadata): back off
+BACKOFF_FILES = 256
+_NOWAIT = getattr(os, "RWF_NOWAIT", None)
+
+
+class CachedReader:
+    """``read(path)``: the file's bytes when all of them are in the page cache, else None."""
+
+    def __init__(self) -> None:
+        self.enabled = _NOWAIT is not None and hasattr(os, "preadv")
+        self._skip = 0
+        self.hits = 0
+        self.misses = 0
+
+    def read(self, path: str) -> bytearray | None:
+        """The whole file, read without waiting for a disk; None when that cannot be done
+        (read it the slow way). FileNotFoundError propagates."""
+        if not self.enabled:
+            return None
+        if self._skip:
+            self._skip -= 1
+            return None
+        started = perf_counter()
+        try:
+            data = self._read(path)
+        except FileNotFoundError:
+            raise
+        except BlockingIOError:  # not (all) cached
+            data = None
+        except OSError:  # EOPNOTSUPP and friends: this file system cannot do it
+            self.enabled = False
+            return None
+        if perf_counter() - started > SLOW_S:
+            self._skip = BACKOFF_FILES
+        if data is None:
+            self.misses += 1
+        else:
+            self.hits += 1
+        return data
+
+    @staticmethod
+    def _read(path: str) -> bytearray | None:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            size = os.fstat(fd).st_size
+            buffer = bytearray(size)
+            done = os.preadv(fd, [buffer], 0, _NOWAIT) if size else 0
+        finally:
+            os.close(fd)
+        return buffer if done == size else None

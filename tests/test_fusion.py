@@ -1,0 +1,153 @@
+"""Map-then-batch fusion (aioloader._run.fusion): ``.map(fn, executor=pool).batch(n, collate)``
+runs fn and the collate per batch in the pool. What the user sees must not change: the same
+batches in the same order, resume, stats per sample in the order written, errors naming the
+stage and the sample key; and where it could change something (skip), it does not apply."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+import aioloader as al
+from aioloader.collate import pad
+
+
+def tokens(line: str) -> list[int]:
+    """A pure-Python tokenizer: characters to ids."""
+    return [ord(c) for c in line]
+
+
+def image(key: int) -> np.ndarray:
+    return np.full((3, 8, 8), key % 251, dtype=np.uint8)
+
+
+def fails_on_13(x: int) -> int:
+    if x == 13:
+        raise KeyError(f"no sample {x}")
+    return x
+
+
+def mixed_shapes(x: int) -> np.ndarray:
+    return np.zeros(2 if x == 21 else 3)
+
+
+def _lines(n: int) -> list[str]:
+    return ["ab" * (i % 9 + 1) for i in range(n)]
+
+
+def _equal(a, b) -> bool:
+    if isinstance(a, torch.Tensor):
+        return torch.equal(a, b)
+    if isinstance(a, (tuple, list)):
+        return type(a) is type(b) and len(a) == len(b) and all(map(_equal, a, b))
+    if isinstance(a, dict):
+        return a.keys() == b.keys() and all(_equal(a[k], b[k]) for k in a)
+    return a == b
+
+
+def _stage(stats: dict, name: str) -> dict:
+    return next(s for s in stats["stages"] if s["name"] == name)
+
+
+@pytest.mark.parametrize("executor", ["thread", "process", "auto"])
+@pytest.mark.parametrize("drop_last", [False, True])
+def test_fused_batches_equal_the_inline_ones(executor, drop_last):
+    lines = _lines(203)
+
+    def build(ex: str) -> al.Loader:
+        return (
+            al.Loader.from_source(lines, shuffle=True, seed=3)
+            .map(tokens, executor=ex, concurrency=2)
+            .batch(16, collate=pad, drop_last=drop_last)
+        )
+
+    with build("inline") as reference:
+        epochs = [list(reference) for _ in range(2)]
+    with build(executor) as loader:
+        for expected in epochs:  # the second epoch reuses the pool and the placement
+            got = list(loader)
+            assert len(got) == len(expected) == (12 if drop_last else 13)
+            assert all(_equal(a, b) for a, b in zip(got, expected, strict=True))
+
+
+def test_fused_stack_of_arrays_through_processes():
+    keys = list(range(100))
+    with al.Loader.from_source(keys).map(image, executor="process", concurrency=2).batch(32) as loader:
+        batches = list(loader)
+    assert [b.shape[0] for b in batches] == [32, 32, 32, 4]
+    assert torch.equal(
+        torch.cat(batches)[:, 0, 0, 0], torch.tensor([k % 251 for k in keys], dtype=torch.uint8)
+    )
+
+
+def test_stats_count_samples_in_the_order_written():
+    loader = al.Loader.from_source(_lines(100)).map(tokens, executor="thread").batch(10, collate=pad)
+    with loader:
+        assert len(list(loader)) == 10
+        stats = loader.stats()
+    json.dumps(stats)
+    assert [s["name"] for s in stats["stages"]] == ["source", "read", "map(tokens)", "batch"]
+    mapped = _stage(stats, "map(tokens)")
+    assert (mapped["items_in"], mapped["items_out"], mapped["fused"]) == (100, 100, "batch")
+    batched = _stage(stats, "batch")
+    assert (batched["items_in"], batched["items_out"], batched["fused"]) == (100, 10, None)
+
+
+@pytest.mark.parametrize("executor", ["thread", "process"])
+def test_a_failure_names_the_map_stage_and_the_sample_key(executor):
+    loader = al.Loader.from_source(list(range(40))).map(fails_on_13, executor=executor).batch(8)
+    with loader, pytest.raises(KeyError) as info:
+        list(loader)
+    assert info.value.stage == "map(fails_on_13)"
+    assert info.value.key == 13
+
+
+def test_a_collate_failure_names_the_batch_stage_and_its_keys():
+    loader = al.Loader.from_source(list(range(40))).map(mixed_shapes, executor="process").batch(8)
+    with loader, pytest.raises(Exception) as info:
+        list(loader)
+    assert info.value.stage == "batch"
+    assert info.value.key == list(range(16, 24))
+
+
+def test_skip_is_not_fused_batches_stay_full():
+    loader = (
+        al.Loader.from_source(list(range(40)))
+        .map(fails_on_13, executor="process", on_error="skip", max_failures=1)
+        .batch(8)
+    )
+    with loader:
+        sizes = [len(b) for b in loader]
+        assert _stage(loader.stats(), "map(fails_on_13)")["fused"] is None
+    assert sizes == [8, 8, 8, 8, 7]  # the failed sample's place is filled by the next ones
+
+
+@pytest.mark.parametrize("k", [0, 3, 7])
+def test_resume_mid_epoch_through_a_fused_stage(k):
+    lines = _lines(150)
+
+    def build() -> al.Loader:
+        return (
+            al.Loader.from_source(lines, shuffle=True, seed=5)
+            .map(tokens, executor="process", concurrency=2)
+            .batch(16, collate=pad)
+        )
+
+    expected = list(
+        al.Loader.from_source(lines, shuffle=True, seed=5)
+        .map(tokens, executor="inline")
+        .batch(16, collate=pad)
+    )
+    with build() as loader:
+        it = iter(loader)
+        for _ in range(k):
+            next(it)
+        state = json.loads(json.dumps(loader.state_dict()))
+        it.close()
+    with build() as resumed:
+        resumed.load_state_dict(state)
+        rest = list(resumed)
+    assert all(_equal(a, b) for a, b in zip(rest, expected[k:], strict=True))
