@@ -219,3 +219,46 @@ def test_cached_read_gives_the_whole_file_or_hands_it_to_a_thread(tmp_path):
             CachedReader().read(str(tmp_path / "missing.bin"))
     if reader.enabled:  # Linux with RWF_NOWAIT: a file just written is in the page cache
         assert reader.hits >= 1
+
+
+def _evict(path) -> bool:
+    """Drop a file's pages from the page cache; False where that cannot be done (tmpfs)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+        try:
+            os.preadv(fd, [bytearray(1)], 0, os.RWF_NOWAIT)
+        except BlockingIOError:
+            return True
+        return False
+    finally:
+        os.close(fd)
+
+
+def test_uncached_files_go_to_threads_and_a_cold_dataset_turns_the_fast_path_off(tmp_path):
+    from aioloader.sources import _cached_read
+    from aioloader.sources._cached_read import CachedReader
+
+    if not CachedReader().enabled:
+        pytest.skip("no preadv(RWF_NOWAIT) here")
+    paths = []
+    for i in range(_cached_read.STRIKES + 2):
+        path = tmp_path / f"{i}.bin"
+        path.write_bytes(os.urandom(64 << 10))
+        paths.append(path)
+    if not all(_evict(p) for p in paths):
+        pytest.skip("this file system keeps files in memory (tmpfs): nothing to evict")
+    reader = CachedReader()
+    assert [reader.read(str(p)) for p in paths] == [None] * len(paths)
+    # the first STRIKES misses were attempts; then the reader backed off without trying
+    assert reader.misses == _cached_read.STRIKES and reader.hits == 0
+    # and ImageFolder still reads every byte of an evicted file (through the thread)
+    root = tmp_path / "flat"
+    root.mkdir()
+    image = root / "a.jpg"
+    image.write_bytes(b"\xff\xd8" + os.urandom(100_000))
+    _evict(image)
+    source = al.sources.ImageFolder(root)
+    (raw,) = list(al.Loader.from_source(source))
+    assert bytes(raw) == image.read_bytes()

@@ -10,9 +10,9 @@ OpenMP/MKL thread, as torch DataLoader's do.
 from __future__ import annotations
 
 import os
-import pickle
 from pathlib import Path
 
+from aioloader.workers import wire
 from aioloader.workers.pool import TASKS_PER_WORKER, ProcessPool
 
 
@@ -34,6 +34,10 @@ def _run(values: list) -> tuple[list, list, float]:
             results.append(os.getpid())
         elif kind == "env":
             results.append(os.environ.get(arg))
+        elif kind == "digest":  # big inputs, travelling out of band
+            import hashlib
+
+            results.append(hashlib.sha256(memoryview(arg).cast("B")).hexdigest())
         elif kind == "torch_threads":
             import torch
 
@@ -42,7 +46,7 @@ def _run(values: list) -> tuple[list, list, float]:
 
 
 def _submit(pool: ProcessPool, *values: tuple, timeout: float | None = None):
-    return pool.submit(pickle.dumps(list(values)), timeout)
+    return pool.submit(wire.pack(list(values)), timeout)
 
 
 def test_a_task_queued_behind_a_crash_runs_once_on_the_replacement(tmp_path: Path):
@@ -95,3 +99,24 @@ def test_workers_run_one_openmp_thread():
         assert outcome.value[0] == ["1", 1]
     finally:
         pool.close()
+
+
+def test_large_inputs_travel_out_of_band_intact(tmp_path: Path):
+    import hashlib
+
+    import numpy as np
+
+    from aioloader.sources.images import FileBytes
+
+    array = np.random.default_rng(0).integers(0, 255, size=(3 << 20), dtype=np.uint8)  # 3 MiB
+    raw = FileBytes(os.urandom(200_000), str(tmp_path / "x.jpg"), 7)
+    payload = wire.pack([("digest", array), ("digest", raw), ("digest", b"small")])
+    assert len(payload.buffers) == 2 and payload.nbytes > array.nbytes + len(raw)
+    pool = ProcessPool(_run, workers=1, name="queue")
+    try:
+        outcome = pool.submit(payload).result(60)
+    finally:
+        pool.close()
+    assert outcome.kind == "ok"
+    expected = [hashlib.sha256(bytes(x)).hexdigest() for x in (array.tobytes(), raw, b"small")]
+    assert outcome.value[0] == expected

@@ -6,9 +6,14 @@ itself when the file is cached, as it is from the second epoch on for any datase
 memory. ``preadv(..., RWF_NOWAIT)`` (Linux 4.14+) reads only what is cached and never waits for
 the disk, so the loop tries it first and falls back to the thread when it would block.
 
-``open`` itself may wait on cold metadata (a network file system): an attempt slower than
-:data:`SLOW_S` turns the fast path off for the next :data:`BACKOFF_FILES` files, so the loop is
-never held up for long. A file system that does not support the flag turns it off for good.
+``open`` itself may wait on cold metadata (a network file system), and a cold dataset misses the
+cache on every file: after :data:`STRIKES` such attempts (slower than :data:`SLOW_S`, or not
+cached) with no more than a few good ones between them, the fast path is off for the next
+:data:`BACKOFF_FILES` files, so the loop is never held up for long and a cold dataset does not
+pay for an attempt per file. A single slow attempt is not enough: on a busy machine the loop
+thread is preempted, or waits for the GIL after a system call, now and then (one attempt in
+ten backed off on 2 busy cores when a single one was). A file system that does not support the
+flag turns it off for good.
 """
 
 from __future__ import annotations
@@ -16,7 +21,9 @@ from __future__ import annotations
 import os
 from time import perf_counter
 
-SLOW_S = 0.001  # an attempt slower than this (open waiting on metadata): back off
+SLOW_S = 0.002  # an attempt slower than this may have waited on metadata
+STRIKES = 3  # bad attempts (slow, or not cached) that turn the fast path off for a while
+_FORGIVE = 0.25  # a good attempt takes this much off the count of bad ones
 BACKOFF_FILES = 256
 _NOWAIT = getattr(os, "RWF_NOWAIT", None)
 
@@ -27,6 +34,7 @@ class CachedReader:
     def __init__(self) -> None:
         self.enabled = _NOWAIT is not None and hasattr(os, "preadv")
         self._skip = 0
+        self._strikes = 0.0
         self.hits = 0
         self.misses = 0
 
@@ -48,12 +56,18 @@ class CachedReader:
         except OSError:  # EOPNOTSUPP and friends: this file system cannot do it
             self.enabled = False
             return None
-        if perf_counter() - started > SLOW_S:
-            self._skip = BACKOFF_FILES
+        bad = data is None or perf_counter() - started > SLOW_S
         if data is None:
             self.misses += 1
         else:
             self.hits += 1
+        if bad:
+            self._strikes += 1
+            if self._strikes >= STRIKES:
+                self._strikes = 0.0
+                self._skip = BACKOFF_FILES
+        else:
+            self._strikes = max(0.0, self._strikes - _FORGIVE)
         return data
 
     @staticmethod

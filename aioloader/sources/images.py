@@ -10,6 +10,7 @@ are a :class:`FileBytes`, a ``bytes`` that remembers its file and key for error 
 from __future__ import annotations
 
 import os
+import pickle
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -41,8 +42,10 @@ class FileBytes(bytes):
         obj.key = key
         return obj
 
-    def __reduce__(self) -> tuple[Any, ...]:
-        return (FileBytes, (bytes(self), self.path, self.key))
+    def __reduce_ex__(self, protocol: Any) -> tuple[Any, ...]:
+        # protocol 5: the bytes can travel out of band (to a worker, without a copy)
+        data = pickle.PickleBuffer(self) if protocol >= 5 else bytes(self)
+        return (FileBytes, (data, self.path, self.key))
 
 
 def _read_whole_file(path: str) -> bytes:

@@ -2,7 +2,8 @@
 
 Protocol on two pipes. Parent to child: the preparation data of ``multiprocessing.spawn`` (so the
 child sees the parent's ``sys.path``, cwd and ``__main__``), then the pickled
-``(work, worker_init, worker_id, segment_prefix)``, then tasks ``(task_id, releases, values)``.
+``(work, worker_init, worker_id, segment_prefix)``, then tasks (:mod:`aioloader.workers.wire`: a header ``(task_id, releases, buffer_count)``,
+the values' pickle and its out-of-band buffers).
 Child to parent: ``("ready", pid)`` or ``("init_error", exc)``, then one reply per task,
 ``("ok", task_id, frame)`` or ``("error", task_id, exc)``. A third pipe is the lifeline: when
 the parent closes it (or dies) the child unlinks its segments and exits at once, even mid-task.
@@ -20,6 +21,7 @@ from multiprocessing.connection import Connection
 from multiprocessing.spawn import prepare
 from typing import Any
 
+from aioloader.workers import wire
 from aioloader.workers.shm import SegmentArena, pack
 
 BOOTSTRAPPING = False  # true while a worker imports the parent's __main__ (see ProcessPool)
@@ -61,12 +63,12 @@ def _watch_lifeline(fd: int, arena: list[SegmentArena]) -> None:
 def _serve(tasks: Connection, results: Connection, work: Any, arena: SegmentArena) -> None:
     while True:
         try:
-            task_id, releases, values = tasks.recv()
+            task_id, releases, head, buffers = wire.receive(tasks)
         except (EOFError, OSError):
             return
         arena.release(releases)
         try:
-            out = work(pickle.loads(values))
+            out = work(pickle.loads(head, buffers=buffers))
             results_, failures, busy = out
             failures = [(i, _portable(e)) for i, e in failures]
             reply: Any = ("ok", task_id, pack((results_, failures, busy), arena))

@@ -23,6 +23,7 @@ from typing import Any
 from aioloader._run.executors import FAILED, ChunkResult, ChunkTimeout
 from aioloader._spec import MapSpec, check_callable, fn_name
 from aioloader.errors import WorkerCrashError
+from aioloader.workers import wire
 from aioloader.workers.pool import Outcome, ProcessPool
 
 MAX_ATTEMPTS = 3  # runs of one item that end with its worker dead before it is given up
@@ -151,8 +152,7 @@ class ProcessExecutor:
 
 
 async def _call(pool: ProcessPool, values: list[Any], timeout: float | None) -> Outcome:
-    payload = pickle.dumps(values, protocol=pickle.HIGHEST_PROTOCOL)
-    future = pool.submit(payload, None if timeout is None else timeout * len(values))
+    future = pool.submit(wire.pack(values), None if timeout is None else timeout * len(values))
     return await asyncio.wrap_future(future)
 
 

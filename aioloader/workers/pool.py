@@ -39,7 +39,7 @@ from multiprocessing.spawn import get_preparation_data
 from typing import Any
 
 from aioloader.errors import WorkerCrashError
-from aioloader.workers import _child, shm
+from aioloader.workers import _child, shm, wire
 from aioloader.workers._spawn import pipe_capacity, spawn_child
 
 MAX_START_FAILURES = 3  # workers dying before they are ready, in a row: the pool is broken
@@ -50,8 +50,6 @@ _GRACE_S = 0.5  # at close, how long workers get to exit before SIGKILL
 # work needs (JPEG decoded per batch in 2 workers: 4x the CPU time without this).
 # worker_init may raise it again with torch.set_num_threads(n).
 WORKER_ENV = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1"}
-# Pipe room kept free when queueing ahead: each write may leave part of a 4 KiB page unused.
-_PIPE_SLACK = 8 * 4096
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,7 +67,7 @@ class _Task:
     # ``started``: handed to a worker at least once (its future is running); ``deadline``: set
     # when the task is at the head of its worker's queue, i.e. the worker is running it.
 
-    def __init__(self, payload: bytes, timeout: float | None) -> None:
+    def __init__(self, payload: wire.Payload, timeout: float | None) -> None:
         self.payload = payload
         self.timeout = timeout
         self.future: Future[Outcome] = Future()
@@ -111,8 +109,8 @@ class _Worker:
             return False
         if not self.queue:
             return True
-        queued = sum(len(t.payload) for t in self.queue)
-        return queued + len(task.payload) + _PIPE_SLACK <= self.pipe_bytes
+        queued = sum(t.payload.pipe_bytes for t in self.queue)
+        return queued + task.payload.pipe_bytes <= self.pipe_bytes
 
     def release(self, name: str) -> None:
         if self.state != "dead":
@@ -184,8 +182,8 @@ class ProcessPool:
         """Pids of the live workers (for tests and diagnostics)."""
         return sorted(w.proc.pid for w in list(self._workers.values()) if w.state != "dead")
 
-    def submit(self, payload: bytes, timeout: float | None = None) -> Future[Outcome]:
-        """Queue a task (``payload``: the pickled list of values); ``timeout`` in seconds from
+    def submit(self, payload: wire.Payload, timeout: float | None = None) -> Future[Outcome]:
+        """Queue a task (``payload``: the list of values, :func:`wire.pack`); ``timeout`` in seconds from
         the moment a worker starts it."""
         task = _Task(payload, timeout)
         with self._lock:
@@ -407,7 +405,7 @@ class ProcessPool:
             worker.queue.append(task)
             self._start_head(worker)
             try:
-                worker.tasks.send((id(task), releases, task.payload))
+                wire.send(worker.tasks, id(task), releases, task.payload)
             except OSError:
                 pass  # it is dying: the end of file on its result pipe reports the crash
 
