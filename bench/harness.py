@@ -44,6 +44,8 @@ def _tree_cpu_seconds(proc: psutil.Process, exclude: int | None = None) -> float
         try:
             t = p.cpu_times()
             total += t.user + t.system
+            if p.pid == proc.pid:  # children already reaped (torch's workers end with the epoch)
+                total += t.children_user + t.children_system
         except psutil.Error:
             continue
     return total
