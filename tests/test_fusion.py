@@ -6,6 +6,7 @@ stage and the sample key; and where it could change something (skip), it does no
 from __future__ import annotations
 
 import json
+import os
 
 import numpy as np
 import pytest
@@ -151,3 +152,35 @@ def test_resume_mid_epoch_through_a_fused_stage(k):
         resumed.load_state_dict(state)
         rest = list(resumed)
     assert all(_equal(a, b) for a, b in zip(rest, expected[k:], strict=True))
+
+
+class DieOnceOn:
+    """Kills its worker the first time it sees each of ``keys`` (marker files, across processes)."""
+
+    def __init__(self, marker_dir, keys: tuple[int, ...]) -> None:
+        self.marker_dir, self.keys = str(marker_dir), keys
+
+    def __call__(self, x: int) -> int:
+        if x in self.keys:
+            try:
+                os.close(os.open(os.path.join(self.marker_dir, str(x)), os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+            except FileExistsError:
+                return x
+            os._exit(3)
+        return x
+
+
+@pytest.mark.slow
+def test_samples_that_kill_their_worker_once_cost_their_own_attempts_not_the_batchs(tmp_path):
+    # three deaths in one batch: unfused, each sample has its own attempts and the epoch ends
+    # exactly; a fused batch must do the same, not give up after three deaths in all
+    loader = (
+        al.Loader.from_source(list(range(64)))
+        .map(DieOnceOn(tmp_path, (17, 19, 21)), executor="process", concurrency=2)
+        .batch(8)
+    )
+    with loader:
+        batches = list(loader)
+        assert _stage(loader.stats(), "map(DieOnceOn)")["fused"] == "batch"
+    assert torch.equal(torch.cat(batches), torch.arange(64))
+    assert sorted(os.listdir(tmp_path)) == ["17", "19", "21"]

@@ -120,3 +120,46 @@ def test_large_inputs_travel_out_of_band_intact(tmp_path: Path):
     assert outcome.kind == "ok"
     expected = [hashlib.sha256(bytes(x)).hexdigest() for x in (array.tobytes(), raw, b"small")]
     assert outcome.value[0] == expected
+
+
+def _double_in_place(values: list) -> tuple[list, list, float]:
+    for array in values:
+        array *= 2  # inputs must arrive writable, as they do when pickled in band
+    return [int(a.sum()) for a in values], [], 0.0
+
+
+def test_large_input_arrays_arrive_writable():
+    import numpy as np
+
+    pool = ProcessPool(_double_in_place, workers=1, name="queue")
+    try:
+        arrays = [np.ones(100, dtype=np.int64), np.ones(1 << 16, dtype=np.int64)]  # in and out of band
+        outcome = pool.submit(wire.pack(arrays)).result(60)
+    finally:
+        pool.close()
+    assert outcome.kind == "ok", outcome
+    assert outcome.value[0] == [200, 2 << 16]
+
+
+def test_a_task_queued_behind_a_timeout_is_not_a_crash(tmp_path: Path):
+    log = tmp_path / "runs.log"
+    pool = ProcessPool(_run, workers=1, name="queue")
+    try:
+        hung = _submit(pool, ("sleep", 30.0), timeout=0.3)
+        behind = _submit(pool, ("log", str(log)))
+        assert hung.result(30).kind == "timeout"
+        assert behind.result(30).kind == "ok"
+        assert len(log.read_text().splitlines()) == 1
+    finally:
+        pool.close()
+
+
+def test_submitting_to_a_closed_pool_touches_no_other_pool():
+    closed = ProcessPool(_run, workers=1, name="closed")
+    closed.close()
+    live = ProcessPool(_run, workers=1, name="live")  # may reuse the closed pool's descriptors
+    try:
+        assert _submit(closed, ("sleep", 0.0)).result(10).kind == "error"
+        assert [_submit(live, ("sleep", 0.0)).result(30).kind for _ in range(3)] == ["ok"] * 3
+    finally:
+        live.close()

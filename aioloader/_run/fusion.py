@@ -15,7 +15,9 @@ unfused stage fills it from the next samples), no retries or timeout (they act p
 random transform (its randomness is drawn per sample key), ``ordered=True``, and a collate that
 pickles when the stage may use processes. A failure still names the stage and the sample key:
 ``fn``'s under the map stage's name, the collate's under the batch stage's name with the
-members' keys, as unfused.
+members' keys, as unfused. A worker that dies costs each sample of its task one attempt, as
+unfused: the batches are redone member by member, so a sample that kills its worker once does
+not use up the attempts of the batch it is in.
 """
 
 from __future__ import annotations
@@ -50,16 +52,25 @@ class MapThenCollate:
         self.map_name = map_name
         self.batch_name = batch_name
 
-    def __call__(self, batch: tuple[list[Any], Sequence[Any]]) -> Any:
-        keys, values = batch
+    def __call__(self, batch: tuple[Any, ...]) -> Any:
+        """``(keys, members)`` -> the collated batch; ``(keys, members, True)`` -> the list of
+        ``fn``'s results, uncollated (a crash redo runs members one by one, see
+        :mod:`aioloader.workers.executor`)."""
+        keys, values, *raw = batch
         fn = self.fn
         out: list[Any] = []
         try:
             out.extend(map(fn, values))
         except Exception as exc:
             raise annotate(exc, self.map_name, keys[len(out)]) from None
+        if raw and raw[0]:
+            return out
+        return self.collate_named(out, keys)
+
+    def collate_named(self, results: list[Any], keys: Sequence[Any]) -> Any:
+        """The collate of ``results``; a failure names the batch stage and the members' keys."""
         try:
-            return self.collate(out)
+            return self.collate(results)
         except Exception as exc:
             raise annotate(exc, self.batch_name, list(keys)) from None
 

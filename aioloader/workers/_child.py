@@ -2,7 +2,7 @@
 
 Protocol on two pipes. Parent to child: the preparation data of ``multiprocessing.spawn`` (so the
 child sees the parent's ``sys.path``, cwd and ``__main__``), then the pickled
-``(work, worker_init, worker_id, segment_prefix)``, then tasks (:mod:`aioloader.workers.wire`: a header ``(task_id, releases, buffer_count)``,
+``(work, worker_init, worker_id, segment_prefix)``, then tasks (:mod:`aioloader.workers.wire`: a header ``(task_id, releases, buffer_sizes)``,
 the values' pickle and its out-of-band buffers).
 Child to parent: ``("ready", pid)`` or ``("init_error", exc)``, then one reply per task,
 ``("ok", task_id, frame)`` or ``("error", task_id, exc)``. A third pipe is the lifeline: when

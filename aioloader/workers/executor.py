@@ -21,8 +21,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from aioloader._run.executors import FAILED, ChunkResult, ChunkTimeout
+from aioloader._run.fusion import MapThenCollate
 from aioloader._spec import MapSpec, check_callable, fn_name
-from aioloader.errors import WorkerCrashError
+from aioloader.errors import WorkerCrashError, annotate
 from aioloader.workers import wire
 from aioloader.workers.pool import Outcome, ProcessPool
 
@@ -122,7 +123,9 @@ class ProcessExecutor:
     async def _redo(
         self, pool: ProcessPool, values: list[Any], timeout: float | None, detail: str
     ) -> ChunkResult:
-        outcomes = await asyncio.gather(*(_redo_one(pool, value, timeout, detail) for value in values))
+        fused = isinstance(self._spec.fn, MapThenCollate)
+        redo = self._redo_members if fused else _redo_one
+        outcomes = await asyncio.gather(*(redo(pool, value, timeout, detail) for value in values))
         results: list[Any] = []
         failures: list[tuple[int, BaseException]] = []
         busy = 0.0
@@ -137,11 +140,40 @@ class ProcessExecutor:
             busy += one_busy
         return results, failures, busy
 
-    def _crash_error(self, detail: str) -> WorkerCrashError:
+    async def _redo_members(
+        self, pool: ProcessPool, batch: tuple[list[Any], list[Any]], timeout: float | None, detail: str
+    ) -> Outcome:
+        """A fused stage's batch from a task whose worker died: each member alone (so each
+        sample has its own attempts, as unfused), then the collate here."""
+        keys, members = batch
+        work: MapThenCollate = self._spec.fn  # type: ignore[assignment]
+        outcomes = await asyncio.gather(
+            *(_redo_one(pool, (keys[j : j + 1], [m], True), timeout, detail) for j, m in enumerate(members))
+        )
+        mapped: list[Any] = []
+        busy = 0.0
+        for key, outcome in zip(keys, outcomes, strict=True):
+            if outcome.kind == "crash":
+                error = annotate(self._crash_error(outcome.value, key), self._spec.name, key)
+                return Outcome("ok", ([FAILED], [(0, error)], busy))
+            if outcome.kind != "ok":  # an error or a timeout: the caller raises it
+                return outcome
+            results, failures, one_busy = outcome.value
+            busy += one_busy
+            if failures:
+                return Outcome("ok", ([FAILED], [(0, failures[0][1])], busy))
+            mapped.extend(results[0])
+        try:
+            return Outcome("ok", ([work.collate_named(mapped, keys)], [], busy))
+        except Exception as exc:
+            return Outcome("ok", ([FAILED], [(0, exc)], busy))
+
+    def _crash_error(self, detail: str, key: Any = None) -> WorkerCrashError:
         return WorkerCrashError(
             f"stage {self._spec.name!r}: a worker process died each of the {MAX_ATTEMPTS} times it "
             f"ran this sample (last: {detail}); giving up on it",
             stage=self._spec.name,
+            key=key,
         )
 
     def close(self) -> None:

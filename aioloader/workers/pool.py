@@ -32,7 +32,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
-from concurrent.futures import Future
+from concurrent.futures import Future, InvalidStateError
 from dataclasses import dataclass
 from multiprocessing.connection import Connection, wait
 from multiprocessing.spawn import get_preparation_data
@@ -75,8 +75,10 @@ class _Task:
         self.deadline: float | None = None
 
     def finish(self, outcome: Outcome) -> None:
-        if not self.future.done():
+        try:
             self.future.set_result(outcome)
+        except InvalidStateError:  # cancelled (by its awaiter) or already finished
+            pass
 
 
 class _Worker:
@@ -189,10 +191,11 @@ class ProcessPool:
         with self._lock:
             if self._closed:
                 task.finish(Outcome("error", RuntimeError(f"the process pool of {self.name!r} is closed")))
-            elif self._broken is not None:
+                return task.future
+            if self._broken is not None:
                 task.finish(Outcome("error", self._broken))
-            else:
-                self._pending.append(task)
+                return task.future
+            self._pending.append(task)
         self._wake()
         return task.future
 
@@ -233,15 +236,20 @@ class ProcessPool:
             task.future.cancel() or task.finish(closed)
         for feeder in self._feeders:
             feeder.join(1.0)
-        os.close(self._wake_r)
-        os.close(self._wake_w)
+        with self._lock:  # no wake-up may write to these numbers once they are reused
+            wake_fds, self._wake_r, self._wake_w = (self._wake_r, self._wake_w), -1, -1
+        for fd in wake_fds:
+            os.close(fd)
         shm.sweep(self._prefix)
 
     def _wake(self) -> None:
-        try:
-            os.write(self._wake_w, b"\0")
-        except (BlockingIOError, OSError):  # full (a wake-up is pending anyway) or closed
-            pass
+        with self._lock:
+            if self._wake_w < 0:  # closed
+                return
+            try:
+                os.write(self._wake_w, b"\0")
+            except (BlockingIOError, OSError):  # full: a wake-up is pending anyway
+                pass
 
     # -- I/O thread ----------------------------------------------------------------------------
     def _spawn(self, slot: int) -> None:
@@ -333,6 +341,8 @@ class ProcessPool:
                 worker.proc.kill()
                 worker.queue.popleft()
                 task.finish(Outcome("timeout"))
+                self._requeue(list(worker.queue))  # behind it, never started: not a crash
+                worker.queue.clear()
                 self._on_death(worker)
 
     def _requeue(self, tasks: list[_Task]) -> None:

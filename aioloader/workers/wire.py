@@ -8,7 +8,8 @@ as much as the rest of the parent's work per batch.
 
 Frames use ``multiprocessing.connection``'s format (a signed 32-bit length, or -1 and a 64-bit
 one), so the worker reads them with ``Connection.recv``/``recv_bytes``: a header
-``(task_id, releases, buffer_count)``, the pickle, then each buffer.
+``(task_id, releases, buffer_sizes)``, the pickle, then each buffer (read into a bytearray, so
+arrays arrive writable).
 """
 
 from __future__ import annotations
@@ -69,7 +70,8 @@ def _frame(data: Buffer) -> tuple[bytes, Buffer]:
 def send(conn: Connection, task_id: int, releases: list[str], payload: Payload) -> None:
     """Write the task to ``conn`` (blocking until all of it is in the pipe)."""
     parts: list[Buffer] = []
-    for data in (pickle.dumps((task_id, releases, len(payload.buffers))), payload.head, *payload.buffers):
+    sizes = [b.nbytes for b in payload.buffers]
+    for data in (pickle.dumps((task_id, releases, sizes)), payload.head, *payload.buffers):
         parts.extend(_frame(data))
     _write_all(conn.fileno(), parts)
 
@@ -88,10 +90,15 @@ def _write_all(fd: int, parts: Sequence[Buffer]) -> None:
                 written = 0
 
 
-def receive(conn: Connection) -> tuple[int, list[str], bytes, list[bytes]]:
+def receive(conn: Connection) -> tuple[int, list[str], bytes, list[bytearray]]:
     """The worker's side of :func:`send`: ``(task_id, releases, head, buffers)``; the values
-    are ``pickle.loads(head, buffers=buffers)`` (left to the caller, whose errors they are)."""
-    task_id, releases, count = conn.recv()
+    are ``pickle.loads(head, buffers=buffers)`` (left to the caller, whose errors they are).
+    The buffers are writable, so arrays among the values are too, as when pickled in band."""
+    task_id, releases, sizes = conn.recv()
     head = conn.recv_bytes()
-    buffers = [conn.recv_bytes() for _ in range(count)]
+    buffers = []
+    for size in sizes:
+        buffer = bytearray(size)
+        conn.recv_bytes_into(buffer)
+        buffers.append(buffer)
     return task_id, releases, head, buffers
