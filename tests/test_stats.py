@@ -163,7 +163,8 @@ async def test_timeline_samples_on_the_loop() -> None:
     await asyncio.wait_for(done.wait(), 5)
     timeline.stop()
     data = timeline.to_json()
-    assert len(data["t"]) == 3 and data["rate"]["s"][0] == 0 and data["rate"]["s"][1] > 0
+    # a tick may land between done.set() and stop(): at least the three the hook saw
+    assert len(data["t"]) >= 3 and data["rate"]["s"][0] == 0 and data["rate"]["s"][1] > 0
     with pytest.raises(ValueError, match="period"):
         Timeline([], period=0)
 
