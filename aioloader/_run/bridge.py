@@ -179,7 +179,9 @@ class Handoff:
         if occupancy > self.occupancy_max:
             self.occupancy_max = occupancy
         self._pending.append(item)
-        if len(self._pending) >= max(1, self._low_water):
+        # the first block at once: the time to first batch must not wait for a timer that a
+        # busy loop (an executor="auto" probe) may not run for a while
+        if self._put == 1 or len(self._pending) >= max(1, self._low_water):
             self._flush()
         elif self._flush_timer is None:
             self._flush_timer = self._loop.call_later(FLUSH_AFTER_S, self._flush)

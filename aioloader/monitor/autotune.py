@@ -64,7 +64,11 @@ _COST_ITEMS = 8
 _MIN_WORKER_CPU_S = 0.001  # a worker that used less CPU than this waited (I/O)
 _MIN_PROBE_SWITCHES = 4  # the shortest GIL reading, in switch intervals (a shorter one may fit
 # in the interval the spinner keeps the GIL before it must hand it over, and tells nothing)
-_SPIN_CAP_S = 0.5  # the spinner stops after this long even if the probe chunk runs on
+# The spinner stops after this long even if the probe chunk runs on (the reading covers that
+# window: the worker's CPU is read from its thread clock when the spinner stops). A function
+# that releases the GIL many times per item runs slowly against the spinner (each re-take waits
+# a switch interval): with 0.5 s, the demo's first epoch stalled 0.6 s on a batch of JPEGs.
+_SPIN_CAP_S = 0.1
 _SCHEDSTAT = "/proc/thread-self/schedstat"
 _STATUS = "/proc/thread-self/status"
 
@@ -102,6 +106,23 @@ def _spin(end: float, done: list[bool]) -> int:
     return n
 
 
+def _thread_clock(thread: threading.Thread) -> int | None:
+    """The CPU-time clock of ``thread`` (Linux), or None."""
+    try:
+        return time.pthread_getcpuclockid(thread.ident)  # type: ignore[arg-type]
+    except (AttributeError, OSError, TypeError):
+        return None
+
+
+def _clock_seconds(clock: int | None) -> float | None:
+    if clock is None:
+        return None
+    try:
+        return time.clock_gettime(clock)
+    except OSError:  # the thread has ended
+        return None
+
+
 def gil_blocked_fraction(
     work: Callable[[list[Any]], ChunkResult], values: list[Any]
 ) -> tuple[ChunkResult, float]:
@@ -128,14 +149,17 @@ def gil_blocked_fraction(
 
     thread = threading.Thread(target=target, name="aioloader-gil-probe", daemon=True)
     thread.start()  # started before the measurement: a thread's start-up is not the function's
+    clock = _thread_clock(thread)
     solo_started = perf_counter()
     solo_rate = _spin(solo_started + 0.002, [False]) / max(perf_counter() - solo_started, 1e-9)
     before = _schedstat()
     sleeps = _voluntary_switches()
     cpu_before = time.thread_time()
     started = perf_counter()
+    worker_before = _clock_seconds(clock)
     go.set()
     spins = _spin(started + _SPIN_CAP_S, done)
+    worker_after = _clock_seconds(clock) if not done[0] else None  # still running: its share so far
     wall = max(perf_counter() - started, 1e-9)
     on_cpu = time.thread_time() - cpu_before
     sleeps = _voluntary_switches() - sleeps
@@ -148,7 +172,10 @@ def gil_blocked_fraction(
         # not dilute it.
         # On-CPU time from the thread clock: schedstat's runs a scheduler tick behind.
         blocked_s = wall - on_cpu - (after[1] - before[1])
-        cpu = worker[0] if worker else 0.0
+        if worker_before is not None and worker_after is not None:
+            cpu = worker_after - worker_before
+        else:
+            cpu = worker[0] if worker else 0.0
         # A worker that hardly ran waited on I/O (it released the GIL); its wall time would not
         # tell, as a loaded machine keeps runnable threads waiting for a core.
         blocked = 0.0 if cpu < _MIN_WORKER_CPU_S else blocked_s / cpu
