@@ -10,6 +10,7 @@ import functools
 import inspect
 import math
 import numbers
+import pickle
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
@@ -36,6 +37,15 @@ def is_async_callable(fn: Callable[..., Any]) -> bool:
         return True
     call = getattr(fn, "__call__", None)  # noqa: B004 - callable objects with async __call__
     return call is not None and inspect.iscoroutinefunction(call)
+
+
+def is_picklable(obj: Any) -> bool:
+    """Whether ``obj`` can be pickled (to reach worker processes)."""
+    try:
+        pickle.dumps(obj)
+    except Exception:
+        return False
+    return True
 
 
 def check_callable(value: Any, argument: str) -> None:

@@ -23,11 +23,10 @@ not use up the attempts of the batch it is in.
 from __future__ import annotations
 
 import dataclasses
-import pickle
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from aioloader._spec import BatchSpec, MapSpec, StageSpec
+from aioloader._spec import BatchSpec, MapSpec, StageSpec, is_picklable
 from aioloader.collate import stack
 from aioloader.errors import annotate
 
@@ -78,14 +77,6 @@ class MapThenCollate:
         return f"MapThenCollate({self.fn!r}, {self.collate!r})"
 
 
-def _picklable(obj: Any) -> bool:
-    try:
-        pickle.dumps(obj)
-    except Exception:
-        return False
-    return True
-
-
 def _fusable(spec: MapSpec, batch: BatchSpec) -> bool:
     if spec.executor not in _POOLED or spec.is_async or spec.per_block or spec.seed is not None:
         return False
@@ -94,7 +85,7 @@ def _fusable(spec: MapSpec, batch: BatchSpec) -> bool:
     if spec.fused_batch is not None or batch.collate is members:
         return False
     # processes need the collate in the workers; a thread or inline run does not
-    return spec.executor == "thread" or _picklable(batch.collate or stack)
+    return spec.executor == "thread" or is_picklable(batch.collate or stack)
 
 
 def fuse_map_batch(specs: Sequence[StageSpec]) -> list[StageSpec]:

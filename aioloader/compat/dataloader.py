@@ -30,7 +30,6 @@ the two can be compared on the same data (on unshuffled data they yield equal ba
 from __future__ import annotations
 
 import logging
-import pickle
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from types import TracebackType
@@ -39,6 +38,7 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader, DistributedSampler, IterableDataset, get_worker_info
 
+from aioloader._spec import is_picklable
 from aioloader.collate import stack
 from aioloader.compat.config import DataLoaderConfig, optimal_num_workers
 from aioloader.compat.datasets import BaseDataset
@@ -61,14 +61,6 @@ def _is_indexable(dataset: Any) -> bool:
     if isinstance(dataset, IterableDataset):
         return False
     return hasattr(dataset, "__len__") and hasattr(dataset, "__getitem__")
-
-
-def _picklable(obj: Any) -> bool:
-    try:
-        pickle.dumps(obj)
-    except Exception:
-        return False
-    return True
 
 
 def _batch_len(batch: Any) -> int:
@@ -185,7 +177,7 @@ def _sample_stages(dataset: Any, config: DataLoaderConfig, workers: int) -> Load
         source, fn, executor = dataset.source, dataset.sample_fn, dataset.preferred_executor
     elif _is_indexable(dataset) and workers > 0:
         source, fn = range(len(dataset)), _Fetch(dataset)
-        executor = "process" if _picklable(fn) else "thread"
+        executor = "process" if is_picklable(fn) else "thread"
     else:
         source, fn, executor = dataset, None, "inline"
     if workers == 0:

@@ -14,7 +14,6 @@ from __future__ import annotations
 import io
 import numbers
 import os
-import pickle
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -24,6 +23,7 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
+from aioloader._spec import is_picklable
 from aioloader.compat.config import LoadingMode
 from aioloader.device import IMAGENET_MEAN, IMAGENET_STD
 from aioloader.errors import DataCorruptionError
@@ -66,14 +66,6 @@ def _image_size(value: Any) -> tuple[int, int]:
     if min(value) < 1:
         raise ValueError(f"image_size must be positive, got {value!r}")
     return int(value[0]), int(value[1])
-
-
-def _picklable(obj: Any) -> bool:
-    try:
-        pickle.dumps(obj)
-    except Exception:
-        return False
-    return True
 
 
 def _tensor(value: Any) -> torch.Tensor:
@@ -307,7 +299,7 @@ class TextDataset(BaseDataset):
         # Pure-Python tokenizers hold the GIL: processes, when the tokenizer can travel there
         # and the file is long enough to repay a pool's start (about a second per worker).
         big = mode != LoadingMode.STREAMING and len(self.source) >= PROCESS_MIN_LINES
-        self.preferred_executor = "process" if big and _picklable(sample_fn) else "auto"
+        self.preferred_executor = "process" if big and is_picklable(sample_fn) else "auto"
 
 
 class HDF5Dataset(BaseDataset):

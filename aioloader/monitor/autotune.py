@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import pickle
 import sys
 import threading
 import time
@@ -39,6 +38,8 @@ from time import perf_counter
 from typing import Any
 
 import psutil
+
+from aioloader._spec import is_picklable
 
 __all__ = [
     "INLINE_BELOW_S",
@@ -197,14 +198,6 @@ def gil_blocked_fraction(
     return result, max(0.0, blocked)
 
 
-def _picklable(obj: Any) -> bool:
-    try:
-        pickle.dumps(obj)
-    except Exception:
-        return False
-    return True
-
-
 def place(cost_s: float, holds_gil: bool | None, picklable: bool, can_process: bool) -> str:
     """The executor for a function costing ``cost_s`` per item: "inline", "thread" or "process"."""
     if cost_s < INLINE_BELOW_S:
@@ -269,7 +262,7 @@ class PlacementProbe:
 
     @classmethod
     def for_work(cls, work: Any, can_process: bool) -> PlacementProbe:
-        return cls(picklable=can_process and _picklable(work), can_process=can_process)
+        return cls(picklable=can_process and is_picklable(work), can_process=can_process)
 
     async def run(
         self, work: Callable[[list[Any]], ChunkResult], values: list[Any], timeout: float | None
