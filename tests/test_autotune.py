@@ -131,3 +131,23 @@ def test_concurrency_auto_runs_and_reports() -> None:
     assert 1 <= tuned["concurrency"] <= 64 and tuned["queue_depth"] >= 1
     with pytest.raises(TypeError, match="concurrency"):
         al.Loader.from_source([1]).map(trivial, concurrency="fast")
+
+
+class WarmsUp:
+    """Slow on its first two calls (a warm-up, like torch's first ops on a thread), then cheap."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def __call__(self, x: int) -> int:
+        self.calls += 1
+        if self.calls <= 2:
+            hashlib.sha256(_DATA).digest()  # ~0.7 ms
+        return x + 1
+
+
+def test_a_warm_up_does_not_decide_the_placement() -> None:
+    with al.Loader.from_source(list(range(256))).map(WarmsUp(), name="warm") as loader:
+        assert list(loader) == list(range(1, 257))
+        stage = _stage(loader.stats(), "warm")
+    assert stage["executor"] == "inline", stage["placement"]

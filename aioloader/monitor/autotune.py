@@ -60,8 +60,8 @@ _PROBES = 3  # the GIL probe is split in this many readings
 HOLDS_GIL_ABOVE = 0.25  # spinner blocked per worker CPU second that means the GIL is held
 _LONG_BLOCK = 0.2  # of the switch interval: the spinner's mean block when the worker holds the GIL
 _MOSTLY_HELD = 0.5  # blocked per worker CPU second that means the GIL is held, even in short stints
-_SHORT_ITEM_S = 250e-6  # below this, the cost is measured over several items
-_COST_ITEMS = 8
+_COST_ITEMS = 8  # the cost of an item is the median of this many calls, at most
+_COST_BUDGET_S = 0.005  # ... or of as many as fit in this time (two at least)
 _MIN_WORKER_CPU_S = 0.001  # a worker that used less CPU than this waited (I/O)
 _MIN_PROBE_SWITCHES = 4  # the shortest GIL reading, in switch intervals (a shorter one may fit
 # in the interval the spinner keeps the GIL before it must hand it over, and tells nothing)
@@ -267,12 +267,20 @@ class PlacementProbe:
     async def run(
         self, work: Callable[[list[Any]], ChunkResult], values: list[Any], timeout: float | None
     ) -> ChunkResult:
-        first = work(values[:1])
-        head = 1
-        if first[2] < _SHORT_ITEM_S and len(values) > 1:  # one short call is a noisy measure
-            head = min(len(values), _COST_ITEMS)
-            first = _merge([first, work(values[1:head])])
-        self.cost_s = first[2] / head
+        # Items one by one: the first calls may pay a warm-up (torch's first ops on a thread:
+        # 960 us, then 230 us, for a 90 us function, which sent it to threads or processes at
+        # a third of its inline speed or less), so the cost is the median of up to
+        # _COST_ITEMS calls, as many as fit in _COST_BUDGET_S (at least two).
+        parts = []
+        ends = perf_counter() + _COST_BUDGET_S
+        for index in range(min(len(values), _COST_ITEMS)):
+            parts.append(work(values[index : index + 1]))
+            if index >= 1 and perf_counter() > ends:
+                break
+        head = len(parts)
+        times = sorted(part[2] for part in parts)
+        self.cost_s = times[(len(times) - 1) // 2]  # the lower median: two calls give the smaller
+        first = _merge(parts)
         rest = values[head:]
         shortest = _MIN_PROBE_SWITCHES * sys.getswitchinterval()
         if self.cost_s < INLINE_BELOW_S or self.cost_s * len(rest) < shortest:
