@@ -433,26 +433,25 @@ class Tuner:
                 climb.best = rate
             else:  # it did not: go back and turn
                 self._apply(climb, climb.previous)
-                climb.direction = -climb.direction
-                climb.turns += 1
-                climb.previous = None
-                if climb.turns >= 2:
-                    climb.hold = HOLD_WINDOWS
-                    self._turn += 1
+                self._reverse(climb)
                 return
         else:
             climb.best = rate if climb.best is None else max(climb.best, rate)
         target = climb.limit + climb.direction
         if target < 1 or target > climb.maximum or (climb.direction > 0 and self._cpu_full()):
-            climb.direction = -climb.direction
-            climb.turns += 1
-            climb.previous = None
-            if climb.turns >= 2:
-                climb.hold = HOLD_WINDOWS
-                self._turn += 1
+            self._reverse(climb)
             return
         climb.previous = climb.limit
         self._apply(climb, target)
+
+    def _reverse(self, climb: _Climb) -> None:
+        """Turn the climb around; after two turns without a gain, hold for a while."""
+        climb.direction = -climb.direction
+        climb.turns += 1
+        climb.previous = None
+        if climb.turns >= 2:
+            climb.hold = HOLD_WINDOWS
+            self._turn += 1
 
     def _apply(self, climb: _Climb, limit: int) -> None:
         climb.limit = limit
