@@ -547,7 +547,9 @@ class Loader(Closing):
     def stats(self) -> dict[str, Any]:
         """Statistics of the current (or last) run, JSON-serialisable: per stage (``stages``)
         items in/out, rate, busy and utilization fractions, time waiting for input and for room
-        downstream, queue occupancy (mean, max, capacity), errors; overall samples/s, batches/s,
+        downstream, queue occupancy (mean, max, capacity), errors, and for ``executor="auto"`` the
+        ``placement`` (the decision, the measured cost per item, the GIL reading and the epoch
+        that decided it; later epochs keep that decision); overall samples/s, batches/s,
         time to first batch, ``memory`` (RSS summed over this process and its worker processes,
         percent of the machine), ``cpu_percent``, the ``consumer``'s wait, ``bottleneck`` (the
         stage the rest waits for, or ``"consumer"``), skipped ``errors`` and a ``timeline``

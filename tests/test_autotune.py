@@ -90,9 +90,12 @@ def test_auto_places_a_gil_holding_picklable_function_in_processes() -> None:
         assert [int(x) for b in loader for x in b] == list(range(192))
         stage = _stage(loader.stats(), "map(holds_gil)")
         assert stage["executor"] == "process", stage["placement"]
-        # the decision sticks for the next epoch
+        assert stage["placement"]["decision"] == "process" and stage["placement"]["epoch"] == 0
+        # the decision sticks for the next epoch, and stats still show what decided it
         assert len(list(loader)) == 12
-        assert _stage(loader.stats(), "map(holds_gil)")["executor"] == "process"
+        later = _stage(loader.stats(), "map(holds_gil)")
+        assert later["executor"] == "process"
+        assert later["placement"] == stage["placement"]
 
 
 def test_auto_keeps_an_unpicklable_gil_holder_in_threads() -> None:

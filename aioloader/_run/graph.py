@@ -14,6 +14,7 @@ from typing import Any, Protocol
 
 from aioloader._run.block import Block
 from aioloader._run.channel import Channel, EndOfChannel
+from aioloader._run.decisions import Decisions
 from aioloader._run.fusion import fuse_map_batch
 from aioloader._run.stages.batch import BatchStage
 from aioloader._run.stages.filter import FilterStage
@@ -46,7 +47,6 @@ DEFAULT_DEPTH = 2
 SAMPLE_DEPTH = 4
 DEFAULT_BLOCK = 64
 MAX_CHUNK_BLOCK = 1 << 16
-_STARTED = "source:one-shot-started"  # runtime flag: a one-shot iterator was iterated
 MAX_BLOCK = 1024
 
 
@@ -122,7 +122,7 @@ class Run:
         self,
         pipeline: Pipeline,
         epoch: int,
-        decisions: dict[str, str],
+        decisions: Decisions,
         sink: Any = None,
         runtime: Any = None,
         resume: ResumePoint | None = None,
@@ -158,7 +158,7 @@ class Run:
         self._build(pipeline, decisions, sink)
 
     # -- building --------------------------------------------------------------------------
-    def _build(self, pipeline: Pipeline, decisions: dict[str, str], sink: Any) -> None:
+    def _build(self, pipeline: Pipeline, decisions: Decisions, sink: Any) -> None:
         block = block_size_for(pipeline)
         source = pipeline.source
         expected: int | None = None
@@ -174,13 +174,13 @@ class Run:
         else:
             if source.one_shot:
                 # A second run would silently lose what the first one read ahead of the consumer.
-                if decisions.get(_STARTED):
+                if decisions.one_shot_started:
                     raise ValueError(
                         "the source is a one-shot iterator (an iterator or generator object) and "
                         "can be iterated once; pass a re-iterable (a list, a Dataset, an object "
                         "whose __iter__ starts over) to run several epochs"
                     )
-                decisions[_STARTED] = "yes"
+                decisions.one_shot_started = True
             stage_type = AsyncIterSource if isinstance(source, AsyncIterableSource) else IterSource
             self.stages.append(
                 stage_type(
@@ -223,7 +223,7 @@ class Run:
         last.output = self.output
         last.stats.output = self.output
 
-    def _make_stage(self, spec: StageSpec, decisions: dict[str, str], expected: int | None) -> Stage:
+    def _make_stage(self, spec: StageSpec, decisions: Decisions, expected: int | None) -> Stage:
         if isinstance(spec, MapSpec):
             return MapStage(
                 spec,

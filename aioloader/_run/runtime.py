@@ -9,6 +9,7 @@ import threading
 from typing import Any, Protocol
 
 from aioloader._run.bridge import STOP_TIMEOUT_S, LoopThread
+from aioloader._run.decisions import Decisions
 from aioloader._run.graph import Run
 
 
@@ -19,7 +20,7 @@ class Closable(Protocol):
 class Runtime:
     def __init__(self) -> None:
         self.next_epoch = 0
-        self.decisions: dict[str, str] = {}
+        self.decisions = Decisions()
         self.resources: dict[str, Closable] = {}
         self.last_run: Run | None = None
         self.pending_resume: Any = None  # a ResumePoint for the next run (load_state_dict)

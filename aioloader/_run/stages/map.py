@@ -20,6 +20,7 @@ from typing import Any
 
 from aioloader._run.block import Block
 from aioloader._run.channel import Channel, EndOfChannel
+from aioloader._run.decisions import Decisions
 from aioloader._run.executors import (
     FAILED,
     AsyncExecutor,
@@ -71,7 +72,7 @@ class MapStage:
         spec: MapSpec,
         *,
         errors: ErrorLog,
-        decisions: dict[str, str],
+        decisions: Decisions,
         expected_items: int | None = None,
         executor: Executor | None = None,
         epoch: int = 0,
@@ -81,6 +82,7 @@ class MapStage:
         is one of its resources, so it outlives the run)."""
         self.spec = spec
         self._runtime = runtime
+        self._epoch = epoch
         self.name = spec.name
         self.input: Channel
         self.output: Channel
@@ -103,6 +105,8 @@ class MapStage:
         self._executor: Executor = executor or self._make_executor(kind)
         self.stats = StageStats(spec.name, workers=self._executor.workers, executor=kind)
         self.stats.fused = spec.fused_batch
+        if spec.executor == "auto":  # a decision from an earlier epoch: show what decided it
+            self.stats.placement = decisions.placement(spec.name)
 
     # -- executor choice -------------------------------------------------------------------
     def _initial_kind(self) -> str:
@@ -111,7 +115,7 @@ class MapStage:
             return "async"
         if spec.executor == "auto":
             # A decision made in an earlier epoch sticks; otherwise start inline and measure.
-            return self._decisions.get(spec.name, "auto" if spec.timeout is None else "thread")
+            return self._decisions.executor(spec.name) or ("auto" if spec.timeout is None else "thread")
         return spec.executor
 
     def _make_executor(self, kind: str) -> Executor:
@@ -172,11 +176,11 @@ class MapStage:
             probe = await self._probe_more(probe)
         if probe is not None:
             kind = probe.decision
-            self.stats.placement = probe.describe()
+            self.stats.placement = {**probe.describe(), "epoch": self._epoch}
         else:
             per_item = self._cost_per_item or 0.0
             kind = "thread" if per_item > _AUTO_THREAD_ABOVE_S else "inline"
-        self._decisions[self.spec.name] = kind
+        self._decisions.decide(self.spec.name, kind, self.stats.placement)
         self._executor = self._make_executor(kind)
         self.stats.workers = self._executor.workers
         self.stats.executor = kind

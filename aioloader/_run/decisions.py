@@ -1,0 +1,25 @@
+"""What a Loader remembers from one run to the next: the executor each ``executor="auto"``
+stage settled on, with the measurements that decided it, and whether a one-shot source has
+already been iterated."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass
+class Decisions:
+    executors: dict[str, str] = field(default_factory=dict)  # stage name -> executor kind
+    placements: dict[str, dict[str, Any] | None] = field(default_factory=dict)  # what decided it
+    one_shot_started: bool = False  # a one-shot iterator source was iterated by an earlier run
+
+    def executor(self, stage: str) -> str | None:
+        return self.executors.get(stage)
+
+    def decide(self, stage: str, kind: str, placement: dict[str, Any] | None) -> None:
+        self.executors[stage] = kind
+        self.placements[stage] = placement
+
+    def placement(self, stage: str) -> dict[str, Any] | None:
+        return self.placements.get(stage)
