@@ -61,10 +61,9 @@ def test_gil_probe_tells_holding_from_releasing() -> None:
 
 
 async def test_probe_keeps_every_result_in_order() -> None:
-    probe = PlacementProbe(picklable=True, can_process=True)
-    results, failures, busy = await probe.run(
-        functools.partial(apply_items, releases_gil), list(range(90)), None
-    )
+    work = functools.partial(apply_items, releases_gil)
+    probe = PlacementProbe(work, can_process=True)
+    results, failures, busy = await probe.run(work, list(range(90)), None)
     assert results == list(range(90)) and failures == [] and busy > 0
     assert probe.decision == "thread", probe.describe()
     json.dumps(probe.describe())
@@ -154,3 +153,32 @@ def test_a_warm_up_does_not_decide_the_placement() -> None:
         assert list(loader) == list(range(1, 257))
         stage = _stage(loader.stats(), "warm")
     assert stage["executor"] == "inline", stage["placement"]
+
+
+class CountsPickling:
+    """A dataset that counts how often it is pickled (a big dataset would pay for each time)."""
+
+    pickled = 0
+
+    def __len__(self) -> int:
+        return 512
+
+    def __getitem__(self, index: int) -> int:
+        if not 0 <= index < 512:
+            raise IndexError(index)
+        return index
+
+    def __reduce__(self) -> tuple:
+        type(self).pickled += 1
+        return (CountsPickling, ())
+
+
+def test_auto_does_not_pickle_what_it_will_not_send_to_processes() -> None:
+    """The read stage of a Dataset is placed by auto; reading is cheap, so it stays inline and
+    the dataset (which the read function holds) is never pickled to check it could travel."""
+    CountsPickling.pickled = 0
+    with al.Loader.from_source(CountsPickling()).map(trivial).batch(64) as loader:
+        assert [int(x) for b in loader for x in b] == list(range(1, 513))
+        stages = loader.stats()["stages"]
+    assert all(s["executor"] == "inline" for s in stages if s["placement"]), stages
+    assert CountsPickling.pickled == 0

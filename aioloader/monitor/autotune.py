@@ -253,16 +253,20 @@ class PlacementProbe:
     kind = "auto"
     workers = 1
 
-    def __init__(self, *, picklable: bool, can_process: bool) -> None:
-        self._picklable = picklable
+    def __init__(self, work: Any, *, can_process: bool) -> None:
+        self._work = work
         self._can_process = can_process
         self.decision = "inline"
         self.cost_s = 0.0
         self.blocked: float | None = None
 
-    @classmethod
-    def for_work(cls, work: Any, can_process: bool) -> PlacementProbe:
-        return cls(picklable=can_process and is_picklable(work), can_process=can_process)
+    def _place(self, holds_gil: bool | None) -> str:
+        # Pickling is checked only when processes would be chosen: the work may hold the whole
+        # dataset (a read stage over a torch Dataset of 5M strings took 1.6 s to pickle).
+        decision = place(self.cost_s, holds_gil, True, self._can_process)
+        if decision == "process" and not is_picklable(self._work):
+            decision = place(self.cost_s, holds_gil, False, self._can_process)
+        return decision
 
     async def run(
         self, work: Callable[[list[Any]], ChunkResult], values: list[Any], timeout: float | None
@@ -286,7 +290,7 @@ class PlacementProbe:
         if self.cost_s < INLINE_BELOW_S or self.cost_s * len(rest) < shortest:
             # Too cheap to move, or too little work in the block for a GIL reading that means
             # anything: placed by cost alone (a cheap function stays inline).
-            self.decision = place(self.cost_s, None, self._picklable, self._can_process)
+            self.decision = self._place(None)
             return _merge([first, work(rest)]) if rest else first
         count = max(1, min(len(rest), int(PROBE_S / max(self.cost_s, 1e-9))))
         parts = [first]
@@ -298,7 +302,7 @@ class PlacementProbe:
             readings.append(blocked)
         self.blocked = sorted(readings)[len(readings) // 2]
         holds_gil = self.blocked > HOLDS_GIL_ABOVE
-        self.decision = place(self.cost_s, holds_gil, self._picklable, self._can_process)
+        self.decision = self._place(holds_gil)
         if rest[count:]:
             parts.append(await _in_thread(work, rest[count:]))
         return _merge(parts)

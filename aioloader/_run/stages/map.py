@@ -168,7 +168,7 @@ class MapStage:
             return False
         probe = None
         if not self.spec.per_block:
-            probe = PlacementProbe.for_work(self._work, can_process=self._runtime is not None)
+            probe = PlacementProbe(self._work, can_process=self._runtime is not None)
             self._executor = probe
         await self._forward(await self._process(block))
         if probe is not None and probe.blocked is None and probe.cost_s > THREAD_ABOVE_S:
@@ -199,7 +199,7 @@ class MapStage:
                 break
         if not blocks:
             return first
-        probe = PlacementProbe.for_work(self._work, can_process=self._runtime is not None)
+        probe = PlacementProbe(self._work, can_process=self._runtime is not None)
         self._executor = probe
         await self._forward(await self._process(_join(blocks)))
         return probe
