@@ -192,6 +192,44 @@ def compare(
     return results
 
 
+def _measure_in_child(
+    name: str, factory: Callable[..., Iterable[Any]], args: tuple[Any, ...], conn: Any
+) -> None:
+    iterable = factory(*args)
+    try:
+        conn.send(measure_once(name, lambda: iterable))
+    finally:
+        close = getattr(iterable, "close", None)
+        if close is not None:
+            close()
+        conn.close()
+
+
+def compare_isolated(
+    contenders: list[tuple[str, Callable[..., Iterable[Any]], tuple[Any, ...]]],
+) -> list[Result]:
+    """Each contender measured once in a fresh spawned process: ``factory(*args)`` (a
+    module-level function, so it can be pickled) builds its data and returns the iterable. What
+    an earlier contender allocated cannot count in a later one's peak memory (malloc keeps freed
+    heap in the process it ran in)."""
+    import multiprocessing
+
+    context = multiprocessing.get_context("spawn")
+    results = []
+    for name, factory, args in contenders:
+        receive, send = context.Pipe(duplex=False)
+        child = context.Process(target=_measure_in_child, args=(name, factory, args, send))
+        child.start()
+        send.close()
+        try:
+            results.append(receive.recv())
+        except EOFError:
+            child.join()
+            raise RuntimeError(f"bench contender {name!r} died (exit code {child.exitcode})") from None
+        child.join()
+    return results
+
+
 def table(title: str, results: list[Result], baselines: list[str]) -> str:
     """A markdown table; one ratio column per baseline (aioloader / baseline, higher is better)."""
     by_name = {r.name: r for r in results}

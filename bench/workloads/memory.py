@@ -6,17 +6,19 @@ the processes (PSS, shared pages counted once) grows with the workers. aioloader
 dataset in the parent (no copy), or ships only the items to spawned worker processes
 (``executor="process"``), which never hold the dataset. Peak PSS summed over the process tree.
 
-The contenders run one after another in this process, and memory freed by one is not all given
-back to the system (malloc keeps it), so a contender's peak includes part of the earlier ones'
-heap; the process pool, which lives until the end, runs last.
+Each contender runs once in a fresh process that builds its own copy of the dataset, so memory
+that malloc kept from an earlier contender cannot count in a later one's peak.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+from typing import Any
+
 from torch.utils.data import DataLoader, Dataset
 
 import aioloader as al
-from bench.harness import best_ratio, compare, table
+from bench.harness import best_ratio, compare_isolated, table
 
 BATCH = 256
 
@@ -42,42 +44,37 @@ def char_count(text: str) -> int:
     return len(text)
 
 
+def make_contender(kind: str, n: int) -> Iterable[Any]:
+    """Contender ``kind`` over a fresh dataset of ``n`` strings (run in its own process)."""
+    dataset = Strings(n)
+    if kind.startswith("torch"):
+        return DataLoader(dataset, batch_size=BATCH, num_workers=int(kind[-1]), collate_fn=as_list)
+    loader = al.Loader.from_source(dataset)
+    if kind == "inline":
+        loader = loader.map(char_count, executor="inline")
+    elif kind == "auto":
+        loader = loader.map(char_count)
+    elif kind == "processes":
+        loader = loader.map(char_count, executor="process", concurrency=2)
+    return loader.batch(BATCH, collate=al.collate.as_list)
+
+
+CONTENDERS = [
+    ("torch DL w=0", "torch0"),
+    ("torch DL w=2", "torch2"),
+    ("aioloader in-process", "in-process"),
+    ("aioloader inline (map len)", "inline"),
+    ("aioloader auto (map len)", "auto"),
+    ("aioloader processes=2 (map len)", "processes"),
+]
+
+
 def run(quick: bool = False) -> str:
     n = 1_000_000 if quick else 5_000_000
-    dataset = Strings(n)
-    in_process = al.Loader.from_source(dataset).batch(BATCH, collate=al.collate.as_list)
-    processes = (
-        al.Loader.from_source(dataset)
-        .map(char_count, executor="process", concurrency=2)
-        .batch(BATCH, collate=al.collate.as_list)
-    )
-    inline = (
-        al.Loader.from_source(dataset)
-        .map(char_count, executor="inline")
-        .batch(BATCH, collate=al.collate.as_list)
-    )
-    auto = al.Loader.from_source(dataset).map(char_count).batch(BATCH, collate=al.collate.as_list)
-
-    def torch_loader(workers: int, fn: bool = False) -> DataLoader:
-        return DataLoader(dataset, batch_size=BATCH, num_workers=workers, collate_fn=as_list)
-
-    contenders = [
-        ("torch DL w=0", lambda: torch_loader(0)),
-        ("torch DL w=2", lambda: torch_loader(2)),
-        ("aioloader in-process", lambda: iter(in_process)),
-        ("aioloader inline (map len)", lambda: iter(inline)),
-        ("aioloader auto (map len)", lambda: iter(auto)),
-        # last: its worker pool lives until the end and would count in the ones after it
-        ("aioloader processes=2 (map len)", lambda: iter(processes)),
-    ]
-    try:
-        results = compare(contenders, rounds=1)
-    finally:
-        for loader in (in_process, processes, inline, auto):
-            loader.close()
+    results = compare_isolated([(name, make_contender, (kind, n)) for name, kind in CONTENDERS])
     lines = [
         table(
-            f"memory: {n:,} Python strings, batch {BATCH}, one epoch",
+            f"memory: {n:,} Python strings, batch {BATCH}, one epoch, each loader in a fresh process",
             results,
             ["torch DL w=0", "torch DL w=2"],
         ),
