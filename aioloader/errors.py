@@ -70,3 +70,10 @@ def annotate(exc: BaseException, stage: str, key: Any) -> BaseException:
         except (AttributeError, TypeError):  # exceptions with slots or read-only attributes
             pass
     return exc
+
+
+def stopped_early(fn: Any) -> RuntimeError:
+    """The error for a function that raised ``StopIteration``: ``map`` would take it for the end
+    of its input and drop the rest silently, so it fails the sample instead (as PEP 479 does for
+    generators)."""
+    return RuntimeError(f"{fn!r} raised StopIteration, which a per-sample function must not raise")

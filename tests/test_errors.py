@@ -211,3 +211,58 @@ async def test_async_timeout_is_retried_then_skipped():
         assert [x async for x in loader] == [0, 1, 3, 4]
     assert attempts[2] == 2
     assert loader.stats()["errors"][0]["type"] == "StageTimeoutError"
+
+
+def stops_at_13(x: int) -> int:
+    """A per-sample function that lets a StopIteration escape (``next()`` on an empty iterator)."""
+    if x == 13:
+        next(iter(()))
+    return x
+
+
+class PathError(Exception):
+    """An exception with a custom constructor: pickles, but cannot be unpickled."""
+
+    def __init__(self, path: str, reason: str) -> None:
+        super().__init__(f"{path}: {reason}")
+
+
+def path_error_at_13(x: int) -> int:
+    if x == 13:
+        raise PathError(f"/data/{x}", "unreadable")
+    return x
+
+
+@pytest.mark.parametrize("executor", ["inline", "thread", "process"])
+@pytest.mark.parametrize("fused", [False, True])
+def test_a_stop_iteration_from_fn_fails_its_sample_and_loses_nothing(executor, fused):
+    """map() would take a StopIteration from fn for the end of its input and drop the rest of
+    the chunk silently; it must fail the sample, named, like any other exception."""
+    loader = al.Loader.from_source(range(40)).map(stops_at_13, executor=executor, name="m")
+    if not fused:
+        loader = loader.filter(lambda x: True)  # nothing between map and batch: fusion applies
+    with loader.batch(8) as loader, pytest.raises(RuntimeError, match="StopIteration") as info:
+        list(loader)
+    assert info.value.stage == "m" and info.value.key == 13
+
+
+@pytest.mark.parametrize("executor", ["thread", "process"])
+def test_a_stop_iteration_under_skip_drops_only_that_sample(executor):
+    loader = al.Loader.from_source(range(40)).map(
+        stops_at_13, executor=executor, on_error="skip", max_failures=1
+    )
+    with loader.batch(8) as loader:
+        got = [int(x) for batch in loader for x in batch]
+        errors = loader.stats()["errors"]
+    assert got == [x for x in range(40) if x != 13]
+    assert [e["key"] for e in errors] == [13]
+
+
+@pytest.mark.parametrize("fused", [False, True])
+def test_an_unpicklable_worker_exception_still_names_the_sample_key(fused):
+    loader = al.Loader.from_source(range(40)).map(path_error_at_13, executor="process", name="m")
+    if not fused:
+        loader = loader.filter(lambda x: True)
+    with loader.batch(8) as loader, pytest.raises(RuntimeError, match="PathError") as info:
+        list(loader)
+    assert info.value.stage == "m" and info.value.key == 13

@@ -16,6 +16,8 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from aioloader.errors import stopped_early
+
 FAILED: Any = object()
 ChunkResult = tuple[list[Any], list[tuple[int, BaseException]], float]
 
@@ -41,10 +43,12 @@ def apply_items(fn: Callable[[Any], Any], values: list[Any]) -> ChunkResult:
     while True:
         try:
             results.extend(remaining)
-            break
+            if len(results) == len(values):
+                break
+            failures.append((len(results), stopped_early(fn)))  # fn raised StopIteration
         except Exception as exc:
             failures.append((len(results), exc))
-            results.append(FAILED)
+        results.append(FAILED)
     return results, failures, perf_counter() - started
 
 

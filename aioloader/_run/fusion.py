@@ -28,7 +28,7 @@ from typing import Any
 
 from aioloader._spec import BatchSpec, MapSpec, StageSpec, is_picklable
 from aioloader.collate import stack
-from aioloader.errors import annotate
+from aioloader.errors import annotate, stopped_early
 
 __all__ = ["MapThenCollate", "fuse_map_batch", "members"]
 
@@ -62,6 +62,8 @@ class MapThenCollate:
             out.extend(map(fn, values))
         except Exception as exc:
             raise annotate(exc, self.map_name, keys[len(out)]) from None
+        if len(out) < len(values):  # fn raised StopIteration, which ended the map
+            raise annotate(stopped_early(fn), self.map_name, keys[len(out)])
         if raw and raw[0]:
             return out
         return self.collate_named(out, keys)

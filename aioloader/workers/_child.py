@@ -43,7 +43,19 @@ def _portable(exc: BaseException) -> BaseException:
         plain = RuntimeError(f"{type(exc).__qualname__}: {exc} (the original exception cannot be pickled)")
         for note in getattr(exc, "__notes__", []):
             plain.add_note(note)
+        for name in ("stage", "key", "_aioloader_annotated"):  # what annotate() named, if it can travel
+            value = getattr(exc, name, None)
+            if value is not None and _travels(value):
+                setattr(plain, name, value)
         return plain
+
+
+def _travels(value: Any) -> bool:
+    try:
+        pickle.loads(pickle.dumps(value))
+    except Exception:
+        return False
+    return True
 
 
 def _watch_lifeline(fd: int, arena: list[SegmentArena]) -> None:

@@ -359,6 +359,8 @@ class MapStage:
             results = [FAILED] * len(values)
             failures = [(timeout.index, self._timeout_error(chunk.keys[timeout.index]))]
             busy = self.spec.timeout or 0.0
+        if len(results) != len(values):  # a lost or invented sample must never pass silently
+            raise RuntimeError(f"stage {self.name!r}: {len(results)} results for {len(values)} inputs")
         self.stats.busy_s += busy
         if len(values):
             cost = busy / len(values)
