@@ -424,11 +424,13 @@ class Loader(Closing):
                 else:
                     yield from observer.hand_out(_hand_out(run, block), block.keys)
                 asked = perf_counter()
-            if holder:
+            if holder and not holder[0].cancelled:  # a close() mid-epoch leaves it incomplete
                 holder[0].completed = True
         finally:
-            if holder and holder[0].ended is None:
-                holder[0].ended = perf_counter()
+            if holder:
+                holder[0].release_error()
+                if holder[0].ended is None:
+                    holder[0].ended = perf_counter()
             if observer is not None:
                 observer.close()
 
@@ -446,7 +448,7 @@ class Loader(Closing):
                 try:
                     block = await run.next_block()
                 except StopAsyncIteration:
-                    run.completed = True
+                    run.completed = not run.cancelled
                     return
                 finally:
                     run.consumer_wait_s += perf_counter() - asked
@@ -454,6 +456,7 @@ class Loader(Closing):
                 for value in values if observer is None else observer.hand_out(values, block.keys):
                     yield value
         finally:
+            run.release_error()
             if run.ended is None:
                 run.ended = perf_counter()
             if observer is not None:

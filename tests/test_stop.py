@@ -13,6 +13,7 @@ import subprocess
 import sys
 import textwrap
 import threading
+import weakref
 
 import pytest
 
@@ -196,3 +197,81 @@ async def _aenumerate(aiterable):
     async for item in aiterable:
         yield i, item
         i += 1
+
+
+def fails_at_5(x: int) -> int:
+    if x == 5:
+        raise ValueError("bug in my transform")
+    return x
+
+
+@pytest.mark.parametrize("executor", ["thread", "process"])
+def test_a_failed_epoch_does_not_keep_an_unclosed_loader_alive(executor):
+    """A notebook re-runs a cell whose loop failed, without ``with`` or close(): the error's
+    traceback holds the Loader's frame, and must not keep it (and its pool) alive once the
+    user drops both."""
+    before = {t for t in threading.enumerate() if t.name.startswith("aioloader")}
+    loader = al.Loader.from_source(list(range(64))).map(fails_at_5, executor=executor, concurrency=2)
+    loader = loader.batch(8)
+    alive = weakref.ref(loader)
+    with pytest.raises(ValueError, match="bug in my transform"):
+        for _ in loader:
+            pass
+    del loader
+    gc.collect()
+    assert alive() is None
+    assert not wait_threads_gone(before)  # the no_leaks fixture checks the worker processes
+
+
+async def test_a_failed_async_epoch_does_not_keep_an_unclosed_loader_alive():
+    loader = al.Loader.from_source(list(range(64))).map(fails_at_5, executor="thread").batch(8)
+    alive = weakref.ref(loader)
+    with pytest.raises(ValueError, match="bug in my transform"):
+        async for _ in loader:
+            pass
+    del loader
+    gc.collect()
+    assert alive() is None
+
+
+def test_close_from_another_thread_mid_epoch_leaves_the_epoch_incomplete():
+    """close() ends the consumer's loop quietly, hands it nothing more, and state_dict()
+    resumes after the last batch it received: a preemption handler that closes and then
+    saves the state loses nothing."""
+    loader = al.Loader.from_source(range(10_000)).map(lambda x: x, executor="thread").batch(10)
+    received: list[int] = []
+    states: list[dict] = []
+    closed = threading.Event()
+
+    def consume():
+        for batch in loader:
+            received.extend(int(x) for x in batch)
+            if len(received) == 50:
+                threading.Thread(target=lambda: (loader.close(), closed.set())).start()
+                assert closed.wait(10)
+        states.append(loader.state_dict())
+
+    consumer = threading.Thread(target=consume)
+    consumer.start()
+    consumer.join(20)
+    assert not consumer.is_alive()
+    assert received == list(range(50))
+    assert (states[0]["epoch"], states[0]["position"]) == (0, 50)
+    fresh = al.Loader.from_source(range(10_000)).map(lambda x: x, executor="thread").batch(10)
+    with fresh:
+        fresh.load_state_dict(states[0])
+        rest = [int(x) for batch in fresh for x in batch]
+    assert received + rest == list(range(10_000))
+    loader.close()
+
+
+async def test_async_close_mid_epoch_leaves_the_epoch_incomplete():
+    loader = al.Loader.from_source(range(1000)).batch(2)
+    count = 0
+    async for _ in loader:
+        count += 1
+        if count == 2:
+            await loader.aclose()
+    assert count == 2
+    state = loader.state_dict()
+    assert (state["epoch"], state["position"]) == (0, 4)

@@ -111,6 +111,7 @@ class Handoff:
         self._taken = 0  # written by the consumer only
         self._room: asyncio.Future[None] | None = None
         self._closed = False
+        self.aborted = False
         self.finished = threading.Event()
         self.put_wait_s = 0.0
         self.get_wait_s = 0.0
@@ -187,7 +188,13 @@ class Handoff:
             self._flush_timer = self._loop.call_later(FLUSH_AFTER_S, self._flush)
 
     def close(self) -> None:
-        """The end of the stream (or of the run, stopped by ``Loader.close()``)."""
+        """The end of the stream: the consumer takes what is queued, then sees the end."""
+        self.fail(_END)
+
+    def abort(self) -> None:
+        """The run was stopped (``Loader.close()``): the consumer sees the end at once and
+        takes nothing more, so what it was handed is what the run's state counts."""
+        self.aborted = True
         self.fail(_END)
 
     def fail(self, exc: BaseException | Any) -> None:
@@ -203,6 +210,8 @@ class Handoff:
     # consumer half (any thread)
     def get(self) -> Any:
         item = self._queue.get()
+        if self.aborted:
+            return _END
         self._taken += 1
         room = self._room
         if room is not None and self._put - self._taken <= self._low_water:

@@ -138,6 +138,7 @@ class Run:
         self.current_block: Block | None = None  # the block the consumer is taking items from
         self.current_count = 0  # how many items of it the consumer has received
         self.completed = False  # the consumer reached the end of the epoch
+        self.cancelled = False  # stopped by Loader.close(): the epoch is not complete
         self.epoch_length: int | None = None  # this rank's keys in the epoch (indexable sources)
         self.runtime = runtime
         self.errors = ErrorLog()
@@ -281,13 +282,29 @@ class Run:
         await asyncio.gather(*self._tasks, return_exceptions=True)
 
     def cancel(self) -> None:
-        """Stop the run from outside (``Loader.close()``): the consumer sees a quiet end."""
+        """Stop the run from outside (``Loader.close()``): the consumer sees a quiet end at
+        once, takes no more of what was queued, and the epoch is not complete, so
+        ``state_dict()`` resumes after the last batch it was handed."""
+        self.cancelled = True
         for task in self._tasks:
             task.cancel()
-        self.output.close()
+        abort = getattr(self.output, "abort", None)
+        if abort is not None:
+            abort()
+        else:
+            self.output.close()
+
+    def release_error(self) -> None:
+        """The consumer has the run's error now: drop this reference to it. The error's
+        traceback holds the consumer's frames, the Loader's among them, and the Loader's
+        finalizer reaches this run through the Runtime, so keeping the error would keep the
+        Loader alive, and with it its loop thread and worker processes."""
+        self._error = None
 
     async def next_block(self) -> Block:
         """The next output block; ``StopAsyncIteration`` at the end; the run's error if it failed."""
+        if self.cancelled:
+            raise StopAsyncIteration
         try:
             block = await self.output.get()
         except EndOfChannel:
