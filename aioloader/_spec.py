@@ -48,6 +48,13 @@ def is_picklable(obj: Any) -> bool:
     return True
 
 
+def check_bool(value: Any, argument: str) -> bool:
+    """``value`` as a bool, refusing anything else (``drop_last="no"`` would be truthy)."""
+    if isinstance(value, bool) or type(value).__name__ == "bool_":  # numpy's bool too
+        return bool(value)
+    raise TypeError(f"{argument} must be a bool, got {type(value).__name__}: {value!r}")
+
+
 def check_callable(value: Any, argument: str) -> None:
     if not callable(value):
         raise TypeError(f"{argument} must be callable, got {type(value).__name__}: {value!r}")
@@ -157,8 +164,7 @@ def make_map_spec(
     check_choice(executor, "executor", EXECUTORS)
     if concurrency is not None:
         check_positive_int(concurrency, "concurrency")
-    if not isinstance(ordered, bool):
-        raise TypeError(f"ordered must be a bool, got {ordered!r}")
+    check_bool(ordered, "ordered")
     check_choice(on_error, "on_error", ON_ERROR)
     check_max_failures(max_failures)
     check_positive_int(retries, "retries", minimum=0)

@@ -29,6 +29,7 @@ from aioloader._spec import (
     SourceSpec,
     StageSpec,
     UnbatchSpec,
+    check_bool,
     check_callable,
     check_choice,
     check_positive_int,
@@ -194,7 +195,7 @@ class Loader(Closing):
         check_positive_int(size, "size")
         if collate is not None:
             check_callable(collate, "collate")
-        return self._then(BatchSpec("batch", size, collate, bool(drop_last)))
+        return self._then(BatchSpec("batch", size, collate, check_bool(drop_last, "drop_last")))
 
     def unbatch(self) -> Loader:
         """Split batches back into items."""

@@ -17,7 +17,7 @@ from time import perf_counter
 from typing import Any, ClassVar
 
 from aioloader._run.stages._grouping import GroupStage, unknown_length
-from aioloader._spec import StageSpec, check_callable, check_positive_int
+from aioloader._spec import StageSpec, check_bool, check_callable, check_positive_int
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,4 +102,4 @@ def bucket_spec(
     check_callable(length, "length")
     if collate is not None:
         check_callable(collate, "collate")
-    return BucketSpec("bucket", bounds, sizes, length, collate, bool(drop_last))
+    return BucketSpec("bucket", bounds, sizes, length, collate, check_bool(drop_last, "drop_last"))

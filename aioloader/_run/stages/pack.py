@@ -33,7 +33,7 @@ import torch
 
 from aioloader._run.block import Block
 from aioloader._run.stages._grouping import GroupStage, unknown_length
-from aioloader._spec import StageSpec, check_positive_int
+from aioloader._spec import StageSpec, check_bool, check_positive_int
 from aioloader.errors import DataFormatError, annotate
 
 
@@ -176,4 +176,12 @@ def pack_spec(
         raise TypeError(f"split_documents must be a bool, got {split_documents!r}")
     if isinstance(pad_value, bool) or not isinstance(pad_value, numbers.Integral):
         raise TypeError(f"pad_value must be an int (a token id), got {pad_value!r}")
-    return PackSpec("pack", seq_len, batch_size, field, split_documents, int(pad_value), bool(drop_last))
+    return PackSpec(
+        "pack",
+        seq_len,
+        batch_size,
+        field,
+        split_documents,
+        int(pad_value),
+        check_bool(drop_last, "drop_last"),
+    )
