@@ -39,13 +39,47 @@ def is_async_callable(fn: Callable[..., Any]) -> bool:
     return call is not None and inspect.iscoroutinefunction(call)
 
 
-def is_picklable(obj: Any) -> bool:
-    """Whether ``obj`` can be pickled (to reach worker processes)."""
+class InteractiveMainError(pickle.PicklingError):
+    """Pickled by name from a ``__main__`` that spawned workers cannot import."""
+
+
+class _ForWorkers(pickle.Pickler):
+    """A pickler that also refuses what a spawned worker could not import: a function or class
+    of a ``__main__`` that has no file (Jupyter, ``python -c``, stdin). Pickle saves those by
+    name, which succeeds here and fails in the worker."""
+
+    def reducer_override(self, obj: Any) -> Any:
+        if (inspect.isfunction(obj) or isinstance(obj, type)) and obj.__module__ == "__main__":
+            import os
+            import sys
+
+            main_file = getattr(sys.modules.get("__main__"), "__file__", None)
+            if main_file is None or not os.path.isfile(main_file):  # None, or "<stdin>"
+                raise InteractiveMainError(
+                    f"{obj.__qualname__!r} is defined in an interactive __main__ (a notebook, "
+                    "python -c or stdin), which worker processes cannot import; define it in a "
+                    "module (a .py file) and import it"
+                )
+        return NotImplemented
+
+
+def pickle_error(obj: Any) -> Exception | None:
+    """Why ``obj`` cannot travel to a spawned worker process, or None when it can."""
     try:
-        pickle.dumps(obj)
-    except Exception:
-        return False
-    return True
+        _ForWorkers(_Discard(), protocol=pickle.HIGHEST_PROTOCOL).dump(obj)
+    except Exception as exc:
+        return exc
+    return None
+
+
+class _Discard:
+    def write(self, data: Any) -> int:
+        return len(data)
+
+
+def is_picklable(obj: Any) -> bool:
+    """Whether ``obj`` can be pickled and reach spawned worker processes."""
+    return pickle_error(obj) is None
 
 
 def check_bool(value: Any, argument: str) -> bool:

@@ -137,6 +137,37 @@ def test_unpicklable_function_is_refused_when_building():
         al.Loader.from_source(range(3)).map(square, executor="thread", worker_init=remember_worker)
 
 
+_INTERACTIVE = """
+import aioloader as al
+def double(x):
+    return 2 * x
+try:
+    al.Loader.from_source(range(8)).map(double, executor="process")
+except TypeError as exc:
+    print("refused:", exc)
+loader = al.Loader.from_source(range(64)).map(double).batch(8)  # auto must not pick processes
+with loader:
+    print("auto:", sum(int(x) for b in loader for x in b))
+"""
+
+
+@pytest.mark.parametrize("how", ["-c", "stdin"])
+def test_a_function_of_an_interactive_main_is_refused_for_processes(how):
+    """A notebook, ``python -c`` or stdin: pickling a __main__ function succeeds (by name), but
+    spawned workers cannot import it; refused when the pipeline is built, not at run time."""
+    import subprocess
+    import sys
+
+    args = [sys.executable, "-c", _INTERACTIVE] if how == "-c" else [sys.executable, "-"]
+    done = subprocess.run(
+        args, input=None if how == "-c" else _INTERACTIVE, capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, done.stderr
+    assert "refused: fn 'double' cannot be sent to worker processes" in done.stdout
+    assert "interactive __main__" in done.stdout
+    assert "auto: 4032" in done.stdout
+
+
 def test_default_pool_size_rule():
     from aioloader.workers import default_workers
 

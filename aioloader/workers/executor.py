@@ -15,14 +15,13 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import os
-import pickle
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 from aioloader._run.executors import FAILED, ChunkResult, ChunkTimeout
 from aioloader._run.fusion import MapThenCollate
-from aioloader._spec import MapSpec, check_callable, fn_name
+from aioloader._spec import InteractiveMainError, MapSpec, check_callable, fn_name, pickle_error
 from aioloader.errors import WorkerCrashError, annotate
 from aioloader.workers import wire
 from aioloader.workers.pool import Outcome, ProcessPool
@@ -62,9 +61,10 @@ def default_workers() -> int:
 
 
 def _check_picklable(obj: Any, argument: str) -> None:
-    try:
-        pickle.dumps(obj)
-    except Exception as exc:
+    exc = pickle_error(obj)
+    if isinstance(exc, InteractiveMainError):
+        raise TypeError(f"{argument} {fn_name(obj)!r} cannot be sent to worker processes: {exc}") from exc
+    if exc is not None:
         raise TypeError(
             f"{argument} {fn_name(obj)!r} cannot be sent to worker processes: it cannot be pickled "
             f"({type(exc).__name__}: {exc}). Define it at module level (not a lambda or a local "
