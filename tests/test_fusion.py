@@ -184,3 +184,67 @@ def test_samples_that_kill_their_worker_once_cost_their_own_attempts_not_the_bat
         assert _stage(loader.stats(), "map(DieOnceOn)")["fused"] == "batch"
     assert torch.equal(torch.cat(batches), torch.arange(64))
     assert sorted(os.listdir(tmp_path)) == ["17", "19", "21"]
+
+
+def random_mask(samples: list[int]) -> torch.Tensor:
+    """A collate that draws from torch's global RNG (as Hugging Face's MLM collator does)."""
+    batch = torch.tensor(samples, dtype=torch.float32)
+    return batch * (torch.rand(len(samples)) > 0.5)
+
+
+class NotReentrant:
+    """A collate that must not run twice at once (a fast tokenizer's "Already borrowed")."""
+
+    def __init__(self) -> None:
+        import threading
+
+        self._lock = threading.Lock()
+
+    def __call__(self, samples: list[int]) -> list[int]:
+        if not self._lock.acquire(blocking=False):
+            raise RuntimeError("Already borrowed")
+        try:
+            sum(i * i for i in range(20_000))  # long enough for threads to overlap
+            return list(samples)
+        finally:
+            self._lock.release()
+
+
+def slow_identity(x: int) -> int:
+    sum(i for i in range(2_000))
+    return x
+
+
+def test_a_thread_fused_collate_runs_in_order_on_the_loop_as_unfused():
+    """Threads run fn; the collate runs batch by batch in order, so global-RNG draws equal the
+    inline run's and a non-reentrant collate is never entered twice."""
+
+    def run(executor: str, collate) -> list:
+        torch.manual_seed(0)
+        with al.Loader.from_source(range(96)).map(slow_identity, executor=executor, concurrency=4) as loader:
+            return list(loader.batch(8, collate=collate))
+
+    inline = run("inline", random_mask)
+    assert all(torch.equal(a, b) for a, b in zip(run("thread", random_mask), inline, strict=True))
+    assert [x for b in run("thread", NotReentrant()) for x in b] == list(range(96))
+
+
+def test_a_process_fused_collate_draws_the_same_whatever_the_workers():
+    """In processes the collate runs in the worker, whose global RNGs are seeded per batch from
+    the loader's seed, the epoch and the batch's position: the same across runs and pool sizes,
+    different across epochs."""
+
+    def run(workers: int, seed: int = 0) -> list[list[torch.Tensor]]:
+        source = al.Loader.from_source(range(64), seed=seed)
+        loader = source.map(slow_identity, executor="process", concurrency=workers).batch(
+            8, collate=random_mask
+        )
+        with loader:
+            return [list(loader) for _ in range(2)]
+
+    first, again, one_worker = run(2), run(2), run(1)
+    for a, b, c in zip(first[0] + first[1], again[0] + again[1], one_worker[0] + one_worker[1], strict=True):
+        assert torch.equal(a, b) and torch.equal(a, c)
+    assert not all(torch.equal(a, b) for a, b in zip(first[0], first[1], strict=True))  # epochs differ
+    other_seed = run(2, seed=1)
+    assert not all(torch.equal(a, b) for a, b in zip(first[0], other_seed[0], strict=True))

@@ -23,8 +23,12 @@ not use up the attempts of the batch it is in.
 from __future__ import annotations
 
 import dataclasses
+import random
+import sys
 from collections.abc import Callable, Sequence
 from typing import Any
+
+import numpy as np
 
 from aioloader._spec import BatchSpec, MapSpec, StageSpec, is_picklable
 from aioloader.collate import stack
@@ -53,9 +57,13 @@ class MapThenCollate:
 
     def __call__(self, batch: tuple[Any, ...]) -> Any:
         """``(keys, members)`` -> the collated batch; ``(keys, members, True)`` -> the list of
-        ``fn``'s results, uncollated (a crash redo runs members one by one, see
-        :mod:`aioloader.workers.executor`)."""
+        ``fn``'s results, uncollated (threads collate on the loop; a crash redo runs members
+        one by one, see :mod:`aioloader.workers.executor`). ``(keys, members, False, seed)``
+        (a worker process): the global RNGs are seeded with ``seed`` first, so what fn and the
+        collate draw from them depends on the batch, not on which worker ran it."""
         keys, values, *raw = batch
+        if len(raw) > 1:
+            seed_global_rngs(raw[1])
         fn = self.fn
         out: list[Any] = []
         try:
@@ -77,6 +85,21 @@ class MapThenCollate:
 
     def __repr__(self) -> str:
         return f"MapThenCollate({self.fn!r}, {self.collate!r})"
+
+
+def batch_seed(seed: int, epoch: int, first_seq: int) -> int:
+    """The seed of a batch's global RNGs in a worker process: a function of the loader's seed,
+    the epoch and the batch's position, so the same whatever the worker, timing or resume."""
+    return int(np.random.SeedSequence([seed & (2**63 - 1), epoch, first_seq]).generate_state(1)[0])
+
+
+def seed_global_rngs(seed: int) -> None:
+    """Seed ``random``, numpy's global RNG and torch's CPU RNG (a worker process's own)."""
+    random.seed(seed)
+    np.random.seed(seed)
+    torch = sys.modules.get("torch")
+    if torch is not None:
+        torch.manual_seed(seed)
 
 
 def _fusable(spec: MapSpec, batch: BatchSpec) -> bool:

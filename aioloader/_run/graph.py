@@ -232,6 +232,7 @@ class Run:
                 decisions=decisions,
                 expected_items=expected,
                 epoch=self.epoch,
+                seed=self.seed,
                 runtime=self.runtime,
             )
         if isinstance(spec, FilterSpec):

@@ -145,7 +145,7 @@ class ProcessExecutor:
     ) -> Outcome:
         """A fused stage's batch from a task whose worker died: each member alone (so each
         sample has its own attempts, as unfused), then the collate here."""
-        keys, members = batch
+        keys, members, *_ = batch
         work: MapThenCollate = self._spec.fn  # type: ignore[assignment]
         outcomes = await asyncio.gather(
             *(_redo_one(pool, (keys[j : j + 1], [m], True), timeout, detail) for j, m in enumerate(members))

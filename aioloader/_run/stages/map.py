@@ -16,6 +16,7 @@ import functools
 import math
 import sys
 from collections import deque
+from time import perf_counter
 from typing import Any
 
 from aioloader._run.block import Block
@@ -33,6 +34,7 @@ from aioloader._run.executors import (
     external_executor,
 )
 from aioloader._run.failures import FailurePolicy
+from aioloader._run.fusion import batch_seed
 from aioloader._spec import MapSpec
 from aioloader.errors import StageTimeoutError
 from aioloader.monitor.autotune import PROBE_S, THREAD_ABOVE_S, Limiter, PlacementProbe
@@ -76,6 +78,7 @@ class MapStage:
         expected_items: int | None = None,
         executor: Executor | None = None,
         epoch: int = 0,
+        seed: int = 0,
         runtime: Any = None,
     ) -> None:
         """``runtime``: the Loader's Runtime, given to plug-in executors (the process pool
@@ -83,6 +86,7 @@ class MapStage:
         self.spec = spec
         self._runtime = runtime
         self._epoch = epoch
+        self._seed = seed
         self.name = spec.name
         self.input: Channel
         self.output: Channel
@@ -241,8 +245,23 @@ class MapStage:
             return len(block)
         return sum(len(keys) for keys in block.keys)
 
+    def _collates_here(self) -> bool:
+        """A fused stage in threads collates on the loop, batch by batch in order, as the
+        unfused batch stage does: a collate may not be reentrant (a tokenizer's "Already
+        borrowed") or may draw from the global RNG, whose draws must come in batch order."""
+        return self.spec.fused_batch is not None and self._executor.kind == "thread"
+
     async def _forward(self, block: Block | None) -> None:
         if block is not None and len(block):
+            if self._collates_here():
+                work = self.spec.fn
+                started = perf_counter()
+                batches = [
+                    work.collate_named(members, keys)
+                    for keys, members in zip(block.keys, block.values, strict=True)
+                ]
+                self.stats.busy_s += perf_counter() - started
+                block = Block(block.keys, block.seqs, batches)
             self.stats.items_out += self._samples(block)
             await self.output.put(block)
 
@@ -378,6 +397,13 @@ class MapStage:
         and for a fused batch (whose members' keys name a failure)."""
         if self.spec.seed is None and self.spec.fused_batch is None:
             return chunk.values
+        if self._collates_here():  # (keys, members, True): fn's results, uncollated
+            return [(keys, members, True) for keys, members in zip(chunk.keys, chunk.values, strict=True)]
+        if self.spec.fused_batch is not None and self._executor.kind == "process":
+            return [
+                (keys, members, False, batch_seed(self._seed, self._epoch, seqs[0]))
+                for keys, members, seqs in zip(chunk.keys, chunk.values, chunk.seqs, strict=True)
+            ]
         return list(zip(chunk.keys, chunk.values, strict=True))
 
     def _timeout_error(self, key: Any) -> StageTimeoutError:
