@@ -61,18 +61,29 @@ def _bench(args: argparse.Namespace) -> int:
 
 
 def _inspect(args: argparse.Namespace) -> int:
+    from aioloader.errors import DataLoadingError
     from aioloader.inspect_data import describe, render
 
     try:
         info = describe(args.path)
-    except (FileNotFoundError, ValueError) as exc:
-        print(f"aioloader inspect: {exc}", file=sys.stderr)
+    except (OSError, ValueError, DataLoadingError) as exc:
+        print(f"aioloader inspect: {_one_line(exc)}", file=sys.stderr)
         return 2
     print(json.dumps(info, indent=2) if args.json else render(info))
     return 0
 
 
 def _profile(args: argparse.Namespace) -> int:
+    from aioloader.errors import DataLoadingError
+
+    try:
+        return _run_profile(args)
+    except (OSError, ValueError, DataLoadingError) as exc:
+        print(f"aioloader profile: {_one_line(exc)}", file=sys.stderr)
+        return 2
+
+
+def _run_profile(args: argparse.Namespace) -> int:
     from aioloader.profiling import load_spec, profile, render
 
     if args.spec is not None:
@@ -89,6 +100,11 @@ def _profile(args: argparse.Namespace) -> int:
 
         print(f"timeline written to {plot_timeline(result['stats'], args.plot)}")
     return 0
+
+
+def _one_line(exc: BaseException) -> str:
+    """``exc``'s message on one line (a multi-line message is joined with ``; ``)."""
+    return "; ".join(line.strip() for line in str(exc).splitlines() if line.strip()) or type(exc).__name__
 
 
 def main(argv: list[str] | None = None) -> int:

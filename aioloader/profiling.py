@@ -11,6 +11,7 @@ from __future__ import annotations
 import importlib.util
 import itertools
 import time
+import traceback
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -22,17 +23,37 @@ __all__ = ["load_spec", "profile", "render"]
 
 
 def load_spec(path: str | Path) -> Loader:
-    """The ``loader`` defined by the Python file at ``path``."""
+    """The ``loader`` defined by the Python file at ``path``.
+
+    Raises ``FileNotFoundError`` if there is no such file and ``ValueError`` (naming the file)
+    if it is not a Python file, fails to run, or defines no ``loader``.
+    """
     file = Path(path)
+    if not file.is_file():
+        raise FileNotFoundError(f"spec {str(file)!r} does not exist or is not a file")
     spec = importlib.util.spec_from_file_location(f"aioloader_profile_{file.stem}", file)
     if spec is None or spec.loader is None:
         raise ValueError(f"spec {str(file)!r} is not a Python file")
     module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    try:
+        spec.loader.exec_module(module)
+    except Exception as exc:  # any error of the user's file: report it as the spec's
+        raise ValueError(
+            f"spec {str(file)!r} failed to load: {type(exc).__name__}: {exc}{_where_in(exc, file)}"
+        ) from exc
     loader = getattr(module, "loader", None)
     if not isinstance(loader, Loader):
         raise ValueError(f"spec {str(file)!r} must define `loader = al.Loader...`, got {loader!r}")
     return loader
+
+
+def _where_in(exc: BaseException, file: Path) -> str:
+    """`` (line N)``: the innermost line of ``file`` that ``exc`` passed through, if any."""
+    target = file.resolve()
+    for frame in reversed(traceback.extract_tb(exc.__traceback__)):
+        if Path(frame.filename).resolve() == target:
+            return f" (line {frame.lineno})"
+    return ""
 
 
 def _rate(loader: Loader) -> tuple[float, int, dict[str, Any]]:

@@ -187,3 +187,77 @@ def test_pickled_copy_reopens_its_own_file(text_file: Path) -> None:
     source.close()
     assert source[11] == _lines(text_file)[11]  # reopens after close
     source.close()
+
+
+def _numbered(path: Path, count: int, prefix: str = "line") -> None:
+    path.write_text("".join(f"{prefix} {i}\n" for i in range(count)))
+
+
+@pytest.mark.parametrize("cls", [al.sources.TextLines, al.sources.JsonLines])
+def test_file_truncated_since_indexed_is_data_corruption(tmp_path: Path, cls: type) -> None:
+    path = tmp_path / "data.txt"
+    path.write_text("".join(json.dumps(f"line {i}") + "\n" for i in range(10)))
+    source = cls(path)
+    with al.Loader.from_source(source) as loader:
+        assert len(list(loader)) == 10
+        path.write_text('"a"\n"b"\n')  # rewritten shorter between epochs
+        with pytest.raises(al.DataCorruptionError, match="changed since it was indexed") as info:
+            list(loader)
+    message = str(info.value)
+    assert str(path) in message and f"{cls.__name__}:" in message
+    assert f"key {info.value.key}" in message and f"of {str(path)!r}" in message
+
+
+def test_truncated_file_names_line_and_key_for_single_and_block_reads(tmp_path: Path) -> None:
+    path = tmp_path / "a.txt"
+    _numbered(path, 10)  # "line i\n": 7 bytes each
+    source = al.sources.TextLines(path)
+    assert source[9] == "line 9"
+    with open(path, "r+b") as f:
+        f.truncate(7 * 8 + 3)  # line 9 gone, line 8 cut short
+    with pytest.raises(
+        al.DataCorruptionError, match=r"line 9 of .*\(key 8\).*changed since it was indexed"
+    ) as info:
+        source[8]
+    assert info.value.key == 8
+    with pytest.raises(al.DataCorruptionError, match=r"line 10 of .*\(key 9\)") as info:
+        source.__getitems__([9, 0])
+    assert info.value.key == 9
+    with pytest.raises(al.DataCorruptionError, match=r"\(key 8\)"):
+        source.__getitems__([0, 1, 8, 9])  # one merged read: the first line it cannot cover
+
+
+def test_file_rewritten_shorter_is_caught_before_reading_wrong_bytes(tmp_path: Path) -> None:
+    path = tmp_path / "a.txt"
+    _numbered(path, 10)
+    source = al.sources.TextLines(path)
+    assert source[0] == "line 0"
+    _numbered(path, 4, prefix="L")  # "L 0\nL 1\n...": line 0's byte range still exists
+    with pytest.raises(al.DataCorruptionError, match=r"line 1 of .*\(key 0\).*changed since it was indexed"):
+        source[0]
+    with pytest.raises(al.DataCorruptionError, match="changed since it was indexed"):
+        source.__getitems__([0, 1])
+
+
+def test_appending_to_an_indexed_file_keeps_its_lines_readable(tmp_path: Path) -> None:
+    path = tmp_path / "a.txt"
+    _numbered(path, 10)
+    source = al.sources.TextLines(path)
+    with open(path, "a") as f:
+        f.write("more\n")
+    assert source.__getitems__([9, 0]) == ["line 9", "line 0"]
+    assert len(source) == 10
+
+
+def test_deleted_file_with_many_files_is_not_found_or_corrupt(tmp_path: Path) -> None:
+    for i in range(300):  # more files than are kept open: each read opens its file
+        (tmp_path / f"{i:03d}.txt").write_text(f"a{i}\nb{i}\n")
+    source = al.sources.TextLines(tmp_path / "*.txt")
+    assert source[599] == "b299"
+    (tmp_path / "299.txt").write_text("a\n")
+    with pytest.raises(al.DataCorruptionError, match=r"299\.txt.*\(key 599\).*changed since"):
+        source[599]
+    (tmp_path / "299.txt").unlink()
+    with pytest.raises(al.DataNotFoundError, match=r"299\.txt"):
+        source[599]
+    source.close()

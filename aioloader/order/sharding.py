@@ -22,11 +22,16 @@ class RankInfo:
 
 
 def resolve_rank(rank: int | None, world_size: int | None) -> RankInfo:
-    """Explicit values, else torch.distributed when initialised, else RANK/WORLD_SIZE, else 0/1."""
+    """Explicit values, else torch.distributed when initialised, else RANK/WORLD_SIZE, else 0/1.
+
+    Only the values not given explicitly are taken from torch.distributed or the environment.
+    A partial environment (``WORLD_SIZE`` > 1 without ``RANK``, ``RANK`` > 0 without
+    ``WORLD_SIZE``) or a non-integer or out-of-range value raises ``ValueError``.
+    """
     if rank is None or world_size is None:
-        dist_rank, dist_world = _from_torch_distributed() or _from_environment() or (0, 1)
-        rank = dist_rank if rank is None else rank
-        world_size = dist_world if world_size is None else world_size
+        found = _from_torch_distributed() or _from_environment(rank is None, world_size is None) or (0, 1)
+        rank = found[0] if rank is None else rank
+        world_size = found[1] if world_size is None else world_size
     if world_size < 1:
         raise ValueError(f"world_size must be >= 1, got {world_size}")
     if not 0 <= rank < world_size:
@@ -44,14 +49,47 @@ def _from_torch_distributed() -> tuple[int, int] | None:
     return None
 
 
-def _from_environment() -> tuple[int, int] | None:
-    rank, world = os.environ.get("RANK"), os.environ.get("WORLD_SIZE")
-    if rank is None or world is None:
-        return None
+def _env_int(name: str, text: str, minimum: int) -> int:
+    """The integer value ``text`` of environment variable ``name``, at least ``minimum``."""
     try:
-        return int(rank), int(world)
+        value = int(text)
     except ValueError:
-        raise ValueError(f"RANK={rank!r} and WORLD_SIZE={world!r} must be integers") from None
+        raise ValueError(f"environment variable {name}={text!r} must be an integer") from None
+    if value < minimum:
+        raise ValueError(f"environment variable {name}={text!r} must be >= {minimum}")
+    return value
+
+
+def _from_environment(need_rank: bool = True, need_world: bool = True) -> tuple[int, int] | None:
+    """(rank, world size) from RANK/WORLD_SIZE; None when neither is set.
+
+    A variable that is missing is an error when its value is needed (``need_rank`` /
+    ``need_world``) and could matter: WORLD_SIZE=1 without RANK, or RANK=0 without WORLD_SIZE,
+    is rank 0 of 1. When one is not needed (given explicitly), its placeholder is ignored.
+    """
+    rank_text, world_text = os.environ.get("RANK"), os.environ.get("WORLD_SIZE")
+    if rank_text is None and world_text is None:
+        return None
+    rank = None if rank_text is None else _env_int("RANK", rank_text, 0)
+    world = None if world_text is None else _env_int("WORLD_SIZE", world_text, 1)
+    if rank is None:
+        if need_rank and world != 1:
+            raise ValueError(
+                f"environment variable WORLD_SIZE={world_text!r} is set but RANK is not; every "
+                f"process would read all the data; set RANK (0 to {world - 1 if world else 0}) in "
+                "each process, or pass rank= and world_size="
+            )
+        return 0, world or 1
+    if world is None:
+        if need_world and rank != 0:
+            raise ValueError(
+                f"environment variable RANK={rank_text!r} is set but WORLD_SIZE is not; set "
+                "WORLD_SIZE in each process, or pass rank= and world_size="
+            )
+        return rank, 1
+    if rank >= world:
+        raise ValueError(f"environment variable RANK={rank_text!r} must be below WORLD_SIZE={world_text!r}")
+    return rank, world
 
 
 def shard_keys(keys: np.ndarray, info: RankInfo, policy: str) -> np.ndarray:

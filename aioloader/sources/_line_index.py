@@ -90,7 +90,8 @@ def build_line_index(paths: list[Path], *, skip_blank: bool = False) -> LineInde
 
 
 def pread_exact(fd: int, length: int, offset: int) -> bytes:
-    """``length`` bytes at ``offset`` (fewer only at the end of the file)."""
+    """``length`` bytes at ``offset``: fewer only at the end of the file, which for an indexed
+    line means the file shrank since it was indexed (the caller raises, naming the line)."""
     data = os.pread(fd, length, offset)
     if len(data) == length or not data:
         return data

@@ -4,7 +4,9 @@ Streaming (``mode="streaming"``, or ``source.stream()`` in any mode) reads the f
 back in constant memory. Random access (so ``shuffle=True`` works) goes through a line-offset
 index built once when the source is made (:mod:`aioloader.sources._line_index`), never
 loading the text: ``__getitems__`` sorts a block's keys, merges neighbours into byte ranges and
-reads each range with one ``os.pread``.
+reads each range with one ``os.pread``. A file that shrank since it was indexed (truncated or
+rewritten between epochs) raises ``DataCorruptionError`` naming the file and the line rather
+than giving short or shifted lines; one rewritten at the same size or larger is not detected.
 """
 
 from __future__ import annotations
@@ -42,6 +44,11 @@ def _close_fds(fds: dict[int, int]) -> None:
     for fd in fds.values():
         os.close(fd)
     fds.clear()
+
+
+def _first_cut(stops: list[int], lo: int, hi: int, end: int) -> int:
+    """The first of ``stops[lo:hi]`` past ``end`` (the first line a short read cut), else ``lo``."""
+    return next((j for j in range(lo, hi) if stops[j] > end), lo)
 
 
 class TextLines(ModalSource):
@@ -119,25 +126,74 @@ class TextLines(ModalSource):
     def _length(self) -> int:
         return len(self._require_index())
 
-    def _pread(self, file: int, length: int, offset: int) -> bytes:
+    def _gone(self, file: int, key: int) -> DataNotFoundError:
+        path = str(self.paths[file])
+        return DataNotFoundError(f"{type(self).__name__}: file {path!r} (key {key}) is gone", key=key)
+
+    def _open(self, file: int, key: int) -> int:
+        try:
+            return open_fd(str(self.paths[file]))
+        except FileNotFoundError:
+            raise self._gone(file, key) from None
+
+    def _kept_fd(self, file: int, key: int) -> int:
+        """This process's open descriptor of file ``file`` (opened on first use)."""
+        fds = self._fds.get()
+        fd = fds.get(file)
+        if fd is None:
+            mine = self._open(file, key)
+            fd = fds.setdefault(file, mine)
+            if fd != mine:  # another thread opened it first
+                os.close(mine)
+        return fd
+
+    def _pread(self, file: int, length: int, offset: int, key: int) -> bytes:
+        """``length`` bytes at ``offset`` of file ``file`` (fewer if it shrank)."""
         if len(self.paths) > _MAX_OPEN_FILES:
-            fd = open_fd(str(self.paths[file]))
+            fd = self._open(file, key)
             try:
                 return pread_exact(fd, length, offset)
             finally:
                 os.close(fd)
-        fds = self._fds.get()
-        fd = fds.get(file)
-        if fd is None:
-            mine = open_fd(str(self.paths[file]))
-            fd = fds.setdefault(file, mine)
-            if fd != mine:  # another thread opened it first
-                os.close(mine)
-        return pread_exact(fd, length, offset)
+        return pread_exact(self._kept_fd(file, key), length, offset)
+
+    def _size(self, file: int, key: int) -> int:
+        """File ``file``'s size now (of the descriptor reads go through, when one is kept)."""
+        if len(self.paths) > _MAX_OPEN_FILES:
+            try:
+                return os.stat(self.paths[file]).st_size
+            except FileNotFoundError:
+                raise self._gone(file, key) from None
+        return os.fstat(self._kept_fd(file, key)).st_size
+
+    def _indexed_size(self, file: int) -> int:
+        """File ``file``'s size when the index was built."""
+        line_index = self._require_index()
+        return int(line_index.offsets[line_index.file_first[file + 1] + file])
+
+    def _check_size(self, file: int, keys: list[int], stops: list[int], lo: int, hi: int) -> None:
+        """Raise if file ``file`` shrank since it was indexed (its lines' bytes would be wrong),
+        naming the first of ``keys[lo:hi]`` (its lines being read, sorted) that it lost."""
+        size = self._size(file, keys[lo])
+        if size < self._indexed_size(file):
+            raise self._changed(keys[_first_cut(stops, lo, hi, size)], file)
+
+    def _changed(self, index: int, file: int) -> DataCorruptionError:
+        """The error for line ``index`` of a file that shrank since it was indexed."""
+        name = type(self).__name__
+        return DataCorruptionError(
+            f"{name}: {self._where(file, index)} (key {index}) cannot be read: the file changed since "
+            f"it was indexed (it is now {self._size(file, index)} bytes, {self._indexed_size(file)} "
+            f"when indexed); make a new {name} to index it again",
+            key=index,
+        )
 
     def _read(self, index: int) -> Any:
         file, start, stop = self._require_index().locate(index)
-        raw = self._pread(file, stop - start, start)
+        self._check_size(file, [index], [stop], 0, 1)
+        raw = self._pread(file, stop - start, start, index)
+        if len(raw) < stop - start:
+            raise self._changed(index, file)
         try:
             return self._decode(raw)
         except ValueError as exc:
@@ -162,10 +218,17 @@ class TextLines(ModalSource):
         slots, keys = order.tolist(), ordered.tolist()
         starts_list, stops_list = starts.tolist(), stops.tolist()
         decode = self._decode
+        checked = -1  # the last file whose size was checked; a short read is checked per range
         for lo, hi in itertools.pairwise(bounds):
             file = int(files[lo])
+            if file != checked:
+                checked = file
+                self._check_size(file, keys, stops_list, lo, int(np.searchsorted(files, file, side="right")))
             base = starts_list[lo]
-            span = self._pread(file, max(stops_list[lo:hi]) - base, base)
+            stop = max(stops_list[lo:hi])
+            span = self._pread(file, stop - base, base, keys[lo])
+            if len(span) < stop - base:
+                raise self._changed(keys[_first_cut(stops_list, lo, hi, base + len(span))], file)
             for j in range(lo, hi):
                 raw = span[starts_list[j] - base : stops_list[j] - base]
                 try:
