@@ -14,7 +14,13 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from torch.utils.data import BatchSampler, DataLoader, SequentialSampler, WeightedRandomSampler
+from torch.utils.data import (
+    BatchSampler,
+    DataLoader,
+    DistributedSampler,
+    SequentialSampler,
+    WeightedRandomSampler,
+)
 
 import aioloader as al
 from aioloader.compat import ConfigTypeError, default_image_transform
@@ -361,6 +367,72 @@ def test_aio_resumes_from_a_saved_state(data, tmp_path):
         resumed.load_state_dict(json.loads((tmp_path / "state.json").read_text()))
         rest = list(resumed)
     assert_batches_equal(uninterrupted[6:], rest)
+
+
+# -- a DistributedSampler on the aio backend ----------------------------------------------------
+DDP_ITEMS = list(range(24))
+
+
+def ddp_epochs(
+    rank: int, world: int, calls: list[list[tuple[str, int]]]
+) -> tuple[list[list[int]], list[int]]:
+    """One aio loader over ``rank`` of ``world`` with a shuffling DistributedSampler: before
+    epoch ``k`` it makes the ``set_epoch`` calls ``calls[k]`` (("sampler" or "loader", epoch)),
+    then iterates. The indices of each epoch, and the sampler's epoch after each."""
+    sampler = DistributedSampler(DDP_ITEMS, num_replicas=world, rank=rank, shuffle=True, seed=5)
+    epochs, sampler_epochs = [], []
+    with al.EfficientDataLoader(DDP_ITEMS, config(batch_size=4, custom_sampler=sampler)) as loader:
+        for before in calls:
+            for target, epoch in before:
+                (sampler if target == "sampler" else loader).set_epoch(epoch)
+            epochs.append(torch.cat(list(loader)).tolist())
+            sampler_epochs.append(sampler.epoch)
+    return epochs, sampler_epochs
+
+
+def test_aio_follows_the_distributed_samplers_set_epoch():
+    """The DDP idiom ``sampler.set_epoch(e)`` chooses the epoch, as ``loader.set_epoch(e)``."""
+    epochs = [0, 3, 1, 4]
+    by_rank = []
+    for rank in range(3):
+        via_sampler, _ = ddp_epochs(rank, 3, [[("sampler", e)] for e in epochs])
+        via_loader, _ = ddp_epochs(rank, 3, [[("loader", e)] for e in epochs])
+        assert via_sampler == via_loader
+        assert len({tuple(order) for order in via_sampler}) == len(epochs)  # a new order each epoch
+        by_rank.append(via_sampler)
+    for k in range(len(epochs)):  # each epoch: the ranks share the items out exactly
+        assert sorted(i for orders in by_rank for i in orders[k]) == DDP_ITEMS
+    alone = DistributedSampler(DDP_ITEMS, num_replicas=1, rank=0, shuffle=True, seed=5)
+    alone.set_epoch(3)
+    assert sorted(ddp_epochs(0, 1, [[("sampler", 3)]])[0][0]) == sorted(alone)
+
+
+def test_aio_distributed_sampler_epoch_set_before_the_loader_is_built():
+    sampler = DistributedSampler(DDP_ITEMS, num_replicas=2, rank=1, shuffle=True, seed=5)
+    sampler.set_epoch(6)
+    with al.EfficientDataLoader(DDP_ITEMS, config(batch_size=4, custom_sampler=sampler)) as loader:
+        first = torch.cat(list(loader)).tolist()
+    assert [first] == ddp_epochs(1, 2, [[("loader", 6)]])[0]
+
+
+def test_aio_distributed_sampler_epoch_most_recent_set_epoch_wins():
+    """Without calls each iteration moves to the next epoch; else the latest call decides,
+    and ``loader.set_epoch`` also moves the sampler (as on the torch backend)."""
+    reference, _ = ddp_epochs(0, 2, [[("loader", e)] for e in range(6)])
+    untouched, sampler_epochs = ddp_epochs(0, 2, [[], []])
+    assert untouched == reference[:2] and sampler_epochs == [0, 0]
+    mixed, sampler_epochs = ddp_epochs(
+        0,
+        2,
+        [
+            [("sampler", 2), ("loader", 5)],
+            [("loader", 1), ("sampler", 4)],
+            [("sampler", 3)],
+            [],  # no call: the next epoch
+        ],
+    )
+    assert mixed == [reference[5], reference[4], reference[3], reference[4]]
+    assert sampler_epochs == [5, 4, 3, 3]
 
 
 def test_torch_backend_has_no_state_or_async(data):

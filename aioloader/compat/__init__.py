@@ -5,6 +5,8 @@
   ``HDF5Dataset``, ``MemoryEfficientDataset`` (torch Datasets over ``al.sources``).
 - :mod:`~aioloader.compat.samplers`: torch samplers and ``al.order`` samplers across backends.
 - :mod:`~aioloader.compat.dataloader`: ``EfficientDataLoader`` (backend "aio" or "torch").
+- :mod:`~aioloader.compat.worker_info`: torch's ``get_worker_info()`` and worker seeds in the
+  aio backend's worker processes.
 - :mod:`~aioloader.compat.factory`: ``DataLoaderFactory``.
 """
 

@@ -15,13 +15,28 @@ shuffle, generator_seed     ``from_source(shuffle=..., seed=...)`` (a reservoir 
                             no seed: one drawn from torch's generator, as torch does
 custom_sampler              an ``al.order`` sampler as is, a torch sampler converted
                             (:mod:`aioloader.compat.samplers`), a DistributedSampler as rank,
-                            world size, seed and shuffle
+                            world size, seed and shuffle, and its epoch (below)
 custom_batch_sampler        a stream of index lists, each fetched and collated in the sample stage
 batch_size, drop_last,      ``.batch(batch_size, collate=collate_fn or al.collate.stack,
 collate_fn                  drop_last=drop_last)``
 pin_memory (CUDA only)      ``.to_device(pin_memory_device, non_blocking=non_blocking)``
 persistent_workers          always: pools live as long as the loader
 ==========================  =================================================================
+
+A ``DistributedSampler``'s epoch: the DDP idiom ``sampler.set_epoch(e)`` before an epoch works
+as on torch. Each iteration takes the sampler's epoch when it has changed since the loader last
+took it; ``loader.set_epoch(e)`` sets the sampler's epoch too, so whichever of the two was called
+last decides. With neither called, each iteration moves to the next epoch by itself, as
+:class:`~aioloader.Loader` does (torch would repeat the epoch); so ``sampler.set_epoch(e)`` with
+the ``e`` the loader last took does not repeat that epoch: ``loader.set_epoch(e)`` does. Each
+rank's share of an epoch is that of aioloader's own permutation, not torch's: the ranks together
+cover the dataset exactly as torch's do, but not with the same indices per rank.
+
+Worker processes (the sample stage with ``executor="process"``) get torch's ``WorkerInfo`` from
+``torch.utils.data.get_worker_info()`` and seeded ``random``/``torch``/``numpy`` generators, as
+torch's workers. Tasks go to whichever worker is free, so random draws inside ``__getitem__``
+are not torch's: reproducible when each batch is one task (a picklable ``collate_fn``), not
+otherwise (see :mod:`aioloader.compat.worker_info`).
 
 ``backend="torch"`` builds the seed's ``torch.utils.data.DataLoader`` from the same config, so
 the two can be compared on the same data (on unshuffled data they yield equal batches).
@@ -43,6 +58,7 @@ from aioloader.collate import stack
 from aioloader.compat.config import DataLoaderConfig, optimal_num_workers
 from aioloader.compat.datasets import BaseDataset
 from aioloader.compat.samplers import OrderSampler, is_key_order, key_order
+from aioloader.compat.worker_info import TorchWorkerInit, draw_base_seed
 from aioloader.loader import Loader
 from aioloader.monitor.memory import MemoryMonitor
 
@@ -147,9 +163,12 @@ class _WorkerShard(IterableDataset):
 
 
 # -- the aio backend -------------------------------------------------------------------------
-def _aio_loader(dataset: Any, config: DataLoaderConfig) -> Loader:
+def _aio_loader(dataset: Any, config: DataLoaderConfig) -> tuple[Loader, TorchWorkerInit | None]:
+    """The Loader for ``config``, and the ``worker_init`` of its worker processes (None when
+    it has none)."""
     workers = config.workers
     collate = config.collate_fn or stack
+    init = None
     if config.custom_batch_sampler is not None:
         loader = Loader.from_source(_BatchIndices(config.custom_batch_sampler), rank=0, world_size=1)
         executor = "thread" if workers > 0 else "inline"
@@ -160,17 +179,20 @@ def _aio_loader(dataset: Any, config: DataLoaderConfig) -> Loader:
             name="fetch_batch",
         )
     else:
-        loader = _sample_stages(dataset, config, workers)
+        loader, init = _sample_stages(dataset, config, workers)
         loader = loader.batch(config.batch_size, collate=collate, drop_last=config.drop_last)
     depth = 1 if config.memory_efficient else (config.prefetch_factor or 2) * max(1, workers)
     loader = loader.prefetch(depth)
     if config.pin_memory:  # DataLoaderConfig has turned it off where CUDA is missing
         loader = loader.to_device(config.pin_memory_device or "cuda", non_blocking=config.non_blocking)
-    return loader
+    return loader, init
 
 
-def _sample_stages(dataset: Any, config: DataLoaderConfig, workers: int) -> Loader:
-    """Source, order and sample stage (everything before batching)."""
+def _sample_stages(
+    dataset: Any, config: DataLoaderConfig, workers: int
+) -> tuple[Loader, TorchWorkerInit | None]:
+    """Source, order and sample stage (everything before batching), and the ``worker_init``
+    of the sample stage's processes (None without processes)."""
     seed = config.generator_seed if config.generator_seed is not None else _draw_seed()
     sampler = config.custom_sampler
     if isinstance(dataset, BaseDataset):
@@ -201,12 +223,33 @@ def _sample_stages(dataset: Any, config: DataLoaderConfig, workers: int) -> Load
         loader = Loader.from_source(source, seed=seed, rank=0, world_size=1)
         if config.shuffle:
             loader = loader.shuffle(max(_MIN_STREAM_BUFFER, _STREAM_BUFFER_BATCHES * config.batch_size))
+    init = None
     if fn is not None:
         if executor == "process":  # processes beyond the cores only cost start-up time and memory
             workers = min(workers, optimal_num_workers())
+            init = _worker_init(dataset, fn, workers, config.generator_seed)
         concurrency = workers if executor in ("thread", "process", "auto") and workers > 0 else None
-        loader = loader.map(fn, executor=executor, concurrency=concurrency, name="sample")
-    return loader
+        loader = loader.map(fn, executor=executor, concurrency=concurrency, name="sample", worker_init=init)
+    return loader, init
+
+
+def _worker_init(dataset: Any, fn: Any, workers: int, generator_seed: int | None) -> TorchWorkerInit:
+    """What sets up torch's ``WorkerInfo`` in each of ``workers`` processes running ``fn``. Its
+    base seed comes from ``generator_seed`` as torch's ``DataLoader(generator=...)`` draws it,
+    else it is drawn at the first iteration (:meth:`EfficientDataLoader._prepare_iteration`)."""
+    base_seed = None
+    if generator_seed is not None:
+        base_seed = draw_base_seed(torch.Generator().manual_seed(generator_seed))
+    return TorchWorkerInit(_worker_dataset(dataset, fn), workers, base_seed)
+
+
+def _worker_dataset(dataset: Any, fn: Any) -> Any:
+    """``WorkerInfo.dataset``: the dataset ``fn`` reads (the pool pickles ``fn`` and the init
+    together, so a worker holds one copy of it), else a copy of ``dataset`` (None when it
+    cannot be pickled)."""
+    if isinstance(fn, _Fetch):
+        return fn.dataset
+    return dataset if is_picklable(dataset) else None
 
 
 # -- the torch backend -----------------------------------------------------------------------
@@ -282,16 +325,19 @@ class EfficientDataLoader:
         self._batches = 0
         self._samples = 0
         self._closed = False
+        self._worker_init: TorchWorkerInit | None = None
+        self._sampler_epoch: int | None = None  # the DistributedSampler epoch last taken
         self.loader: Loader | DataLoader
         if backend == "torch":
             self.loader = _torch_loader(dataset, config)
         else:
-            self.loader = _aio_loader(dataset, config)
+            self.loader, self._worker_init = _aio_loader(dataset, config)
 
     # -- iteration -------------------------------------------------------------------------
     def __iter__(self) -> Iterator[Any]:
         if self._closed:
             raise RuntimeError("EfficientDataLoader is closed")
+        self._prepare_iteration()
         return self._iterate()
 
     def _iterate(self) -> Iterator[Any]:
@@ -315,6 +361,7 @@ class EfficientDataLoader:
             raise TypeError("async iteration needs backend='aio'")
         if self._closed:
             raise RuntimeError("EfficientDataLoader is closed")
+        self._prepare_iteration()
         return self._aiterate()
 
     async def _aiterate(self) -> AsyncIterator[Any]:
@@ -327,6 +374,32 @@ class EfficientDataLoader:
                 yield batch
         finally:
             self._end_epoch(started, batches, samples)
+
+    def _prepare_iteration(self) -> None:
+        """As a new iterator is made (aio backend): take the DistributedSampler's epoch, and
+        draw the workers' base seed from torch's generator the first time (as torch's DataLoader
+        does as it makes an iterator)."""
+        if not isinstance(self.loader, Loader):
+            return
+        self._follow_sampler_epoch()
+        init = self._worker_init
+        if init is not None and init.base_seed is None:  # before the pool starts
+            init.base_seed = draw_base_seed()
+
+    def _distributed_sampler(self) -> DistributedSampler | None:
+        sampler = self.config.custom_sampler
+        return sampler if isinstance(sampler, DistributedSampler) else None
+
+    def _follow_sampler_epoch(self) -> None:
+        """The next iteration runs the DistributedSampler's epoch when it has changed since the
+        loader last took it (``sampler.set_epoch(e)``, the DDP idiom)."""
+        sampler = self._distributed_sampler()
+        if sampler is None or not isinstance(self.loader, Loader):
+            return
+        epoch = int(sampler.epoch)
+        if epoch != self._sampler_epoch:
+            self.loader.set_epoch(epoch)
+            self._sampler_epoch = epoch
 
     def _begin_epoch(self) -> tuple[float, int, int]:
         if self._monitor is not None:
@@ -364,9 +437,15 @@ class EfficientDataLoader:
         return len(self.loader)
 
     def set_epoch(self, epoch: int) -> None:
-        """Choose the epoch (the shuffle order) of the next iteration."""
+        """Choose the epoch (the shuffle order) of the next iteration. A ``DistributedSampler``
+        in the config is set to it too (on both backends), so this call and
+        ``sampler.set_epoch`` are one setting: the later call decides."""
         if isinstance(self.loader, Loader):
             self.loader.set_epoch(epoch)
+            sampler = self._distributed_sampler()
+            if sampler is not None:
+                sampler.set_epoch(int(epoch))
+                self._sampler_epoch = int(epoch)
             return
         for holder in (self.loader.sampler, getattr(self.loader.batch_sampler, "sampler", None)):
             set_epoch = getattr(holder, "set_epoch", None)
