@@ -18,6 +18,16 @@ pickles when the stage may use processes. A failure still names the stage and th
 members' keys, as unfused. A worker that dies costs each sample of its task one attempt, as
 unfused: the batches are redone member by member, so a sample that kills its worker once does
 not use up the attempts of the batch it is in.
+
+Where the collate runs: in threads, on the event loop, batch by batch in order, as unfused (a
+collate need not be reentrant, and its draws from the global RNG come in batch order); in
+processes, in the worker, whose ``random``/numpy/torch global RNGs are seeded before each batch
+from the loader's seed, the epoch and the batch's position, so what ``fn`` and the collate draw
+from them does not depend on which worker ran the batch (the draws are not the parent's).
+
+Two visible differences remain. With ``drop_last=True`` the dropped tail is never mapped (no
+work is spent on it, and a failure there is not raised). Mid-epoch, ``stats()`` may show the
+batch stage ahead of the map, since the grouping runs first; at the end the counts match.
 """
 
 from __future__ import annotations
