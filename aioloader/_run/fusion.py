@@ -19,8 +19,9 @@ members' keys, as unfused. A worker that dies costs each sample of its task one 
 unfused: the batches are redone member by member, so a sample that kills its worker once does
 not use up the attempts of the batch it is in.
 
-Where the collate runs: in threads, on the event loop, batch by batch in order, as unfused (a
-collate need not be reentrant, and its draws from the global RNG come in batch order); in
+Where the collate runs: in threads, a user's collate runs on the event loop, batch by batch in
+order, as unfused (a collate need not be reentrant, and its draws from the global RNG come in
+batch order), while aioloader's own ``stack`` and ``as_list`` run in the threads; in
 processes, in the worker, whose ``random``/numpy/torch global RNGs are seeded before each batch
 from the loader's seed, the epoch and the batch's position, so what ``fn`` and the collate draw
 from them does not depend on which worker ran the batch (the draws are not the parent's).
@@ -41,7 +42,7 @@ from typing import Any
 import numpy as np
 
 from aioloader._spec import BatchSpec, MapSpec, StageSpec, is_picklable
-from aioloader.collate import stack
+from aioloader.collate import as_list, stack
 from aioloader.errors import annotate, stopped_early
 
 __all__ = ["MapThenCollate", "fuse_map_batch", "members"]
@@ -97,6 +98,13 @@ class MapThenCollate:
         return f"MapThenCollate({self.fn!r}, {self.collate!r})"
 
 
+def is_pure_collate(collate: Any) -> bool:
+    """aioloader's own collates that are reentrant and draw nothing from an RNG: a fused stage
+    in threads runs them in the worker threads (stacking a JPEG batch there, not on the loop:
+    1,258 against 1,170 images/s on 2 cores)."""
+    return collate is stack or collate is as_list
+
+
 def batch_seed(seed: int, epoch: int, first_seq: int) -> int:
     """The seed of a batch's global RNGs in a worker process: a function of the loader's seed,
     the epoch and the batch's position, so the same whatever the worker, timing or resume."""
@@ -109,7 +117,7 @@ def seed_global_rngs(seed: int) -> None:
     np.random.seed(seed)
     torch = sys.modules.get("torch")
     if torch is not None:
-        torch.manual_seed(seed)
+        torch.default_generator.manual_seed(seed)  # CPU only: torch.manual_seed costs 120 us
 
 
 def _fusable(spec: MapSpec, batch: BatchSpec) -> bool:

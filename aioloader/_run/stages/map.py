@@ -34,7 +34,7 @@ from aioloader._run.executors import (
     external_executor,
 )
 from aioloader._run.failures import FailurePolicy
-from aioloader._run.fusion import batch_seed
+from aioloader._run.fusion import batch_seed, is_pure_collate
 from aioloader._spec import MapSpec
 from aioloader.errors import StageTimeoutError
 from aioloader.monitor.autotune import PROBE_S, THREAD_ABOVE_S, Limiter, PlacementProbe
@@ -249,7 +249,9 @@ class MapStage:
         """A fused stage in threads collates on the loop, batch by batch in order, as the
         unfused batch stage does: a collate may not be reentrant (a tokenizer's "Already
         borrowed") or may draw from the global RNG, whose draws must come in batch order."""
-        return self.spec.fused_batch is not None and self._executor.kind == "thread"
+        if self.spec.fused_batch is None or self._executor.kind != "thread":
+            return False
+        return not is_pure_collate(self.spec.fn.collate)  # ours stay in the threads
 
     async def _forward(self, block: Block | None) -> None:
         if block is not None and len(block):
