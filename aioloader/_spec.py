@@ -10,7 +10,9 @@ import functools
 import inspect
 import math
 import numbers
+import os
 import pickle
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
@@ -50,9 +52,6 @@ class _ForWorkers(pickle.Pickler):
 
     def reducer_override(self, obj: Any) -> Any:
         if (inspect.isfunction(obj) or isinstance(obj, type)) and obj.__module__ == "__main__":
-            import os
-            import sys
-
             main_file = getattr(sys.modules.get("__main__"), "__file__", None)
             if main_file is None or not os.path.isfile(main_file):  # None, or "<stdin>"
                 raise InteractiveMainError(

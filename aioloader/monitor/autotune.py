@@ -262,7 +262,7 @@ class PlacementProbe:
 
     def _place(self, holds_gil: bool | None) -> str:
         # Pickling is checked only when processes would be chosen: the work may hold the whole
-        # dataset (a read stage over a torch Dataset of 5M strings took 1.6 s to pickle).
+        # dataset (a read stage over a torch Dataset of 1M strings spent 0.28 s pickling it).
         decision = place(self.cost_s, holds_gil, True, self._can_process)
         if decision == "process" and not is_picklable(self._work):
             decision = place(self.cost_s, holds_gil, False, self._can_process)
