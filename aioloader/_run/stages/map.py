@@ -192,7 +192,21 @@ class MapStage:
 
     async def _probe_more(self, first: PlacementProbe) -> PlacementProbe:
         """The first block was too little work to tell whether the function holds the GIL (a
-        fused stage's block is one batch): probe again on enough of the next blocks."""
+        fused stage's block is one batch): probe again on enough of the next blocks.
+
+        The next block alone first: the first may have paid a warm-up (torch's first ops on a
+        fresh loop thread cost several times their later price), and a function that is cheap
+        once warm must not make the probe pull tens of blocks past the channels' bounds."""
+        try:
+            block = await self.input.get()
+        except EndOfChannel:
+            return first
+        again = PlacementProbe(self._work, can_process=self._runtime is not None)
+        self._executor = again
+        await self._forward(await self._process(block))
+        if again.cost_s <= THREAD_ABOVE_S:  # cheap once warm: placed by cost, nothing more to pull
+            return again
+        first = again
         enough = PROBE_S + _PROBE_SWITCHES * sys.getswitchinterval()
         wanted = min(_MAX_PROBE_BLOCKS, max(2, math.ceil(enough / max(first.cost_s, 1e-9)) + 1))
         blocks = []
