@@ -37,6 +37,7 @@ from aioloader.service.codec import DecodeError, decode
 from aioloader.service.cursor import Cursor
 from aioloader.service.protocol import (
     AuthenticationError,
+    FrameTooLarge,
     ProtocolError,
     error_from,
     expect,
@@ -301,6 +302,8 @@ class Client(Closing):
             loop = stream.loop
             while True:
                 kind, value, after = handoff.get()
+                if kind == "batch" and self._closed:  # batches that arrived before close() stay
+                    raise RuntimeError("the client is closed")
                 if kind == "batch":
                     self._cursor.delivered(after)
                     loop.call_soon_threadsafe(stream.grant)  # type: ignore[union-attr]
@@ -330,6 +333,8 @@ class Client(Closing):
             await stream.open(state)
             while True:
                 kind, value, after = await handoff.get()
+                if kind == "batch" and self._closed:  # batches that arrived before close() stay
+                    raise RuntimeError("the client is closed")
                 if kind == "batch":
                     self._cursor.delivered(after)
                     stream.grant()
@@ -415,6 +420,11 @@ class Client(Closing):
         if isinstance(exc, TimeoutError):
             return ConnectionError(
                 f"the loader server at {self.address} did not answer within {self._timeout:.0f}s"
+            )
+        if isinstance(exc, FrameTooLarge) and exc.part == "body" and exc.limit == self._max_frame_bytes:
+            return ConnectionError(
+                f"the loader server at {self.address} sent a batch of {exc.size:,} bytes, over "
+                f"max_frame_bytes={exc.limit:,}; connect with a larger max_frame_bytes (or smaller batches)"
             )
         if isinstance(exc, (ProtocolError, DecodeError)):
             return ConnectionError(f"the loader server at {self.address} sent a malformed frame: {exc}")

@@ -134,9 +134,10 @@ def _encode_array(array: np.ndarray, writer: _Writer, kind: str) -> list[Any]:
     name = array.dtype.name
     if name not in _DTYPES or array.dtype.byteorder == ">":
         _refuse_dtype(str(array.dtype))
+    shape = list(array.shape)  # before the copy: ascontiguousarray makes a 0-d array 1-d
     array = np.ascontiguousarray(array)
     raw = memoryview(array).cast("B") if array.size else memoryview(b"")
-    return [name, list(array.shape), writer.add(raw), kind]
+    return [name, shape, writer.add(raw), kind]
 
 
 def _refuse_dtype(dtype: str) -> None:

@@ -47,6 +47,14 @@ class ProtocolError(Exception):
     """A peer sent something that is not a valid frame of this protocol (or not in order)."""
 
 
+class FrameTooLarge(ProtocolError):
+    """A frame's header or body is over the reader's limit (``part``: "header" or "body")."""
+
+    def __init__(self, part: str, size: int, limit: int) -> None:
+        super().__init__(f"frame {part} of {size:,} bytes is over the limit of {limit:,}")
+        self.part, self.size, self.limit = part, size, limit
+
+
 class AuthenticationError(PermissionError):
     """The peer does not hold the same token (or refused ours)."""
 
@@ -88,9 +96,9 @@ async def read_frame(
     if version != VERSION:
         raise ProtocolError(f"protocol version {version}, this side speaks {VERSION}")
     if header_len > max_header:
-        raise ProtocolError(f"frame header of {header_len:,} bytes is over the limit of {max_header:,}")
+        raise FrameTooLarge("header", header_len, max_header)
     if body_len > max_body:
-        raise ProtocolError(f"frame body of {body_len:,} bytes is over the limit of {max_body:,}")
+        raise FrameTooLarge("body", body_len, max_body)
     raw = await reader.readexactly(header_len)
     try:
         header = json.loads(raw)
@@ -116,8 +124,30 @@ def error_header(kind: str, exc: BaseException | str) -> dict[str, Any]:
     (the loader raised) or "protocol"; the exception travels as its type name and text."""
     if isinstance(exc, BaseException):
         text = "\n".join([str(exc), *getattr(exc, "__notes__", [])])
-        return {"t": "error", "kind": kind, "type": type(exc).__name__, "message": text}
+        header = {"t": "error", "kind": kind, "type": type(exc).__name__, "message": text}
+        return {**header, **_where(exc)}
     return {"t": "error", "kind": kind, "type": "", "message": exc}
+
+
+def _where(exc: BaseException) -> dict[str, Any]:
+    """The stage and sample key :func:`~aioloader.errors.annotate` named on ``exc``, those of
+    them that JSON can carry (a key is an int, a str or a tuple of them: a list on arrival)."""
+    where = {}
+    for name in ("stage", "key"):
+        value = getattr(exc, name, None)
+        if value is None:
+            continue
+        try:
+            json.dumps(value)
+        except (TypeError, ValueError):
+            continue
+        where[name] = value
+    return where
+
+
+def _key_from_json(key: Any) -> Any:
+    """A sample key as it was sent: JSON turned its tuples into lists."""
+    return tuple(_key_from_json(k) for k in key) if isinstance(key, list) else key
 
 
 def error_from(header: dict[str, Any]) -> Exception:
@@ -131,7 +161,13 @@ def error_from(header: dict[str, Any]) -> Exception:
             return TypeError(message)
         return ValueError(message)
     if kind == "pipeline":
-        return RemoteError(f"{remote_type}: {message}" if remote_type else message, remote_type=remote_type)
+        stage = header.get("stage")
+        return RemoteError(
+            f"{remote_type}: {message}" if remote_type else message,
+            remote_type=remote_type,
+            stage=stage if isinstance(stage, str) else None,
+            key=_key_from_json(header.get("key")),
+        )
     return ConnectionError(f"the loader server closed the connection: {message}")
 
 

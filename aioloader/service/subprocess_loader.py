@@ -92,9 +92,16 @@ class SubprocessLoader(Closing):
         self._closed = False
         self._cursor: Cursor | None = None
         self._proc, self._commands, self._results, self._lifeline = spawn_child("aioloader.service._child")
-        self._reader = threading.Thread(target=self._read, name="aioloader-subprocess", daemon=True)
+        # The thread holds this object only while it dispatches a message: an unclosed loader
+        # can then be collected, and its finalizer ends the child.
+        self._reader = threading.Thread(
+            target=_read_results,
+            args=(weakref.ref(self), self._results, self._proc),
+            name="aioloader-subprocess",
+            daemon=True,
+        )
         self._reader.start()
-        self._finalizer = weakref.finalize(self, _kill, self._proc, self._prefix)
+        self._finalizer = weakref.finalize(self, _kill, self._proc, self._prefix, self._lifeline)
         try:
             prep = get_preparation_data("aioloader-subprocess")
             prep.pop("authkey", None)
@@ -182,6 +189,9 @@ class SubprocessLoader(Closing):
         try:
             while True:
                 kind, value, after = handoff.get()
+                if kind == "batch" and self._closed:  # batches that arrived before close() stay
+                    finished = True
+                    raise RuntimeError("the loader was closed")
                 if kind == "batch":
                     self._cursor.delivered(after)  # type: ignore[union-attr]
                     self._grant(run)
@@ -210,6 +220,9 @@ class SubprocessLoader(Closing):
         try:
             while True:
                 kind, value, after = await handoff.get()
+                if kind == "batch" and self._closed:  # batches that arrived before close() stay
+                    finished = True
+                    raise RuntimeError("the loader was closed")
                 if kind == "batch":
                     self._cursor.delivered(after)  # type: ignore[union-attr]
                     self._grant(run)
@@ -299,18 +312,8 @@ class SubprocessLoader(Closing):
     def _release(self, name: str) -> None:
         self._releases.append(name)  # from a finalizer, any thread: a deque append is atomic
 
-    def _read(self) -> None:
-        try:
-            while True:
-                try:
-                    message = self._results.recv()
-                except (EOFError, OSError):
-                    break
-                self._dispatch(message)
-        except BaseException as exc:  # a bug here must fail the consumers, never hang them
-            self._fail(exc)
-            return
-        code = self._proc.wait()
+    def _child_ended(self, code: int) -> None:
+        """The results pipe reached its end: the child exited (or was closed)."""
         detail = "was closed" if self._closed else _describe_exit(code)
         self._fail(WorkerCrashError(f"the loader subprocess (pid {self._proc.pid}) {detail}"))
 
@@ -338,7 +341,9 @@ class SubprocessLoader(Closing):
                     self._release(frame[0])  # a stopped run's batch: its segment goes back
                 return
             try:
-                value = shm.unpack(frame, self._release)
+                # the deque's append, not a method: a batch kept by the user must not keep
+                # this loader (and its child) alive
+                value = shm.unpack(frame, self._releases.append)
             except Exception as exc:
                 run.put(("error", exc, None))
                 return
@@ -366,18 +371,46 @@ class SubprocessLoader(Closing):
             run.put(("error", error, None))
 
 
+def _read_results(
+    owner_ref: weakref.ref[SubprocessLoader], results: Any, proc: subprocess.Popen[bytes]
+) -> None:
+    """The I/O thread: hand each message from the child to its loader (while the loader lives;
+    a collected one's finalizer ended the child, so the pipe ends too)."""
+    try:
+        while True:
+            try:
+                message = results.recv()
+            except (EOFError, OSError):
+                break
+            owner = owner_ref()
+            if owner is None:
+                return
+            owner._dispatch(message)
+            del owner, message  # never hold the loader while waiting for the next message
+    except BaseException as exc:  # a bug here must fail the consumers, never hang them
+        owner = owner_ref()
+        if owner is not None:
+            owner._fail(exc)
+        return
+    code = proc.wait()
+    owner = owner_ref()
+    if owner is not None:
+        owner._child_ended(code)
+
+
 def _close_fd(fd: int) -> None:
     if fd >= 0:
         with contextlib.suppress(OSError):
             os.close(fd)
 
 
-def _kill(proc: subprocess.Popen[bytes], prefix: str) -> None:
+def _kill(proc: subprocess.Popen[bytes], prefix: str, lifeline: int) -> None:
     """Backstop when a SubprocessLoader is collected unclosed."""
     if proc.poll() is None:
         proc.kill()
         with contextlib.suppress(Exception):
             proc.wait(1.0)
+    _close_fd(lifeline)
     shm.sweep(prefix)
 
 
