@@ -314,8 +314,9 @@ class CudaCopyEngine:
         self, index: int | None, normalization: Normalization | None = None, *, non_blocking: bool = True
     ) -> None:
         if not torch.cuda.is_available():
+            device = "cuda" if index is None else f"cuda:{index}"
             raise RuntimeError(
-                "to_device('cuda'): CUDA is not available (torch.cuda.is_available() is False: "
+                f"to_device({device!r}): CUDA is not available (torch.cuda.is_available() is False: "
                 "a CPU-only torch build or no visible GPU); use to_device('cpu') on this machine"
             )
         count = torch.cuda.device_count()

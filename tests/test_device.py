@@ -140,8 +140,11 @@ def test_normalize_defaults_are_imagenet() -> None:
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the machine without CUDA")
 def test_cuda_without_cuda_raises_when_iteration_starts() -> None:
     loader = al.Loader.from_source(_images(8)).batch(4).to_device("cuda")
-    with loader, pytest.raises(RuntimeError, match="CUDA is not available"):
+    with loader, pytest.raises(RuntimeError, match=r"to_device\('cuda'\): CUDA is not available"):
         next(iter(loader))
+    by_index = al.Loader.from_source(_images(8)).batch(4).to_device(5)  # named as it was given
+    with by_index, pytest.raises(RuntimeError, match=r"to_device\('cuda:5'\): CUDA is not available"):
+        next(iter(by_index))
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the machine without CUDA")
