@@ -2,7 +2,9 @@
 
 ``__getitems__`` takes a block of keys with one fancy index (one copy, then row views), so a
 batch never costs a Python call per row. A memory-mapped source pickles as its path and maps the
-file again in the receiving process, instead of copying the array into the pickle.
+file again in the receiving process, instead of copying the array into the pickle. Each mapping
+checks that the file still holds the shape and dtype seen when the source was made: a file
+replaced between epochs raises ``DataCorruptionError`` instead of giving short blocks of rows.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from aioloader.errors import DataFormatError, DataNotFoundError
+from aioloader.errors import DataCorruptionError, DataFormatError, DataNotFoundError
 from aioloader.sources._handles import PerProcess
 from aioloader.sources._modes import DEFAULT_MAX_MEMORY_USAGE, ModalSource
 from aioloader.sources._paths import existing_file
@@ -28,8 +30,22 @@ _SCAN_ROWS_BYTES = 1 << 20
 def _map_npy(path: str) -> np.ndarray:
     try:
         return np.load(path, mmap_mode="r", allow_pickle=False)
+    except FileNotFoundError:
+        raise DataNotFoundError(f"Array: no such file: {path!r}") from None
     except (ValueError, OSError, EOFError) as exc:
         raise DataFormatError(f"Array: {path!r} is not a readable .npy file ({exc})") from None
+
+
+def _map_same_npy(path: str, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
+    """``path`` mapped again (in another process, or after ``close()``); ``DataCorruptionError``
+    when it no longer holds an array of ``shape`` and ``dtype``."""
+    array = _map_npy(path)
+    if array.shape != shape or array.dtype != dtype:
+        raise DataCorruptionError(
+            f"Array: {path!r} changed since the source was made: it now holds shape {array.shape} "
+            f"{array.dtype}, was {shape} {dtype}; make a new Array source to read it"
+        )
+    return array
 
 
 class Array(ModalSource):
@@ -58,7 +74,7 @@ class Array(ModalSource):
         elif isinstance(source, (str, os.PathLike)):
             self.path = existing_file(source, "ndarray_or_npy_path")
             array = _map_npy(str(self.path))
-            self._mapped = PerProcess(partial(_map_npy, str(self.path)))
+            self._mapped = PerProcess(partial(_map_same_npy, str(self.path), array.shape, array.dtype))
             where = repr(str(self.path))
         else:
             raise TypeError(

@@ -5,6 +5,10 @@ pickles without its handle, so it can be built in the parent and read in workers
 keys becomes few reads: ``__getitems__`` sorts the keys, merges those within a chunk (or a small
 gap) of each other into row ranges and reads each range with one h5py call per dataset.
 ``chunk_rows`` and :meth:`HDF5.chunks` expose the layout, for chunk-order shuffling.
+
+Each process checks, when it opens the file, that the datasets still have the shapes and dtypes
+recorded when the source was made: a file replaced or rewritten between epochs raises
+``DataCorruptionError`` instead of giving short (or empty) blocks of rows.
 """
 
 from __future__ import annotations
@@ -19,7 +23,7 @@ from typing import Any
 import h5py
 import numpy as np
 
-from aioloader.errors import DataFormatError, DataNotFoundError
+from aioloader.errors import DataCorruptionError, DataFormatError, DataNotFoundError
 from aioloader.sources._handles import PerProcess
 from aioloader.sources._modes import DEFAULT_MAX_MEMORY_USAGE, ModalSource
 from aioloader.sources._paths import existing_file
@@ -36,13 +40,37 @@ _Handle = tuple[h5py.File, tuple[h5py.Dataset, ...]]
 def _open_file(path: str) -> h5py.File:
     try:
         return h5py.File(path, "r", rdcc_nbytes=_CHUNK_CACHE_BYTES)
+    except FileNotFoundError:
+        raise DataNotFoundError(f"HDF5: no such file: {path!r}") from None
     except OSError as exc:
         raise DataFormatError(f"HDF5: cannot open {path!r} as an HDF5 file ({exc})") from None
 
 
-def _open(path: str, names: tuple[str, ...]) -> _Handle:
+def _layout(obj: Any) -> str:
+    """A dataset's shape and dtype as an error message shows them ("missing" for no dataset)."""
+    if not isinstance(obj, h5py.Dataset):
+        return "missing"
+    return f"shape {obj.shape} {obj.dtype}"
+
+
+def _open(
+    path: str, names: tuple[str, ...], layouts: tuple[tuple[tuple[int, ...], np.dtype], ...] | None = None
+) -> _Handle:
+    """The file and its datasets ``names``; ``DataCorruptionError`` when one no longer has the
+    shape and dtype in ``layouts`` (recorded when the source was made)."""
     file = _open_file(path)
-    return file, tuple(file[name] for name in names)
+    try:
+        for name, (shape, dtype) in zip(names, layouts or (), strict=False):
+            obj = file.get(name)
+            if not isinstance(obj, h5py.Dataset) or obj.shape != shape or obj.dtype != dtype:
+                raise DataCorruptionError(
+                    f"HDF5: {path!r} changed since the source was made: dataset {name!r} is now "
+                    f"{_layout(obj)}, was shape {shape} {dtype}; make a new HDF5 source to read it"
+                )
+        return file, tuple(file[name] for name in names)
+    except BaseException:
+        file.close()
+        raise
 
 
 def _close(handle: _Handle) -> None:
@@ -84,18 +112,20 @@ class HDF5(ModalSource):
         self.path = existing_file(path, "path")
         self.datasets = _check_names(datasets)
         self._describe()
-        self._handle: PerProcess[_Handle] = PerProcess(partial(_open, str(self.path), self.datasets), _close)
+        layouts = tuple(zip(self.shapes, self.dtypes, strict=True))
+        opener = partial(_open, str(self.path), self.datasets, layouts)
+        self._handle: PerProcess[_Handle] = PerProcess(opener, _close)
         self._arrays: tuple[np.ndarray, ...] | None = None
         self._start_mode()
 
     def _describe(self) -> None:
         """Check the datasets and record their layout (the file is closed again right after)."""
         with _open_file(str(self.path)) as file:
-            present = _dataset_names(file)
             shapes, dtypes, chunks = [], [], []
             for name in self.datasets:
                 obj = file.get(name)
                 if not isinstance(obj, h5py.Dataset):
+                    present = _dataset_names(file)  # walked only for the message: a file may hold many
                     raise DataFormatError(
                         f"HDF5: {str(self.path)!r} has no dataset {name!r}; datasets there: {present}"
                     )

@@ -63,6 +63,8 @@ def _check_extensions(extensions: Any) -> tuple[str, ...] | None:
         return None
     if isinstance(extensions, str):
         extensions = (extensions,)
+    if isinstance(extensions, (tuple, list, set, frozenset)) and not extensions:
+        raise ValueError("extensions is empty, so no file would be kept; pass None to keep every file")
     if not isinstance(extensions, (tuple, list, set, frozenset)) or not all(
         isinstance(e, str) and e for e in extensions
     ):
@@ -78,11 +80,31 @@ def _matches(name: str, extensions: tuple[str, ...] | None) -> bool:
     return extensions is None or name.lower().endswith(extensions)
 
 
+def _unvisited(dirpath: str, names: list[str], visited: set[tuple[int, int]]) -> list[str]:
+    """The sub-folders of ``dirpath`` to walk into: not hidden, and not a folder already walked
+    (a symlink back up the tree would otherwise list the same files again at every depth)."""
+    kept = []
+    for name in sorted(names):
+        if name.startswith("."):
+            continue
+        try:
+            info = os.stat(os.path.join(dirpath, name))
+        except OSError:  # vanished, or a dangling link: nothing to walk
+            continue
+        if (info.st_dev, info.st_ino) not in visited:
+            visited.add((info.st_dev, info.st_ino))
+            kept.append(name)
+    return kept
+
+
 def _files_under(folder: Path, extensions: tuple[str, ...] | None) -> list[str]:
-    """Matching files under ``folder`` (recursively), sorted, as paths relative to it."""
+    """Matching files under ``folder`` (recursively, following links to folders, each folder
+    once), sorted, as paths relative to it."""
     found = []
+    root = os.stat(folder)
+    visited = {(root.st_dev, root.st_ino)}
     for dirpath, dirnames, filenames in os.walk(folder, followlinks=True):
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        dirnames[:] = _unvisited(dirpath, dirnames, visited)
         rel = os.path.relpath(dirpath, folder)
         for name in sorted(filenames):
             if _matches(name, extensions):
@@ -184,7 +206,14 @@ class ImageFolder(ModalSource):
             yield self._read(index)
 
     def _estimate_nbytes(self) -> int:
-        return sum(os.stat(os.path.join(self.root, f)).st_size + _ITEM_OVERHEAD for f in self.files)
+        total = 0
+        for index, name in enumerate(self.files):
+            path = os.path.join(self.root, name)
+            try:
+                total += os.stat(path).st_size + _ITEM_OVERHEAD
+            except FileNotFoundError:
+                raise self._missing(index, path) from None
+        return total
 
     def __repr__(self) -> str:
         kind = f"{len(self.classes)} classes" if self.classes else "unlabelled"

@@ -11,6 +11,7 @@ than giving short or shifted lines; one rewritten at the same size or larger is 
 
 from __future__ import annotations
 
+import codecs
 import itertools
 import json
 import os
@@ -38,6 +39,19 @@ def _strip_newline(raw: bytes) -> bytes:
         if raw.endswith(b"\r"):
             raw = raw[:-1]
     return raw
+
+
+def _check_line_encoding(encoding: str) -> None:
+    """``LookupError`` now for an unknown encoding (not at the first read); ``ValueError`` for one
+    whose newline is not the byte ``b"\\n"`` (UTF-16, UTF-32): lines are split on that byte."""
+    encoder = codecs.getincrementalencoder(encoding)()
+    encoder.encode("\n")  # the first call may write a byte-order mark (utf-8-sig)
+    if encoder.encode("\n") != b"\n":
+        raise ValueError(
+            f"encoding {encoding!r} does not write a newline as the single byte b'\\n', and text "
+            "sources split lines on that byte; convert the files to UTF-8 (or another ASCII-compatible "
+            "encoding) first"
+        )
 
 
 def _close_fds(fds: dict[int, int]) -> None:
@@ -76,7 +90,8 @@ class TextLines(ModalSource):
         self._setup_mode(mode, max_memory_usage)
         if not isinstance(encoding, str) or not isinstance(errors, str):
             raise TypeError(f"encoding and errors must be str, got {encoding!r}, {errors!r}")
-        "".encode(encoding)  # LookupError now for an unknown encoding, not at the first read
+        _check_line_encoding(encoding)
+        codecs.lookup_error(errors)  # LookupError now for an unknown handler, not at the first bad line
         self.encoding = encoding
         self.errors = errors
         self.paths = expand_files(path_or_glob, "path_or_glob")
@@ -246,7 +261,13 @@ class TextLines(ModalSource):
         position = 0
         decode, skip_blank = self._decode, self._skip_blank
         for path in self.paths if paths is None else paths:
-            with open(path, "rb") as f:
+            try:
+                f = open(path, "rb")  # noqa: SIM115 - closed by the with below
+            except FileNotFoundError:
+                raise DataNotFoundError(
+                    f"{type(self).__name__}: file {str(path)!r} (key {position}) is gone", key=position
+                ) from None
+            with f:
                 for number, raw in enumerate(f, 1):
                     if skip_blank and raw in (b"\n", b"\r\n"):
                         continue
