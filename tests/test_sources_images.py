@@ -106,6 +106,53 @@ def test_decode_image_equals_pillow(tree: Path) -> None:
     assert pickle.loads(pickle.dumps(resized))(source[0][0]).shape == (3, 8, 8)
 
 
+def _photo_like(path: Path, width: int, height: int, mode: str) -> None:
+    """A JPEG/PNG with gradients and noise, the kind of content a resize filter is judged on."""
+    yy, xx = np.mgrid[0:height, 0:width].astype(np.float32)
+    noise = np.random.default_rng(width * height).normal(0, 20, (height, width, 4))
+    base = np.stack([xx * 0.7, yy * 0.9, (xx + yy) / 3, xx * 0 + 200], axis=-1) % 256
+    pixels = np.clip(base + noise, 0, 255).astype(np.uint8)
+    image = Image.fromarray(pixels, "RGBA").convert(mode)
+    image.save(path, quality=90) if path.suffix == ".jpg" else image.save(path)
+
+
+@pytest.mark.parametrize(
+    ("mode", "source_size", "size"),
+    [
+        ("RGB", (320, 240), (224, 224)),  # the common case: a photo down to a square
+        ("RGB", (320, 240), (100, 150)),
+        ("RGB", (24, 16), (40, 48)),  # upscaling
+        ("L", (320, 240), (224, 224)),
+        ("RGBA", (320, 240), (57, 91)),
+    ],
+)
+def test_decode_image_bilinear_resize_matches_pillow(
+    tmp_path: Path, mode: str, source_size: tuple[int, int], size: tuple[int, int]
+) -> None:
+    """The default filter resizes with torch's uint8 kernel (2.8x faster than Pillow's): the
+    result must stay Pillow's ``BILINEAR``, a pixel off by at most one level."""
+    path = tmp_path / ("image.png" if mode == "RGBA" else "image.jpg")
+    _photo_like(path, *source_size, mode)
+    decoded = decode_image(size=size, mode=mode)(path.read_bytes())
+    with Image.open(path) as image:
+        expected = np.asarray(image.convert(mode).resize((size[1], size[0]), Image.Resampling.BILINEAR))
+    expected = expected[None] if expected.ndim == 2 else expected.transpose(2, 0, 1)
+    assert decoded.dtype == torch.uint8 and decoded.is_contiguous()
+    assert tuple(decoded.shape) == expected.shape
+    difference = np.abs(decoded.numpy().astype(np.int16) - expected.astype(np.int16))
+    assert difference.max() <= 1
+    assert difference.mean() < 0.01  # rounding differences only, not a different filter
+
+
+def test_decode_image_other_filters_are_pillows(tmp_path: Path) -> None:
+    path = tmp_path / "image.jpg"
+    _photo_like(path, 64, 48, "RGB")
+    with Image.open(path) as image:
+        expected = np.asarray(image.convert("RGB").resize((30, 20), Image.Resampling.BICUBIC))
+    decoded = decode_image(size=(20, 30), resample="bicubic")(path.read_bytes())
+    assert torch.equal(decoded, torch.from_numpy(expected.transpose(2, 0, 1).copy()))
+
+
 def test_decode_image_rejects_bad_arguments() -> None:
     with pytest.raises(TypeError, match="size"):
         decode_image(size="big")
