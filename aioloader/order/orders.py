@@ -168,6 +168,18 @@ class ClassBalanced:
     labels: Sequence[int] | np.ndarray
     num_samples: int | None = None
 
+    def __post_init__(self) -> None:
+        if np.asarray(self.labels).ndim != 1:
+            raise ValueError(
+                f"labels must be a 1-D sequence of class labels, got shape {np.shape(self.labels)}"
+            )
+        if self.num_samples is not None and (
+            isinstance(self.num_samples, bool)
+            or not isinstance(self.num_samples, numbers.Integral)
+            or self.num_samples < 0
+        ):
+            raise ValueError(f"num_samples must be an int >= 0, got {self.num_samples!r}")
+
     def keys(self, n: int, seed: int, epoch: int) -> np.ndarray:
         labels = np.asarray(self.labels)
         if len(labels) != n:

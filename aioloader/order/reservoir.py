@@ -143,6 +143,11 @@ class Reservoir:
     def __len__(self) -> int:
         return len(self.slots)
 
+    @property
+    def refilling(self) -> int:
+        """How many of a resumed buffer's saved items have not come back yet (0 once full)."""
+        return self._refill
+
     def forget_before(self, emitted: int) -> None:
         """Drop undo entries of emissions before ``emitted`` (the consumer has them)."""
         log = self._log

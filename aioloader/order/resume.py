@@ -10,19 +10,31 @@ A state names a position in one rank's epoch, in keys and counters, never payloa
 - ``fingerprint``: what the state depends on (source length, order, seed, sharding, stages);
   a state loaded into a different spec raises ``ValueError`` saying what differs.
 
+A state is checked strictly before it is used: a missing field, a value of the wrong type or
+out of range, or fields that contradict each other (a corrupted or hand-edited state) raise
+``ValueError`` naming the field, rather than resuming somewhere else.
+
 Elastic resume: ``load_state_dict([state_of_rank_0, ..., state_of_rank_W-1])`` continues the
-epoch with exactly the keys no rank has received yet, spread over the new world size.
+epoch with exactly the keys no rank has received yet, spread over the new world size. A rank
+that had received its whole share of the epoch (its state is already at the start of the
+next epoch) counts as having delivered all of it.
 """
 
 from __future__ import annotations
 
+import numbers
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
+from aioloader.order.sharding import RankInfo, shard_count
+
 FORMAT = "aioloader.state/1"
+_REQUIRED = ("rank", "world_size", "fingerprint", "epoch", "position")
+_POLICIES = ("drop", "pad", "uneven")
+_RESERVOIR_FIELDS = ("slots", "inputs", "last_input", "emitted", "draining")
 
 
 @dataclass(frozen=True)
@@ -50,10 +62,148 @@ def fingerprint_diff(
     return diffs
 
 
+def _is_int(value: Any) -> bool:
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def _int_at_least(value: Any, where: str, minimum: int) -> int:
+    """``value`` as an int >= ``minimum``; ``ValueError`` naming ``where`` otherwise."""
+    if not _is_int(value) or value < minimum:
+        raise ValueError(f"state{where} must be an int >= {minimum}, got {value!r}")
+    return int(value)
+
+
 def check_format(state: Any) -> dict[str, Any]:
+    """``state`` if it is a dict in this module's format with every required field present."""
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise ValueError(f"state must be a dict returned by Loader.state_dict() (format {FORMAT!r})")
+    missing = [name for name in _REQUIRED if name not in state]
+    if missing:
+        raise ValueError(
+            f"state is missing {', '.join(map(repr, missing))}: it is not a whole Loader.state_dict()"
+        )
+    if not isinstance(state["fingerprint"], dict):
+        raise ValueError(f"state['fingerprint'] must be a dict, got {type(state['fingerprint']).__name__}")
     return state
+
+
+def _check_rank(state: dict[str, Any]) -> None:
+    """``rank`` and ``world_size`` in range and agreeing with the fingerprint."""
+    world = _int_at_least(state["world_size"], "['world_size']", 1)
+    rank = _int_at_least(state["rank"], "['rank']", 0)
+    if rank >= world:
+        raise ValueError(f"state['rank'] is {rank}, not below state['world_size'] {world}")
+    saved_world = state["fingerprint"].get("world_size", world)
+    if saved_world != world:
+        raise ValueError(
+            f"state['world_size'] is {world} but its fingerprint says {saved_world!r}: the state is corrupted"
+        )
+
+
+def _rank_key_bound(fingerprint: dict[str, Any]) -> int | None:
+    """The most keys any rank has in one epoch of the fingerprinted loader (None: unknown,
+    a stream). The fingerprint names an indexable source as ``indexable:<length>``."""
+    source = fingerprint.get("source")
+    if not isinstance(source, str) or not source.startswith("indexable:"):
+        return None
+    try:
+        count = int(source.split(":", 1)[1])
+    except ValueError:
+        return None
+    order = fingerprint.get("order")
+    samples = order.get("num_samples") if isinstance(order, dict) else None
+    if _is_int(samples):
+        count = int(samples)
+    world = fingerprint.get("world_size", 1)
+    return -(-count // world) if _is_int(world) and world > 0 else count
+
+
+def _check_prefix(prefix: Any, position: int) -> list[int]:
+    """The shuffle buffer's positions: distinct ints, each before the resume ``position``."""
+    if not isinstance(prefix, list):
+        raise ValueError(f"state['prefix'] must be a list of positions, got {type(prefix).__name__}")
+    for p in prefix:
+        if not _is_int(p) or not 0 <= p < position:
+            raise ValueError(
+                f"state['prefix'] holds {p!r}: each entry must be a position in [0, {position}) "
+                f"(before state['position'])"
+            )
+    if len(set(prefix)) != len(prefix):
+        raise ValueError("state['prefix'] repeats a position: the state is corrupted")
+    return [int(p) for p in prefix]
+
+
+def _check_reservoir(reservoir: Any, position: int, prefix: list[int]) -> dict[str, Any] | None:
+    """The shuffle buffer's counters, consistent with ``position`` and ``prefix``."""
+    if reservoir is None:
+        if prefix:
+            raise ValueError("state['prefix'] is not empty but state['reservoir'] is None")
+        return None
+    if not isinstance(reservoir, dict):
+        raise ValueError(f"state['reservoir'] must be a dict or None, got {type(reservoir).__name__}")
+    missing = [name for name in _RESERVOIR_FIELDS if name not in reservoir]
+    if missing:
+        raise ValueError(f"state['reservoir'] is missing {', '.join(map(repr, missing))}")
+    inputs = _int_at_least(reservoir["inputs"], "['reservoir']['inputs']", 0)
+    emitted = _int_at_least(reservoir["emitted"], "['reservoir']['emitted']", 0)
+    last = reservoir["last_input"]
+    if last is not None and not _is_int(last):
+        raise ValueError(f"state['reservoir']['last_input'] must be an int or None, got {last!r}")
+    if not isinstance(reservoir["draining"], bool):
+        raise ValueError(f"state['reservoir']['draining'] must be a bool, got {reservoir['draining']!r}")
+    if reservoir["slots"] != prefix:
+        raise ValueError("state['reservoir']['slots'] differs from state['prefix']: the state is corrupted")
+    if emitted + len(prefix) != inputs:
+        raise ValueError(
+            f"state['reservoir'] is inconsistent: {emitted} emitted + {len(prefix)} in the buffer "
+            f"!= {inputs} inputs"
+        )
+    if position != (0 if last is None else int(last) + 1):
+        raise ValueError(
+            f"state['position'] {position} does not follow state['reservoir']['last_input'] {last!r}"
+        )
+    return reservoir
+
+
+def _check_elastic(elastic: Any) -> list[dict[str, Any]]:
+    """Earlier generations of ranks: world size, policy and one position (or None) per rank."""
+    if not isinstance(elastic, list):
+        raise ValueError(f"state['elastic'] must be a list, got {type(elastic).__name__}")
+    for i, generation in enumerate(elastic):
+        where = f"state['elastic'][{i}]"
+        if not isinstance(generation, dict):
+            raise ValueError(f"{where} must be a dict, got {type(generation).__name__}")
+        world = generation.get("world_size")
+        positions = generation.get("positions")
+        if not _is_int(world) or world < 1:
+            raise ValueError(f"{where}['world_size'] must be an int >= 1, got {world!r}")
+        if generation.get("policy") not in _POLICIES:
+            raise ValueError(
+                f"{where}['policy'] must be one of {_POLICIES}, got {generation.get('policy')!r}"
+            )
+        if not isinstance(positions, list) or len(positions) != world:
+            raise ValueError(f"{where}['positions'] must be a list of {world} positions, got {positions!r}")
+        if any(p is not None and (not _is_int(p) or p < 0) for p in positions):
+            raise ValueError(f"{where}['positions'] must hold ints >= 0 (or None), got {positions!r}")
+    return elastic
+
+
+def _checked(state: Any) -> ResumePoint:
+    """One rank's state, structurally validated (each field's type, range and agreement)."""
+    check_format(state)
+    _check_rank(state)
+    epoch = _int_at_least(state["epoch"], "['epoch']", 0)
+    position = _int_at_least(state["position"], "['position']", 0)
+    bound = _rank_key_bound(state["fingerprint"])
+    if bound is not None and position > bound:
+        raise ValueError(
+            f"state['position'] {position} is past the end of the epoch (a rank of this loader "
+            f"has at most {bound} keys)"
+        )
+    prefix = _check_prefix(state.get("prefix", []), position)
+    reservoir = _check_reservoir(state.get("reservoir"), position, prefix)
+    elastic = _check_elastic(state.get("elastic", []))
+    return ResumePoint(epoch=epoch, position=position, prefix=prefix, reservoir=reservoir, elastic=elastic)
 
 
 def parse(state: dict[str, Any], fingerprint: dict[str, Any]) -> ResumePoint:
@@ -61,47 +211,72 @@ def parse(state: dict[str, Any], fingerprint: dict[str, Any]) -> ResumePoint:
     check_format(state)
     diffs = fingerprint_diff(state["fingerprint"], fingerprint)
     if diffs:
-        raise ValueError("the state was saved from a different loader: " + "; ".join(diffs))
-    return ResumePoint(
-        epoch=int(state["epoch"]),
-        position=int(state["position"]),
-        prefix=[int(p) for p in state.get("prefix", [])],
-        reservoir=state.get("reservoir"),
-        elastic=list(state.get("elastic", [])),
-        delivered=int(state.get("delivered", 0)),
-    )
+        hint = ""
+        if any(d.startswith("world_size:") for d in diffs):
+            hint = " (to resume on another world size, load the list of every rank's states)"
+        raise ValueError("the state was saved from a different loader: " + "; ".join(diffs) + hint)
+    return _checked(state)
+
+
+def _finished(state: dict[str, Any]) -> bool:
+    """A state at the very start of an epoch: its rank received all of the previous one."""
+    return int(state["position"]) == 0 and not state.get("prefix") and not state.get("elastic")
+
+
+def _elastic_epoch(states: list[dict[str, Any]]) -> tuple[int, list[bool]]:
+    """The epoch the ranks were in, and which ranks had already finished it (their state is
+    at the start of the next epoch, as ``state_dict()`` says after a rank's last batch)."""
+    epochs = sorted({int(s["epoch"]) for s in states})
+    if len(epochs) == 1:
+        return epochs[0], [False] * len(states)
+    epoch = epochs[0]
+    finished = [int(s["epoch"]) == epoch + 1 and _finished(s) for s in states]
+    if (
+        len(epochs) != 2
+        or epochs[1] != epoch + 1
+        or not all(done or int(s["epoch"]) == epoch for s, done in zip(states, finished, strict=True))
+    ):
+        raise ValueError(
+            f"the ranks' states are from different epochs: {epochs} (only a rank that finished "
+            f"epoch {epoch} may be at the start of epoch {epoch + 1})"
+        )
+    return epoch, finished
 
 
 def parse_elastic(states: Sequence[dict[str, Any]], fingerprint: dict[str, Any]) -> ResumePoint:
     """The states of every rank of an earlier world: continue with what none of them received."""
-    states = [check_format(s) for s in states]
+    if not states:
+        raise ValueError("elastic resume needs the state of every rank of the saved world; got an empty list")
+    checked = [(s, _checked(s)) for s in states]
     world = len(states)
     ranks = sorted(int(s["rank"]) for s in states)
     if ranks != list(range(world)) or any(int(s["world_size"]) != world for s in states):
         raise ValueError(f"elastic resume needs exactly one state per rank 0..{world - 1} of the saved world")
-    for s in states:
+    for s, point in checked:
         diffs = fingerprint_diff(s["fingerprint"], fingerprint, ignore=("world_size",))
         if diffs:
             raise ValueError("the state was saved from a different loader: " + "; ".join(diffs))
-        if s.get("reservoir") is not None or s.get("prefix"):
+        if point.reservoir is not None or point.prefix:
             raise ValueError("elastic resume is not supported through a shuffle buffer (.shuffle)")
-    epochs = {int(s["epoch"]) for s in states}
-    if len(epochs) != 1:
-        raise ValueError(f"the ranks' states are from different epochs: {sorted(epochs)}")
     by_rank = sorted(states, key=lambda s: int(s["rank"]))
-    elastic = list(by_rank[0].get("elastic", []))
-    if any(s.get("elastic", []) != elastic for s in by_rank):
+    epoch, finished = _elastic_epoch(by_rank)
+    running = [s for s, done in zip(by_rank, finished, strict=True) if not done]
+    elastic = list(running[0].get("elastic", [])) if running else []
+    if any(s.get("elastic", []) != elastic for s in running):
         raise ValueError("the ranks' states come from different elastic histories")
     generation = {
         "world_size": world,
         "policy": by_rank[0]["fingerprint"].get("shard_policy", "drop"),
-        "positions": [int(s["position"]) for s in by_rank],
+        "positions": [
+            None if done else int(s["position"]) for s, done in zip(by_rank, finished, strict=True)
+        ],
     }
-    return ResumePoint(epoch=epochs.pop(), position=0, elastic=[*elastic, generation])
+    return ResumePoint(epoch=epoch, position=0, elastic=[*elastic, generation])
 
 
 def remaining_order(order: np.ndarray, generations: list[dict[str, Any]]) -> np.ndarray:
-    """``order`` without the keys each generation of ranks delivered (or its sharding dropped)."""
+    """``order`` without the keys each generation of ranks delivered (or its sharding dropped).
+    A position of ``None`` is a rank that delivered its whole share."""
     for generation in generations:
         world, policy = int(generation["world_size"]), generation["policy"]
         n = len(order)
@@ -109,7 +284,8 @@ def remaining_order(order: np.ndarray, generations: list[dict[str, Any]]) -> np.
         if policy == "drop":
             taken[(n // world) * world :] = True  # never assigned in that generation
         for rank, position in enumerate(generation["positions"]):
-            positions = rank + world * np.arange(int(position), dtype=np.int64)
+            count = shard_count(n, RankInfo(rank, world), policy) if position is None else int(position)
+            positions = rank + world * np.arange(count, dtype=np.int64)
             taken[positions % n if n else positions] = True
         order = order[~taken]
     return order

@@ -4,6 +4,11 @@ Items keep their keys; their seqs become emission numbers, so the consumer's pos
 position in this stage's output, which :meth:`state_at` maps back to the buffer's content
 (input seqs, i.e. keys: never payloads) and the source position to resume from. The undo log
 is trimmed as the consumer receives items, so it holds only what is in flight.
+
+Shuffling batches (a ``.shuffle`` after a batching stage) works, but cannot be resumed exactly
+(a resumed source could not regroup the buffered batches' members): ``state_dict()`` raises.
+A resumed run whose source ends before resending the buffer's saved items raises too, rather
+than lose them.
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 from aioloader._run.block import Block
 from aioloader._run.channel import Channel
 from aioloader._spec import StageSpec
+from aioloader.errors import DataLoadingError
 from aioloader.monitor.stats import StageStats
 from aioloader.order.reservoir import Reservoir, ReservoirState
 
@@ -40,6 +46,19 @@ def _seq_of(entry: tuple[Any, Any, Any]) -> Any:
     return entry[1]
 
 
+def _output_seq(input_seq: Any, emission: int) -> Any:
+    """The seq of an emitted entry: its emission number; a batch (its seq the list of its
+    members' seqs) keeps one entry per member, so ``unbatch`` can still split it."""
+    if isinstance(input_seq, list) and input_seq:
+        return [emission] * len(input_seq)
+    return emission
+
+
+def _holds_batches(state: ReservoirState) -> bool:
+    """True when the buffer's inputs are batches (their seqs are lists of members' seqs)."""
+    return isinstance(state.last_input, list) or any(isinstance(s, list) for s in state.slots)
+
+
 class ShuffleStage:
     def __init__(self, spec: ShuffleSpec, run: Run) -> None:
         self.name = spec.name
@@ -58,7 +77,15 @@ class ShuffleStage:
         run.attach_reservoir(self)
 
     def state_at(self, emitted: int) -> ReservoirState:
-        return self.reservoir.state_at(emitted)
+        """The buffer's state after emission ``emitted``; ``ValueError`` when it shuffles
+        batches, whose members a resumed source could not regroup the same way."""
+        state = self.reservoir.state_at(emitted)
+        if _holds_batches(state):
+            raise ValueError(
+                f"state_dict: stage {self.name!r} shuffles batches (it follows a batching stage), "
+                "which cannot be resumed exactly; shuffle the items before batching them"
+            )
+        return state
 
     async def run(self) -> None:
         reservoir = self.reservoir
@@ -72,16 +99,17 @@ class ShuffleStage:
                 out = reservoir.push(entry)
                 if out is not None:
                     keys.append(out[0])
-                    seqs.append(reservoir.emitted - 1)
+                    seqs.append(_output_seq(out[1], reservoir.emitted - 1))
                     values.append(out[2])
             self.stats.busy_s += perf_counter() - started
             if len(values) >= self._block or (values and self.output.starved()):
                 await self._emit(keys, seqs, values)
                 keys, seqs, values = [], [], []
+        self._check_refilled()
         while len(reservoir):
             out = reservoir.pop()
             keys.append(out[0])
-            seqs.append(reservoir.emitted - 1)
+            seqs.append(_output_seq(out[1], reservoir.emitted - 1))
             values.append(out[2])
             if len(values) >= self._block:
                 await self._emit(keys, seqs, values)
@@ -89,6 +117,17 @@ class ShuffleStage:
         if values:
             await self._emit(keys, seqs, values)
         self.output.close()
+
+    def _check_refilled(self) -> None:
+        """At the end of the input of a resumed run: every item the buffer held when the state
+        was saved must have come back, else resuming would lose them without a word."""
+        missing = self.reservoir.refilling
+        if missing:
+            raise DataLoadingError(
+                f"resume: the source ended before resending {missing} of the items that were in "
+                f"the shuffle buffer when the state was saved; they would be lost",
+                stage=self.name,
+            )
 
     async def _emit(self, keys: list[Any], seqs: list[Any], values: list[Any]) -> None:
         self.stats.items_out += len(values)

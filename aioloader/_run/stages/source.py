@@ -155,7 +155,8 @@ class _StreamSource:
 def _shards(iterable: Any) -> list[Any] | None:
     """A stream's independent parts (``shards()``: a text source's files), if it has them."""
     shards = getattr(iterable, "shards", None)
-    return list(shards()) if callable(shards) else None
+    parts = shards() if callable(shards) else None  # None: this source has no such parts
+    return None if parts is None else list(parts)
 
 
 def _shard_stream(iterator: Iterator[Any], sharder: RoundSharder) -> Iterator[Any]:
@@ -235,6 +236,7 @@ class AsyncIterSource(_StreamSource):
         start, prefix = self._start, self._prefix
         wanted = {seq: i for i, seq in enumerate(prefix)}
         kept: list[Any] = [None] * len(prefix)
+        prefix_sent = False
         try:
             while True:
                 try:
@@ -252,6 +254,7 @@ class AsyncIterSource(_StreamSource):
                         mine += 1
                         if mine == start and prefix:
                             await self._emit_prefix(kept)
+                            prefix_sent = True
                         continue
                     items.append(item)
                     keys.append(self._key(mine))
@@ -269,7 +272,7 @@ class AsyncIterSource(_StreamSource):
                 elif wanted.get(mine) is not None:
                     kept[wanted[mine]] = item
                 mine += 1
-            if mine < start and prefix:  # the stream ended before the resume point
+            if prefix and not prefix_sent:  # the resume point was in the last round, or past the end
                 await self._emit_prefix(kept)
             if items:
                 self.stats.items_out += len(items)
