@@ -346,9 +346,22 @@ class Loader(Closing):
         """The epoch the next iteration will run."""
         return self._runtime.next_epoch
 
+    @property
+    def resuming(self) -> bool:
+        """True from ``load_state_dict()`` until the iteration that resumes the state starts."""
+        return self._runtime.pending_resume is not None
+
     def set_epoch(self, epoch: int) -> None:
-        """Choose the epoch of the next iteration (as ``DistributedSampler.set_epoch``)."""
+        """Choose the epoch of the next iteration (as ``DistributedSampler.set_epoch``). After
+        ``load_state_dict()``, only the state's epoch is accepted: the next iteration resumes it."""
         check_positive_int(epoch, "epoch", minimum=0)
+        pending = self._runtime.pending_resume
+        if pending is not None and int(epoch) != pending.epoch:
+            raise ValueError(
+                f"set_epoch({epoch}) after load_state_dict() of a state in epoch {pending.epoch}: "
+                f"the next iteration resumes epoch {pending.epoch}; call set_epoch({pending.epoch}) "
+                "(or load the state of the epoch you mean)"
+            )
         self._runtime.next_epoch = int(epoch)
 
     def __len__(self) -> int:
@@ -611,7 +624,10 @@ def _hand_out(run: Run, block: Any) -> Iterator[Any]:
 
 def describe_stage(spec: StageSpec) -> dict[str, Any]:
     """A stage's part of a state's fingerprint: its kind, name and order-relevant settings."""
-    described: dict[str, Any] = {"kind": type(spec).__name__, "name": spec.name}
+    # a map's executor (inline, threads, processes) never changes the data: a state saved with
+    # one resumes with another
+    kind = "MapSpec" if isinstance(spec, MapSpec) else type(spec).__name__
+    described: dict[str, Any] = {"kind": kind, "name": spec.name}
     for attribute in ("size", "drop_last", "buffer_size", "seed", "ordered"):
         value = getattr(spec, attribute, None)
         if isinstance(value, (int, bool, str)):

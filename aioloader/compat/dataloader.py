@@ -397,6 +397,9 @@ class EfficientDataLoader:
         if sampler is None or not isinstance(self.loader, Loader):
             return
         epoch = int(sampler.epoch)
+        if self.loader.resuming:  # the loaded state's epoch comes first
+            self._sampler_epoch = epoch
+            return
         if epoch != self._sampler_epoch:
             self.loader.set_epoch(epoch)
             self._sampler_epoch = epoch
