@@ -4,7 +4,7 @@ Three pipes, as the process pool's workers have. Parent to child (commands): the
 data of ``multiprocessing.spawn`` (the parent's ``sys.path``, cwd and ``__main__``), then
 ``(pickled pipeline, segment prefix)``, then commands::
 
-    ("start", run_id, state, credits)    run one epoch from ``state``
+    ("start", run_id, state, credits)    run one epoch from ``state`` (a mark: its epoch's start)
     ("credit", run_id, n, releases)      n more batches may be sent; segments handed back
     ("stop", run_id, releases)           the consumer left the loop
     ("request", request_id, name, arg)   "validate" a state, or "stats"
@@ -18,6 +18,10 @@ The lifeline pipe ends the child at once when the parent closes it or dies.
 
 The main thread reads commands; one producer thread per run iterates the Loader (sync
 iteration, on the Loader's own loop thread) and sends a batch only when it holds a credit.
+
+Every state sent (in ``ready``'s info, with each batch, at the end) is the Loader's
+``state_dict()``, or where the pipeline cannot be resumed exactly there, a mark of the epoch and
+the reason (:func:`aioloader.service.specs.state_or_mark`); such a pipeline runs all the same.
 """
 
 from __future__ import annotations
@@ -31,7 +35,13 @@ from multiprocessing.spawn import prepare
 from typing import Any
 
 from aioloader.loader import Loader
-from aioloader.service.specs import length_or_none, loader_from_pickle, validated_state
+from aioloader.service.specs import (
+    length_or_none,
+    loader_from_pickle,
+    start_run,
+    state_or_mark,
+    validated_state,
+)
 from aioloader.workers import _child as worker_child
 from aioloader.workers.shm import SegmentArena, pack
 
@@ -134,7 +144,8 @@ class _Child:
     def _produce(self, run_id: int, state: dict[str, Any]) -> None:
         loader = self.loader
         try:
-            loader.load_state_dict(state)
+            start_run(loader, state)
+            epoch = int(state["epoch"])
             batches = iter(loader)
             try:
                 while True:
@@ -144,9 +155,9 @@ class _Child:
                     try:
                         value = next(batches)
                     except StopIteration:
-                        self.send(("end", run_id, loader.state_dict()))
+                        self.send(("end", run_id, state_or_mark(loader, epoch + 1)))
                         return
-                    after = loader.state_dict()
+                    after = state_or_mark(loader, epoch)
                     self.send(("batch", run_id, pack(value, self.arena), after))
                     del value
             finally:
@@ -176,7 +187,7 @@ def main(argv: list[str] | None = None) -> None:
         spec, prefix = commands.recv()
         arenas.append(SegmentArena(prefix))
         loader = loader_from_pickle(spec)
-        info = {"len": length_or_none(loader), "state": loader.state_dict()}
+        info = {"len": length_or_none(loader), "state": state_or_mark(loader, loader.epoch)}
     except (EOFError, OSError):
         return
     except BaseException as exc:

@@ -16,6 +16,12 @@ Failures are never a hang: a refused connection, end of file, a reset, a malform
 with ``ConnectionError``. The state of the last batch handed out stays in ``state_dict()``, and
 the next iteration resumes the interrupted epoch there (retry the loop once the server is back,
 or give the state to a new client with ``load_state_dict``).
+
+A served pipeline that cannot be resumed exactly (``.bucket``, ``.pack``, ``.map(ordered=False)``,
+batches shuffled) streams all the same, but has no state to resume from mid-epoch: its
+``state_dict()`` raises the Loader's ``ValueError``, and after a connection lost mid-epoch the
+next iteration raises ``RuntimeError`` until ``set_epoch`` says which epoch to run from its
+start (see :mod:`.cursor`), rather than repeat or skip batches unsaid.
 """
 
 from __future__ import annotations
@@ -235,7 +241,7 @@ class Client(Closing):
     def set_epoch(self, epoch: int) -> None:
         if isinstance(epoch, bool) or not isinstance(epoch, int) or epoch < 0:
             raise ValueError(f"epoch must be an int >= 0, got {epoch!r}")
-        self._cursor.next_epoch = epoch
+        self._cursor.set_epoch(epoch)
 
     def __len__(self) -> int:
         if self._length is None:
@@ -243,7 +249,8 @@ class Client(Closing):
         return self._length
 
     def state_dict(self) -> dict[str, Any]:
-        """The served loader's state after the last batch this client handed out."""
+        """The served loader's state after the last batch this client handed out; ``ValueError``
+        (the served Loader's) where its pipeline cannot be resumed exactly."""
         return self._cursor.state_dict()
 
     def load_state_dict(self, state: dict[str, Any] | list[dict[str, Any]]) -> None:

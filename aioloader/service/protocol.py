@@ -16,6 +16,12 @@ nonce; the client answers ``auth`` with ``HMAC-SHA256(token, "client" | server n
 nonce)`` and its own nonce; the server checks it with ``hmac.compare_digest`` and answers
 ``welcome`` with ``HMAC-SHA256(token, "server" | client nonce | server nonce)``, which the client
 checks in turn. Neither side talks to a peer without the token, and the token never travels.
+
+Resume states travel in ``info``, ``start``, ``batch`` and ``end`` headers. Where the served
+pipeline cannot be resumed exactly, a state is a mark, ``{"epoch": e, "unresumable": why}``
+(:mod:`aioloader.service.cursor`). Marks are still version 1: they appear only for pipelines
+that earlier servers refused to serve, and an earlier client takes them as opaque states (it
+runs the epochs; only its ``state_dict()`` returns the mark instead of raising).
 """
 
 from __future__ import annotations

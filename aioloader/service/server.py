@@ -8,6 +8,8 @@ returns once it listens. Each connection is one task the server owns:
 2. one request: ``hello {rank, world_size, state?}`` is answered with ``info {len, state}`` (the
    client's length and starting state; a given state is checked by a twin loader), ``start
    {rank, world_size, state, credits}`` runs one epoch for that rank from ``state``;
+   where the pipeline cannot be resumed exactly, a state is a mark ``{epoch, unresumable}``
+   (:mod:`~aioloader.service.cursor`): a ``start`` from a mark runs that epoch from its start;
 3. while streaming, the server sends ``batch`` frames (the batch's tree, the rank loader's
    state after it, raw tensor bytes), ``ping`` after ``heartbeat`` seconds of silence, then
    ``end {state}`` or ``error``; the client sends ``credit {n}`` frames.
@@ -40,7 +42,15 @@ from aioloader.loader import Loader
 from aioloader.service import protocol
 from aioloader.service.codec import encode
 from aioloader.service.protocol import ProtocolError, error_header, expect, read_frame, write_frame
-from aioloader.service.specs import check_host_only, fresh_state, length_or_none, rank_loader, validated_state
+from aioloader.service.specs import (
+    check_host_only,
+    fresh_state,
+    length_or_none,
+    rank_loader,
+    start_run,
+    state_or_mark,
+    validated_state,
+)
 
 log = logging.getLogger("aioloader.service")
 
@@ -374,7 +384,7 @@ class Server:
         peer: str,
     ) -> bool:
         try:
-            loader.load_state_dict(state)
+            start_run(loader, state)
         except Exception as exc:  # a state from the network: malformed is a refused request
             log.info("refused a request from %s: %s: %s", peer, type(exc).__name__, exc)
             write_frame(
@@ -416,7 +426,8 @@ class Server:
                 try:
                     value = await anext(batches)
                 except StopAsyncIteration:
-                    write_frame(writer, {"t": "end", "state": loader.state_dict(), "batches": seq})
+                    end_state = state_or_mark(loader, session.epoch + 1)
+                    write_frame(writer, {"t": "end", "state": end_state, "batches": seq})
                     await self._drain(writer)
                     return True
                 except Exception as exc:
@@ -425,7 +436,7 @@ class Server:
                     write_frame(writer, error_header("pipeline", exc))
                     await self._drain(writer)
                     return True
-                state = loader.state_dict()
+                state = state_or_mark(loader, session.epoch)
                 try:
                     tree, buffers, nbytes = encode(value)
                 except TypeError as exc:

@@ -10,6 +10,10 @@ A spec travels to another process in one of two ways:
 - as a file (``aioloader serve SPEC.py``): the file is imported as a module named after it,
   from its own directory (which joins ``sys.path`` so process-pool workers import it too), and
   its attribute (``loader`` by default) is a Loader or a function returning one.
+
+The remote side's view of resume states is here too: :func:`state_or_mark` is the state sent
+with each batch (a :func:`~aioloader.service.cursor.mark` where the pipeline has none),
+:func:`start_run` positions a loader at a state or, for a mark, at the start of its epoch.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ from typing import Any
 
 from aioloader.loader import Loader
 from aioloader.order.sharding import resolve_rank
+from aioloader.service.cursor import UNRESUMABLE, is_mark, mark
 
 
 def check_host_only(loader: Loader, where: str) -> None:
@@ -61,27 +66,52 @@ def pinned_rank(loader: Loader) -> Loader:
 def validated_state(loader: Loader, state: Any) -> dict[str, Any]:
     """``state`` (a state, or every rank's states for an elastic resume) loaded into a twin of
     ``loader``, and that twin's ``state_dict()``: what a run of ``loader`` resumes from.
-    ``ValueError``/``TypeError`` when it does not fit the spec."""
+    ``ValueError``/``TypeError`` when it does not fit the spec, or the spec cannot be resumed."""
     if not isinstance(state, (dict, list)):
         raise TypeError(
             f"state must be a dict from state_dict() or a list of them, got {type(state).__name__}"
         )
-    twin = Loader(loader._pipeline)
-    try:
-        twin.load_state_dict(state)
-        return twin.state_dict()
-    except ValueError:
-        raise
-    except Exception as exc:  # a malformed state (it may come from the network): say so
-        raise ValueError(f"state is not a valid loader state: {type(exc).__name__}: {exc}") from None
-    finally:
-        twin.close()
+    if isinstance(state, dict) and is_mark(state):
+        raise ValueError(
+            "load_state_dict: the state marks a place where the loader could not be resumed "
+            f"exactly ({state[UNRESUMABLE]})"
+        )
+    with Loader(loader._pipeline) as twin:
+        try:
+            twin.load_state_dict(state)
+        except ValueError:
+            raise
+        except Exception as exc:  # a malformed state (it may come from the network): say so
+            raise ValueError(f"state is not a valid loader state: {type(exc).__name__}: {exc}") from None
+        try:
+            return twin.state_dict()
+        except ValueError as exc:  # the state fits, but this spec cannot resume from one
+            raise ValueError(f"load_state_dict: this loader cannot resume from a state: {exc}") from None
 
 
 def fresh_state(loader: Loader) -> dict[str, Any]:
-    """The state of a run of ``loader`` that has not started (epoch 0, position 0)."""
+    """The state (or mark) of a run of ``loader`` that has not started (epoch 0, position 0)."""
     with Loader(loader._pipeline) as twin:
-        return twin.state_dict()
+        return state_or_mark(twin, twin.epoch)
+
+
+def state_or_mark(loader: Loader, epoch: int) -> dict[str, Any]:
+    """``loader.state_dict()``, or where the pipeline cannot be resumed exactly there (it
+    raises ``ValueError``: a bucket, an unordered map, batches shuffled mid-epoch), a mark of
+    ``epoch`` (the epoch the consumer is in) holding the reason."""
+    try:
+        return loader.state_dict()
+    except ValueError as exc:
+        return mark(epoch, str(exc))
+
+
+def start_run(loader: Loader, state: dict[str, Any]) -> None:
+    """Make ``loader``'s next iteration start at ``state``: resume it, or for a mark, run the
+    mark's epoch from its start. ``ValueError`` for a state that does not fit."""
+    if is_mark(state):
+        loader.set_epoch(state["epoch"])
+    else:
+        loader.load_state_dict(state)
 
 
 def length_or_none(loader: Loader) -> int | None:

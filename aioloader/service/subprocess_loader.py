@@ -9,11 +9,17 @@ back to the child when the last view of it is gone.
 
 The proxy iterates like the Loader (sync and async), with the same ``len``, ``set_epoch``,
 ``state_dict``/``load_state_dict`` (each batch travels with the child's state after it; see
-:mod:`.cursor`) and ``stats`` (the child's). One I/O thread (``aioloader-subprocess``) reads the
-child's results; a consumer grants one credit per batch taken, so at most ``credits`` batches
-wait here. Every exit closes what it opened: leaving the loop stops the child's run, ``close()``
-ends the child (gracefully, then by its lifeline, then SIGKILL) and unlinks its segments, and
-the child ends itself when this process dies (its lifeline pipe reaches end of file).
+:mod:`.cursor`) and ``stats`` (the child's). A pipeline that cannot be resumed exactly
+(``.bucket``, ``.pack``, ``.map(ordered=False)``, batches shuffled) runs all the same: its
+``state_dict()`` raises the Loader's ``ValueError`` and ``load_state_dict()`` refuses, and a
+child that dies mid-epoch leaves nothing to resume from (a new ``in_subprocess()`` then runs
+the epoch ``set_epoch`` chooses, from its start).
+
+One I/O thread (``aioloader-subprocess``) reads the child's results; a consumer grants one
+credit per batch taken, so at most ``credits`` batches wait here. Every exit closes what it
+opened: leaving the loop stops the child's run, ``close()`` ends the child (gracefully, then by
+its lifeline, then SIGKILL) and unlinks its segments, and the child ends itself when this
+process dies (its lifeline pipe reaches end of file).
 """
 
 from __future__ import annotations
@@ -122,7 +128,7 @@ class SubprocessLoader(Closing):
     def set_epoch(self, epoch: int) -> None:
         if isinstance(epoch, bool) or not isinstance(epoch, int) or epoch < 0:
             raise ValueError(f"epoch must be an int >= 0, got {epoch!r}")
-        self._started().next_epoch = epoch
+        self._started().set_epoch(epoch)
 
     def __len__(self) -> int:
         length = self._wait_ready()["len"]
@@ -131,6 +137,8 @@ class SubprocessLoader(Closing):
         return length
 
     def state_dict(self) -> dict[str, Any]:
+        """The child loader's state after the last batch handed out here; ``ValueError``, as
+        the Loader's, where the pipeline cannot be resumed exactly."""
         return self._started().state_dict()
 
     def load_state_dict(self, state: dict[str, Any] | list[dict[str, Any]]) -> None:
