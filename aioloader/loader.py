@@ -546,6 +546,7 @@ class Loader(Closing):
         """Resume from ``state_dict()``: the next iteration continues where that consumer
         stopped. A list of every rank's states (from a run with another world size) resumes
         the epoch elastically: exactly the keys no rank received, spread over this world."""
+        _check_resumable(self._pipeline.stages, "load_state_dict")
         spec = self._pipeline.source_spec
         info = resolve_rank(spec.rank, spec.world_size)
         fingerprint = self._fingerprint(info)
@@ -635,15 +636,15 @@ def describe_stage(spec: StageSpec) -> dict[str, Any]:
     return described
 
 
-def _check_resumable(stages: tuple[StageSpec, ...]) -> None:
+def _check_resumable(stages: tuple[StageSpec, ...], method: str = "state_dict") -> None:
     """Refuse a state that could not resume exactly (rather than resume approximately)."""
     for stage in stages:
         if stage.resume_blocker is not None:
             raise ValueError(
-                f"state_dict: stage {stage.name!r} cannot be resumed exactly: {stage.resume_blocker}"
+                f"{method}: stage {stage.name!r} cannot be resumed exactly: {stage.resume_blocker}"
             )
         if isinstance(stage, MapSpec) and not stage.ordered:
             raise ValueError(
-                f"state_dict: stage {stage.name!r} has ordered=False, so what the consumer received "
+                f"{method}: stage {stage.name!r} has ordered=False, so what the consumer received "
                 "is not a prefix of the epoch; use ordered=True to resume exactly"
             )

@@ -378,3 +378,29 @@ def test_set_epoch_after_load_state_dict_must_name_the_states_epoch() -> None:
         assert not resumed.resuming
         resumed.set_epoch(5)  # once resumed, any epoch again
     assert head and len(rest_expected) == 3
+
+
+def test_a_state_is_refused_by_a_pipeline_that_cannot_resume_exactly() -> None:
+    """state_dict() of an unordered map raises, so a state for it can only be hand-made; loading
+    one must be refused too, not resumed approximately."""
+    from aioloader.order.resume import FORMAT
+    from aioloader.order.sharding import RankInfo
+
+    loader = al.Loader.from_source(list(range(10))).map(_double, ordered=False, executor="thread").batch(2)
+    with loader:
+        with pytest.raises(ValueError, match="state_dict: stage 'map\\(_double\\)' has ordered=False"):
+            loader.state_dict()
+        state = {
+            "format": FORMAT,
+            "rank": 0,
+            "world_size": 1,
+            "fingerprint": loader._fingerprint(RankInfo(0, 1)),
+            "epoch": 0,
+            "position": 4,
+            "prefix": [],
+            "reservoir": None,
+            "elastic": [],
+        }
+        with pytest.raises(ValueError, match="load_state_dict: stage 'map\\(_double\\)' has ordered=False"):
+            loader.load_state_dict(state)
+        assert not loader.resuming

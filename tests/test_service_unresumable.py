@@ -94,7 +94,9 @@ def test_state_dict_raises_as_in_process_and_states_are_refused(make):
         with pytest.raises(ValueError) as mid_epoch:
             sub.state_dict()
         assert str(mid_epoch.value) == expected
-        with pytest.raises(ValueError, match="different loader"):
+        with pytest.raises(
+            ValueError, match=r"load_state_dict: stage .* cannot be resumed exactly|has ordered=False"
+        ):
             sub.load_state_dict(foreign_state)
         assert_each_once(ids(sub))  # the next iteration still runs a whole epoch
 
@@ -152,7 +154,12 @@ def test_served_bucket_epochs_set_epoch_and_refused_state(bucket_server):
         reference.set_epoch(4)
         assert ids(client) == ids(reference)
         foreign = al.Loader.from_source(list(range(N)), rank=0, world_size=1).batch(8)
-        with foreign, pytest.raises(ValueError, match="different loader"):
+        with (
+            foreign,
+            pytest.raises(
+                ValueError, match=r"load_state_dict: stage .* cannot be resumed exactly|has ordered=False"
+            ),
+        ):
             client.load_state_dict(foreign.state_dict())
 
 
