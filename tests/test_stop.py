@@ -275,3 +275,57 @@ async def test_async_close_mid_epoch_leaves_the_epoch_incomplete():
     assert count == 2
     state = loader.state_dict()
     assert (state["epoch"], state["position"]) == (0, 4)
+
+
+class _SlowOnce:
+    """A function whose call on key 0 takes ``seconds`` (it is still running when the consumer
+    stops); ``started`` is set when that call begins and ``finished`` when it returns."""
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+        self.started = threading.Event()
+        self.finished = threading.Event()
+
+    def __call__(self, x: int) -> int:
+        if x == 0:
+            self.started.set()
+            threading.Event().wait(self.seconds)  # simulated work, not synchronisation
+            self.finished.set()
+        return x
+
+
+def test_close_returns_after_calls_running_in_threads_have_returned():
+    """A thread cannot be stopped, so close() waits (up to 1.5 s) for the pipeline's calls
+    still running in its threads: before, it returned at once, and a read still in flight then
+    reopened an HDF5 file the user closed right after (seen in a full test run)."""
+    slow = _SlowOnce(0.3)
+    loader = al.Loader.from_source(range(100)).map(slow, executor="thread", concurrency=2).batch(4)
+    consumer = threading.Thread(target=lambda: list(loader))
+    consumer.start()
+    assert slow.started.wait(10)
+    loader.close()
+    assert slow.finished.is_set(), "close() returned while a call was still running in a thread"
+    consumer.join(10)
+
+
+def test_close_returns_after_a_pull_running_in_the_source_thread_has_returned():
+    """The same for a slow iterator, which the source stage pulls in a thread."""
+    finished = threading.Event()
+    started = threading.Event()
+
+    def slow_stream():
+        yield from range(10)  # the first pulls are timed, and the slow one moves pulls to a thread
+        threading.Event().wait(0.01)
+        yield 10
+        started.set()
+        threading.Event().wait(0.3)
+        finished.set()
+        yield from range(11, 20)
+
+    loader = al.Loader.from_source(slow_stream()).batch(2)
+    consumer = threading.Thread(target=lambda: list(loader))
+    consumer.start()
+    assert started.wait(10)
+    loader.close()
+    consumer.join(10)
+    assert finished.is_set(), "close() returned while the iterator was being pulled in a thread"

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from time import perf_counter
 from typing import Any, Protocol
 
@@ -100,12 +100,15 @@ class ThreadExecutor:
     def __init__(self, workers: int, name: str) -> None:
         self.workers = workers
         self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix=f"aioloader-{name}")
+        self.calls: set[Future[ChunkResult]] = set()  # running or queued (see MapStage.drain)
 
     async def run(
         self, work: Callable[[list[Any]], ChunkResult], values: list[Any], timeout: float | None
     ) -> ChunkResult:
-        loop = asyncio.get_running_loop()
-        future = loop.run_in_executor(self._pool, work, values)
+        call = self._pool.submit(work, values)
+        self.calls.add(call)
+        call.add_done_callback(self.calls.discard)
+        future = asyncio.wrap_future(call)
         if timeout is None:
             return await future
         try:

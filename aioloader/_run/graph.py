@@ -48,6 +48,9 @@ SAMPLE_DEPTH = 4
 DEFAULT_BLOCK = 64
 MAX_CHUNK_BLOCK = 1 << 16
 MAX_BLOCK = 1024
+# At the end of a run, how long to wait for calls still running in threads (which cannot be
+# stopped), within the 2 s a close may take (DESIGN.md guarantee 6).
+DRAIN_S = 1.5
 
 
 class Stage(Protocol):
@@ -391,8 +394,28 @@ class Run:
                 close = getattr(stage, "close", None)
                 if close is not None:
                     close()
-            for callback in self.on_close:
-                callback(self)
+            drains = [stage.drain(DRAIN_S) for stage in self.stages if hasattr(stage, "drain")]
+            try:
+                await _finish(asyncio.gather(*drains))
+            finally:
+                for callback in self.on_close:
+                    callback(self)
 
     def stats(self) -> dict[str, Any]:
         return run_stats(self)
+
+
+async def _finish(awaitable: Any) -> None:
+    """Await ``awaitable`` (bounded, a clean-up) to its end even when cancelled meanwhile, then
+    re-raise the cancellation: a sync consumer that stops cancels the run's driver while it
+    closes, and the wait for threads must not be cut short by that."""
+    task = asyncio.ensure_future(awaitable)
+    cancelled = False
+    while not task.done():
+        try:
+            await asyncio.shield(task)
+        except asyncio.CancelledError:
+            cancelled = True
+    task.result()
+    if cancelled:
+        raise asyncio.CancelledError

@@ -34,6 +34,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
+from concurrent.futures import Future
 from time import perf_counter
 from typing import Any
 
@@ -222,28 +223,19 @@ def _merge(parts: list[ChunkResult]) -> ChunkResult:
     return results, failures, busy
 
 
-async def _in_thread(work: Callable[[list[Any]], ChunkResult], values: list[Any]) -> ChunkResult:
-    """``work(values)`` in a one-off thread, awaited without blocking the loop."""
-    loop = asyncio.get_running_loop()
-    future: asyncio.Future[Any] = loop.create_future()
-
-    def deliver(outcome: Any) -> None:
-        if not future.done():
-            if isinstance(outcome, BaseException):
-                future.set_exception(outcome)
-            else:
-                future.set_result(outcome)
+def _in_thread(work: Callable[[list[Any]], ChunkResult], values: list[Any]) -> Future[ChunkResult]:
+    """``work(values)`` in a one-off thread; the future resolves when it has returned."""
+    future: Future[ChunkResult] = Future()
+    future.set_running_or_notify_cancel()
 
     def target() -> None:
         try:
-            outcome: Any = work(values)
+            future.set_result(work(values))
         except BaseException as exc:
-            outcome = exc
-        if not loop.is_closed():
-            loop.call_soon_threadsafe(deliver, outcome)
+            future.set_exception(exc)
 
     threading.Thread(target=target, name="aioloader-probe", daemon=True).start()
-    return await future
+    return future
 
 
 class PlacementProbe:
@@ -259,6 +251,7 @@ class PlacementProbe:
         self.decision = "inline"
         self.cost_s = 0.0
         self.blocked: float | None = None
+        self.calls: list[Future[ChunkResult]] = []  # work still in a probe thread (see MapStage.drain)
 
     def _place(self, holds_gil: bool | None) -> str:
         # Pickling is checked only when processes would be chosen: the work may hold the whole
@@ -304,7 +297,9 @@ class PlacementProbe:
         holds_gil = self.blocked > HOLDS_GIL_ABOVE
         self.decision = self._place(holds_gil)
         if rest[count:]:
-            parts.append(await _in_thread(work, rest[count:]))
+            call = _in_thread(work, rest[count:])
+            self.calls.append(call)
+            parts.append(await asyncio.wrap_future(call))
         return _merge(parts)
 
     def describe(self) -> dict[str, Any]:

@@ -94,6 +94,8 @@ class MapStage:
         self._policy = FailurePolicy(spec.name, spec.on_error, spec.max_failures, errors, expected_items)
         self._cost_per_item: float | None = None
         self._owned: list[Executor] = []
+        self._probes: list[PlacementProbe] = []
+        self._leftover: list[Any] = []  # calls running in threads when the stage closed
         self._tune_max: int | None = None  # concurrency="auto": the pool size, set by the tuner
         self._limiter: Limiter | None = None  # the in-flight limit while running concurrently
         self._window: Channel | None = None
@@ -143,9 +145,24 @@ class MapStage:
         return executor
 
     def close(self) -> None:
+        """Close this run's executors; calls still running in their threads are kept for
+        :meth:`drain`."""
+        calls = [call for probe in self._probes for call in probe.calls]
         for executor in self._owned:
-            executor.close()
+            executor.close()  # queued calls are cancelled; running ones go on
+            calls.extend(getattr(executor, "calls", ()))
         self._owned.clear()
+        self._probes.clear()
+        self._leftover.extend(call for call in calls if not call.done())
+
+    async def drain(self, timeout: float) -> None:
+        """After :meth:`close`: wait, up to ``timeout`` seconds, for the calls still running in
+        threads (a thread cannot be stopped). Without this, ``Loader.close()`` could return while
+        a read was still running, and the read then reopened an HDF5 file closed after it."""
+        leftover, self._leftover = self._leftover, []
+        pending = [asyncio.wrap_future(call) for call in leftover if not call.done()]
+        if pending:
+            await asyncio.wait(pending, timeout=timeout)
 
     # -- running ---------------------------------------------------------------------------
     async def run(self) -> None:
@@ -172,7 +189,7 @@ class MapStage:
             return False
         probe = None
         if not self.spec.per_block:
-            probe = PlacementProbe(self._work, can_process=self._runtime is not None)
+            probe = self._placement_probe()
             self._executor = probe
         await self._forward(await self._process(block))
         if probe is not None and probe.blocked is None and probe.cost_s > THREAD_ABOVE_S:
@@ -190,6 +207,11 @@ class MapStage:
         self.stats.executor = kind
         return True
 
+    def _placement_probe(self) -> PlacementProbe:
+        probe = PlacementProbe(self._work, can_process=self._runtime is not None)
+        self._probes.append(probe)
+        return probe
+
     async def _probe_more(self, first: PlacementProbe) -> PlacementProbe:
         """The first block was too little work to tell whether the function holds the GIL (a
         fused stage's block is one batch): probe again on enough of the next blocks.
@@ -201,7 +223,7 @@ class MapStage:
             block = await self.input.get()
         except EndOfChannel:
             return first
-        again = PlacementProbe(self._work, can_process=self._runtime is not None)
+        again = self._placement_probe()
         self._executor = again
         await self._forward(await self._process(block))
         if again.cost_s <= THREAD_ABOVE_S:  # cheap once warm: placed by cost, nothing more to pull
@@ -217,7 +239,7 @@ class MapStage:
                 break
         if not blocks:
             return first
-        probe = PlacementProbe(self._work, can_process=self._runtime is not None)
+        probe = self._placement_probe()
         self._executor = probe
         await self._forward(await self._process(_join(blocks)))
         return probe

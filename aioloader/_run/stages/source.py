@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 from collections.abc import AsyncIterator, Iterator
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from time import perf_counter
 from typing import Any
 
@@ -168,6 +168,8 @@ def _shard_stream(iterator: Iterator[Any], sharder: RoundSharder) -> Iterator[An
 class IterSource(_StreamSource):
     """A sync iterable, pulled inline until a pull is slow, then in a thread."""
 
+    _pull: Future[Any] | None = None  # the pull running in the thread, if any
+
     async def run(self) -> None:
         world, rank = self._rank.world_size, self._rank.rank
         shards = _shards(self._iterable) if world > 1 and self._policy == "uneven" else None
@@ -194,9 +196,8 @@ class IterSource(_StreamSource):
                     if pool is None:
                         items, ended = _pull(iterator, self._block_size, _MAX_BLOCK_S)
                     else:
-                        items, ended = await loop.run_in_executor(
-                            pool, _pull, iterator, self._block_size, _MAX_BLOCK_S
-                        )
+                        self._pull = pool.submit(_pull, iterator, self._block_size, _MAX_BLOCK_S)
+                        items, ended = await asyncio.wrap_future(self._pull)
                 except _PullFailed as failed:
                     key = position + len(failed.items)
                     raise annotate(
@@ -218,6 +219,12 @@ class IterSource(_StreamSource):
             if pool is not None:
                 pool.shutdown(wait=False, cancel_futures=True)
         self.output.close()
+
+    async def drain(self, timeout: float) -> None:
+        """At the end of the run: wait, up to ``timeout`` seconds, for a pull still running in
+        the thread, so the iterator is not being advanced after ``Loader.close()`` returned."""
+        if self._pull is not None and not self._pull.done():
+            await asyncio.wait([asyncio.wrap_future(self._pull)], timeout=timeout)
 
 
 class AsyncIterSource(_StreamSource):
