@@ -168,6 +168,30 @@ def test_a_function_of_an_interactive_main_is_refused_for_processes(how):
     assert "auto: 4032" in done.stdout
 
 
+_STDIN_MAIN = """
+import operator
+import aioloader as al
+with al.Loader.from_source(range(8)).map(operator.neg, executor="process", concurrency=1) as loader:
+    print("pool:", sum(loader))
+with al.Loader.from_source(range(8)).map(operator.neg).in_subprocess() as loader:
+    print("in_subprocess:", sum(loader))
+"""
+
+
+def test_a_script_read_from_stdin_runs_module_functions_in_processes():
+    """A __main__ read from stdin names its file "<stdin>": the children tried to run it as
+    the main module, failed, and exited with code 0, so every pool failed to start ("worker
+    processes die before they are ready"), even for a function of a module."""
+    import subprocess
+    import sys
+
+    done = subprocess.run(
+        [sys.executable, "-"], input=_STDIN_MAIN, capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, done.stderr
+    assert "pool: -28" in done.stdout and "in_subprocess: -28" in done.stdout
+
+
 def test_default_pool_size_rule():
     from aioloader.workers import default_workers
 

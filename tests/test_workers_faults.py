@@ -215,11 +215,21 @@ def test_retries_with_backoff_in_processes(tmp_path):
         list(loader)
 
 
-def test_failing_worker_init_fails_the_run_without_a_respawn_storm():
-    loader = al.Loader.from_source(range(10)).map(
-        identity, executor="process", concurrency=2, worker_init=broken_init
-    )
-    with loader, pytest.raises(al.WorkerCrashError, match="cannot open the dataset") as info:
+def missing_file_init(worker_id: int) -> None:
+    with open(f"/nonexistent/aioloader-shard-{worker_id}.bin", "rb"):
+        pass
+
+
+@pytest.mark.parametrize(
+    ("init", "error", "message"),
+    [(broken_init, RuntimeError, "cannot open the dataset"), (missing_file_init, FileNotFoundError, "shard-")],
+)
+def test_failing_worker_init_fails_the_run_without_a_respawn_storm(init, error, message):
+    """An OSError of worker_init is named too: it was taken for the parent going away, the
+    worker exited with code 0 and the run failed with "worker processes die before they are
+    ready"."""
+    loader = al.Loader.from_source(range(10)).map(identity, executor="process", concurrency=2, worker_init=init)
+    with loader, pytest.raises(al.WorkerCrashError, match=message) as info:
         list(loader)
-    assert isinstance(info.value.__cause__, RuntimeError)
+    assert isinstance(info.value.__cause__, error)
     assert not _children()

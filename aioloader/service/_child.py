@@ -31,7 +31,6 @@ import sys
 import threading
 from collections import deque
 from multiprocessing.connection import Connection
-from multiprocessing.spawn import prepare
 from typing import Any
 
 from aioloader.loader import Loader
@@ -179,19 +178,15 @@ def main(argv: list[str] | None = None) -> None:
     commands = Connection(command_fd, writable=False)
     results = Connection(result_fd, readable=False)
     try:
-        worker_child.BOOTSTRAPPING = True
-        try:
-            prepare(commands.recv())
-        finally:
-            worker_child.BOOTSTRAPPING = False
-        spec, prefix = commands.recv()
+        worker_child.prepare_main(commands)
+        spec, prefix = worker_child.receive(commands)
         arenas.append(SegmentArena(prefix))
         loader = loader_from_pickle(spec)
         info = {"len": length_or_none(loader), "state": state_or_mark(loader, loader.epoch)}
-    except (EOFError, OSError):
+    except worker_child.ParentGone:
         return
-    except BaseException as exc:
-        results.send(("init_error", worker_child._portable(exc)))
+    except BaseException as exc:  # an OSError building the loader too: named, not a silent exit
+        worker_child.report_init_error(results, exc)
         return
     results.send(("ready", info))
     try:

@@ -37,7 +37,6 @@ import weakref
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Iterator
 from concurrent.futures import Future
-from multiprocessing.spawn import get_preparation_data
 from typing import Any
 
 from aioloader._closing import Closing
@@ -47,7 +46,7 @@ from aioloader.service.cursor import Cursor
 from aioloader.service.specs import check_host_only, pickled_spec, pinned_rank
 from aioloader.workers import _child as worker_child
 from aioloader.workers import shm
-from aioloader.workers._spawn import spawn_child
+from aioloader.workers._spawn import preparation_data, spawn_child
 
 START_TIMEOUT_S = 120.0  # a fresh interpreter importing torch and the user's modules
 REQUEST_TIMEOUT_S = 60.0
@@ -109,9 +108,7 @@ class SubprocessLoader(Closing):
         self._reader.start()
         self._finalizer = weakref.finalize(self, _kill, self._proc, self._prefix, self._lifeline)
         try:
-            prep = get_preparation_data("aioloader-subprocess")
-            prep.pop("authkey", None)
-            self._commands.send(prep)
+            self._commands.send(preparation_data("aioloader-subprocess"))
             self._commands.send((spec, self._prefix))
         except OSError:
             pass  # the child died at once: the reader reports it

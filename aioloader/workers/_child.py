@@ -72,6 +72,39 @@ def _watch_lifeline(fd: int, arena: list[SegmentArena]) -> None:
     os._exit(0)
 
 
+class ParentGone(Exception):
+    """The parent closed its end of the command pipe (it is stopping, or it died)."""
+
+
+def receive(conn: Connection, *, raw: bool = False) -> Any:
+    """The next message from the parent (its bytes with ``raw``); :class:`ParentGone` at the end."""
+    try:
+        return conn.recv_bytes() if raw else conn.recv()
+    except (EOFError, OSError) as exc:
+        raise ParentGone from exc
+
+
+def prepare_main(commands: Connection) -> None:
+    """Receive and apply the parent's preparation data (its ``sys.path``, cwd and ``__main__``).
+    A failure here (the main module raises on import) is the caller's to report: it is not the
+    parent going away, though it may be an OSError."""
+    global BOOTSTRAPPING
+    data = receive(commands)
+    BOOTSTRAPPING = True
+    try:
+        prepare(data)
+    finally:
+        BOOTSTRAPPING = False
+
+
+def report_init_error(results: Connection, exc: BaseException) -> None:
+    """Tell the parent why this child could not start (nothing, if it has gone)."""
+    try:
+        results.send(("init_error", _portable(exc)))
+    except OSError:
+        pass
+
+
 def _serve(tasks: Connection, results: Connection, work: Any, arena: SegmentArena) -> None:
     while True:
         try:
@@ -96,21 +129,16 @@ def main(argv: list[str] | None = None) -> None:
     threading.Thread(target=_watch_lifeline, args=(life_fd, arena), daemon=True).start()
     tasks = Connection(task_fd, writable=False)
     results = Connection(result_fd, readable=False)
-    global BOOTSTRAPPING
     try:
-        BOOTSTRAPPING = True
-        try:
-            prepare(tasks.recv())
-        finally:
-            BOOTSTRAPPING = False
-        work, worker_init, worker_id, prefix = pickle.loads(tasks.recv_bytes())
+        prepare_main(tasks)
+        work, worker_init, worker_id, prefix = pickle.loads(receive(tasks, raw=True))
         arena.append(SegmentArena(prefix))
         if worker_init is not None:
             worker_init(worker_id)
-    except (EOFError, OSError):
+    except ParentGone:
         return
-    except BaseException as exc:
-        results.send(("init_error", _portable(exc)))
+    except BaseException as exc:  # an OSError of worker_init too: named, not a silent exit
+        report_init_error(results, exc)
         return
     results.send(("ready", os.getpid()))
     try:

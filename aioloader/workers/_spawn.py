@@ -10,13 +10,28 @@ import os
 import subprocess
 import sys
 from multiprocessing.connection import Connection
+from multiprocessing.spawn import get_preparation_data
 from pathlib import Path
+from typing import Any
 
 _PACKAGE_ROOT = str(Path(__file__).resolve().parents[2])
 # Pipes this large let the parent queue a task ahead and a child send a result without waiting
 # for the other side (Linux allows unprivileged pipes up to /proc/sys/fs/pipe-max-size, 1 MiB by
 # default); where that is refused, a pipe keeps its default 64 KiB.
 PIPE_BYTES = 1 << 20
+
+
+def preparation_data(name: str) -> dict[str, Any]:
+    """What a child needs to see this process's ``sys.path``, cwd and ``__main__`` (the data of
+    ``multiprocessing``'s spawn). A ``__main__`` read from stdin names the file ``<stdin>``,
+    which the child cannot run: it is left out (its functions are refused for workers at build
+    time, see ``aioloader._spec``), where every child died importing it (exit code 0)."""
+    data = get_preparation_data(name)
+    data.pop("authkey", None)  # not picklable, and the children make no connections
+    main_path = data.get("init_main_from_path")
+    if main_path is not None and not os.path.isfile(main_path):
+        del data["init_main_from_path"]
+    return data
 
 
 def pipe_capacity(fd: int) -> int:

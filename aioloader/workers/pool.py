@@ -35,12 +35,11 @@ from collections.abc import Callable
 from concurrent.futures import Future, InvalidStateError
 from dataclasses import dataclass
 from multiprocessing.connection import Connection, wait
-from multiprocessing.spawn import get_preparation_data
 from typing import Any
 
 from aioloader.errors import WorkerCrashError
 from aioloader.workers import _child, shm, wire
-from aioloader.workers._spawn import pipe_capacity, spawn_child
+from aioloader.workers._spawn import pipe_capacity, preparation_data, spawn_child
 
 MAX_START_FAILURES = 3  # workers dying before they are ready, in a row: the pool is broken
 TASKS_PER_WORKER = 2  # the running task and one waiting in the worker's pipe
@@ -161,8 +160,7 @@ class ProcessPool:
         self._work = work
         self._worker_init = worker_init
         self._prefix = f"aioloader_{os.getpid()}_{secrets.token_hex(3)}_"
-        self._prep = get_preparation_data(f"aioloader-{name}")
-        self._prep.pop("authkey", None)  # not picklable, and the workers make no connections
+        self._prep = preparation_data(f"aioloader-{name}")
         self._lock = threading.Lock()
         self._pending: deque[_Task] = deque()
         self._workers: dict[int, _Worker] = {}
