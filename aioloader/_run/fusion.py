@@ -59,12 +59,22 @@ class MapThenCollate:
     """The work of a fused map stage: ``(keys, values)`` of one batch -> the collated batch."""
 
     def __init__(
-        self, fn: Callable[[Any], Any], collate: Callable[[list[Any]], Any], map_name: str, batch_name: str
+        self,
+        fn: Callable[[Any], Any],
+        collate: Callable[[list[Any]], Any],
+        map_name: str,
+        batch_name: str,
+        read: Callable[[list[Any]], list[Any]] | None = None,
     ) -> None:
         self.fn = fn
         self.collate = collate
         self.map_name = map_name
         self.batch_name = batch_name
+        self.read = read  # members are keys, read first (aioloader._run.read_fusion)
+
+    def reading(self, read: Callable[[list[Any]], list[Any]]) -> MapThenCollate:
+        """This work on batches of keys: ``read(keys)`` gives the members."""
+        return MapThenCollate(self.fn, self.collate, self.map_name, self.batch_name, read)
 
     def __call__(self, batch: tuple[Any, ...]) -> Any:
         """``(keys, members)`` -> the collated batch; ``(keys, members, True)`` -> the list of
@@ -75,6 +85,8 @@ class MapThenCollate:
         keys, values, *raw = batch
         if len(raw) > 1:
             seed_global_rngs(raw[1])
+        if self.read is not None:
+            values = self.read(values)
         fn = self.fn
         out: list[Any] = []
         try:

@@ -16,6 +16,7 @@ from aioloader._run.block import Block
 from aioloader._run.channel import Channel, EndOfChannel
 from aioloader._run.decisions import Decisions
 from aioloader._run.fusion import fuse_map_batch
+from aioloader._run.read_fusion import fuse_read
 from aioloader._run.stages.batch import BatchStage
 from aioloader._run.stages.filter import FilterStage
 from aioloader._run.stages.map import MapStage
@@ -174,7 +175,7 @@ class Run:
             expected = len(keys)
             self.epoch_length = expected
             self.stages.append(KeySource(keys, block, start=start, prefix=prefix, block_starts=starts))
-            specs: list[StageSpec] = [read_spec(source), *fuse_map_batch(pipeline.stages)]
+            specs: list[StageSpec] = fuse_read(source, [read_spec(source), *fuse_map_batch(pipeline.stages)])
         else:
             if source.one_shot:
                 # A second run would silently lose what the first one read ahead of the consumer.

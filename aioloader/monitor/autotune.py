@@ -199,15 +199,26 @@ def gil_blocked_fraction(
     return result, max(0.0, blocked)
 
 
-def place(cost_s: float, holds_gil: bool | None, picklable: bool, can_process: bool) -> str:
-    """The executor for a function costing ``cost_s`` per item: "inline", "thread" or "process"."""
+def place(
+    cost_s: float, holds_gil: bool | None, picklable: bool, can_process: bool, reads_keys: bool = False
+) -> str:
+    """The executor for a function costing ``cost_s`` per item: "inline", "thread" or "process".
+
+    ``reads_keys``: the stage's tasks carry keys and its workers read their own items
+    (:mod:`aioloader._run.read_fusion`), so a process costs the parent nothing per item but the
+    result's mapping, while threads share this process's GIL with the loop and each other: a
+    costly function goes to processes even when it releases the GIL (JPEG decode + resize on 2
+    cores: processes at the no-loader ceiling, threads 0.82-0.87 of it)."""
     if cost_s < INLINE_BELOW_S:
         return "inline"
+    processes = picklable and can_process and (os.cpu_count() or 1) > 1
+    if reads_keys and processes and cost_s > THREAD_ABOVE_S:
+        return "process"
     if holds_gil is None:  # not measured (too little work in the first block): by cost only
         return "thread" if cost_s > THREAD_ABOVE_S else "inline"
     if not holds_gil:
         return "thread"
-    if picklable and can_process and (os.cpu_count() or 1) > 1:
+    if processes:
         return "process"
     return "thread" if cost_s > THREAD_ABOVE_S else "inline"
 
@@ -245,9 +256,10 @@ class PlacementProbe:
     kind = "auto"
     workers = 1
 
-    def __init__(self, work: Any, *, can_process: bool) -> None:
+    def __init__(self, work: Any, *, can_process: bool, reads_keys: bool = False) -> None:
         self._work = work
         self._can_process = can_process
+        self._reads_keys = reads_keys
         self.decision = "inline"
         self.cost_s = 0.0
         self.blocked: float | None = None
@@ -256,9 +268,9 @@ class PlacementProbe:
     def _place(self, holds_gil: bool | None) -> str:
         # Pickling is checked only when processes would be chosen: the work may hold the whole
         # dataset (a read stage over a torch Dataset of 1M strings spent 0.28 s pickling it).
-        decision = place(self.cost_s, holds_gil, True, self._can_process)
+        decision = place(self.cost_s, holds_gil, True, self._can_process, self._reads_keys)
         if decision == "process" and not is_picklable(self._work):
-            decision = place(self.cost_s, holds_gil, False, self._can_process)
+            decision = place(self.cost_s, holds_gil, False, self._can_process, self._reads_keys)
         return decision
 
     async def run(

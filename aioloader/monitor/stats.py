@@ -41,6 +41,7 @@ class StageStats:
     concurrency: int | None = None  # the current in-flight limit of a tuned stage
     placement: dict[str, Any] | None = None  # what executor="auto" measured and chose
     fused: str | None = None  # the batch stage this map stage runs with (aioloader._run.fusion)
+    reads: str | None = None  # the read stage this map stage's workers run (aioloader._run.read_fusion)
 
     def snapshot(self, now: float, run_elapsed: float | None = None) -> dict[str, Any]:
         """``run_elapsed``: the run's duration; a stage that finished early was not limiting
@@ -61,6 +62,7 @@ class StageStats:
             "errors": self.errors,
             "placement": self.placement,
             "fused": self.fused,
+            "reads": self.reads,
             "wait_input_s": wait_in,
             "wait_output_s": wait_out,
             "queue_mean": self.output.occupancy_mean() if self.output is not None else 0.0,

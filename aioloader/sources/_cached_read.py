@@ -14,11 +14,15 @@ pay for an attempt per file. A single slow attempt is not enough: on a busy mach
 thread is preempted, or waits for the GIL after a system call, now and then (one attempt in
 ten backed off on 2 busy cores when a single one was). A file system that does not support the
 flag turns it off for good.
+
+:func:`read_files` is the other side: a pool worker reading its task's files itself
+(:mod:`aioloader._run.read_fusion`), where blocking is fine but one wait per cold file is not.
 """
 
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from time import perf_counter
 
 SLOW_S = 0.002  # an attempt slower than this may have waited on metadata
@@ -80,3 +84,65 @@ class CachedReader:
         finally:
             os.close(fd)
         return buffer if done == size else None
+
+
+def read_files(paths: Sequence[str]) -> list[bytes]:
+    """The whole of each file of ``paths``, read by the calling thread (a pool worker reading its
+    task's files). A file the page cache holds is read at once; the others are all asked of the
+    kernel first (``POSIX_FADV_WILLNEED`` starts their reads together, as the loop's concurrent
+    reads do), then read in order, so a cold batch costs about one latency rather than one per
+    file. ``FileNotFoundError`` propagates, naming the file."""
+    data: list[bytes] = [b""] * len(paths)
+    missed: list[tuple[int, int, bytearray, int]] = []  # index, fd, buffer, bytes already read
+    try:
+        for index, path in enumerate(paths):
+            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+            try:
+                buffer = bytearray(os.fstat(fd).st_size)
+                done = _read_cached(fd, buffer)
+                if done == len(buffer):
+                    data[index] = buffer
+                    continue
+                if hasattr(os, "posix_fadvise"):
+                    os.posix_fadvise(fd, done, 0, os.POSIX_FADV_WILLNEED)
+            except BaseException:
+                os.close(fd)
+                raise
+            missed.append((index, fd, buffer, done))
+        while missed:
+            index, fd, buffer, done = missed[0]
+            data[index] = _read_rest(fd, buffer, done)
+            missed.pop(0)
+            os.close(fd)
+    finally:
+        for _, fd, _, _ in missed:
+            os.close(fd)
+    return data
+
+
+def _read_cached(fd: int, buffer: bytearray) -> int:
+    """Bytes of the file at the front of ``buffer`` that could be read without waiting for a disk."""
+    if not buffer or _NOWAIT is None or not hasattr(os, "preadv"):
+        return 0
+    try:
+        return os.preadv(fd, [buffer], 0, _NOWAIT)
+    except OSError:  # not cached (EAGAIN), or a file system without the flag
+        return 0
+
+
+def _read_rest(fd: int, buffer: bytearray, done: int) -> bytes:
+    """The file: ``buffer`` (its size when opened) filled from ``done`` with blocking reads, and
+    whatever the file gained since; a file that shrank gives what it holds now."""
+    view = memoryview(buffer)
+    while done < len(buffer):
+        n = os.preadv(fd, [view[done:]], done)
+        if n == 0:
+            return bytes(view[:done])
+        done += n
+    view.release()
+    tail = os.pread(fd, 1 << 20, done)
+    while tail:
+        buffer += tail
+        done += len(tail)
+        tail = os.pread(fd, 1 << 20, done)
+    return buffer

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import os
 import pickle
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +20,7 @@ import numpy as np
 
 from aioloader._spec import check_positive_int
 from aioloader.errors import DataNotFoundError
-from aioloader.sources._cached_read import CachedReader
+from aioloader.sources._cached_read import CachedReader, read_files
 from aioloader.sources._modes import DEFAULT_MAX_MEMORY_USAGE, ModalSource
 from aioloader.sources._paths import existing_dir
 
@@ -200,6 +200,23 @@ class ImageFolder(ModalSource):
     async def aget(self, key: int) -> Any:
         """Item ``key``, read with async file I/O (the read stage runs these on the loop)."""
         return await self._aget(key)
+
+    def worker_reader(self) -> Callable[[Sequence[int]], list[Any]] | None:
+        """What a process pool's worker calls to read its task's items itself
+        (:mod:`aioloader._run.read_fusion`), so the files' bytes never pass through this process;
+        None unless the mode is "lazy" (eager and cached items live in this process's memory)."""
+        return self.read_keys if self.mode == "lazy" else None
+
+    def read_keys(self, keys: Sequence[int]) -> list[Any]:
+        """Items at ``keys``, read by the calling thread (see :func:`_cached_read.read_files`)."""
+        indices = [self._check_index(key) for key in keys]
+        paths = [os.path.join(self.root, self.files[index]) for index in indices]
+        try:
+            data = read_files(paths)
+        except FileNotFoundError as exc:
+            gone = paths.index(exc.filename) if exc.filename in paths else 0
+            raise self._missing(indices[gone], paths[gone]) from None
+        return [self._item(i, path, raw) for i, path, raw in zip(indices, paths, data, strict=True)]
 
     def _scan(self) -> Iterator[Any]:
         for index in range(len(self.files)):

@@ -35,6 +35,7 @@ from aioloader._run.executors import (
 )
 from aioloader._run.failures import FailurePolicy
 from aioloader._run.fusion import batch_seed, is_pure_collate
+from aioloader._run.read_fusion import read_then_apply
 from aioloader._spec import MapSpec
 from aioloader.errors import StageTimeoutError
 from aioloader.monitor.autotune import PROBE_S, THREAD_ABOVE_S, Limiter, PlacementProbe
@@ -105,12 +106,15 @@ class MapStage:
             self._work = spec.fn
         elif spec.seed is not None:  # a random transform: fn(sample, rng) on (key, sample) pairs
             self._work = functools.partial(apply_items, WithRng(spec.fn, spec.seed, epoch))
-        else:
+        elif spec.reads is not None and spec.fused_batch is None:  # values are keys: read, then fn
+            self._work = functools.partial(read_then_apply, spec.reads, spec.fn)
+        else:  # (a fused stage that reads has its read in spec.fn, per batch)
             self._work = functools.partial(apply_items, spec.fn)
         kind = executor.kind if executor is not None else self._initial_kind()
         self._executor: Executor = executor or self._make_executor(kind)
         self.stats = StageStats(spec.name, workers=self._executor.workers, executor=kind)
         self.stats.fused = spec.fused_batch
+        self.stats.reads = getattr(spec.reads, "stage", None)
         if spec.executor == "auto":  # a decision from an earlier epoch: show what decided it
             self.stats.placement = decisions.placement(spec.name)
 
@@ -208,7 +212,9 @@ class MapStage:
         return True
 
     def _placement_probe(self) -> PlacementProbe:
-        probe = PlacementProbe(self._work, can_process=self._runtime is not None)
+        probe = PlacementProbe(
+            self._work, can_process=self._runtime is not None, reads_keys=self.spec.reads is not None
+        )
         self._probes.append(probe)
         return probe
 

@@ -1,0 +1,107 @@
+"""Read fusion: a file source's read runs in the pool's workers, with the map stage after it.
+
+``Loader.from_source(ImageFolder(root)).map(decode, executor="process")`` would read each file
+on the parent's event loop and then send its bytes to a worker through a pipe: on 2 cores the
+parent spent ~73 us of CPU per JPEG on that (the read, the item, the pickle, the pipe), and the
+workers, sharing the cores with it, ran at 0.79-0.91 of the machine's ceiling. When the source
+can be read in any process (its ``worker_reader()``: an ``ImageFolder`` in "lazy" mode), the
+implicit read stage is dropped and the map stage's tasks carry keys: each worker reads its
+task's files itself (:func:`aioloader.sources._cached_read.read_files`), then runs ``fn`` (and
+the collate of a fused batch, :mod:`aioloader._run.fusion`), as torch DataLoader's workers do.
+The bytes never enter the parent, which then spends ~33 us per JPEG, and the same workload runs
+at 0.92-1.00 of the ceiling (``python -m bench --workload jpeg``). Threads read in their workers
+too (0.82 -> 0.87 of the ceiling), and ``executor="auto"`` sends such a stage to processes when
+it is costly (:func:`aioloader.monitor.autotune.place`).
+
+What the consumer gets is the same: the same items in the same batches and order, with the same
+keys, so ``state_dict()`` and resume are unchanged. A read failure still ends the run named by
+stage ``"read"`` and the key, whatever the map's ``on_error`` (the read stage has no skip
+policy, and a retry of ``fn`` does not retry it); a worker that dies redoes its items, reads
+included. ``stats()`` lists no read stage: the map stage's ``reads`` names it, and its busy time
+includes the reads.
+
+Applied only where nothing else can differ: a pooled executor (``"thread"``, ``"process"`` or
+``"auto"``, decided when the pipeline is built, so a pool's work is the same every epoch), a
+per-item sync ``fn``, no random transform (its draws are made from ``(key, sample)`` pairs), and
+no ``timeout`` (the reads would count against ``fn``'s deadline). An ``"auto"`` stage that its
+probe places inline (a function cheaper than ~200 us an item, reads included) then reads on the
+loop with blocking reads, as any inline function blocks it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Sequence
+from time import perf_counter
+from typing import Any
+
+from aioloader._run.executors import ChunkResult, apply_items
+from aioloader._run.fusion import MapThenCollate, members
+from aioloader._spec import BatchSpec, MapSpec, StageSpec
+from aioloader.errors import annotate
+from aioloader.sources._adapt import IndexableSource
+
+__all__ = ["NamedRead", "fuse_read", "read_then_apply"]
+
+_POOLED = ("thread", "process", "auto")
+
+
+class NamedRead:
+    """The source's read as a worker runs it: keys -> items; a failure is named by the read
+    stage and the key (the list of keys when the error does not say which)."""
+
+    def __init__(self, read: Callable[[list[Any]], list[Any]], stage: str) -> None:
+        self.read = read
+        self.stage = stage
+
+    def __call__(self, keys: Sequence[Any]) -> list[Any]:
+        try:
+            items = list(self.read(list(keys)))
+        except Exception as exc:
+            key = getattr(exc, "key", None)
+            raise annotate(exc, self.stage, key if key is not None else list(keys)) from None
+        if len(items) != len(keys):  # a lost or invented sample must never pass silently
+            raise RuntimeError(f"stage {self.stage!r}: {len(items)} items read for {len(keys)} keys")
+        return items
+
+    def __repr__(self) -> str:
+        return f"NamedRead({self.read!r}, {self.stage!r})"
+
+
+def read_then_apply(read: NamedRead, fn: Callable[[Any], Any], keys: list[Any]) -> ChunkResult:
+    """The chunk work of an unfused map stage that reads: the items at ``keys``, then ``fn`` on
+    each (its failures recorded per item, as :func:`apply_items`; a read failure raises)."""
+    started = perf_counter()
+    results, failures, _ = apply_items(fn, read(keys))
+    return results, failures, perf_counter() - started
+
+
+def _reads_in_workers(spec: MapSpec) -> bool:
+    return (
+        spec.executor in _POOLED
+        and not spec.is_async
+        and not spec.per_block
+        and spec.seed is None
+        and spec.timeout is None
+        and spec.reads is None
+    )
+
+
+def fuse_read(source: IndexableSource, specs: Sequence[StageSpec]) -> list[StageSpec]:
+    """``specs`` (the read stage first) with the read moved into the map stage after it, when
+    the source can be read in a worker and that stage runs in processes; else unchanged."""
+    read, *rest = specs
+    if source.worker_read is None or not rest:
+        return list(specs)
+    at = 0
+    if isinstance(rest[0], BatchSpec) and rest[0].collate is members:  # a fused pair's grouping
+        at = 1
+    spec = rest[at] if at < len(rest) else None
+    if not isinstance(spec, MapSpec) or not _reads_in_workers(spec):
+        return list(specs)
+    reads = NamedRead(source.worker_read, read.name)
+    fn = spec.fn
+    if isinstance(fn, MapThenCollate):
+        fn = fn.reading(reads)
+    rest[at] = dataclasses.replace(spec, fn=fn, reads=reads)
+    return rest
