@@ -136,9 +136,9 @@ class MapSpec(StageSpec):
     seed: int | None = None  # set for a random transform: fn(sample, rng), rng from (seed, epoch, key)
     # the batch stage fused into this one (aioloader._run.fusion): fn takes (keys, members)
     fused_batch: str | None = None
-    # the source's read, run by this stage's workers (aioloader._run.read_fusion): its values
-    # are keys, and ``reads(keys)`` gives the items fn takes
-    reads: Callable[[list[Any]], list[Any]] | None = None
+    # the source's read, run by this stage's workers: its values are keys, and ``reads(keys)``
+    # (an aioloader._run.read_fusion.NamedRead) gives the items fn takes
+    reads: Any = None
 
 
 @dataclass(frozen=True, slots=True)

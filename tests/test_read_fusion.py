@@ -165,6 +165,76 @@ def test_auto_sends_a_costly_stage_that_reads_its_own_items_to_processes() -> No
     assert place(costly, False, True, True, reads_keys=False) == "thread"
     assert place(costly, False, False, True, reads_keys=True) == "thread"  # cannot be pickled
     assert place(THREAD_ABOVE_S / 4, False, True, True, reads_keys=True) == "thread"  # cheap
+    assert place(1e-7, None, True, True, reads_keys=True) == "thread"  # never inline: reads block
+
+
+def label_of(item: tuple[bytes, int]) -> int:
+    return item[1]
+
+
+def test_auto_times_fn_without_the_reads_so_cold_files_do_not_send_a_cheap_fn_to_processes(
+    tmp_path: Path,
+) -> None:
+    """Reads of cold files are slow; a cheap fn must not be placed by their cost (it went to
+    processes, and kept them in the warm epochs, at 0.66x of inline's rate)."""
+    root = tmp_path / "big"
+    for i in range(24):
+        (root / f"c{i % 2}").mkdir(parents=True, exist_ok=True)
+        (root / f"c{i % 2}" / f"{i}.jpg").write_bytes(os.urandom(200_000))
+    source = al.sources.ImageFolder(root)
+    cold = all(_evicted(source.path(i)) for i in range(len(source)))
+    with al.Loader.from_source(source).map(label_of) as loader:
+        labels = list(loader)
+        placement = loader.stats()["stages"][1]["placement"]
+    assert labels == source.targets
+    assert placement["decision"] == "thread", placement
+    if not cold:
+        pytest.skip("this file system keeps files in memory: the reads were not cold")
+
+
+class Captioned(al.sources.ImageFolder):
+    """A subclass that reads its own way: items carry the file name too."""
+
+    async def aget(self, key: int):
+        raw, label = await super().aget(key)
+        return raw, label, self.files[key]
+
+
+class WithTransform(al.sources.ImageFolder):
+    """A subclass holding what cannot be pickled (a lambda, as torchvision-style datasets do)."""
+
+    def __init__(self, root: Path) -> None:
+        super().__init__(root)
+        self.transform = lambda x: x
+
+
+def caption_of(item: tuple[bytes, int, str]) -> str:
+    return item[2]
+
+
+def test_a_subclass_that_reads_its_own_way_keeps_its_read_stage(root: Path) -> None:
+    source = Captioned(root)
+    with al.Loader.from_source(source).map(caption_of, executor="process", concurrency=1) as loader:
+        assert list(loader) == source.files
+        assert [s["name"] for s in loader.stats()["stages"]] == ["source", "read", "map(caption_of)"]
+
+
+def test_what_the_source_holds_besides_its_files_need_not_pickle(root: Path) -> None:
+    expected = _epochs(_loader(al.sources.ImageFolder(root), "inline"), 1)
+    with _loader(WithTransform(root), "process") as loader:
+        assert _same(_epochs(loader, 1), expected)
+        assert loader.stats()["stages"][1]["reads"] == "read"
+
+
+def test_a_file_that_cannot_be_read_is_named_by_its_key_and_path(root: Path) -> None:
+    source = al.sources.ImageFolder(root)
+    bad = 13
+    os.remove(source.path(bad))
+    os.mkdir(source.path(bad))  # a directory where the file was: IsADirectoryError
+    with _loader(source, "process") as loader, pytest.raises(IsADirectoryError) as info:
+        list(loader)
+    assert (info.value.stage, info.value.key) == ("read", bad)
+    assert str(source.path(bad)) in str(info.value)
 
 
 def _evicted(path: Path) -> bool:
@@ -199,3 +269,33 @@ def test_read_files_names_a_missing_file(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError) as info:
         read_files([str(tmp_path / "here.bin"), str(tmp_path / "gone.bin")])
     assert info.value.filename == str(tmp_path / "gone.bin")
+
+
+_MANY_COLD_FILES = """
+import os, resource, sys
+from aioloader.sources._cached_read import COLD_WINDOW, read_files
+paths = sys.argv[1:]
+used = len(os.listdir("/proc/self/fd"))
+resource.setrlimit(resource.RLIMIT_NOFILE, (used + COLD_WINDOW + 8, resource.getrlimit(resource.RLIMIT_NOFILE)[1]))
+print(sum(len(b) for b in read_files(paths)))
+"""
+
+
+def test_read_files_keeps_a_big_cold_batch_under_the_descriptor_limit(tmp_path: Path) -> None:
+    """A task of more cold files than descriptors left: they are opened a window at a time
+    (each file open until read failed with EMFILE past the limit)."""
+    import subprocess
+    import sys
+
+    paths = []
+    for i in range(300):
+        paths.append(tmp_path / f"{i}.bin")
+        paths[-1].write_bytes(b"x" * (1000 + i))
+    cold = all(_evicted(p) for p in paths)
+    done = subprocess.run(
+        [sys.executable, "-c", _MANY_COLD_FILES, *map(str, paths)], capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 0, done.stderr
+    assert int(done.stdout) == sum(1000 + i for i in range(300))
+    if not cold:
+        pytest.skip("this file system keeps files in memory: nothing was cold")

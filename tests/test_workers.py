@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import gc
 import os
+import pickle
 import time
 
 import numpy as np
@@ -190,6 +191,14 @@ def test_a_script_read_from_stdin_runs_module_functions_in_processes():
     )
     assert done.returncode == 0, done.stderr
     assert "pool: -28" in done.stdout and "in_subprocess: -28" in done.stdout
+
+
+def test_a_pool_whose_work_cannot_be_pickled_starts_no_worker():
+    from aioloader.workers.pool import ProcessPool
+
+    with pytest.raises((pickle.PicklingError, AttributeError, TypeError)):
+        ProcessPool(lambda values: values, workers=2)
+    assert not _children()  # the children were started before the pickle failed
 
 
 def test_default_pool_size_rule():

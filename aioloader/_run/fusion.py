@@ -33,6 +33,7 @@ batch stage ahead of the map, since the grouping runs first; at the end the coun
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import random
 import sys
@@ -45,7 +46,7 @@ from aioloader._spec import BatchSpec, MapSpec, StageSpec, is_picklable
 from aioloader.collate import as_list, stack
 from aioloader.errors import annotate, stopped_early
 
-__all__ = ["MapThenCollate", "fuse_map_batch", "members"]
+__all__ = ["MapThenCollate", "fuse_map_batch", "members", "pooled_per_item"]
 
 _POOLED = ("thread", "process", "auto")
 
@@ -74,7 +75,9 @@ class MapThenCollate:
 
     def reading(self, read: Callable[[list[Any]], list[Any]]) -> MapThenCollate:
         """This work on batches of keys: ``read(keys)`` gives the members."""
-        return MapThenCollate(self.fn, self.collate, self.map_name, self.batch_name, read)
+        work = copy.copy(self)
+        work.read = read
+        return work
 
     def __call__(self, batch: tuple[Any, ...]) -> Any:
         """``(keys, members)`` -> the collated batch; ``(keys, members, True)`` -> the list of
@@ -132,8 +135,14 @@ def seed_global_rngs(seed: int) -> None:
         torch.default_generator.manual_seed(seed)  # CPU only: torch.manual_seed costs 120 us
 
 
+def pooled_per_item(spec: MapSpec) -> bool:
+    """A sync per-item function with no per-sample randomness, that may run in a pool: what
+    fusing another stage into it (a batch here, the read in aioloader._run.read_fusion) needs."""
+    return spec.executor in _POOLED and not (spec.is_async or spec.per_block or spec.seed is not None)
+
+
 def _fusable(spec: MapSpec, batch: BatchSpec) -> bool:
-    if spec.executor not in _POOLED or spec.is_async or spec.per_block or spec.seed is not None:
+    if not pooled_per_item(spec):
         return False
     if spec.on_error != "raise" or spec.retries or spec.timeout is not None or not spec.ordered:
         return False

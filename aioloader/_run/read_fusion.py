@@ -10,8 +10,9 @@ task's files itself (:func:`aioloader.sources._cached_read.read_files`), then ru
 the collate of a fused batch, :mod:`aioloader._run.fusion`), as torch DataLoader's workers do.
 The bytes never enter the parent, which then spends ~33 us per JPEG, and the same workload runs
 at 0.92-1.00 of the ceiling (``python -m bench --workload jpeg``). Threads read in their workers
-too (0.82 -> 0.87 of the ceiling), and ``executor="auto"`` sends such a stage to processes when
-it is costly (:func:`aioloader.monitor.autotune.place`).
+too (0.82 -> 0.87 of the ceiling). ``executor="auto"`` times ``fn`` without the reads (a cold
+first epoch must not decide the placement) and sends a costly one to processes, a cheap one to
+threads, never inline, where the reads would block the loop (:func:`aioloader.monitor.autotune.place`).
 
 What the consumer gets is the same: the same items in the same batches and order, with the same
 keys, so ``state_dict()`` and resume are unchanged. A read failure still ends the run named by
@@ -23,46 +24,59 @@ includes the reads.
 Applied only where nothing else can differ: a pooled executor (``"thread"``, ``"process"`` or
 ``"auto"``, decided when the pipeline is built, so a pool's work is the same every epoch), a
 per-item sync ``fn``, no random transform (its draws are made from ``(key, sample)`` pairs), and
-no ``timeout`` (the reads would count against ``fn``'s deadline). An ``"auto"`` stage that its
-probe places inline (a function cheaper than ~200 us an item, reads included) then reads on the
-loop with blocking reads, as any inline function blocks it.
+no ``timeout`` (the reads would count against ``fn``'s deadline). A source offers it with
+``worker_reader()``; ``ImageFolder`` does unless a subclass reads its own way.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import threading
 from collections.abc import Callable, Sequence
 from time import perf_counter
 from typing import Any
 
 from aioloader._run.executors import ChunkResult, apply_items
-from aioloader._run.fusion import MapThenCollate, members
+from aioloader._run.fusion import MapThenCollate, members, pooled_per_item
 from aioloader._spec import BatchSpec, MapSpec, StageSpec
 from aioloader.errors import annotate
 from aioloader.sources._adapt import IndexableSource
 
 __all__ = ["NamedRead", "fuse_read", "read_then_apply"]
 
-_POOLED = ("thread", "process", "auto")
-
 
 class NamedRead:
     """The source's read as a worker runs it: keys -> items; a failure is named by the read
-    stage and the key (the list of keys when the error does not say which)."""
+    stage and the key (the list of keys when the error does not say which). It counts the
+    seconds each thread spends in it, so the placement probe times ``fn`` without the reads."""
 
     def __init__(self, read: Callable[[list[Any]], list[Any]], stage: str) -> None:
         self.read = read
         self.stage = stage
+        self._spent = threading.local()
+
+    def seconds_here(self) -> float:
+        """Seconds the calling thread has spent reading so far."""
+        return getattr(self._spent, "seconds", 0.0)
 
     def __call__(self, keys: Sequence[Any]) -> list[Any]:
+        started = perf_counter()
         try:
             items = list(self.read(list(keys)))
         except Exception as exc:
             key = getattr(exc, "key", None)
             raise annotate(exc, self.stage, key if key is not None else list(keys)) from None
-        if len(items) != len(keys):  # a lost or invented sample must never pass silently
+        finally:
+            self._spent.seconds = self.seconds_here() + perf_counter() - started
+        if len(items) != len(keys):  # a fused batch would come out short, silently
             raise RuntimeError(f"stage {self.stage!r}: {len(items)} items read for {len(keys)} keys")
         return items
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {"read": self.read, "stage": self.stage}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__init__(state["read"], state["stage"])  # type: ignore[misc]
 
     def __repr__(self) -> str:
         return f"NamedRead({self.read!r}, {self.stage!r})"
@@ -76,32 +90,19 @@ def read_then_apply(read: NamedRead, fn: Callable[[Any], Any], keys: list[Any]) 
     return results, failures, perf_counter() - started
 
 
-def _reads_in_workers(spec: MapSpec) -> bool:
-    return (
-        spec.executor in _POOLED
-        and not spec.is_async
-        and not spec.per_block
-        and spec.seed is None
-        and spec.timeout is None
-        and spec.reads is None
-    )
-
-
 def fuse_read(source: IndexableSource, specs: Sequence[StageSpec]) -> list[StageSpec]:
     """``specs`` (the read stage first) with the read moved into the map stage after it, when
-    the source can be read in a worker and that stage runs in processes; else unchanged."""
+    the source can be read in a worker and that stage may run in a pool; else unchanged."""
     read, *rest = specs
-    if source.worker_read is None or not rest:
+    if source.worker_reader is None or not rest:
         return list(specs)
     at = 0
     if isinstance(rest[0], BatchSpec) and rest[0].collate is members:  # a fused pair's grouping
         at = 1
     spec = rest[at] if at < len(rest) else None
-    if not isinstance(spec, MapSpec) or not _reads_in_workers(spec):
+    if not isinstance(spec, MapSpec) or not pooled_per_item(spec) or spec.timeout is not None:
         return list(specs)
-    reads = NamedRead(source.worker_read, read.name)
-    fn = spec.fn
-    if isinstance(fn, MapThenCollate):
-        fn = fn.reading(reads)
+    reads = NamedRead(source.worker_reader, read.name)
+    fn = spec.fn.reading(reads) if isinstance(spec.fn, MapThenCollate) else spec.fn
     rest[at] = dataclasses.replace(spec, fn=fn, reads=reads)
     return rest

@@ -205,15 +205,16 @@ def place(
     """The executor for a function costing ``cost_s`` per item: "inline", "thread" or "process".
 
     ``reads_keys``: the stage's tasks carry keys and its workers read their own items
-    (:mod:`aioloader._run.read_fusion`), so a process costs the parent nothing per item but the
-    result's mapping, while threads share this process's GIL with the loop and each other: a
-    costly function goes to processes even when it releases the GIL (JPEG decode + resize on 2
-    cores: processes at the no-loader ceiling, threads 0.82-0.87 of it)."""
+    (:mod:`aioloader._run.read_fusion`; ``cost_s`` is then ``fn``'s alone). Such a stage never
+    runs inline, where its reads would block the loop. In processes it costs the parent nothing
+    per item but the result's mapping, while threads share this process's GIL with the loop and
+    each other, so a costly function goes to processes even when it releases the GIL (JPEG
+    decode + resize on 2 cores: processes at 0.92-1.00 of the no-loader ceiling, threads 0.87)."""
+    processes = picklable and can_process and (os.cpu_count() or 1) > 1
+    if reads_keys:
+        return "process" if processes and cost_s > THREAD_ABOVE_S else "thread"
     if cost_s < INLINE_BELOW_S:
         return "inline"
-    processes = picklable and can_process and (os.cpu_count() or 1) > 1
-    if reads_keys and processes and cost_s > THREAD_ABOVE_S:
-        return "process"
     if holds_gil is None:  # not measured (too little work in the first block): by cost only
         return "thread" if cost_s > THREAD_ABOVE_S else "inline"
     if not holds_gil:
@@ -256,10 +257,12 @@ class PlacementProbe:
     kind = "auto"
     workers = 1
 
-    def __init__(self, work: Any, *, can_process: bool, reads_keys: bool = False) -> None:
+    def __init__(self, work: Any, *, can_process: bool, reads: Any = None) -> None:
+        """``reads``: the stage's :class:`~aioloader._run.read_fusion.NamedRead` when its work
+        reads its own items; the reads' time is taken out of the cost."""
         self._work = work
         self._can_process = can_process
-        self._reads_keys = reads_keys
+        self._reads = reads
         self.decision = "inline"
         self.cost_s = 0.0
         self.blocked: float | None = None
@@ -268,9 +271,10 @@ class PlacementProbe:
     def _place(self, holds_gil: bool | None) -> str:
         # Pickling is checked only when processes would be chosen: the work may hold the whole
         # dataset (a read stage over a torch Dataset of 1M strings spent 0.28 s pickling it).
-        decision = place(self.cost_s, holds_gil, True, self._can_process, self._reads_keys)
+        reads_keys = self._reads is not None
+        decision = place(self.cost_s, holds_gil, True, self._can_process, reads_keys)
         if decision == "process" and not is_picklable(self._work):
-            decision = place(self.cost_s, holds_gil, False, self._can_process, self._reads_keys)
+            decision = place(self.cost_s, holds_gil, False, self._can_process, reads_keys)
         return decision
 
     async def run(
@@ -281,13 +285,16 @@ class PlacementProbe:
         # a third of its inline speed or less), so the cost is the median of up to
         # _COST_ITEMS calls, as many as fit in _COST_BUDGET_S (at least two).
         parts = []
+        times = []
         ends = perf_counter() + _COST_BUDGET_S
         for index in range(min(len(values), _COST_ITEMS)):
+            read_before = self._read_seconds()
             parts.append(work(values[index : index + 1]))
+            times.append(max(0.0, parts[-1][2] - (self._read_seconds() - read_before)))
             if index >= 1 and perf_counter() > ends:
                 break
         head = len(parts)
-        times = sorted(part[2] for part in parts)
+        times.sort()
         self.cost_s = times[(len(times) - 1) // 2]  # the lower median: two calls give the smaller
         first = _merge(parts)
         rest = values[head:]
@@ -313,6 +320,9 @@ class PlacementProbe:
             self.calls.append(call)
             parts.append(await asyncio.wrap_future(call))
         return _merge(parts)
+
+    def _read_seconds(self) -> float:
+        return 0.0 if self._reads is None else self._reads.seconds_here()
 
     def describe(self) -> dict[str, Any]:
         return {

@@ -24,9 +24,9 @@ class IndexableSource:
     get_many: Callable[[list[int]], list[Any]] | None
     aget_one: Callable[[int], Awaitable[Any]] | None = None
     read_concurrency: int = 16
-    # a picklable keys -> items function for a pool worker to read its own items (the source's
-    # ``worker_reader()``; see aioloader._run.read_fusion), or None
-    worker_read: Callable[[list[int]], list[Any]] | None = None
+    # a picklable keys -> items function for a pool worker to read its own items, or None: the
+    # source's ``worker_reader()`` (a protocol any source may offer; aioloader._run.read_fusion)
+    worker_reader: Callable[[list[int]], list[Any]] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,9 +77,9 @@ def adapt(source: Any) -> AdaptedSource:
         aget = getattr(source, "aget", None)
         aget = aget if aget is not None and inspect.iscoroutinefunction(aget) else None
         concurrency = getattr(source, "read_concurrency", 16)
-        worker_reader = getattr(source, "worker_reader", None)
-        worker_read = worker_reader() if callable(worker_reader) else None
-        return IndexableSource(source, length, source.__getitem__, get_many, aget, concurrency, worker_read)
+        make_reader = getattr(source, "worker_reader", None)
+        reader = make_reader() if callable(make_reader) else None
+        return IndexableSource(source, length, source.__getitem__, get_many, aget, concurrency, reader)
     if hasattr(source, "__iter__"):
         return IterableSource(source, one_shot=hasattr(source, "__next__"))
     raise TypeError(

@@ -30,6 +30,9 @@ STRIKES = 3  # bad attempts (slow, or not cached) that turn the fast path off fo
 _FORGIVE = 0.25  # a good attempt takes this much off the count of bad ones
 BACKOFF_FILES = 256
 _NOWAIT = getattr(os, "RWF_NOWAIT", None)
+# read_files: cold files open at once (their reads go to the kernel together); a batch of
+# thousands must stay under the descriptor limit (1,024 by default)
+COLD_WINDOW = 64
 
 
 class CachedReader:
@@ -86,38 +89,55 @@ class CachedReader:
         return buffer if done == size else None
 
 
-def read_files(paths: Sequence[str]) -> list[bytes]:
-    """The whole of each file of ``paths``, read by the calling thread (a pool worker reading its
-    task's files). A file the page cache holds is read at once; the others are all asked of the
-    kernel first (``POSIX_FADV_WILLNEED`` starts their reads together, as the loop's concurrent
-    reads do), then read in order, so a cold batch costs about one latency rather than one per
-    file. ``FileNotFoundError`` propagates, naming the file."""
-    data: list[bytes] = [b""] * len(paths)
-    missed: list[tuple[int, int, bytearray, int]] = []  # index, fd, buffer, bytes already read
+def read_files(paths: Sequence[str]) -> list[bytes | bytearray]:
+    """The whole of each file of ``paths`` (as big as when it was opened), read by the calling
+    thread (a pool worker reading its task's files). A file the page cache holds is read at
+    once; the others are asked of the kernel together (``POSIX_FADV_WILLNEED`` starts their
+    reads, as the loop's concurrent reads do), then read in order, so a cold batch costs about
+    one latency rather than one per file; at most :data:`COLD_WINDOW` files are open at a time.
+    An ``OSError`` names its file (``filename``), whichever call raised it."""
+    data: list[bytes | bytearray] = [b""] * len(paths)
+    for start in range(0, len(paths), COLD_WINDOW):
+        _read_window(paths, range(start, min(start + COLD_WINDOW, len(paths))), data)
+    return data
+
+
+def _read_window(paths: Sequence[str], window: range, data: list[bytes | bytearray]) -> None:
+    cold: list[tuple[int, int, bytearray, int]] = []  # index, fd, buffer, bytes already read
     try:
-        for index, path in enumerate(paths):
-            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        for index in window:
+            try:
+                fd = os.open(paths[index], os.O_RDONLY | os.O_CLOEXEC)
+            except OSError as exc:
+                raise _named(exc, paths[index]) from None
             try:
                 buffer = bytearray(os.fstat(fd).st_size)
                 done = _read_cached(fd, buffer)
-                if done == len(buffer):
-                    data[index] = buffer
-                    continue
-                if hasattr(os, "posix_fadvise"):
+                if done < len(buffer) and hasattr(os, "posix_fadvise"):
                     os.posix_fadvise(fd, done, 0, os.POSIX_FADV_WILLNEED)
-            except BaseException:
+            except BaseException as exc:
                 os.close(fd)
-                raise
-            missed.append((index, fd, buffer, done))
-        while missed:
-            index, fd, buffer, done = missed[0]
-            data[index] = _read_rest(fd, buffer, done)
-            missed.pop(0)
-            os.close(fd)
+                raise _named(exc, paths[index]) if isinstance(exc, OSError) else exc from None
+            if done == len(buffer):
+                os.close(fd)
+                data[index] = buffer
+            else:
+                cold.append((index, fd, buffer, done))
+        for index, fd, buffer, done in cold:
+            try:
+                data[index] = _read_rest(fd, buffer, done)
+            except OSError as exc:
+                raise _named(exc, paths[index]) from None
     finally:
-        for _, fd, _, _ in missed:
+        for _, fd, _, _ in cold:
             os.close(fd)
-    return data
+
+
+def _named(exc: OSError, path: str) -> OSError:
+    """``exc`` naming ``path`` (the same subclass: ``OSError(errno, ...)`` picks it)."""
+    if exc.filename is not None or exc.errno is None:
+        return exc
+    return OSError(exc.errno, exc.strerror, path)
 
 
 def _read_cached(fd: int, buffer: bytearray) -> int:
@@ -126,23 +146,20 @@ def _read_cached(fd: int, buffer: bytearray) -> int:
         return 0
     try:
         return os.preadv(fd, [buffer], 0, _NOWAIT)
-    except OSError:  # not cached (EAGAIN), or a file system without the flag
+    except OSError:  # not cached (EAGAIN), a file system without the flag: the blocking read says
         return 0
 
 
-def _read_rest(fd: int, buffer: bytearray, done: int) -> bytes:
-    """The file: ``buffer`` (its size when opened) filled from ``done`` with blocking reads, and
-    whatever the file gained since; a file that shrank gives what it holds now."""
+def _read_rest(fd: int, buffer: bytearray, done: int) -> bytes | bytearray:
+    """``buffer`` (the file's size when opened) filled from ``done`` with blocking reads; a file
+    that shrank since gives what it holds now."""
     view = memoryview(buffer)
-    while done < len(buffer):
-        n = os.preadv(fd, [view[done:]], done)
-        if n == 0:
-            return bytes(view[:done])
-        done += n
-    view.release()
-    tail = os.pread(fd, 1 << 20, done)
-    while tail:
-        buffer += tail
-        done += len(tail)
-        tail = os.pread(fd, 1 << 20, done)
+    try:
+        while done < len(buffer):
+            n = os.preadv(fd, [view[done:]], done)
+            if n == 0:
+                return bytes(view[:done])
+            done += n
+    finally:
+        view.release()
     return buffer

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import os
 import pickle
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +24,7 @@ from aioloader.sources._cached_read import CachedReader, read_files
 from aioloader.sources._modes import DEFAULT_MAX_MEMORY_USAGE, ModalSource
 from aioloader.sources._paths import existing_dir
 
-__all__ = ["ImageFolder", "FileBytes", "IMAGE_EXTENSIONS"]
+__all__ = ["ImageFolder", "FileBytes", "ImageFiles", "IMAGE_EXTENSIONS"]
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".pgm", ".bmp", ".gif", ".tif", ".tiff", ".webp")
 _ITEM_OVERHEAD = 160  # bytes object, tuple and label, for the eager estimate
@@ -172,11 +172,10 @@ class ImageFolder(ModalSource):
         return len(self.files)
 
     def _item(self, index: int, path: str, data: bytes) -> Any:
-        raw = FileBytes(data, path, index)
-        return raw if self.labels is None else (raw, int(self.labels[index]))
+        return _item(self.labels, index, path, data)
 
     def _missing(self, index: int, path: str) -> DataNotFoundError:
-        return DataNotFoundError(f"ImageFolder: file {path!r} (key {index}) is gone", key=index)
+        return _missing(index, path)
 
     def _read(self, index: int) -> Any:
         path = os.path.join(self.root, self.files[index])
@@ -201,22 +200,17 @@ class ImageFolder(ModalSource):
         """Item ``key``, read with async file I/O (the read stage runs these on the loop)."""
         return await self._aget(key)
 
-    def worker_reader(self) -> Callable[[Sequence[int]], list[Any]] | None:
-        """What a process pool's worker calls to read its task's items itself
-        (:mod:`aioloader._run.read_fusion`), so the files' bytes never pass through this process;
-        None unless the mode is "lazy" (eager and cached items live in this process's memory)."""
-        return self.read_keys if self.mode == "lazy" else None
-
-    def read_keys(self, keys: Sequence[int]) -> list[Any]:
-        """Items at ``keys``, read by the calling thread (see :func:`_cached_read.read_files`)."""
-        indices = [self._check_index(key) for key in keys]
-        paths = [os.path.join(self.root, self.files[index]) for index in indices]
-        try:
-            data = read_files(paths)
-        except FileNotFoundError as exc:
-            gone = paths.index(exc.filename) if exc.filename in paths else 0
-            raise self._missing(indices[gone], paths[gone]) from None
-        return [self._item(i, path, raw) for i, path, raw in zip(indices, paths, data, strict=True)]
+    def worker_reader(self) -> ImageFiles | None:
+        """What a pool's worker (a process or a thread) calls to read its task's items itself
+        (:mod:`aioloader._run.read_fusion`), so the files' bytes never pass through the loop.
+        None unless the mode is "lazy" (eager and cached items live in this process's memory)
+        and items are read as this class reads them (a subclass that reads its own way keeps
+        its reads in the read stage)."""
+        if self.mode != "lazy" or any(
+            getattr(type(self), name) is not getattr(ImageFolder, name) for name in _READ_PATH
+        ):
+            return None
+        return ImageFiles(str(self.root), self.files, self.labels)
 
     def _scan(self) -> Iterator[Any]:
         for index in range(len(self.files)):
@@ -235,3 +229,44 @@ class ImageFolder(ModalSource):
     def __repr__(self) -> str:
         kind = f"{len(self.classes)} classes" if self.classes else "unlabelled"
         return f"ImageFolder({str(self.root)!r}, {len(self.files)} files, {kind}, mode={self.mode!r})"
+
+
+_READ_PATH = ("aget", "_aget", "_aread", "_item", "__getitem__")  # what a worker's read stands for
+
+
+def _item(labels: np.ndarray | None, index: int, path: str, data: bytes | bytearray) -> Any:
+    raw = FileBytes(data, path, index)
+    return raw if labels is None else (raw, int(labels[index]))
+
+
+def _missing(index: int, path: str) -> DataNotFoundError:
+    return DataNotFoundError(f"ImageFolder: file {path!r} (key {index}) is gone", key=index)
+
+
+class ImageFiles:
+    """An ``ImageFolder``'s files as a pool worker reads them (``ImageFolder.worker_reader``):
+    keys -> the items ``aget`` gives. It holds only the root, the file list and the labels, so
+    it pickles whatever else the source holds (a lambda transform, a lock)."""
+
+    def __init__(self, root: str, files: list[str], labels: np.ndarray | None) -> None:
+        self.root = root
+        self.files = files
+        self.labels = labels
+
+    def __call__(self, keys: Sequence[int]) -> list[Any]:
+        indices = [int(key) for key in keys]
+        paths = [os.path.join(self.root, self.files[index]) for index in indices]
+        try:
+            data = read_files(paths)
+        except OSError as exc:  # read_files names the file
+            if exc.filename not in paths:
+                raise
+            index = indices[paths.index(exc.filename)]
+            if isinstance(exc, FileNotFoundError):
+                raise _missing(index, exc.filename) from None
+            exc.key = index  # type: ignore[attr-defined]  # the read stage's error names it
+            raise
+        return [_item(self.labels, i, path, raw) for i, path, raw in zip(indices, paths, data, strict=True)]
+
+    def __repr__(self) -> str:
+        return f"ImageFiles({self.root!r}, {len(self.files)} files)"

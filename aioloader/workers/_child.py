@@ -2,7 +2,7 @@
 
 Protocol on two pipes. Parent to child: the preparation data of ``multiprocessing.spawn`` (so the
 child sees the parent's ``sys.path``, cwd and ``__main__``), then the pickled
-``(work, worker_init, worker_id, segment_prefix)``, then tasks (:mod:`aioloader.workers.wire`: a header ``(task_id, releases, buffer_sizes)``,
+``(pickle of (work, worker_init), worker_id, segment_prefix)``, then tasks (:mod:`aioloader.workers.wire`: a header ``(task_id, releases, buffer_sizes)``,
 the values' pickle and its out-of-band buffers).
 Child to parent: ``("ready", pid)`` or ``("init_error", exc)``, then one reply per task,
 ``("ok", task_id, frame)`` or ``("error", task_id, exc)``. A third pipe is the lifeline: when
@@ -131,7 +131,8 @@ def main(argv: list[str] | None = None) -> None:
     results = Connection(result_fd, readable=False)
     try:
         prepare_main(tasks)
-        work, worker_init, worker_id, prefix = pickle.loads(receive(tasks, raw=True))
+        work_pickle, worker_id, prefix = pickle.loads(receive(tasks, raw=True))
+        work, worker_init = pickle.loads(work_pickle)
         arena.append(SegmentArena(prefix))
         if worker_init is not None:
             worker_init(worker_id)

@@ -157,8 +157,9 @@ class ProcessPool:
             )
         self.size = workers
         self.name = name
-        self._work = work
-        self._worker_init = worker_init
+        # pickled once, before any worker starts: a failure leaves no child behind, and a
+        # replacement worker costs no new pickle of the work (which may hold a dataset's paths)
+        self._work_pickle = pickle.dumps((work, worker_init))
         self._prefix = f"aioloader_{os.getpid()}_{secrets.token_hex(3)}_"
         self._prep = preparation_data(f"aioloader-{name}")
         self._lock = threading.Lock()
@@ -256,7 +257,7 @@ class ProcessPool:
         proc, tasks, results, life_w = spawn_child("aioloader.workers._child", WORKER_ENV)
         worker = _Worker(slot, spawn, proc, tasks, results, life_w)
         self._workers[slot] = worker
-        init = pickle.dumps((self._work, self._worker_init, slot, f"{self._prefix}{spawn}_"))
+        init = pickle.dumps((self._work_pickle, slot, f"{self._prefix}{spawn}_"))
         # The child reads this after importing; a thread keeps a large payload from blocking us.
         feeder = threading.Thread(
             target=_feed, args=(proc, tasks, self._prep, init), name="aioloader-pool-feed", daemon=True

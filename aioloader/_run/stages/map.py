@@ -212,9 +212,7 @@ class MapStage:
         return True
 
     def _placement_probe(self) -> PlacementProbe:
-        probe = PlacementProbe(
-            self._work, can_process=self._runtime is not None, reads_keys=self.spec.reads is not None
-        )
+        probe = PlacementProbe(self._work, can_process=self._runtime is not None, reads=self.spec.reads)
         self._probes.append(probe)
         return probe
 
