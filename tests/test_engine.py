@@ -229,3 +229,26 @@ def test_stats_after_a_run_are_json_serialisable():
     assert [s["name"] for s in stats["stages"]] == ["source", "read", "ident", "batch"]
     assert stats["samples"] == 100 and stats["batches"] == 10
     assert stats["time_to_first_batch_s"] is not None
+
+
+def test_pool_threads_share_the_cores_for_torch_ops_and_leave_the_default_alone():
+    """Two pool threads on 2 cores each forked a team of 2 OpenMP threads per torch op (4 busy
+    threads on 2 cores: JPEG resize in threads ran 8-10% slower); each now gets its share of
+    the cores. Threads started later, and the consumer's, keep the process's default."""
+    import threading
+
+    default = torch.get_num_threads()
+    seen: list[int] = []
+
+    def record(x: int) -> int:
+        seen.append(torch.get_num_threads())
+        return x
+
+    with al.Loader.from_source(range(64)).map(record, executor="thread", concurrency=2) as loader:
+        assert list(loader) == list(range(64))
+    assert set(seen) == {max(1, default // 2)}
+    later: list[int] = []
+    thread = threading.Thread(target=lambda: later.append(torch.get_num_threads()))
+    thread.start()
+    thread.join()
+    assert later == [default] and torch.get_num_threads() == default
