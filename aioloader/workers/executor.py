@@ -20,7 +20,6 @@ from dataclasses import dataclass
 from typing import Any
 
 from aioloader._run.executors import FAILED, ChunkResult, ChunkTimeout
-from aioloader._run.fusion import MapThenCollate
 from aioloader._spec import InteractiveMainError, MapSpec, check_callable, fn_name, pickle_error
 from aioloader.errors import WorkerCrashError, annotate
 from aioloader.workers import wire
@@ -123,6 +122,8 @@ class ProcessExecutor:
     async def _redo(
         self, pool: ProcessPool, values: list[Any], timeout: float | None, detail: str
     ) -> ChunkResult:
+        from aioloader._run.fusion import MapThenCollate  # here: it imports torch (collate)
+
         fused = isinstance(self._spec.fn, MapThenCollate)
         redo = self._redo_members if fused else _redo_one
         outcomes = await asyncio.gather(*(redo(pool, value, timeout, detail) for value in values))
@@ -146,7 +147,7 @@ class ProcessExecutor:
         """A fused stage's batch from a task whose worker died: each member alone (so each
         sample has its own attempts, as unfused), then the collate here."""
         keys, members, *_ = batch
-        work: MapThenCollate = self._spec.fn  # type: ignore[assignment]
+        work = self._spec.fn
         outcomes = await asyncio.gather(
             *(_redo_one(pool, (keys[j : j + 1], [m], True), timeout, detail) for j, m in enumerate(members))
         )
