@@ -110,23 +110,38 @@ def assert_torch_worker_info(rows: list[dict[str, Any]]) -> None:
         assert row["same_dataset"]
 
 
-def worker_start(base: int, worker: int) -> dict[str, Any]:
-    """In a fresh process: run the compat layer's worker_init as the pool does, then report
-    the WorkerInfo and the first draws of the global generators."""
-    code = (
-        "import json, random, numpy as np, torch\n"
-        "from torch.utils.data import get_worker_info\n"
-        "from aioloader.compat.worker_info import TorchWorkerInit\n"
-        "from tests.test_compat_worker_info import Probe\n"
-        f"TorchWorkerInit(Probe(3), num_workers=4, base_seed={base})({worker})\n"
-        "info = get_worker_info()\n"
-        "draws = [(torch.rand(()).item(), float(np.random.rand()), random.random()) for _ in range(3)]\n"
-        "print(json.dumps([[info.id, info.num_workers, info.seed, type(info.dataset).__name__], draws]))\n"
-    )
+def worker_starts(base: int, workers: list[int]) -> list[dict[str, Any]]:
+    """Each in a fresh process (started together): run the compat layer's worker_init as the
+    pool does, then report the WorkerInfo and the first draws of the global generators."""
     root = Path(__file__).resolve().parents[1]
-    done = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True, check=True)
-    info, draws = json.loads(done.stdout)
-    return {"info": tuple(info), "draws": [tuple(d) for d in draws]}
+    procs = []
+    for worker in workers:
+        code = (
+            "import json, random, numpy as np, torch\n"
+            "from torch.utils.data import get_worker_info\n"
+            "from aioloader.compat.worker_info import TorchWorkerInit\n"
+            "from tests.test_compat_worker_info import Probe\n"
+            f"TorchWorkerInit(Probe(3), num_workers=4, base_seed={base})({worker})\n"
+            "info = get_worker_info()\n"
+            "draws = [(torch.rand(()).item(), float(np.random.rand()), random.random()) for _ in range(3)]\n"
+            "print(json.dumps([[info.id, info.num_workers, info.seed, type(info.dataset).__name__], draws]))\n"
+        )
+        procs.append(
+            subprocess.Popen(
+                [sys.executable, "-c", code],
+                cwd=root,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
+        )
+    started = []
+    for proc in procs:
+        out, err = proc.communicate(timeout=120)
+        assert proc.returncode == 0, err
+        info, draws = json.loads(out)
+        started.append({"info": tuple(info), "draws": [tuple(d) for d in draws]})
+    return started
 
 
 def test_get_worker_info_in_worker_processes():
@@ -144,18 +159,6 @@ def test_get_worker_info_in_worker_processes():
     assert len(ids) == POOL and sorted(ids.values()) == list(range(POOL))  # one id per worker
 
 
-def test_worker_seeds_come_from_torchs_generator():
-    """``torch.manual_seed`` before the loader makes the workers' seeds reproducible."""
-
-    def seed_after(global_seed: int) -> int:
-        torch.manual_seed(global_seed)
-        with al.EfficientDataLoader(Probe(8), config()) as loader:
-            return base_seed(rows_of(loader))
-
-    assert seed_after(0) == seed_after(0)
-    assert seed_after(0) != seed_after(1)
-
-
 def test_worker_seeds_follow_generator_seed_as_torchs_workers():
     """With ``generator_seed`` the base seed comes from that generator, as torch's
     ``DataLoader(generator=...)``: the aio workers get the torch backend's worker seeds."""
@@ -171,7 +174,7 @@ def test_worker_generators_are_seeded_as_torchs():
     """The worker_init seeds ``torch``, ``numpy`` and ``random`` as torch's workers do (the
     same values for the same base seed and id) and sets the WorkerInfo (in fresh processes)."""
     base = 2**62 + 12345
-    started = [worker_start(base, 0), worker_start(base, 3)]
+    started = worker_starts(base, [0, 3])
     for worker, start in zip([0, 3], started, strict=True):
         seed = base + worker
         assert start["info"] == (worker, 4, seed, "Probe")
@@ -189,17 +192,20 @@ def test_worker_generators_are_seeded_as_torchs():
 def test_draws_in_getitem_follow_the_seed_not_the_worker():
     """Which worker fetches a sample varies, but each batch reseeds its worker's generators
     from the loader's seed, the epoch and the batch's position: after ``torch.manual_seed``
-    the same draws for each sample, run after run; a new seed, new draws."""
+    the same draws for each sample, run after run; a new seed, new draws. And the workers'
+    base seed comes from torch's generator: ``torch.manual_seed`` before the loader makes it
+    reproducible (the same three runs check both)."""
 
-    def draws(global_seed: int) -> list[tuple[float, float, float]]:
+    def run(global_seed: int) -> tuple[int, list[tuple[float, float, float]]]:
         torch.manual_seed(global_seed)
         with al.EfficientDataLoader(Probe(40), config()) as loader:
             rows = sorted(rows_of(loader), key=lambda row: row["i"])
-        return [(row["torch"], row["numpy"], row["random"]) for row in rows]
+        return base_seed(rows), [(row["torch"], row["numpy"], row["random"]) for row in rows]
 
-    first = draws(0)
-    assert draws(0) == first
-    assert draws(1) != first
+    (seed, first), (seed_again, again), (other_seed, other) = run(0), run(0), run(1)
+    assert seed == seed_again and seed != other_seed  # the workers' seeds follow torch.manual_seed
+    assert again == first
+    assert other != first
 
 
 def test_a_replacement_worker_gets_worker_info(tmp_path):

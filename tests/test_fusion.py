@@ -234,17 +234,23 @@ def test_a_process_fused_collate_draws_the_same_whatever_the_workers():
     the loader's seed, the epoch and the batch's position: the same across runs and pool sizes,
     different across epochs."""
 
-    def run(workers: int, seed: int = 0) -> list[list[torch.Tensor]]:
+    def build(workers: int, seed: int = 0) -> al.Loader:
         source = al.Loader.from_source(range(64), seed=seed)
-        loader = source.map(slow_identity, executor="process", concurrency=workers).batch(
+        return source.map(slow_identity, executor="process", concurrency=workers).batch(
             8, collate=random_mask
         )
-        with loader:
-            return [list(loader) for _ in range(2)]
 
-    first, again, one_worker = run(2), run(2), run(1)
-    for a, b, c in zip(first[0] + first[1], again[0] + again[1], one_worker[0] + one_worker[1], strict=True):
-        assert torch.equal(a, b) and torch.equal(a, c)
+    with build(2) as loader:
+        first = [list(loader) for _ in range(2)]
+        loader.set_epoch(0)  # a second run of epoch 0, on workers whose RNGs have drawn since
+        again = list(loader)
+    with build(1) as loader:
+        one_worker = [list(loader) for _ in range(2)]
+    for a, b in zip(first[0], again, strict=True):
+        assert torch.equal(a, b)
+    for a, c in zip(first[0] + first[1], one_worker[0] + one_worker[1], strict=True):
+        assert torch.equal(a, c)
     assert not all(torch.equal(a, b) for a, b in zip(first[0], first[1], strict=True))  # epochs differ
-    other_seed = run(2, seed=1)
-    assert not all(torch.equal(a, b) for a, b in zip(first[0], other_seed[0], strict=True))
+    with build(1, seed=1) as loader:
+        other_seed = list(loader)
+    assert not all(torch.equal(a, b) for a, b in zip(first[0], other_seed, strict=True))

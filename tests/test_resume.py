@@ -6,6 +6,7 @@ from __future__ import annotations
 import gc
 import itertools
 import json
+import runpy
 import subprocess
 import sys
 import textwrap
@@ -155,6 +156,8 @@ def test_resume_reads_at_most_the_buffer_plus_what_follows():
 
 
 def test_resume_in_a_fresh_process(tmp_path):
+    """The uninterrupted run and the save happen here; the state, through JSON in a file, is
+    loaded by a fresh interpreter that builds the same spec from the same script."""
     script = textwrap.dedent(
         """
         import json, sys
@@ -162,38 +165,30 @@ def test_resume_in_a_fresh_process(tmp_path):
         def make():
             return (al.Loader.from_source(range(300), shuffle=True, seed=11)
                     .map(lambda x: x + 1000).shuffle(16).batch(8))
-        mode, path = sys.argv[1], sys.argv[2]
-        loader = make()
-        with loader:
-            if mode == "save":
-                it = iter(loader)
-                seen = [next(it).tolist() for _ in range(13)]
-                json.dump({"state": loader.state_dict(), "seen": seen}, open(path, "w"))
-            elif mode == "resume":
-                loader.load_state_dict(json.load(open(path))["state"])
-                print(json.dumps([b.tolist() for b in loader]))
-            else:
+        if __name__ == "__main__":
+            loader = make()
+            with loader:
+                loader.load_state_dict(json.load(open(sys.argv[1]))["state"])
                 print(json.dumps([b.tolist() for b in loader]))
         """
     )
-    (tmp_path / "job.py").write_text(script)
-    state_file = str(tmp_path / "state.json")
+    job = tmp_path / "job.py"
+    job.write_text(script)
+    state_file = tmp_path / "state.json"
+    make = runpy.run_path(str(job), run_name="job")["make"]
 
-    def run(mode):
-        out = subprocess.run(
-            [sys.executable, str(tmp_path / "job.py"), mode, state_file],
-            capture_output=True,
-            text=True,
-            timeout=120,
-            check=True,
-        )
-        return out.stdout
-
-    full = json.loads(run("full"))
-    run("save")
-    with open(state_file) as saved:
-        assert json.load(saved)["seen"] == full[:13]
-    assert json.loads(run("resume")) == full[13:]
+    with make() as loader:
+        full = [b.tolist() for b in loader]
+    with make() as loader:
+        it = iter(loader)
+        seen = [next(it).tolist() for _ in range(13)]
+        state_file.write_text(json.dumps({"state": loader.state_dict(), "seen": seen}))
+        it.close()
+    assert seen == full[:13]
+    out = subprocess.run(
+        [sys.executable, str(job), str(state_file)], capture_output=True, text=True, timeout=120, check=True
+    )
+    assert json.loads(out.stdout) == full[13:]
 
 
 def test_state_from_another_spec_is_refused_saying_what_differs():
