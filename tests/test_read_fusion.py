@@ -18,6 +18,7 @@ import aioloader as al
 from aioloader.monitor.autotune import THREAD_ABOVE_S, place
 from aioloader.sources._cached_read import read_files
 from aioloader.transforms import decode_image
+from tests.test_sources_images import _evict  # drop a file from the page cache
 
 N = 40
 
@@ -182,7 +183,7 @@ def test_auto_times_fn_without_the_reads_so_cold_files_do_not_send_a_cheap_fn_to
         (root / f"c{i % 2}").mkdir(parents=True, exist_ok=True)
         (root / f"c{i % 2}" / f"{i}.jpg").write_bytes(os.urandom(200_000))
     source = al.sources.ImageFolder(root)
-    cold = all(_evicted(source.path(i)) for i in range(len(source)))
+    cold = all(_evict(source.path(i)) for i in range(len(source)))
     with al.Loader.from_source(source).map(label_of) as loader:
         labels = list(loader)
         placement = loader.stats()["stages"][1]["placement"]
@@ -237,28 +238,13 @@ def test_a_file_that_cannot_be_read_is_named_by_its_key_and_path(root: Path) -> 
     assert str(source.path(bad)) in str(info.value)
 
 
-def _evicted(path: Path) -> bool:
-    """Drop a file's pages from the page cache; False where that cannot be done (tmpfs)."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
-        try:
-            os.preadv(fd, [bytearray(1)], 0, os.RWF_NOWAIT)
-        except BlockingIOError:
-            return True
-        return False
-    finally:
-        os.close(fd)
-
-
 def test_read_files_reads_cached_cold_and_empty_files_whole_in_order(tmp_path: Path) -> None:
     contents = [os.urandom(n) for n in (70_000, 0, 5, 300_000)]
     paths = []
     for i, content in enumerate(contents):
         paths.append(tmp_path / f"{i}.bin")
         paths[-1].write_bytes(content)
-    cold = [_evicted(paths[0]), _evicted(paths[3])]
+    cold = [_evict(paths[0]), _evict(paths[3])]
     assert [bytes(b) for b in read_files([str(p) for p in paths])] == contents
     if not all(cold):
         pytest.skip("this file system keeps files in memory: the cold path was not exercised")
@@ -291,7 +277,7 @@ def test_read_files_keeps_a_big_cold_batch_under_the_descriptor_limit(tmp_path: 
     for i in range(300):
         paths.append(tmp_path / f"{i}.bin")
         paths[-1].write_bytes(b"x" * (1000 + i))
-    cold = all(_evicted(p) for p in paths)
+    cold = all(_evict(p) for p in paths)
     done = subprocess.run(
         [sys.executable, "-c", _MANY_COLD_FILES, *map(str, paths)], capture_output=True, text=True, timeout=60
     )
