@@ -71,7 +71,7 @@ def test_augmentation_is_identical_across_executors_and_concurrency() -> None:
     assert same(inline, augmented("auto"))
 
 
-def test_augmentation_is_identical_in_process_workers() -> None:
+def test_augmentation_is_identical_in_process_workers_in_every_epoch() -> None:
     try:
         import aioloader.workers  # noqa: F401 - registers executor="process"
         from aioloader._run.executors import external_executor
@@ -82,13 +82,17 @@ def test_augmentation_is_identical_in_process_workers() -> None:
     images = [np.asarray(image.permute(1, 2, 0)) for image, _ in (Images(24)[i] for i in range(24))]
     augment = Compose([RandomResizedCrop(12, scale=(0.2, 1.0)), RandomHorizontalFlip()])
 
-    def run(executor: str) -> list[np.ndarray]:
+    def run(executor: str) -> list[list[np.ndarray]]:
+        """Two epochs on one Loader: the process pool, started in epoch 0, serves epoch 1 too."""
         with al.Loader.from_source(images, seed=4).map(augment, executor=executor, concurrency=2) as loader:
-            return list(loader)
+            return [list(loader) for _ in range(2)]
 
     inline, process = run("inline"), run("process")
-    assert len(process) == len(images)
-    assert all(np.array_equal(a, b) for a, b in zip(inline, process, strict=True))
+    for epoch in range(2):
+        assert len(process[epoch]) == len(images)
+        assert all(np.array_equal(a, b) for a, b in zip(inline[epoch], process[epoch], strict=True))
+    # a new epoch draws anew in the workers too (they once kept epoch 0's generator)
+    assert sum(np.array_equal(a, b) for a, b in zip(process[0], process[1], strict=True)) < len(images) // 4
 
 
 def test_augmentation_differs_between_epochs_and_seeds_and_repeats_per_epoch() -> None:
@@ -172,9 +176,9 @@ def test_transforms_and_the_rng_wrapper_pickle() -> None:
     ):
         clone = pickle.loads(pickle.dumps(t))
         assert type(clone) is type(t)
-    wrapper = pickle.loads(pickle.dumps(WithRng(AUGMENT, 3, 4)))
+    wrapper = pickle.loads(pickle.dumps(WithRng(AUGMENT, 3)))
     image = torch.zeros(3, 16, 16, dtype=torch.uint8)
-    assert torch.equal(wrapper((7, image)), AUGMENT(image, key_rng(3, 4, 7)))
+    assert torch.equal(wrapper((7, image, 4)), AUGMENT(image, key_rng(3, 4, 7)))
 
 
 # -- image transforms -------------------------------------------------------------------------

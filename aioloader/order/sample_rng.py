@@ -52,22 +52,23 @@ def key_rng(seed: int, epoch: int, key: Any) -> np.random.Generator:
 
 
 class WithRng:
-    """``fn(sample, rng)`` on a ``(key, sample)`` pair: the per-item function of a map stage
-    running a random transform. Picklable when ``fn`` is, so process workers can run it."""
+    """``fn(sample, rng)`` on a ``(key, sample, epoch)`` triple: the per-item function of a map
+    stage running a random transform. The epoch travels with each item, not in this object: a
+    process pool unpickles its work once and keeps it across epochs (a pool keeping epoch 0's
+    generator drew the same augmentation every epoch). Picklable when ``fn`` is."""
 
-    __slots__ = ("epoch", "fn", "seed")
+    __slots__ = ("fn", "seed")
 
-    def __init__(self, fn: Callable[[Any, np.random.Generator], Any], seed: int, epoch: int) -> None:
+    def __init__(self, fn: Callable[[Any, np.random.Generator], Any], seed: int) -> None:
         self.fn = fn
         self.seed = seed
-        self.epoch = epoch
 
-    def __call__(self, pair: tuple[Any, Any]) -> Any:
-        key, sample = pair
-        return self.fn(sample, key_rng(self.seed, self.epoch, key))
+    def __call__(self, item: tuple[Any, Any, int]) -> Any:
+        key, sample, epoch = item
+        return self.fn(sample, key_rng(self.seed, epoch, key))
 
-    def __getstate__(self) -> tuple[Any, int, int]:
-        return self.fn, self.seed, self.epoch
+    def __getstate__(self) -> tuple[Any, int]:
+        return self.fn, self.seed
 
-    def __setstate__(self, state: tuple[Any, int, int]) -> None:
-        self.fn, self.seed, self.epoch = state
+    def __setstate__(self, state: tuple[Any, int]) -> None:
+        self.fn, self.seed = state

@@ -104,8 +104,8 @@ class MapStage:
             self._work = functools.partial(apply_block, spec.fn, item_fn=spec.item_fn)
         elif spec.is_async:
             self._work = spec.fn
-        elif spec.seed is not None:  # a random transform: fn(sample, rng) on (key, sample) pairs
-            self._work = functools.partial(apply_items, WithRng(spec.fn, spec.seed, epoch))
+        elif spec.seed is not None:  # a random transform: fn(sample, rng) on (key, sample, epoch)
+            self._work = functools.partial(apply_items, WithRng(spec.fn, spec.seed))
         elif spec.reads is not None and spec.fused_batch is None:  # values are keys: read, then fn
             self._work = functools.partial(read_then_apply, spec.reads, spec.fn)
         else:  # (a fused stage that reads has its read in spec.fn, per batch)
@@ -435,9 +435,11 @@ class MapStage:
         return self._settle(chunk, results, failures)
 
     def _inputs(self, chunk: Block) -> list[Any]:
-        """What the work function takes: the values, or (key, value) pairs for a random transform
-        and for a fused batch (whose members' keys name a failure)."""
-        if self.spec.seed is None and self.spec.fused_batch is None:
+        """What the work function takes: the values, (key, value, epoch) for a random transform,
+        or (keys, members, ...) for a fused batch (whose members' keys name a failure)."""
+        if self.spec.seed is not None:
+            return [(key, value, self._epoch) for key, value in zip(chunk.keys, chunk.values, strict=True)]
+        if self.spec.fused_batch is None:
             return chunk.values
         if self._collates_here():  # (keys, members, True): fn's results, uncollated
             return [(keys, members, True) for keys, members in zip(chunk.keys, chunk.values, strict=True)]
