@@ -186,6 +186,30 @@ def test_samples_that_kill_their_worker_once_cost_their_own_attempts_not_the_bat
     assert sorted(os.listdir(tmp_path)) == ["17", "19", "21"]
 
 
+class NoisyDieOnceOn(DieOnceOn):
+    """DieOnceOn, returning the sample plus a draw from numpy's global RNG."""
+
+    def __call__(self, x: int) -> float:
+        return super().__call__(x) + float(np.random.random())
+
+
+@pytest.mark.slow
+def test_a_batch_whose_worker_died_once_comes_out_as_undisturbed_random_draws_included(tmp_path):
+    """The batch is first run again whole with the seed it ran with: fn's and the collate's
+    draws from the worker's global RNGs are those of a run where nothing died."""
+
+    def run(marker_dir) -> list[torch.Tensor]:
+        fn = NoisyDieOnceOn(marker_dir, (21,) if marker_dir else ())
+        loader = al.Loader.from_source(range(48), seed=3).map(fn, executor="process", concurrency=2)
+        with loader.batch(8, collate=random_mask) as batched:
+            return list(batched)
+
+    undisturbed = run(None)
+    disturbed = run(tmp_path)
+    assert os.listdir(tmp_path) == ["21"]  # its worker died once
+    assert all(torch.equal(a, b) for a, b in zip(undisturbed, disturbed, strict=True))
+
+
 def random_mask(samples: list[int]) -> torch.Tensor:
     """A collate that draws from torch's global RNG (as Hugging Face's MLM collator does)."""
     batch = torch.tensor(samples, dtype=torch.float32)

@@ -6,6 +6,10 @@ Crash policy lives here: when a worker dies while running a chunk, every item of
 again, each alone (so the items that are fine are not held hostage by one that kills its
 worker); an item is tried at most :data:`MAX_ATTEMPTS` times in all, then it fails with
 :class:`~aioloader.errors.WorkerCrashError` (raised or skipped by the stage's ``on_error``).
+A fused batch (map + collate in one task) is first run again whole, with the seed it ran with,
+so one death leaves no trace in the batch (what ``fn`` and the collate drew from the worker's
+global RNGs included); only if that worker dies too are its members run alone, each with
+``MAX_ATTEMPTS - 1`` attempts, and collated here.
 A task past its deadline has had its worker killed by the pool; it surfaces as
 :class:`~aioloader._run.executors.ChunkTimeout` so the stage's timeout/retry policy applies.
 """
@@ -144,18 +148,26 @@ class ProcessExecutor:
     async def _redo_members(
         self, pool: ProcessPool, batch: tuple[list[Any], list[Any]], timeout: float | None, detail: str
     ) -> Outcome:
-        """A fused stage's batch from a task whose worker died: each member alone (so each
-        sample has its own attempts, as unfused), then the collate here."""
+        """A fused stage's batch from a task whose worker died: the whole batch again, as it
+        ran; if its worker dies again, each member alone (so each sample has its own attempts,
+        as unfused), then the collate here."""
+        again = await _call(pool, [batch], timeout)
+        if again.kind != "crash":
+            return again
         keys, members, *_ = batch
         work = self._spec.fn
         outcomes = await asyncio.gather(
-            *(_redo_one(pool, (keys[j : j + 1], [m], True), timeout, detail) for j, m in enumerate(members))
+            *(
+                _redo_one(pool, (keys[j : j + 1], [m], True), timeout, again.value)
+                for j, m in enumerate(members)
+            )
         )
         mapped: list[Any] = []
         busy = 0.0
         for key, outcome in zip(keys, outcomes, strict=True):
             if outcome.kind == "crash":
-                error = annotate(self._crash_error(outcome.value, key), self._spec.name, key)
+                # its batch ran twice, then it ran alone MAX_ATTEMPTS - 1 times
+                error = annotate(self._crash_error(outcome.value, key, MAX_ATTEMPTS + 1), self._spec.name, key)
                 return Outcome("ok", ([FAILED], [(0, error)], busy))
             if outcome.kind != "ok":  # an error or a timeout: the caller raises it
                 return outcome
@@ -169,9 +181,9 @@ class ProcessExecutor:
         except Exception as exc:
             return Outcome("ok", ([FAILED], [(0, exc)], busy))
 
-    def _crash_error(self, detail: str, key: Any = None) -> WorkerCrashError:
+    def _crash_error(self, detail: str, key: Any = None, times: int = MAX_ATTEMPTS) -> WorkerCrashError:
         return WorkerCrashError(
-            f"stage {self._spec.name!r}: a worker process died each of the {MAX_ATTEMPTS} times it "
+            f"stage {self._spec.name!r}: a worker process died each of the {times} times it "
             f"ran this sample (last: {detail}); giving up on it",
             stage=self._spec.name,
             key=key,
