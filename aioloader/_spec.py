@@ -17,6 +17,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
+from aioloader._main_module import guarded_only
+
 EXECUTORS = ("auto", "inline", "thread", "process")
 ON_ERROR = ("raise", "skip")
 SHARD_POLICIES = ("drop", "pad", "uneven")
@@ -42,7 +44,8 @@ def is_async_callable(fn: Callable[..., Any]) -> bool:
 
 
 class InteractiveMainError(pickle.PicklingError):
-    """Pickled by name from a ``__main__`` that spawned workers cannot import."""
+    """Pickled by name from a ``__main__`` that spawned workers cannot import (an interactive
+    one, or a name bound only under the script's main guard)."""
 
 
 class _ForWorkers(pickle.Pickler):
@@ -58,6 +61,12 @@ class _ForWorkers(pickle.Pickler):
                     f"{obj.__qualname__!r} is defined in an interactive __main__ (a notebook, "
                     "python -c or stdin), which worker processes cannot import; define it in a "
                     "module (a .py file) and import it"
+                )
+            if guarded_only(main_file, obj.__qualname__.split(".")[0]):
+                raise InteractiveMainError(
+                    f"{obj.__qualname__!r} is defined under `if __name__ == '__main__':` in "
+                    f"{main_file}, a block that worker processes do not run (they import the "
+                    "script as a module); define it at the script's top level, or in a module"
                 )
         return NotImplemented
 

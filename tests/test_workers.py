@@ -174,6 +174,47 @@ def test_a_function_of_an_interactive_main_is_refused_for_processes(how):
     assert "auto: 4032" in done.stdout
 
 
+_GUARDED = """
+import aioloader as al
+
+def double(x):
+    return 2 * x
+
+if __name__ == "__main__":
+    def triple(x):
+        return 3 * x
+
+    def total(batch):
+        return sum(batch)
+
+    try:
+        al.Loader.from_source(range(8)).map(triple, executor="process")
+    except TypeError as exc:
+        print("refused:", exc)
+    # the map goes to processes; the collate must stay here (it was fused into the workers,
+    # which failed to start: they import the script without running this block)
+    loader = al.Loader.from_source(range(32)).map(double, executor="process", concurrency=2)
+    with loader.batch(8, collate=total) as batched:
+        print("batches:", list(batched))
+"""
+
+
+def test_names_bound_under_the_main_guard_stay_out_of_worker_processes(tmp_path):
+    """A script's workers import it as a module, without running its main block: a function
+    defined there pickles by name here and is missing there. fn is refused when the pipeline
+    is built; a collate stays in the parent instead of being fused into the workers."""
+    import subprocess
+    import sys
+
+    script = tmp_path / "train.py"
+    script.write_text(_GUARDED)
+    done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert "refused: fn 'triple' cannot be sent to worker processes" in done.stdout
+    assert "if __name__ == '__main__':" in done.stdout
+    assert "batches: [56, 184, 312, 440]" in done.stdout
+
+
 _STDIN_MAIN = """
 import operator
 import aioloader as al
