@@ -191,6 +191,46 @@ def test_failing_fraction_is_skipped_and_recorded_then_too_many_failures():
     assert not _children() and not _segments()
 
 
+def lock_on_7(x: int) -> object:
+    """A result that cannot be pickled for key 7."""
+    import threading
+
+    return threading.Lock() if x == 7 else x
+
+
+class LockAt7:
+    """A source whose item 7 cannot be pickled."""
+
+    def __len__(self) -> int:
+        return 30
+
+    def __getitem__(self, index: int) -> object:
+        import threading
+
+        return threading.Lock() if index == 7 else index
+
+
+@pytest.mark.parametrize("side", ["result", "input"])
+def test_a_value_that_cannot_be_pickled_fails_alone_as_its_samples_error(side):
+    """Not the whole chunk with no key: skip records it by key, raise names stage and key."""
+    source, fn = (range(30), lock_on_7) if side == "result" else (LockAt7(), identity)
+    name = f"map({fn.__name__})"
+    with al.Loader.from_source(source).map(
+        fn, executor="process", concurrency=2, on_error="skip", max_failures=1
+    ) as loader:
+        assert list(loader) == [x for x in range(30) if x != 7]
+        (error,) = loader.stats()["errors"]
+        assert error["stage"] == name and error["key"] == 7 and error["type"] == "TypeError"
+        assert "cannot be pickled" in error["message"]
+    with (
+        al.Loader.from_source(source).map(fn, executor="process", concurrency=2) as loader,
+        pytest.raises(TypeError, match="cannot be pickled") as info,
+    ):
+        list(loader)
+    assert info.value.stage == name and info.value.key == 7
+    assert not _children() and not _segments()
+
+
 def test_error_in_worker_keeps_its_type_and_the_worker_traceback():
     with al.Loader.from_source(range(50)).map(fail_tenth, executor="process", concurrency=1) as loader:
         with pytest.raises(ValueError, match="corrupt sample 0") as info:

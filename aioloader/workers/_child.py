@@ -22,7 +22,7 @@ from multiprocessing.spawn import prepare
 from typing import Any
 
 from aioloader.workers import wire
-from aioloader.workers.shm import SegmentArena, pack
+from aioloader.workers.shm import SegmentArena, check_packable, pack
 
 BOOTSTRAPPING = False  # true while a worker imports the parent's __main__ (see ProcessPool)
 
@@ -116,10 +116,37 @@ def _serve(tasks: Connection, results: Connection, work: Any, arena: SegmentAren
             out = work(pickle.loads(head, buffers=buffers))
             results_, failures, busy = out
             failures = [(i, _portable(e)) for i, e in failures]
-            reply: Any = ("ok", task_id, pack((results_, failures, busy), arena))
+            try:
+                frame = pack((results_, failures, busy), arena)
+            except Exception:  # a result that cannot be pickled fails alone, as its sample's error
+                frame = pack((*_without_unpicklable(results_, failures), busy), arena)
+            reply: Any = ("ok", task_id, frame)
         except Exception as exc:
             reply = ("error", task_id, _portable(exc))
         results.send(reply)
+
+
+def _without_unpicklable(
+    results: list[Any], failures: list[tuple[int, BaseException]]
+) -> tuple[list[Any], list[tuple[int, BaseException]]]:
+    """``results`` with each one that cannot be pickled replaced by a failure of its index."""
+    failed = {i for i, _ in failures}
+    failures = list(failures)
+    results = list(results)
+    for index, result in enumerate(results):
+        if index in failed:
+            continue
+        try:
+            check_packable(result)
+        except Exception as exc:
+            error = TypeError(
+                f"the result cannot be sent back from the worker process: it cannot be pickled "
+                f"({type(exc).__name__}: {exc})"
+            )
+            results[index] = None
+            failures.append((index, _portable(error)))
+    failures.sort(key=lambda failure: failure[0])
+    return results, failures
 
 
 def main(argv: list[str] | None = None) -> None:

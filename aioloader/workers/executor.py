@@ -118,10 +118,58 @@ class ProcessExecutor:
 
     async def run(self, work: Callable[..., Any], values: list[Any], timeout: float | None) -> ChunkResult:
         pool = self._pool_for(work)
-        outcome = await _call(pool, values, timeout)
+        try:
+            payload = wire.pack(values)
+        except Exception:  # a value that cannot be pickled fails alone, as its sample's error
+            return await self._run_picklable(work, values, timeout)
+        outcome = await _submit(pool, payload, timeout, len(values))
         if outcome.kind == "crash":
             return await self._redo(pool, values, timeout, outcome.value)
         return _unpack(outcome, 0)
+
+    async def _run_picklable(self, work: Callable[..., Any], values: list[Any], timeout: float | None) -> ChunkResult:
+        """Run the values that can be pickled; each other one is a failure of its own index
+        (for a fused batch, named by the key of the member that cannot be pickled)."""
+        unpicklable = {i: error for i, value in enumerate(values) if (error := self._pickle_error(value))}
+        sendable = [i for i in range(len(values)) if i not in unpicklable]
+        results: list[Any] = [FAILED] * len(values)
+        failures: list[tuple[int, BaseException]] = list(unpicklable.items())
+        busy = 0.0
+        if sendable:
+            if len(sendable) == len(values):
+                raise RuntimeError(f"stage {self._spec.name!r}: the chunk could not be pickled, each value could")
+            try:
+                some, some_failures, busy = await self.run(work, [values[i] for i in sendable], timeout)
+            except ChunkTimeout as timed_out:
+                raise ChunkTimeout(sendable[timed_out.index]) from None
+            for j, result in enumerate(some):
+                results[sendable[j]] = result
+            failures.extend((sendable[j], exc) for j, exc in some_failures)
+        failures.sort(key=lambda failure: failure[0])
+        return results, failures, busy
+
+    def _pickle_error(self, value: Any) -> BaseException | None:
+        from aioloader._run.fusion import MapThenCollate  # here: it imports torch (collate)
+
+        if isinstance(self._spec.fn, MapThenCollate):  # (keys, members, ...): name the member
+            keys, members, *_ = value
+            for key, member in zip(keys, members, strict=True):
+                if (error := self._pickle_error_of(member)) is not None:
+                    return annotate(error, self._spec.name, key)
+            return None
+        return self._pickle_error_of(value)
+
+    @staticmethod
+    def _pickle_error_of(value: Any) -> BaseException | None:
+        try:
+            wire.pack([value])
+        except Exception as exc:
+            error = TypeError(
+                f"the sample cannot be sent to a worker process: it cannot be pickled ({type(exc).__name__}: {exc})"
+            )
+            error.__cause__ = exc
+            return error
+        return None
 
     async def _redo(
         self, pool: ProcessPool, values: list[Any], timeout: float | None, detail: str
@@ -197,7 +245,11 @@ class ProcessExecutor:
 
 
 async def _call(pool: ProcessPool, values: list[Any], timeout: float | None) -> Outcome:
-    future = pool.submit(wire.pack(values), None if timeout is None else timeout * len(values))
+    return await _submit(pool, wire.pack(values), timeout, len(values))
+
+
+async def _submit(pool: ProcessPool, payload: wire.Payload, timeout: float | None, count: int) -> Outcome:
+    future = pool.submit(payload, None if timeout is None else timeout * count)
     return await asyncio.wrap_future(future)
 
 

@@ -151,6 +151,16 @@ class _Pickler(pickle.Pickler):
         return NotImplemented
 
 
+class _Discard:
+    def write(self, data: Any) -> int:
+        return len(data)
+
+
+def check_packable(obj: Any) -> None:
+    """Raise what :func:`pack` would raise for ``obj`` (without copying its arrays' bytes)."""
+    _Pickler(_Discard(), protocol=5, buffer_callback=lambda _buffer: False).dump(obj)
+
+
 def pack(obj: Any, arena: SegmentArena | None) -> Frame:
     """Pickle ``obj``; large buffers go into a segment lent by ``arena`` (in-band without one)."""
     buffers: list[memoryview] = []
