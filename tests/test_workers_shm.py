@@ -25,7 +25,8 @@ def test_large_arrays_travel_as_views_of_a_segment_and_are_released_when_unused(
         tensor = torch.arange(50_000, dtype=torch.int64)  # 400 KB
         small = np.arange(10, dtype=np.int16)
         frame = shm.pack({"big": big, "t": tensor, "small": small, "s": "text"}, arena)
-        name, _, spans, data = frame
+        name, _, spans, data, dropped = frame
+        assert dropped == []
         assert name is not None and len(spans) == 2  # big and t; small stays in the pickle
         assert len(data) < 2_000
         released: list[str] = []
@@ -54,3 +55,41 @@ def test_without_an_arena_everything_is_pickled_in_band():
     frame = shm.pack(np.zeros(1_000_000), None)
     assert frame[0] is None
     assert np.array_equal(shm.unpack(frame, lambda name: None), np.zeros(1_000_000))
+
+
+def test_the_parent_maps_a_reused_segment_once_and_forgets_what_the_arena_unlinked():
+    prefix = f"aioloader_test_{os.getpid()}_maps_"
+    arena = shm.SegmentArena(prefix)
+    mappings = shm.Mappings()
+    released: list[str] = []
+    try:
+        first = mappings.unpack(shm.pack(np.full(300_000, 1.0), arena), released.append)
+        (name,) = _segments(prefix)
+        del first
+        gc.collect()
+        assert released == [name]
+        arena.release(released)
+        released.clear()
+        # the reused segment: the same mapping, the new values
+        again = mappings.unpack(shm.pack(np.full(300_000, 2.0), arena), released.append)
+        assert len(mappings) == 1 and np.all(again == 2.0)
+        # more results held at once than the arena keeps free: when they come back, it unlinks
+        # the surplus and names it in its next frame, and the parent lets go of those mappings
+        held = [again] + [
+            mappings.unpack(shm.pack(np.full(300_000, float(i)), arena), released.append)
+            for i in range(shm._MAX_FREE + 3)
+        ]
+        assert len(mappings) == shm._MAX_FREE + 4
+        kept = held[-1]
+        del held, again
+        gc.collect()
+        arena.release(released)
+        assert len(_segments(prefix)) == shm._MAX_FREE + 1  # the one kept, and the free ones
+        last = mappings.unpack(shm.pack(np.zeros(10), arena), released.append)  # in band
+        assert last.sum() == 0
+        assert len(mappings) == shm._MAX_FREE + 1
+        assert kept[0] == float(shm._MAX_FREE + 2)  # a result alive keeps its view valid
+    finally:
+        arena.unlink_all()
+        mappings.clear()
+    assert not _segments(prefix)

@@ -93,6 +93,7 @@ class SubprocessLoader(Closing):
         self._requests: dict[int, Future[Any]] = {}
         self._ready: Future[dict[str, Any]] = Future()
         self._releases: deque[str] = deque()
+        self._mappings = shm.Mappings()  # the child's segments, mapped once each
         self._dead: BaseException | None = None
         self._closed = False
         self._cursor: Cursor | None = None
@@ -179,6 +180,7 @@ class SubprocessLoader(Closing):
         if not self._reader.is_alive():
             self._results.close()
         shm.sweep(self._prefix)
+        self._mappings.clear()
         self._finalizer.detach()
         if run is not None:
             run.put(("error", RuntimeError("the loader was closed"), None))
@@ -342,13 +344,14 @@ class SubprocessLoader(Closing):
             _, run_id, frame, after = message
             run = self._run
             if run is None or run.run_id != run_id or run.finished:
+                self._mappings.forget(frame[4])
                 if frame[0] is not None:
                     self._release(frame[0])  # a stopped run's batch: its segment goes back
                 return
             try:
                 # the deque's append, not a method: a batch kept by the user must not keep
                 # this loader (and its child) alive
-                value = shm.unpack(frame, self._releases.append)
+                value = self._mappings.unpack(frame, self._releases.append)
             except Exception as exc:
                 run.put(("error", exc, None))
                 return

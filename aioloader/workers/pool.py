@@ -161,6 +161,7 @@ class ProcessPool:
         # replacement worker costs no new pickle of the work (which may hold a dataset's paths)
         self._work_pickle = pickle.dumps((work, worker_init))
         self._prefix = f"aioloader_{os.getpid()}_{secrets.token_hex(3)}_"
+        self._mappings = shm.Mappings()  # the results' segments, mapped once each
         self._prep = preparation_data(f"aioloader-{name}")
         self._lock = threading.Lock()
         self._pending: deque[_Task] = deque()
@@ -233,6 +234,7 @@ class ProcessPool:
                 shm.unlink(segment)
         for task in pending:
             task.future.cancel() or task.finish(closed)
+        self._mappings.clear()
         for feeder in self._feeders:
             feeder.join(1.0)
         with self._lock:  # no wake-up may write to these numbers once they are reused
@@ -318,8 +320,9 @@ class ProcessPool:
                 frame = message[2]
                 if frame[0] is not None:
                     worker.segments.add(frame[0])
+                worker.segments.difference_update(frame[4])  # unlinked by the worker
                 try:
-                    outcome = Outcome("ok", shm.unpack(frame, worker.release))
+                    outcome = Outcome("ok", self._mappings.unpack(frame, worker.release))
                 except Exception as exc:
                     outcome = Outcome("error", exc)
             else:
@@ -371,6 +374,7 @@ class ProcessPool:
         for segment in worker.segments:
             shm.unlink(segment)
         shm.sweep(f"{self._prefix}{worker.spawn}_")
+        self._mappings.forget_prefix(f"{self._prefix}{worker.spawn}_")
         detail = _describe_exit(worker.proc.pid, worker.proc.returncode)
         if worker.queue:
             worker.queue.popleft().finish(Outcome("crash", detail))
