@@ -231,6 +231,27 @@ def test_a_value_that_cannot_be_pickled_fails_alone_as_its_samples_error(side):
     assert not _children() and not _segments()
 
 
+def hanging_init(worker_id: int) -> None:
+    import threading
+
+    threading.Event().wait()  # never set
+
+
+def test_a_worker_init_that_hangs_fails_the_run_when_a_timeout_is_set(monkeypatch):
+    """With ``timeout``, a worker must become ready within max(START_TIMEOUT_S, timeout): the
+    consumer was blocked for good. (The floor is lowered here; the pool and workers are real.)"""
+    from aioloader.workers import executor
+
+    monkeypatch.setattr(executor, "START_TIMEOUT_S", 1.0)
+    loader = al.Loader.from_source(range(10)).map(
+        identity, executor="process", concurrency=2, worker_init=hanging_init, timeout=0.5
+    )
+    with loader, pytest.raises(al.WorkerCrashError, match=r"did not become ready within 1 s") as info:
+        list(loader)
+    assert info.value.stage == "map(identity)"
+    assert not _children() and not _segments()
+
+
 def test_error_in_worker_keeps_its_type_and_the_worker_traceback():
     with al.Loader.from_source(range(50)).map(fail_tenth, executor="process", concurrency=1) as loader:
         with pytest.raises(ValueError, match="corrupt sample 0") as info:

@@ -36,6 +36,10 @@ MAX_ATTEMPTS = 3  # runs of one item that end with its worker dead before it is 
 # flight 0.25-0.33, see the report for after.
 TARGET_TASK_S = 0.010
 QUEUED_PER_WORKER = 2
+# With a ``timeout``, a worker must also become ready (import fn, run worker_init) within this
+# long, or the stage's timeout if longer: a worker_init that hangs fails the run, never hangs it.
+# Starting takes ~0.1-1.5 s here (importing torch), more on a loaded or a network file system.
+START_TIMEOUT_S = 60.0
 _LOW_MEMORY = 4 * 2**30
 
 
@@ -104,7 +108,11 @@ class ProcessExecutor:
 
             def start() -> ProcessPool:
                 init = getattr(self._spec, "worker_init", None)
-                return ProcessPool(work, workers=self.workers, worker_init=init, name=self._spec.name)
+                timeout = self._spec.timeout
+                start_timeout = None if timeout is None else max(START_TIMEOUT_S, timeout)
+                return ProcessPool(
+                    work, workers=self.workers, worker_init=init, name=self._spec.name, start_timeout=start_timeout
+                )
 
             if self._runtime is None:  # no Loader to own it: this executor does
                 self._pool = start()

@@ -93,6 +93,7 @@ class _Worker:
         self.results = results
         self.lifeline = lifeline
         self.state = "starting"  # -> "ready"; "dead"
+        self.spawned_at = time.monotonic()
         self.queue: deque[_Task] = deque()  # sent, not answered; the head is running
         self.pipe_bytes = pipe_capacity(tasks.fileno())
         self.releases: deque[str] = deque()
@@ -146,7 +147,11 @@ class ProcessPool:
         workers: int,
         worker_init: Callable[[int], None] | None = None,
         name: str = "map",
+        start_timeout: float | None = None,
     ) -> None:
+        """``start_timeout``: seconds a worker may take to become ready (import the function,
+        run ``worker_init``); past it the worker is killed and the pool fails with
+        :class:`WorkerCrashError` (None: no limit)."""
         if workers < 1:
             raise ValueError(f"workers must be >= 1, got {workers}")
         if _child.BOOTSTRAPPING:
@@ -157,6 +162,7 @@ class ProcessPool:
             )
         self.size = workers
         self.name = name
+        self._start_timeout = start_timeout
         # pickled once, before any worker starts: a failure leaves no child behind, and a
         # replacement worker costs no new pickle of the work (which may hold a dataset's paths)
         self._work_pickle = pickle.dumps((work, worker_init))
@@ -287,6 +293,8 @@ class ProcessPool:
 
     def _until_deadline(self) -> float | None:
         deadlines = [t.deadline for w in self._workers.values() if (t := w.task) and t.deadline]
+        if self._start_timeout is not None:
+            deadlines += [w.spawned_at + self._start_timeout for w in self._workers.values() if w.state == "starting"]
         if not deadlines:
             return None
         return max(0.0, min(deadlines) - time.monotonic())
@@ -338,6 +346,18 @@ class ProcessPool:
     def _expire(self) -> None:
         now = time.monotonic()
         for worker in list(self._workers.values()):
+            if self._start_timeout is not None and worker.state == "starting":
+                if now >= worker.spawned_at + self._start_timeout:
+                    self._break(
+                        WorkerCrashError(
+                            f"stage {self.name!r}: a worker process did not become ready within "
+                            f"{self._start_timeout:g} s (importing the function or worker_init hangs?)",
+                            stage=self.name,
+                        )
+                    )
+                    worker.proc.kill()
+                    self._on_death(worker)  # no task ran on it; broken, it is not replaced
+                continue
             task = worker.task
             if task is not None and task.deadline is not None and now >= task.deadline:
                 worker.proc.kill()
@@ -425,7 +445,7 @@ class ProcessPool:
     def _break(self, error: BaseException) -> None:
         """The pool cannot work any more: fail what is queued and running."""
         with self._lock:
-            self._broken = error
+            self._broken = error = self._broken or error  # the first cause is the one to report
             pending = list(self._pending)
             self._pending.clear()
         outcome = Outcome("error", error)
