@@ -278,3 +278,10 @@ def test_a_process_fused_collate_draws_the_same_whatever_the_workers():
     with build(1, seed=1) as loader:
         other_seed = list(loader)
     assert not all(torch.equal(a, b) for a, b in zip(first[0], other_seed, strict=True))
+    # two ranks: their j-th batches draw differently (the masks of equal samples differ)
+    masks = []
+    for rank in range(2):
+        source = al.Loader.from_source([1] * 64, seed=0, rank=rank, world_size=2)
+        with source.map(slow_identity, executor="process", concurrency=1).batch(8, collate=random_mask) as loader:
+            masks.append(list(loader))
+    assert not all(torch.equal(a, b) for a, b in zip(*masks, strict=True))

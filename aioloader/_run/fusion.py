@@ -23,7 +23,7 @@ Where the collate runs: in threads, a user's collate runs on the event loop, bat
 order, as unfused (a collate need not be reentrant, and its draws from the global RNG come in
 batch order), while aioloader's own ``stack`` and ``as_list`` run in the threads; in
 processes, in the worker, whose ``random``/numpy/torch global RNGs are seeded before each batch
-from the loader's seed, the epoch and the batch's position, so what ``fn`` and the collate draw
+from the loader's seed, the epoch, the rank and the batch's position, so what ``fn`` and the collate draw
 from them does not depend on which worker ran the batch (the draws are not the parent's).
 
 Two visible differences remain. With ``drop_last=True`` the dropped tail is never mapped (no
@@ -120,10 +120,11 @@ def is_pure_collate(collate: Any) -> bool:
     return collate is stack or collate is as_list
 
 
-def batch_seed(seed: int, epoch: int, first_seq: int) -> int:
+def batch_seed(seed: int, epoch: int, rank: int, first_seq: int) -> int:
     """The seed of a batch's global RNGs in a worker process: a function of the loader's seed,
-    the epoch and the batch's position, so the same whatever the worker, timing or resume."""
-    return int(np.random.SeedSequence([seed & (2**63 - 1), epoch, first_seq]).generate_state(1)[0])
+    the epoch, the rank and the batch's position in the rank's stream, so the same whatever the
+    worker, timing or resume, and not the same on two ranks (whose j-th batches drew alike)."""
+    return int(np.random.SeedSequence([seed & (2**63 - 1), epoch, rank, first_seq]).generate_state(1)[0])
 
 
 def seed_global_rngs(seed: int) -> None:

@@ -237,6 +237,7 @@ class Run:
                 expected_items=expected,
                 epoch=self.epoch,
                 seed=self.seed,
+                rank=self.rank.rank,
                 runtime=self.runtime,
             )
         if isinstance(spec, FilterSpec):

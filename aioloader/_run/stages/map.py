@@ -80,6 +80,7 @@ class MapStage:
         executor: Executor | None = None,
         epoch: int = 0,
         seed: int = 0,
+        rank: int = 0,
         runtime: Any = None,
     ) -> None:
         """``runtime``: the Loader's Runtime, given to plug-in executors (the process pool
@@ -88,6 +89,7 @@ class MapStage:
         self._runtime = runtime
         self._epoch = epoch
         self._seed = seed
+        self._rank = rank
         self.name = spec.name
         self.input: Channel
         self.output: Channel
@@ -445,7 +447,7 @@ class MapStage:
             return [(keys, members, True) for keys, members in zip(chunk.keys, chunk.values, strict=True)]
         if self.spec.fused_batch is not None and self._executor.kind == "process":
             return [
-                (keys, members, False, batch_seed(self._seed, self._epoch, seqs[0]))
+                (keys, members, False, batch_seed(self._seed, self._epoch, self._rank, seqs[0]))
                 for keys, members, seqs in zip(chunk.keys, chunk.values, chunk.seqs, strict=True)
             ]
         return list(zip(chunk.keys, chunk.values, strict=True))
