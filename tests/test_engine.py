@@ -231,24 +231,49 @@ def test_stats_after_a_run_are_json_serialisable():
     assert stats["time_to_first_batch_s"] is not None
 
 
-def test_pool_threads_share_the_cores_for_torch_ops_and_leave_the_default_alone():
-    """Two pool threads on 2 cores each forked a team of 2 OpenMP threads per torch op (4 busy
-    threads on 2 cores: JPEG resize in threads ran 8-10% slower); each now gets its share of
-    the cores. Threads started later, and the consumer's, keep the process's default."""
+def record_threads(x: int) -> int:
+    """The sample, after recording the torch intra-op threads of the thread running it."""
+    THREADS_SEEN.append(torch.get_num_threads())
+    return x
+
+
+THREADS_SEEN: list[int] = []
+
+
+@pytest.mark.parametrize(("executor", "concurrency"), [("inline", 1), ("thread", 1), ("thread", 2)])
+def test_functions_run_with_one_intra_op_thread_and_leave_the_default_alone(executor, concurrency):
+    """On the loader's own threads (its loop, pool threads) torch ops get one intra-op thread,
+    as in worker processes (and torch DataLoader's): a pool thread of two no longer forks a
+    team per op (JPEG resize in threads ran 8-10% slower), and a float result no longer
+    depends on the executor or the concurrency. The consumer's thread and threads started
+    later keep the process's default."""
     import threading
 
     default = torch.get_num_threads()
-    seen: list[int] = []
-
-    def record(x: int) -> int:
-        seen.append(torch.get_num_threads())
-        return x
-
-    with al.Loader.from_source(range(64)).map(record, executor="thread", concurrency=2) as loader:
+    THREADS_SEEN.clear()
+    loader = al.Loader.from_source(range(64)).map(record_threads, executor=executor, concurrency=concurrency)
+    with loader:
         assert list(loader) == list(range(64))
-    assert set(seen) == {max(1, default // 2)}
+    assert set(THREADS_SEEN) == {1}
     later: list[int] = []
     thread = threading.Thread(target=lambda: later.append(torch.get_num_threads()))
     thread.start()
     thread.join()
     assert later == [default] and torch.get_num_threads() == default
+
+
+def float_sum(x: int) -> float:
+    """A reduction big enough for torch to split it over its intra-op threads."""
+    values = torch.from_numpy(np.random.default_rng(x).random(400_000, dtype=np.float32))
+    return float((values * 1.1).sum())
+
+
+def test_a_float_reduction_gives_the_same_bits_on_every_executor():
+    def run(executor: str, concurrency: int | None = None) -> list[float]:
+        loader = al.Loader.from_source(range(16)).map(float_sum, executor=executor, concurrency=concurrency)
+        with loader:
+            return list(loader)
+
+    inline = run("inline")
+    for executor, concurrency in [("thread", 1), ("thread", 2), ("process", 2), ("auto", None)]:
+        assert run(executor, concurrency) == inline, (executor, concurrency)

@@ -101,12 +101,7 @@ class ThreadExecutor:
 
     def __init__(self, workers: int, name: str) -> None:
         self.workers = workers
-        self._pool = ThreadPoolExecutor(
-            max_workers=workers,
-            thread_name_prefix=f"aioloader-{name}",
-            initializer=share_cores,
-            initargs=(workers,),
-        )
+        self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix=f"aioloader-{name}")
         self.calls: set[Future[ChunkResult]] = set()  # running or queued (see MapStage.drain)
 
     async def run(
@@ -127,26 +122,45 @@ class ThreadExecutor:
         self._pool.shutdown(wait=False, cancel_futures=True)
 
 
-def share_cores(threads: int) -> None:
-    """Run in each pool thread: torch ops here get the cores divided among the pool's threads
-    for their intra-op parallelism (one each when there are as many threads as cores).
+_THREAD_STATE = threading.local()
 
-    Each of torch's parallel ops forks a team of as many OpenMP threads as there are cores, so
-    two pool threads resizing images on 2 cores kept 4 threads busy, waiting on each other
-    (JPEG decode + resize in threads: 2,020 -> 2,190-2,245 images/s with one each). The setting
-    is the calling thread's, as torch's own pin-memory thread sets it, but torch also keeps it
-    as the default of threads started later; a short-lived thread puts that default back."""
+
+def one_intra_op_thread() -> None:
+    """Give the torch ops of this thread one intra-op thread, when it is one of aioloader's own
+    (named ``aioloader-...``: the event-loop thread, pool threads, probe threads), once torch is
+    imported; a no-op after the first time, and in any other thread (an async app's loop).
+
+    Every thread and process that runs a pipeline's functions then computes with the same
+    intra-op parallelism (worker processes start with ``OMP_NUM_THREADS=1``, as torch
+    DataLoader's do), so a float reduction gives the same bits whatever the executor, the
+    concurrency, or where ``executor="auto"`` probed: they differed in the last bits between a
+    pool of one thread (2 intra-op threads) and of two (1 each), and a resumed auto run, which
+    probes again, differed from the uninterrupted one. It also stops each pool thread forking a
+    team of OpenMP threads per op (two JPEG decode threads on 2 cores kept 4 busy: 2,020 ->
+    2,190-2,245 images/s with one each). The setting is the calling thread's; torch also keeps
+    it as the default of threads started later, so a short-lived thread puts that back."""
+    if getattr(_THREAD_STATE, "pinned", False):
+        return
     torch = sys.modules.get("torch")
     if torch is None:
         return
-    default = torch.get_num_threads()  # a new thread starts from the process's default
-    share = max(1, default // max(1, threads))
-    if share == default:
+    _THREAD_STATE.pinned = True
+    if not threading.current_thread().name.startswith("aioloader-"):
         return
-    torch.set_num_threads(share)
+    default = torch.get_num_threads()  # a new thread starts from the process's default
+    if default == 1:
+        return
+    torch.set_num_threads(1)
     restore = threading.Thread(target=torch.set_num_threads, args=(default,), name="aioloader-threads")
     restore.start()
     restore.join()
+
+
+def on_one_intra_op_thread(work: Callable[[list[Any]], ChunkResult], values: list[Any]) -> ChunkResult:
+    """``work(values)`` after :func:`one_intra_op_thread`: the form of every stage's work, on
+    whatever executor runs it."""
+    one_intra_op_thread()
+    return work(values)
 
 
 class AsyncExecutor:

@@ -18,6 +18,7 @@ import torch
 
 from aioloader._run.block import Block
 from aioloader._run.channel import Channel
+from aioloader._run.executors import one_intra_op_thread
 from aioloader._spec import BatchSpec
 from aioloader.collate import stack
 from aioloader.errors import annotate
@@ -115,6 +116,7 @@ async def emit_batch(
     """Collate ``values`` into one batch and send it as a one-entry block: what every batching
     stage does with a group (a failure names the stage and the members' keys)."""
     started = perf_counter()
+    one_intra_op_thread()  # a collate on the loop computes as in a pool thread or a worker
     try:
         batch = collate(values)
     except Exception as exc:

@@ -32,6 +32,8 @@ from aioloader._run.executors import (
     apply_block,
     apply_items,
     external_executor,
+    on_one_intra_op_thread,
+    one_intra_op_thread,
 )
 from aioloader._run.failures import FailurePolicy
 from aioloader._run.fusion import batch_seed, is_pure_collate
@@ -112,6 +114,8 @@ class MapStage:
             self._work = functools.partial(read_then_apply, spec.reads, spec.fn)
         else:  # (a fused stage that reads has its read in spec.fn, per batch)
             self._work = functools.partial(apply_items, spec.fn)
+        if not spec.is_async:  # the same intra-op threads for torch ops, wherever it runs
+            self._work = functools.partial(on_one_intra_op_thread, self._work)
         kind = executor.kind if executor is not None else self._initial_kind()
         self._executor: Executor = executor or self._make_executor(kind)
         self.stats = StageStats(spec.name, workers=self._executor.workers, executor=kind)
@@ -300,6 +304,7 @@ class MapStage:
             if self._collates_here():
                 work = self.spec.fn
                 started = perf_counter()
+                one_intra_op_thread()
                 batches = [
                     work.collate_named(members, keys)
                     for keys, members in zip(block.keys, block.values, strict=True)
