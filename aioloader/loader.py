@@ -519,6 +519,7 @@ class Loader(Closing):
                 "prefix": pending.prefix,
                 "reservoir": pending.reservoir,
                 "elastic": pending.elastic,
+                "failures": pending.failures,
             }
         elif run is None or run.completed:
             where = {
@@ -527,6 +528,7 @@ class Loader(Closing):
                 "prefix": [],
                 "reservoir": None,
                 "elastic": [],
+                "failures": {},
             }
         else:
             where = {"epoch": run.epoch, **self._runtime.on_loop_of(run, run.position_state)}
@@ -538,6 +540,7 @@ class Loader(Closing):
                     "prefix": [],
                     "reservoir": None,
                     "elastic": [],
+                    "failures": {},
                 }
         state.update(where)
         return state

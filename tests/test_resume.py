@@ -307,3 +307,42 @@ def test_sharded_stream_resumes_exactly(policy):
         resumed = make(rank)
         resumed.load_state_dict(state)
         assert batches(resumed)[0] == full[2:]
+
+
+def corrupt_every_tenth(x: int) -> int:
+    if x % 10 == 3:
+        raise ValueError(f"corrupt sample {x}")
+    return x
+
+
+@pytest.mark.parametrize("shuffle", [False, True])
+def test_the_failure_budget_spent_before_a_resume_stays_spent(shuffle):
+    """on_error="skip", max_failures=12: the run that resumes after batch 2 gives up at the
+    same sample as the uninterrupted one (the count started again at 0, so it went on)."""
+
+    def build() -> al.Loader:
+        source = al.Loader.from_source(range(200), shuffle=shuffle, seed=5)
+        return source.map(corrupt_every_tenth, on_error="skip", max_failures=12).batch(8)
+
+    with build() as loader, pytest.raises(al.TooManyFailures) as whole:
+        list(loader)
+    with build() as loader:
+        iterator = iter(loader)
+        skipped_early = [next(iterator) for _ in range(2)]
+        state = json.loads(json.dumps(loader.state_dict()))
+        iterator.close()
+    assert 0 < sum(state["failures"].values()) < 13 and len(skipped_early) == 2
+    with build() as resumed, pytest.raises(al.TooManyFailures) as after:
+        resumed.load_state_dict(state)
+        list(resumed)
+    assert after.value.key == whole.value.key
+    assert "13 samples failed" in str(after.value)
+
+
+def test_a_corrupted_failure_count_is_refused_naming_the_field():
+    loader = al.Loader.from_source(range(20)).map(corrupt_every_tenth, on_error="skip", max_failures=4)
+    with loader:
+        state = loader.state_dict()
+        for bad in ({"map(corrupt_every_tenth)": -1}, [3], {"x": "2"}):
+            with pytest.raises(ValueError, match=r"state\['failures'\]"):
+                loader.load_state_dict({**state, "failures": bad})

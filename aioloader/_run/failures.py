@@ -29,13 +29,31 @@ class FailurePolicy:
         self.expected = expected
         self.seen = 0  # items attempted, updated by the stage
         self.failed = 0
+        self._resumed_failed = 0  # skipped before the resume point, in an earlier run
+        self._failed_seqs: list[int] = []  # this run's skipped items' positions, for the state
 
-    def fail(self, key: Any, exc: BaseException) -> None:
-        """Apply the policy to one failed item: raise, or record it (and raise past the budget)."""
+    def resume(self, failed: int, seen: int) -> None:
+        """Continue a run whose samples before the resume point had ``failed`` skips among
+        ``seen`` (the position: the items before it, each attempted or filtered out)."""
+        self.failed = self._resumed_failed = failed
+        self.seen = seen
+
+    def failed_before(self, position: int) -> int:
+        """Items skipped whose position is before ``position`` (what a resume from there has
+        already spent of the budget)."""
+        return self._resumed_failed + sum(1 for seq in self._failed_seqs if seq < position)
+
+    def fail(self, key: Any, exc: BaseException, seq: Any = None) -> None:
+        """Apply the policy to one failed item (at position ``seq``, or a batch's list of
+        them): raise, or record it (and raise past the budget)."""
         if self.on_error == "raise":
             raise annotate(exc, self.stage, key)
         self.errors.record(self.stage, key, exc)
         self.failed += 1
+        while isinstance(seq, list):  # a batch: its last member decides
+            seq = seq[-1] if seq else None
+        if isinstance(seq, int):
+            self._failed_seqs.append(seq)
         budget = self.max_failures
         if isinstance(budget, int):
             exceeded = self.failed > budget

@@ -212,6 +212,11 @@ class Run:
             depths.append(depth)
             if isinstance(spec, (FilterSpec, BatchSpec, UnbatchSpec)):
                 expected = None
+        if self.resume is not None:  # the budget spent before the resume point stays spent
+            for stage in self.stages:
+                policy = getattr(stage, "failure_policy", None)
+                if policy is not None:
+                    policy.resume(self.resume.failures.get(stage.name, 0), self.resume.position)
         for upstream, downstream, depth in zip(self.stages, self.stages[1:], depths, strict=False):
             channel = Channel(depth, f"{upstream.name}->{downstream.name}")
             upstream.output = channel
@@ -364,6 +369,12 @@ class Run:
         where["epoch_done"] = (
             self.epoch_length is not None and where["position"] >= self.epoch_length and not where["prefix"]
         )
+        where["failures"] = {
+            stage.name: count
+            for stage in self.stages
+            if (policy := getattr(stage, "failure_policy", None)) is not None
+            and (count := policy.failed_before(where["position"]))
+        }
         return where
 
     def note_delivered(self, block: Block) -> None:

@@ -7,6 +7,8 @@ A state names a position in one rank's epoch, in keys and counters, never payloa
 - ``prefix``: the positions of the items that sat in the shuffle buffer (read again first);
 - ``reservoir``: the buffer's counters (see :class:`~aioloader.order.reservoir.ReservoirState`);
 - ``elastic``: earlier generations of ranks whose delivered keys this epoch excludes;
+- ``failures``: per stage, the samples before ``position`` it skipped under
+  ``on_error="skip"``, so ``max_failures`` counts them after a resume as it would have;
 - ``fingerprint``: what the state depends on (source length, order, seed, sharding, stages);
   a state loaded into a different spec raises ``ValueError`` saying what differs.
 
@@ -47,6 +49,7 @@ class ResumePoint:
     reservoir: dict[str, Any] | None = None
     elastic: list[dict[str, Any]] = field(default_factory=list)
     delivered: int = 0
+    failures: dict[str, int] = field(default_factory=dict)
 
 
 def fingerprint_diff(
@@ -203,7 +206,21 @@ def _checked(state: Any) -> ResumePoint:
     prefix = _check_prefix(state.get("prefix", []), position)
     reservoir = _check_reservoir(state.get("reservoir"), position, prefix)
     elastic = _check_elastic(state.get("elastic", []))
-    return ResumePoint(epoch=epoch, position=position, prefix=prefix, reservoir=reservoir, elastic=elastic)
+    failures = _check_failures(state.get("failures", {}))
+    return ResumePoint(
+        epoch=epoch, position=position, prefix=prefix, reservoir=reservoir, elastic=elastic, failures=failures
+    )
+
+
+def _check_failures(failures: Any) -> dict[str, int]:
+    """Skipped samples per stage name (a state saved before this field existed has none)."""
+    if not isinstance(failures, dict):
+        raise ValueError(f"state['failures'] must be a dict, got {type(failures).__name__}")
+    for name, count in failures.items():
+        if not isinstance(name, str):
+            raise ValueError(f"state['failures'] keys must be stage names, got {name!r}")
+        _int_at_least(count, f"['failures'][{name!r}]", 0)
+    return {name: int(count) for name, count in failures.items()}
 
 
 def parse(state: dict[str, Any], fingerprint: dict[str, Any]) -> ResumePoint:

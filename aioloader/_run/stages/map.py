@@ -96,7 +96,9 @@ class MapStage:
         self.input: Channel
         self.output: Channel
         self._decisions = decisions
-        self._policy = FailurePolicy(spec.name, spec.on_error, spec.max_failures, errors, expected_items)
+        self._policy = self.failure_policy = FailurePolicy(
+            spec.name, spec.on_error, spec.max_failures, errors, expected_items
+        )
         self._cost_per_item: float | None = None
         self._owned: list[Executor] = []
         self._probes: list[PlacementProbe] = []
@@ -497,7 +499,7 @@ class MapStage:
     def _settle(self, chunk: Block, results: list[Any], failures: list[tuple[int, BaseException]]) -> Block:
         """Apply on_error to failures that retries did not fix; return the surviving items."""
         for index, exc in failures:
-            self._policy.fail(chunk.keys[index], exc)
+            self._policy.fail(chunk.keys[index], exc, chunk.seqs[index])
         failed = {index for index, _ in failures}
         keep = [i for i in range(len(results)) if i not in failed]
         return Block([chunk.keys[i] for i in keep], [chunk.seqs[i] for i in keep], [results[i] for i in keep])
