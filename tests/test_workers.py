@@ -319,3 +319,13 @@ async def test_executor_without_a_loader_owns_its_pool():
     finally:
         executor.close()
     assert not _children()
+
+
+def test_the_default_pool_size_is_three_quarters_of_the_cores_and_two_when_memory_is_short():
+    from aioloader.workers.executor import default_workers, workers_for
+
+    gib = 2**30
+    assert [workers_for(cores, 64 * gib) for cores in (1, 2, 3, 4, 8, 16, 96)] == [1, 2, 2, 3, 6, 12, 72]
+    assert [workers_for(cores, 3 * gib) for cores in (1, 2, 8, 96)] == [1, 2, 2, 2]
+    assert workers_for(8, 4 * gib) == 6  # 4 GiB available is enough
+    assert 1 <= default_workers() <= (os.cpu_count() or 1)

@@ -51,20 +51,20 @@ class ProcessMapSpec(MapSpec):
 
 
 def default_workers() -> int:
-    """75% of the usable cores (at least 1); at most 2 when less than 4 GiB is available."""
+    """The pool size for this machine: :func:`workers_for` its usable cores and available memory."""
     try:
         cores = len(os.sched_getaffinity(0))
     except AttributeError:  # pragma: no cover - not Linux
         cores = os.cpu_count() or 1
-    workers = max(1, int(0.75 * cores + 0.5))
-    try:
-        import psutil
+    import psutil
 
-        if psutil.virtual_memory().available < _LOW_MEMORY:
-            workers = min(workers, 2)
-    except ImportError:  # pragma: no cover - psutil is a dependency
-        pass
-    return workers
+    return workers_for(cores, psutil.virtual_memory().available)
+
+
+def workers_for(cores: int, available_bytes: int) -> int:
+    """75% of ``cores`` (rounded, at least 1); at most 2 with less than 4 GiB available."""
+    workers = max(1, int(0.75 * cores + 0.5))
+    return min(workers, 2) if available_bytes < _LOW_MEMORY else workers
 
 
 def _check_picklable(obj: Any, argument: str) -> None:
