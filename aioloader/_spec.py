@@ -126,6 +126,7 @@ class StageSpec:
 
     name: str
     resume_blocker: ClassVar[str | None] = None
+    makes_batches: ClassVar[bool] = False  # its items are batches (until an unbatch)
 
 
 @dataclass(frozen=True, slots=True)
@@ -148,6 +149,9 @@ class MapSpec(StageSpec):
     # the source's read, run by this stage's workers: its values are keys, and ``reads(keys)``
     # (an aioloader._run.read_fusion.NamedRead) gives the items fn takes
     reads: Any = None
+    # set when the run is built: fn's results are whole batches (it follows a batching stage,
+    # or a batch is fused into it), used and dropped as a unit (aioloader.workers.shm)
+    on_batches: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -157,6 +161,7 @@ class FilterSpec(StageSpec):
 
 @dataclass(frozen=True, slots=True)
 class BatchSpec(StageSpec):
+    makes_batches: ClassVar[bool] = True
     size: int
     collate: Callable[[list[Any]], Any] | None = None
     drop_last: bool = False

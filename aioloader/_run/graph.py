@@ -8,6 +8,7 @@ cancels and awaits every task and closes every executor the run owns, on every e
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import time
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -200,7 +201,11 @@ class Run:
             specs = fuse_map_batch(pipeline.stages)
         depth = SAMPLE_DEPTH
         depths = [depth]
+        batched = False  # the items are batches here
         for spec in specs:
+            if isinstance(spec, MapSpec) and batched:
+                spec = dataclasses.replace(spec, on_batches=True)
+            batched = (batched or spec.makes_batches) and not isinstance(spec, UnbatchSpec)
             if isinstance(spec, PrefetchSpec):
                 depths[-1] = spec.depth
                 continue

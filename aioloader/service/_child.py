@@ -42,7 +42,7 @@ from aioloader.service.specs import (
     validated_state,
 )
 from aioloader.workers import _child as worker_child
-from aioloader.workers.shm import SegmentArena, pack
+from aioloader.workers.shm import BATCH_SHM_MIN_BYTES, SegmentArena, pack
 
 _JOIN_S = 2.0
 
@@ -180,7 +180,7 @@ def main(argv: list[str] | None = None) -> None:
     try:
         worker_child.prepare_main(commands)
         spec, prefix = worker_child.receive(commands)
-        arenas.append(SegmentArena(prefix))
+        arenas.append(SegmentArena(prefix, BATCH_SHM_MIN_BYTES))  # one batch a segment
         loader = loader_from_pickle(spec)
         info = {"len": length_or_none(loader), "state": state_or_mark(loader, loader.epoch)}
     except worker_child.ParentGone:

@@ -158,9 +158,9 @@ def main(argv: list[str] | None = None) -> None:
     results = Connection(result_fd, readable=False)
     try:
         prepare_main(tasks)
-        work_pickle, worker_id, prefix = pickle.loads(receive(tasks, raw=True))
+        work_pickle, worker_id, prefix, shm_min_bytes = pickle.loads(receive(tasks, raw=True))
         work, worker_init = pickle.loads(work_pickle)
-        arena.append(SegmentArena(prefix))
+        arena.append(SegmentArena(prefix, shm_min_bytes))
         if worker_init is not None:
             worker_init(worker_id)
     except ParentGone:

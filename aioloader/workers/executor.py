@@ -26,7 +26,7 @@ from typing import Any
 from aioloader._run.executors import FAILED, ChunkResult, ChunkTimeout
 from aioloader._spec import InteractiveMainError, MapSpec, check_callable, fn_name, pickle_error
 from aioloader.errors import WorkerCrashError, annotate
-from aioloader.workers import wire
+from aioloader.workers import shm, wire
 from aioloader.workers.pool import Outcome, ProcessPool
 
 MAX_ATTEMPTS = 3  # runs of one item that end with its worker dead before it is given up
@@ -111,7 +111,12 @@ class ProcessExecutor:
                 timeout = self._spec.timeout
                 start_timeout = None if timeout is None else max(START_TIMEOUT_S, timeout)
                 return ProcessPool(
-                    work, workers=self.workers, worker_init=init, name=self._spec.name, start_timeout=start_timeout
+                    work,
+                    workers=self.workers,
+                    worker_init=init,
+                    name=self._spec.name,
+                    start_timeout=start_timeout,
+                    shm_min_bytes=shm.BATCH_SHM_MIN_BYTES if self._spec.on_batches else shm.SHM_MIN_BYTES,
                 )
 
             if self._runtime is None:  # no Loader to own it: this executor does

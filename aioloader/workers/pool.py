@@ -148,10 +148,12 @@ class ProcessPool:
         worker_init: Callable[[int], None] | None = None,
         name: str = "map",
         start_timeout: float | None = None,
+        shm_min_bytes: int = shm.SHM_MIN_BYTES,
     ) -> None:
         """``start_timeout``: seconds a worker may take to become ready (import the function,
         run ``worker_init``); past it the worker is killed and the pool fails with
-        :class:`WorkerCrashError` (None: no limit)."""
+        :class:`WorkerCrashError` (None: no limit). ``shm_min_bytes``: the smallest array of a
+        result that comes back through shared memory (see :mod:`aioloader.workers.shm`)."""
         if workers < 1:
             raise ValueError(f"workers must be >= 1, got {workers}")
         if _child.BOOTSTRAPPING:
@@ -163,6 +165,7 @@ class ProcessPool:
         self.size = workers
         self.name = name
         self._start_timeout = start_timeout
+        self._shm_min_bytes = shm_min_bytes
         # pickled once, before any worker starts: a failure leaves no child behind, and a
         # replacement worker costs no new pickle of the work (which may hold a dataset's paths)
         self._work_pickle = pickle.dumps((work, worker_init))
@@ -265,7 +268,7 @@ class ProcessPool:
         proc, tasks, results, life_w = spawn_child("aioloader.workers._child", WORKER_ENV)
         worker = _Worker(slot, spawn, proc, tasks, results, life_w)
         self._workers[slot] = worker
-        init = pickle.dumps((self._work_pickle, slot, f"{self._prefix}{spawn}_"))
+        init = pickle.dumps((self._work_pickle, slot, f"{self._prefix}{spawn}_", self._shm_min_bytes))
         # The child reads this after importing; a thread keeps a large payload from blocking us.
         feeder = threading.Thread(
             target=_feed, args=(proc, tasks, self._prep, init), name="aioloader-pool-feed", daemon=True

@@ -31,12 +31,17 @@ import numpy as np
 
 # Smaller buffers stay in the pickle. With the parent keeping its mappings (Mappings), a segment
 # beats the pipe at every size measured on 2 cores (2 workers, arrays per item, items/s, pipe vs
-# shm): 64 B 265k vs 324k, 4 KB 138k vs 252k, 32 KB 17.8k vs 64.0k, 128 KB 5.0k vs 14.9k; text
-# batches (77 KB of token ids each) 180k -> 202k lines/s, the pool's I/O thread 1.2 -> 0.45 us a
-# line. The floor is there because a result kept alive keeps its whole segment lent (the chunk
-# it came in, rounded up to a power of two, at least _MIN_SEGMENT): a kept 16 KB array holds
-# 256 KB at least. Copy what you keep for long.
-SHM_MIN_BYTES = 16 * 1024
+# shm): 64 B 265k vs 324k, 4 KB 138k vs 252k, 32 KB 17.8k vs 64.0k, 128 KB 5.0k vs 14.9k. But a
+# result kept alive keeps its whole segment lent: the chunk it came in, all of its items,
+# rounded up to a power of two. Items kept by a later stage (a reservoir holding 1,000 samples
+# of 20-100 KB from a process map) or by the consumer (every 50th) held 370-1,000 MB of segments
+# for 22-60 MB of samples when items went this way from 16 KB. So per-item results take a
+# segment from SHM_MIN_BYTES, as large as a decoded image, and whole batches (a fused map +
+# batch, the batches of in_subprocess()), which are used and dropped as a unit, from
+# BATCH_SHM_MIN_BYTES: text batches of 77 KB of token ids, 180k -> 202k lines/s, the pool's I/O
+# thread 1.2 -> 0.45 us a line.
+SHM_MIN_BYTES = 128 * 1024
+BATCH_SHM_MIN_BYTES = 16 * 1024
 _MIN_SEGMENT = 256 * 1024
 _ALIGN = 64
 _MAX_FREE = 8  # free segments a worker keeps for reuse; more are unlinked
@@ -71,7 +76,14 @@ def _map(name: str, size: int, *, create: bool) -> mmap.mmap:
     try:
         if create:
             os.ftruncate(fd, size)
-            return mmap.mmap(fd, size)
+            try:
+                # Take the memory now: a full /dev/shm (Docker's default is 64 MB) then fails
+                # here, where the result can go through the pipe instead, and not with a SIGBUS
+                # that kills the worker when it writes a page the file system cannot give.
+                os.posix_fallocate(fd, 0, size)
+            except OSError:
+                _posixshmem.shm_unlink("/" + name)
+                raise
         return mmap.mmap(fd, size)  # MAP_POPULATE measured no faster
     finally:
         os.close(fd)
@@ -101,8 +113,10 @@ class SegmentArena:
     its registration outlived a killed parent).
     """
 
-    def __init__(self, prefix: str) -> None:
+    def __init__(self, prefix: str, min_bytes: int = SHM_MIN_BYTES) -> None:
+        """``min_bytes``: the smallest buffer lent a segment (smaller ones are pickled)."""
         self._prefix = prefix
+        self.min_bytes = min_bytes
         self._count = 0
         self._free: list[_Segment] = []
         self._lent: dict[str, _Segment] = {}
@@ -111,6 +125,8 @@ class SegmentArena:
         self._closed = False
 
     def lend(self, nbytes: int) -> _Segment:
+        """A segment of at least ``nbytes``: a free one, or a new one (``OSError`` when the
+        shared-memory file system has no room for it)."""
         with self._lock:
             if self._closed:
                 raise RuntimeError("the segment arena is closed: the parent has gone away")
@@ -171,6 +187,12 @@ class _Pickler(pickle.Pickler):
         return NotImplemented
 
 
+def _pickle_in_band(obj: Any) -> bytes:
+    stream = io.BytesIO()
+    _Pickler(stream, protocol=5).dump(obj)
+    return stream.getvalue()
+
+
 class _Discard:
     def write(self, data: Any) -> int:
         return len(data)
@@ -187,7 +209,7 @@ def pack(obj: Any, arena: SegmentArena | None) -> Frame:
 
     def out_of_band(buffer: pickle.PickleBuffer) -> bool:
         raw = buffer.raw()
-        if arena is None or raw.nbytes < SHM_MIN_BYTES:
+        if arena is None or raw.nbytes < arena.min_bytes:
             return True
         buffers.append(raw)
         return False
@@ -203,7 +225,10 @@ def pack(obj: Any, arena: SegmentArena | None) -> Frame:
     for raw in buffers:
         spans.append((offset, raw.nbytes))
         offset += -(-raw.nbytes // _ALIGN) * _ALIGN
-    segment = arena.lend(offset)
+    try:
+        segment = arena.lend(offset)
+    except OSError:  # no room in /dev/shm: through the pipe, slower but alive
+        return None, 0, [], _pickle_in_band(obj), arena.take_dropped()
     for (start, nbytes), raw in zip(spans, buffers, strict=True):
         segment.view[start : start + nbytes] = raw
     return segment.name, segment.size, spans, stream.getvalue(), arena.take_dropped()

@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from time import perf_counter
-from typing import Any
+from typing import Any, ClassVar
 
 from aioloader._run.stages._grouping import GroupStage, unknown_length
 from aioloader._spec import StageSpec, check_callable, check_positive_int
@@ -19,6 +19,7 @@ from aioloader._spec import StageSpec, check_callable, check_positive_int
 
 @dataclass(frozen=True, slots=True)
 class TokenBatchSpec(StageSpec):
+    makes_batches: ClassVar[bool] = True
     max_tokens: int
     length_fn: Callable[[Any], int] = len
     collate: Callable[[list[Any]], Any] | None = None

@@ -22,6 +22,7 @@ from aioloader._spec import StageSpec, check_bool, check_callable, check_positiv
 
 @dataclass(frozen=True, slots=True)
 class BucketSpec(StageSpec):
+    makes_batches: ClassVar[bool] = True
     resume_blocker: ClassVar[str | None] = "it holds items in buckets and emits them out of input order"
     boundaries: tuple[int, ...]
     batch_sizes: tuple[int, ...]  # one per bucket: len(boundaries) + 1

@@ -39,6 +39,7 @@ from aioloader.errors import DataFormatError, annotate
 
 @dataclass(frozen=True, slots=True)
 class PackSpec(StageSpec):
+    makes_batches: ClassVar[bool] = True
     resume_blocker: ClassVar[str | None] = "it packs a document into more than one batch"
     seq_len: int
     batch_size: int = 1
