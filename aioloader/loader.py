@@ -519,7 +519,9 @@ class Loader(Closing):
                 "prefix": pending.prefix,
                 "reservoir": pending.reservoir,
                 "elastic": pending.elastic,
-                "failures": pending.failures,
+                "failures": {
+                    name: {"failed": failed, "seen": seen} for name, (failed, seen) in pending.failures.items()
+                },
             }
         elif run is None or run.completed:
             where = {

@@ -5,6 +5,7 @@ expected in the epoch; of those seen so far, after the first 100, for a stream).
 
 from __future__ import annotations
 
+import bisect
 from typing import Any
 
 from aioloader.errors import TooManyFailures, annotate
@@ -13,7 +14,22 @@ from aioloader.monitor.stats import ErrorLog
 _FRACTION_MIN_SEEN = 100
 
 
+_MAX_MARKS = 4096  # chunks remembered for the resume state; older ones fold into counts
+
+
+def _position(seq: Any) -> Any:
+    """An item's position: its seq, or a batch's last member's."""
+    while isinstance(seq, list):
+        seq = seq[-1] if seq else None
+    return seq
+
+
 class FailurePolicy:
+    """The budget of one stage, and what a resume state needs of it: how many items before a
+    position failed and were seen. The stage reports each chunk it ran (:meth:`saw`, in order)
+    and each failure with its position; a run resumed from a state starts from those counts
+    (:meth:`resume`), so ``max_failures`` counts as in the uninterrupted run."""
+
     def __init__(
         self,
         stage: str,
@@ -27,21 +43,52 @@ class FailurePolicy:
         self.max_failures = max_failures
         self.errors = errors
         self.expected = expected
-        self.seen = 0  # items attempted, updated by the stage
+        self.seen = 0  # items attempted
         self.failed = 0
-        self._resumed_failed = 0  # skipped before the resume point, in an earlier run
-        self._failed_seqs: list[int] = []  # this run's skipped items' positions, for the state
+        # counts before the first remembered chunk (a resume's, or chunks folded away)
+        self._base_seen = 0
+        self._base_failed = 0
+        self._marks_last: list[int] = []  # per chunk run: its last item's position,
+        self._marks_seen: list[int] = []  # the items seen before it,
+        self._marks_seqs: list[list[Any]] = []  # and its items' seqs
+        self._failed_at: list[int] = []  # positions of the failed items, in order
 
     def resume(self, failed: int, seen: int) -> None:
-        """Continue a run whose samples before the resume point had ``failed`` skips among
-        ``seen`` (the position: the items before it, each attempted or filtered out)."""
-        self.failed = self._resumed_failed = failed
-        self.seen = seen
+        """Continue a run that had ``failed`` skips among ``seen`` items before the resume point."""
+        self.failed = self._base_failed = failed
+        self.seen = self._base_seen = seen
 
-    def failed_before(self, position: int) -> int:
-        """Items skipped whose position is before ``position`` (what a resume from there has
-        already spent of the budget)."""
-        return self._resumed_failed + sum(1 for seq in self._failed_seqs if seq < position)
+    def saw(self, seqs: list[Any]) -> None:
+        """The stage ran a chunk of items at positions ``seqs`` (chunks come in order)."""
+        last = _position(seqs[-1]) if seqs else None
+        if isinstance(last, int):
+            self._marks_last.append(last)
+            self._marks_seen.append(self.seen)
+            self._marks_seqs.append(seqs)
+            if len(self._marks_last) > _MAX_MARKS:
+                self._fold(_MAX_MARKS // 2)
+        self.seen += len(seqs)
+
+    def _fold(self, count: int) -> None:
+        """Forget the oldest ``count`` chunks, keeping their items in the base counts (a state
+        saved that far behind the stage is approximate)."""
+        self._base_seen = self._marks_seen[count]
+        cut = self._marks_last[count - 1]
+        folded = bisect.bisect_right(self._failed_at, cut)
+        self._base_failed += folded
+        del self._failed_at[:folded]
+        del self._marks_last[:count], self._marks_seen[:count], self._marks_seqs[:count]
+
+    def before(self, position: int) -> tuple[int, int]:
+        """(failed, seen): the items before ``position`` that failed, and that were seen."""
+        return self._base_failed + bisect.bisect_left(self._failed_at, position), self._seen_before(position)
+
+    def _seen_before(self, position: int) -> int:
+        i = bisect.bisect_left(self._marks_last, position)  # the first chunk not wholly before
+        if i == len(self._marks_last):
+            return self.seen
+        inside = sum(1 for seq in self._marks_seqs[i] if _position(seq) < position)
+        return self._marks_seen[i] + inside
 
     def fail(self, key: Any, exc: BaseException, seq: Any = None) -> None:
         """Apply the policy to one failed item (at position ``seq``, or a batch's list of
@@ -50,17 +97,17 @@ class FailurePolicy:
             raise annotate(exc, self.stage, key)
         self.errors.record(self.stage, key, exc)
         self.failed += 1
-        while isinstance(seq, list):  # a batch: its last member decides
-            seq = seq[-1] if seq else None
-        if isinstance(seq, int):
-            self._failed_seqs.append(seq)
+        position = _position(seq)
+        if isinstance(position, int):
+            bisect.insort(self._failed_at, position)
         budget = self.max_failures
         if isinstance(budget, int):
             exceeded = self.failed > budget
         elif self.expected is not None:
             exceeded = self.failed > budget * self.expected
-        else:
-            exceeded = self.seen >= _FRACTION_MIN_SEEN and self.failed > budget * self.seen
+        else:  # of the items up to this one: the same whatever the chunks (a resumed run's differ)
+            seen = self._seen_before(position + 1) if isinstance(position, int) else self.seen
+            exceeded = seen >= _FRACTION_MIN_SEEN and self.failed > budget * seen
         if exceeded:
             raise TooManyFailures(
                 f"stage {self.stage!r}: {self.failed} samples failed, more than max_failures={budget}"

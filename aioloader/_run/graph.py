@@ -220,8 +220,8 @@ class Run:
         if self.resume is not None:  # the budget spent before the resume point stays spent
             for stage in self.stages:
                 policy = getattr(stage, "failure_policy", None)
-                if policy is not None:
-                    policy.resume(self.resume.failures.get(stage.name, 0), self.resume.position)
+                if policy is not None and stage.name in self.resume.failures:
+                    policy.resume(*self.resume.failures[stage.name])
         for upstream, downstream, depth in zip(self.stages, self.stages[1:], depths, strict=False):
             channel = Channel(depth, f"{upstream.name}->{downstream.name}")
             upstream.output = channel
@@ -374,13 +374,24 @@ class Run:
         where["epoch_done"] = (
             self.epoch_length is not None and where["position"] >= self.epoch_length and not where["prefix"]
         )
-        where["failures"] = {
-            stage.name: count
-            for stage in self.stages
-            if (policy := getattr(stage, "failure_policy", None)) is not None
-            and (count := policy.failed_before(where["position"]))
-        }
+        where["failures"] = self._failures_before(where["position"], delivered)
         return where
+
+    def _failures_before(self, position: int, delivered: int) -> dict[str, dict[str, int]]:
+        """Per stage with a failure budget: the items before the resume point that failed and
+        that it saw. A stage before the shuffle buffer numbers items by source position (the
+        source resumes at ``position``); one after it, by the buffer's output (the consumer
+        received up to ``delivered``)."""
+        out = {}
+        cut = position
+        for stage in self.stages:
+            if stage is self.reservoir:
+                cut = delivered
+            policy = getattr(stage, "failure_policy", None)
+            if policy is not None and policy.on_error == "skip":
+                failed, seen = policy.before(cut)
+                out[stage.name] = {"failed": failed, "seen": seen}
+        return out
 
     def note_delivered(self, block: Block) -> None:
         """Count a block the consumer received (called from the consumer's thread). The
