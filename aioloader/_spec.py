@@ -17,7 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
-from aioloader._main_module import guarded_only
+from aioloader._main_module import defined_under_guard
 
 EXECUTORS = ("auto", "inline", "thread", "process")
 ON_ERROR = ("raise", "skip")
@@ -62,7 +62,7 @@ class _ForWorkers(pickle.Pickler):
                     "python -c or stdin), which worker processes cannot import; define it in a "
                     "module (a .py file) and import it"
                 )
-            if guarded_only(main_file, obj.__qualname__.split(".")[0]):
+            if defined_under_guard(main_file, obj):
                 raise InteractiveMainError(
                     f"{obj.__qualname__!r} is defined under `if __name__ == '__main__':` in "
                     f"{main_file}, a block that worker processes do not run (they import the "

@@ -196,13 +196,22 @@ if __name__ == "__main__":
     loader = al.Loader.from_source(range(32)).map(double, executor="process", concurrency=2)
     with loader.batch(8, collate=total) as batched:
         print("batches:", list(batched))
+
+    class Boxed(int):  # a sample only this process can unpickle
+        pass
+
+    samples = [Boxed(i) if i == 5 else i for i in range(16)]
+    skipping = al.Loader.from_source(samples).map(double, executor="process", concurrency=2, on_error="skip", max_failures=1)
+    with skipping:
+        print("skipped:", list(skipping) == [2 * i for i in range(16) if i != 5], skipping.stats()["errors"][0]["key"])
 """
 
 
 def test_names_bound_under_the_main_guard_stay_out_of_worker_processes(tmp_path):
     """A script's workers import it as a module, without running its main block: a function
     defined there pickles by name here and is missing there. fn is refused when the pipeline
-    is built; a collate stays in the parent instead of being fused into the workers."""
+    is built; a collate stays in the parent instead of being fused into the workers; a sample
+    of a class defined there fails alone (the whole chunk failed, with no key)."""
     import subprocess
     import sys
 
@@ -213,6 +222,7 @@ def test_names_bound_under_the_main_guard_stay_out_of_worker_processes(tmp_path)
     assert "refused: fn 'triple' cannot be sent to worker processes" in done.stdout
     assert "if __name__ == '__main__':" in done.stdout
     assert "batches: [56, 184, 312, 440]" in done.stdout
+    assert "skipped: True 5" in done.stdout  # a sample the workers cannot unpickle fails alone
 
 
 _STDIN_MAIN = """

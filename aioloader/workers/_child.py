@@ -5,7 +5,8 @@ child sees the parent's ``sys.path``, cwd and ``__main__``), then the pickled
 ``(pickle of (work, worker_init), worker_id, segment_prefix)``, then tasks (:mod:`aioloader.workers.wire`: a header ``(task_id, releases, buffer_sizes)``,
 the values' pickle and its out-of-band buffers).
 Child to parent: ``("ready", pid)`` or ``("init_error", exc)``, then one reply per task,
-``("ok", task_id, frame)`` or ``("error", task_id, exc)``. A third pipe is the lifeline: when
+``("ok", task_id, frame)``, ``("error", task_id, exc)``, or ``("undecodable", task_id, exc)``
+when the values cannot be unpickled here (a class only the parent has). A third pipe is the lifeline: when
 the parent closes it (or dies) the child unlinks its segments and exits at once, even mid-task.
 """
 
@@ -113,7 +114,12 @@ def _serve(tasks: Connection, results: Connection, work: Any, arena: SegmentAren
             return
         arena.release(releases)
         try:
-            out = work(pickle.loads(head, buffers=buffers))
+            values = pickle.loads(head, buffers=buffers)
+        except Exception as exc:  # the parent sends the values again one by one to find which
+            results.send(("undecodable", task_id, _portable(exc)))
+            continue
+        try:
+            out = work(values)
             results_, failures, busy = out
             failures = [(i, _portable(e)) for i, e in failures]
             try:

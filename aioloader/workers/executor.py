@@ -138,7 +138,37 @@ class ProcessExecutor:
         outcome = await _submit(pool, payload, timeout, len(values))
         if outcome.kind == "crash":
             return await self._redo(pool, values, timeout, outcome.value)
+        if outcome.kind == "undecodable":
+            return await self._each_alone(work, values, timeout, outcome.value)
         return _unpack(outcome, 0)
+
+    async def _each_alone(
+        self, work: Callable[..., Any], values: list[Any], timeout: float | None, error: BaseException
+    ) -> ChunkResult:
+        """A chunk the worker could not unpickle: each value alone, so only those it cannot
+        unpickle fail, each as its sample's error."""
+        if len(values) == 1:
+            failure = TypeError(
+                f"the sample cannot be unpickled in a worker process ({type(error).__name__}: {error}): "
+                "what it holds must be importable there, defined at the top level of a module "
+                "(not under `if __name__ == '__main__':`)"
+            )
+            failure.__cause__ = error
+            return [FAILED], [(0, failure)], 0.0
+        parts = await asyncio.gather(*(self.run(work, [value], timeout) for value in values), return_exceptions=True)
+        results: list[Any] = []
+        failures: list[tuple[int, BaseException]] = []
+        busy = 0.0
+        for index, part in enumerate(parts):
+            if isinstance(part, ChunkTimeout):
+                raise ChunkTimeout(index)
+            if isinstance(part, BaseException):
+                raise part
+            one, one_failures, one_busy = part
+            results.append(one[0])
+            failures.extend((index, exc) for _, exc in one_failures)
+            busy += one_busy
+        return results, failures, busy
 
     async def _run_picklable(self, work: Callable[..., Any], values: list[Any], timeout: float | None) -> ChunkResult:
         """Run the values that can be pickled; each other one is a failure of its own index

@@ -54,7 +54,8 @@ WORKER_ENV = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "OPENBLAS_NUM_THRE
 @dataclass(frozen=True, slots=True)
 class Outcome:
     """How a task ended: ``kind`` is "ok" (``value`` = the work's return), "crash" (``value``
-    describes the death), "timeout", or "error" (``value`` is the exception)."""
+    describes the death), "timeout", "error" (``value`` is the exception), or "undecodable"
+    (the worker could not unpickle the values; ``value`` says why)."""
 
     kind: str
     value: Any = None
@@ -336,8 +337,8 @@ class ProcessPool:
                     outcome = Outcome("ok", self._mappings.unpack(frame, worker.release))
                 except Exception as exc:
                     outcome = Outcome("error", exc)
-            else:
-                outcome = Outcome("error", message[2])
+            else:  # "error", "undecodable"
+                outcome = Outcome(kind, message[2])
             task.finish(outcome)
 
     def _start_head(self, worker: _Worker) -> None:
