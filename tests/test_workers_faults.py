@@ -19,6 +19,7 @@ import pytest
 
 import aioloader as al
 from aioloader.workers import MAX_ATTEMPTS
+from aioloader.workers.pool import MAX_START_FAILURES
 
 pytestmark = pytest.mark.slow
 
@@ -238,17 +239,21 @@ def hanging_init(worker_id: int) -> None:
 
 
 def test_a_worker_init_that_hangs_fails_the_run_when_a_timeout_is_set(monkeypatch):
-    """With ``timeout``, a worker must become ready within max(START_TIMEOUT_S, timeout): the
-    consumer was blocked for good. (The floor is lowered here; the pool and workers are real.)"""
+    """With ``timeout``, a worker must become ready within max(START_TIMEOUT_S, timeout), or it
+    is replaced; MAX_START_FAILURES in a row fail the run: the consumer was blocked for good.
+    (The floor is lowered here; the pool and workers are real.)"""
     from aioloader.workers import executor
 
     monkeypatch.setattr(executor, "START_TIMEOUT_S", 1.0)
     loader = al.Loader.from_source(range(10)).map(
         identity, executor="process", concurrency=2, worker_init=hanging_init, timeout=0.5
     )
-    with loader, pytest.raises(al.WorkerCrashError, match=r"did not become ready within 1 s") as info:
-        list(loader)
-    assert info.value.stage == "map(identity)"
+    with loader:
+        for _ in range(2):  # a pool that failed to start is made anew for the next epoch
+            with pytest.raises(al.WorkerCrashError, match=r"did not become ready within 1 s") as info:
+                list(loader)
+            assert info.value.stage == "map(identity)"
+            assert f"{MAX_START_FAILURES} in a row" in str(info.value)
     assert not _children() and not _segments()
 
 

@@ -66,10 +66,15 @@ class Runtime:
                 self._loop_thread = LoopThread(kind)
             return self._loop_thread
 
-    def resource(self, name: str, factory: Any) -> Any:
-        """A long-lived resource (a process pool) made once and closed with the Loader."""
+    def resource(self, name: str, factory: Any, *, usable: Any = None) -> Any:
+        """A long-lived resource (a process pool) made once and closed with the Loader; made
+        anew, the old one closed, when ``usable(resource)`` says it is not."""
         with self._lock:
-            if name not in self.resources:
+            old = self.resources.get(name)
+            if old is not None and usable is not None and not usable(old):
+                old.close()
+                old = None
+            if old is None:
                 self.resources[name] = factory()
             return self.resources[name]
 

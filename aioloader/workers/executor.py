@@ -122,7 +122,9 @@ class ProcessExecutor:
             if self._runtime is None:  # no Loader to own it: this executor does
                 self._pool = start()
             else:
-                self._pool = self._runtime.resource(f"process-pool:{self._spec.name}", start)
+                # a pool broken in an earlier epoch (its workers could not start) is replaced
+                key = f"process-pool:{self._spec.name}"
+                self._pool = self._runtime.resource(key, start, usable=lambda pool: pool.broken is None)
         return self._pool
 
     @property

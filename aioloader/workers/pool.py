@@ -190,6 +190,11 @@ class ProcessPool:
 
     # -- any thread --------------------------------------------------------------------------
     @property
+    def broken(self) -> BaseException | None:
+        """Why the pool cannot run tasks any more (its workers could not start), or None."""
+        return self._broken
+
+    @property
     def pids(self) -> list[int]:
         """Pids of the live workers (for tests and diagnostics)."""
         return sorted(w.proc.pid for w in list(self._workers.values()) if w.state != "dead")
@@ -352,15 +357,14 @@ class ProcessPool:
         for worker in list(self._workers.values()):
             if self._start_timeout is not None and worker.state == "starting":
                 if now >= worker.spawned_at + self._start_timeout:
-                    self._break(
-                        WorkerCrashError(
-                            f"stage {self.name!r}: a worker process did not become ready within "
-                            f"{self._start_timeout:g} s (importing the function or worker_init hangs?)",
-                            stage=self.name,
-                        )
-                    )
+                    # a failed start, as a death before "ready": replaced, and after
+                    # MAX_START_FAILURES in a row the pool fails (a hang is rarely transient)
                     worker.proc.kill()
-                    self._on_death(worker)  # no task ran on it; broken, it is not replaced
+                    detail = (
+                        f"a worker did not become ready within {self._start_timeout:g} s "
+                        "(importing the function or worker_init hangs?)"
+                    )
+                    self._on_death(worker, detail)
                 continue
             task = worker.task
             if task is not None and task.deadline is not None and now >= task.deadline:
@@ -383,7 +387,7 @@ class ProcessPool:
                 task.deadline = None
                 self._pending.appendleft(task)
 
-    def _on_death(self, worker: _Worker) -> None:
+    def _on_death(self, worker: _Worker, detail: str | None = None) -> None:
         was = worker.state
         worker.state = "dead"
         if worker.lifeline >= 0:
@@ -399,7 +403,7 @@ class ProcessPool:
             shm.unlink(segment)
         shm.sweep(f"{self._prefix}{worker.spawn}_")
         self._mappings.forget_prefix(f"{self._prefix}{worker.spawn}_")
-        detail = _describe_exit(worker.proc.pid, worker.proc.returncode)
+        detail = detail or _describe_exit(worker.proc.pid, worker.proc.returncode)
         if worker.queue:
             worker.queue.popleft().finish(Outcome("crash", detail))
             self._requeue(list(worker.queue))

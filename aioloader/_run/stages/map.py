@@ -377,6 +377,7 @@ class MapStage:
                     done_signal.set_result(None)
 
         done: deque[asyncio.Task[Block | None]] = deque()
+        outstanding: set[asyncio.Task[Block | None]] = set()  # started, not yet forwarded
         done_signal: asyncio.Future[None] | None = None
 
         async def dispatch() -> None:
@@ -389,6 +390,7 @@ class MapStage:
                         await slots.acquire()
                         task = loop.create_task(self._process(chunk))
                         running.add(task)
+                        outstanding.add(task)
                         task.add_done_callback(_on_done)
                         if ordered:
                             await window.put(task)
@@ -401,6 +403,7 @@ class MapStage:
         try:
             if ordered:
                 async for task in window:
+                    outstanding.discard(task)
                     await self._forward(await task)
             else:
                 async for _ in window:
@@ -408,6 +411,7 @@ class MapStage:
                         done_signal = loop.create_future()
                         await done_signal
                     task = done.popleft()
+                    outstanding.discard(task)
                     result = task.result()
                     slots.release()
                     await self._forward(result)
@@ -416,7 +420,9 @@ class MapStage:
             dispatcher.cancel()
             for task in list(running):
                 task.cancel()
-            pending = [dispatcher, *running]
+            # every chunk not forwarded, finished or not: their errors are retrieved here (the
+            # run has the first one), not logged as "Task exception was never retrieved"
+            pending = [dispatcher, *running, *outstanding]
             await asyncio.gather(*pending, return_exceptions=True)
 
     async def _process(self, chunk: Block) -> Block | None:
