@@ -329,3 +329,16 @@ def test_close_returns_after_a_pull_running_in_the_source_thread_has_returned():
     loader.close()
     consumer.join(10)
     assert finished.is_set(), "close() returned while the iterator was being pulled in a thread"
+
+
+def test_the_loader_keeps_no_batch_the_consumer_dropped():
+    """After the epoch (and after close()) the run kept the last block it handed over, values
+    and all: a batch from worker processes kept its shared-memory segment mapped."""
+    import weakref
+
+    loader = al.Loader.from_source(range(40)).batch(8)
+    with loader:
+        refs = [weakref.ref(batch) for batch in loader]
+        gc.collect()
+        assert all(ref() is None for ref in refs)
+        assert loader.state_dict()["epoch"] == 1  # the state needs no values

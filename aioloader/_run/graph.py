@@ -140,7 +140,7 @@ class Run:
         self.seed = pipeline.source_spec.seed
         self.resume = resume
         self.reservoir: Any = None  # the shuffle stage, when the pipeline has one
-        self.current_block: Block | None = None  # the block the consumer is taking items from
+        self.current_block: Block | None = None  # keys and seqs of the block the consumer is in
         self.current_count = 0  # how many items of it the consumer has received
         self.completed = False  # the consumer reached the end of the epoch
         self.cancelled = False  # stopped by Loader.close(): the epoch is not complete
@@ -398,9 +398,11 @@ class Run:
         iteration then advances ``current_count`` item by item as it hands them out."""
         previous = self.current_block
         if previous is not None and self.reservoir is not None:
-            self.current_count = len(previous)
+            self.current_count = len(previous.seqs)
             self.reservoir.trim(self.delivered_next())
-        self.current_block = block
+        # its keys and seqs only: the values are the consumer's (a batch kept here after the
+        # epoch, or after close(), kept its shared-memory segment mapped)
+        self.current_block = Block(block.keys, block.seqs, [])
         self.current_count = 0
         if self.first_output is None:
             self.first_output = time.perf_counter()
