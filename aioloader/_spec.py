@@ -62,6 +62,13 @@ class _ForWorkers(pickle.Pickler):
                     "python -c or stdin), which worker processes cannot import; define it in a "
                     "module (a .py file) and import it"
                 )
+            spec = getattr(sys.modules.get("__main__"), "__spec__", None)
+            if spec is not None and spec.name.endswith("__main__"):  # python -m package
+                raise InteractiveMainError(
+                    f"{obj.__qualname__!r} is defined in {main_file}, a package's __main__ module, "
+                    "which worker processes do not import (multiprocessing skips it); define it "
+                    "in another module of the package and import it"
+                )
             if defined_under_guard(main_file, obj):
                 raise InteractiveMainError(
                     f"{obj.__qualname__!r} is defined under `if __name__ == '__main__':` in "

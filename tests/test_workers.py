@@ -225,6 +225,31 @@ def test_names_bound_under_the_main_guard_stay_out_of_worker_processes(tmp_path)
     assert "skipped: True 5" in done.stdout  # a sample the workers cannot unpickle fails alone
 
 
+def test_a_function_of_a_packages_main_module_is_refused_for_processes(tmp_path):
+    """``python -m pkg`` runs pkg/__main__.py, which multiprocessing's children skip: its
+    functions pickle by name and are missing in the workers, which failed to start."""
+    import subprocess
+    import sys
+
+    package = tmp_path / "pkg"
+    package.mkdir()
+    (package / "__init__.py").write_text("")
+    (package / "__main__.py").write_text(_INTERACTIVE)
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    done = subprocess.run(
+        [sys.executable, "-m", "pkg"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=tmp_path,
+        env={**os.environ, "PYTHONPATH": repo},
+    )
+    assert done.returncode == 0, done.stderr
+    assert "refused: fn 'double' cannot be sent to worker processes" in done.stdout
+    assert "a package's __main__ module" in done.stdout
+    assert "auto: 4032" in done.stdout
+
+
 _STDIN_MAIN = """
 import operator
 import aioloader as al
