@@ -5,6 +5,7 @@ expected in the epoch; of those seen so far, after the first 100, for a stream).
 
 from __future__ import annotations
 
+import array
 import bisect
 from typing import Any
 
@@ -50,7 +51,7 @@ class FailurePolicy:
         self._base_failed = 0
         self._marks_last: list[int] = []  # per chunk run: its last item's position,
         self._marks_seen: list[int] = []  # the items seen before it,
-        self._marks_seqs: list[list[Any]] = []  # and its items' seqs
+        self._marks_seqs: list[int | array.array[int]] = []  # and its positions (or the first)
         self._failed_at: list[int] = []  # positions of the failed items, in order
 
     def resume(self, failed: int, seen: int) -> None:
@@ -60,13 +61,17 @@ class FailurePolicy:
 
     def saw(self, seqs: list[Any]) -> None:
         """The stage ran a chunk of items at positions ``seqs`` (chunks come in order)."""
-        last = _position(seqs[-1]) if seqs else None
-        if isinstance(last, int):
-            self._marks_last.append(last)
-            self._marks_seen.append(self.seen)
-            self._marks_seqs.append(seqs)
-            if len(self._marks_last) > _MAX_MARKS:
-                self._fold(_MAX_MARKS // 2)
+        if self.on_error == "skip" and seqs:  # (raise ends the run: no budget to resume)
+            positions = [_position(seq) for seq in seqs]
+            first, last = positions[0], positions[-1]
+            if isinstance(first, int) and isinstance(last, int):
+                self._marks_last.append(last)
+                self._marks_seen.append(self.seen)
+                # a run of consecutive positions (no filter before) is known by its ends
+                consecutive = last - first + 1 == len(positions)
+                self._marks_seqs.append(first if consecutive else array.array("q", positions))
+                if len(self._marks_last) > _MAX_MARKS:
+                    self._fold(_MAX_MARKS // 2)
         self.seen += len(seqs)
 
     def _fold(self, count: int) -> None:
@@ -87,7 +92,8 @@ class FailurePolicy:
         i = bisect.bisect_left(self._marks_last, position)  # the first chunk not wholly before
         if i == len(self._marks_last):
             return self.seen
-        inside = sum(1 for seq in self._marks_seqs[i] if _position(seq) < position)
+        chunk = self._marks_seqs[i]  # its positions, or the first of consecutive ones
+        inside = max(0, position - chunk) if isinstance(chunk, int) else bisect.bisect_left(chunk, position)
         return self._marks_seen[i] + inside
 
     def fail(self, key: Any, exc: BaseException, seq: Any = None) -> None:

@@ -140,7 +140,9 @@ class Run:
         self.seed = pipeline.source_spec.seed
         self.resume = resume
         self.reservoir: Any = None  # the shuffle stage, when the pipeline has one
-        self.current_block: Block | None = None  # keys and seqs of the block the consumer is in
+        # the seqs of the block the consumer is in (not its values: those are the consumer's; a
+        # batch kept here after the epoch, or after close(), kept its segment mapped)
+        self.current_seqs: list[Any] | None = None
         self.current_count = 0  # how many items of it the consumer has received
         self.completed = False  # the consumer reached the end of the epoch
         self.cancelled = False  # stopped by Loader.close(): the epoch is not complete
@@ -343,14 +345,14 @@ class Run:
 
     def delivered_next(self) -> int:
         """The output seq after the last item the consumer received."""
-        block = self.current_block
-        if block is None or not self.current_count:
+        seqs = self.current_seqs
+        if seqs is None or not self.current_count:
             if self.resume is None:
                 return 0
             if self.resume.reservoir is not None:
                 return int(self.resume.reservoir["emitted"])
             return self.resume.position
-        seq = block.seqs[self.current_count - 1]
+        seq = seqs[self.current_count - 1]
         while isinstance(seq, list):  # a batch: its members, in order
             seq = seq[-1]
         if isinstance(seq, bool) or not isinstance(seq, int):
@@ -396,13 +398,11 @@ class Run:
     def note_delivered(self, block: Block) -> None:
         """Count a block the consumer received (called from the consumer's thread). The
         iteration then advances ``current_count`` item by item as it hands them out."""
-        previous = self.current_block
+        previous = self.current_seqs
         if previous is not None and self.reservoir is not None:
-            self.current_count = len(previous.seqs)
+            self.current_count = len(previous)
             self.reservoir.trim(self.delivered_next())
-        # its keys and seqs only: the values are the consumer's (a batch kept here after the
-        # epoch, or after close(), kept its shared-memory segment mapped)
-        self.current_block = Block(block.keys, block.seqs, [])
+        self.current_seqs = block.seqs
         self.current_count = 0
         if self.first_output is None:
             self.first_output = time.perf_counter()
