@@ -519,9 +519,7 @@ class Loader(Closing):
                 "prefix": pending.prefix,
                 "reservoir": pending.reservoir,
                 "elastic": pending.elastic,
-                "failures": {
-                    name: {"failed": failed, "seen": seen} for name, (failed, seen) in pending.failures.items()
-                },
+                "failures": pending.failures,
             }
         elif run is None or run.completed:
             where = {

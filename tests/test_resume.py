@@ -315,39 +315,28 @@ def corrupt_every_tenth(x: int) -> int:
     return x
 
 
-def is_even(x: int) -> bool:
-    return x % 2 == 0
-
-
 _BUDGETS = {
-    # a count; the map numbers items by source position
-    "shuffled": lambda: al.Loader.from_source(range(200), shuffle=True, seed=5)
-    .map(corrupt_every_tenth, on_error="skip", max_failures=12)
+    # the map numbers items by source position
+    "shuffled": lambda: al.Loader.from_source(range(600), shuffle=True, seed=5)
+    .map(corrupt_every_tenth, on_error="skip", max_failures=30)
     .batch(8),
     # after the shuffle buffer the map numbers items by the buffer's output
-    "after a reservoir": lambda: al.Loader.from_source(range(200))
+    "after a reservoir": lambda: al.Loader.from_source(range(600))
     .shuffle(50)
-    .map(corrupt_every_tenth, on_error="skip", max_failures=12)
+    .map(corrupt_every_tenth, on_error="skip", max_failures=30)
     .batch(8),
-    # a fraction of the items seen (no length after a filter): what was seen is kept too
-    "a fraction after a filter": lambda: al.Loader.from_source(range(2000))
-    .filter(is_even)
-    .map(corrupt_every_fifth_even, on_error="skip", max_failures=0.1)
+    # before it: the buffer's items, read again by the resumed run, never failed
+    "before a reservoir": lambda: al.Loader.from_source(range(600))
+    .map(corrupt_every_tenth, on_error="skip", max_failures=30)
+    .shuffle(50)
     .batch(8),
 }
 
 
-def corrupt_every_fifth_even(x: int) -> int:
-    if x % 10 == 4 and x > 600:  # none in the first 600, then a fifth of the even ones
-        raise ValueError(f"corrupt sample {x}")
-    return x
-
-
 @pytest.mark.parametrize("pipeline", sorted(_BUDGETS))
 def test_the_failure_budget_spent_before_a_resume_stays_spent(pipeline):
-    """on_error="skip": the run resumed after batch 2 gives up at the same sample as the
-    uninterrupted one (the count started again at 0 and went on; after a reservoir it counted
-    samples the resumed run reads again; a fraction was taken of the source position)."""
+    """on_error="skip", max_failures=30: the run resumed after batch 2 gives up at the same
+    sample as the uninterrupted one (the count started again at 0 and went on)."""
     build = _BUDGETS[pipeline]
     with build() as loader, pytest.raises(al.TooManyFailures) as whole:
         list(loader)
@@ -356,12 +345,12 @@ def test_the_failure_budget_spent_before_a_resume_stays_spent(pipeline):
         skipped_early = [next(iterator) for _ in range(2)]
         state = json.loads(json.dumps(loader.state_dict()))
         iterator.close()
-    assert len(skipped_early) == 2 and len(state["failures"]) == 1
+    assert len(skipped_early) == 2 and list(state["failures"]) == ["map(corrupt_every_tenth)"]
     with build() as resumed, pytest.raises(al.TooManyFailures) as after:
         resumed.load_state_dict(state)
         list(resumed)
     assert after.value.key == whole.value.key
-    assert str(after.value).split(" (last")[0] == str(whole.value).split(" (last")[0]
+    assert "31 samples failed" in str(after.value)
 
 
 def test_a_corrupted_failure_count_is_refused_naming_the_field():
@@ -369,12 +358,6 @@ def test_a_corrupted_failure_count_is_refused_naming_the_field():
     with loader:
         state = loader.state_dict()
         name = "map(corrupt_every_tenth)"
-        for bad in (
-            {name: {"failed": -1, "seen": 3}},
-            {name: {"failed": 4, "seen": 3}},
-            {name: 2},
-            [3],
-            {name: {"failed": "2", "seen": 3}},
-        ):
+        for bad in ({name: -1}, {name: "2"}, {name: {"failed": 2}}, [3], {3: 1}):
             with pytest.raises(ValueError, match=r"state\['failures'\]"):
                 loader.load_state_dict({**state, "failures": bad})

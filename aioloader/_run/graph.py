@@ -222,8 +222,8 @@ class Run:
         if self.resume is not None:  # the budget spent before the resume point stays spent
             for stage in self.stages:
                 policy = getattr(stage, "failure_policy", None)
-                if policy is not None and stage.name in self.resume.failures:
-                    policy.resume(*self.resume.failures[stage.name])
+                if policy is not None and policy.carries_over:
+                    policy.resume(self.resume.failures.get(stage.name, 0))
         for upstream, downstream, depth in zip(self.stages, self.stages[1:], depths, strict=False):
             channel = Channel(depth, f"{upstream.name}->{downstream.name}")
             upstream.output = channel
@@ -379,20 +379,19 @@ class Run:
         where["failures"] = self._failures_before(where["position"], delivered)
         return where
 
-    def _failures_before(self, position: int, delivered: int) -> dict[str, dict[str, int]]:
-        """Per stage with a failure budget: the items before the resume point that failed and
-        that it saw. A stage before the shuffle buffer numbers items by source position (the
-        source resumes at ``position``); one after it, by the buffer's output (the consumer
-        received up to ``delivered``)."""
+    def _failures_before(self, position: int, delivered: int) -> dict[str, int]:
+        """Per stage whose count budget carries over a resume: the items before the resume
+        point it skipped. A stage before the shuffle buffer numbers items by source position
+        (the source resumes at ``position``; the buffer's items never failed); one after it,
+        by the buffer's output (the consumer received up to ``delivered``)."""
         out = {}
         cut = position
         for stage in self.stages:
             if stage is self.reservoir:
                 cut = delivered
             policy = getattr(stage, "failure_policy", None)
-            if policy is not None and policy.on_error == "skip":
-                failed, seen = policy.before(cut)
-                out[stage.name] = {"failed": failed, "seen": seen}
+            if policy is not None and policy.carries_over:
+                out[stage.name] = policy.failed_before(cut)
         return out
 
     def note_delivered(self, block: Block) -> None:

@@ -7,8 +7,8 @@ A state names a position in one rank's epoch, in keys and counters, never payloa
 - ``prefix``: the positions of the items that sat in the shuffle buffer (read again first);
 - ``reservoir``: the buffer's counters (see :class:`~aioloader.order.reservoir.ReservoirState`);
 - ``elastic``: earlier generations of ranks whose delivered keys this epoch excludes;
-- ``failures``: per stage with ``on_error="skip"``, the samples before the resume point it
-  skipped and saw, so ``max_failures`` counts them after a resume as it would have;
+- ``failures``: per stage with ``on_error="skip"`` and a count ``max_failures``, the samples
+  before the resume point it skipped, so the budget counts them after a resume as it would have;
 - ``fingerprint``: what the state depends on (source length, order, seed, sharding, stages);
   a state loaded into a different spec raises ``ValueError`` saying what differs.
 
@@ -49,7 +49,7 @@ class ResumePoint:
     reservoir: dict[str, Any] | None = None
     elastic: list[dict[str, Any]] = field(default_factory=list)
     delivered: int = 0
-    failures: dict[str, tuple[int, int]] = field(default_factory=dict)  # stage: (failed, seen)
+    failures: dict[str, int] = field(default_factory=dict)
 
 
 def fingerprint_diff(
@@ -212,22 +212,15 @@ def _checked(state: Any) -> ResumePoint:
     )
 
 
-def _check_failures(failures: Any) -> dict[str, tuple[int, int]]:
-    """Per stage name, (failed, seen) before the resume point (a state saved before this
-    field existed has none)."""
+def _check_failures(failures: Any) -> dict[str, int]:
+    """Skipped samples per stage name (a state saved before this field existed has none)."""
     if not isinstance(failures, dict):
         raise ValueError(f"state['failures'] must be a dict, got {type(failures).__name__}")
-    out = {}
-    for name, counts in failures.items():
-        where = f"['failures'][{name!r}]"
+    for name, count in failures.items():
         if not isinstance(name, str):
             raise ValueError(f"state['failures'] keys must be stage names, got {name!r}")
-        if not isinstance(counts, dict) or set(counts) != {"failed", "seen"}:
-            raise ValueError(f"state{where} must be a dict of 'failed' and 'seen', got {counts!r}")
-        failed = _int_at_least(counts["failed"], f"{where}['failed']", 0)
-        seen = _int_at_least(counts["seen"], f"{where}['seen']", failed)
-        out[name] = (failed, seen)
-    return out
+        _int_at_least(count, f"['failures'][{name!r}]", 0)
+    return {name: int(count) for name, count in failures.items()}
 
 
 def parse(state: dict[str, Any], fingerprint: dict[str, Any]) -> ResumePoint:

@@ -428,7 +428,6 @@ class MapStage:
     async def _process(self, chunk: Block) -> Block | None:
         """Run one chunk through the executor and the failure policy."""
         self.stats.items_in += self._samples(chunk)
-        self._policy.saw(chunk.seqs)  # before the first await: chunks start in input order
         values = self._inputs(chunk)
         try:
             results, failures, busy = await self._executor.run(self._work, values, self.spec.timeout)
@@ -443,6 +442,7 @@ class MapStage:
             cost = busy / len(values)
             previous = self._cost_per_item
             self._cost_per_item = cost if previous is None else 0.7 * previous + 0.3 * cost
+        self._policy.seen += len(values)
         if failures:
             failures = await self._retry(chunk, results, failures)
         if not failures:

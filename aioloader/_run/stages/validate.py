@@ -81,8 +81,8 @@ class ValidateStage:
             started = perf_counter()
             self.stats.items_in += len(block)
             keep: list[int] = []
-            self._policy.saw(block.seqs)
             for index, (key, value) in enumerate(zip(block.keys, block.values, strict=True)):
+                self._policy.seen += 1
                 exc = self._problem(key, value)
                 if exc is None:
                     keep.append(index)
