@@ -28,35 +28,49 @@ def defined_under_guard(main_file: str, obj: Any) -> bool:
         stamp = os.stat(main_file).st_mtime_ns
     except OSError:
         return False
-    guards, guarded, outside_classes = _layout(main_file, stamp)
-    line = _first_line(obj)
+    guards, guarded, outside = _layout(main_file, stamp)
+    line = _first_line(obj, os.path.realpath(main_file))
     if line is not None:  # where this very object was defined
         return any(start <= line <= end for start, end in guards)
-    # a class without methods: by name, a class statement under the guard and none elsewhere
+    # no code of it in the script to place it (a dataclass or a class without methods): by
+    # name, a def or class statement under the guard and none elsewhere
     name = obj.__qualname__.split(".")[0]
-    return name in guarded and name not in outside_classes
+    return name in guarded and name not in outside
 
 
-def _first_line(obj: Any) -> int | None:
-    """The line a function's definition starts on (its first decorator's), or a method's of
-    a class; None when there is none to read."""
-    code = getattr(obj, "__code__", None)
-    if code is not None:
-        return code.co_firstlineno
+def _first_line(obj: Any, main_file: str) -> int | None:
+    """The line in ``main_file`` where a function's definition starts (its first
+    decorator's; through ``__wrapped__``, as a decorator of another module leaves its own
+    code on the object), or one of a class's methods' does; None when none of its code
+    comes from the script (a dataclass's methods are made in ``<string>``)."""
     if isinstance(obj, type):
-        for value in vars(obj).values():
-            function = getattr(value, "__func__", value)  # staticmethod, classmethod
+        functions = [
+            getattr(value, "__func__", value)  # staticmethod, classmethod
+            for value in vars(obj).values()
+            if getattr(getattr(value, "__func__", value), "__qualname__", "").startswith(obj.__qualname__ + ".")
+        ]
+    else:
+        functions = [obj]
+    for function in functions:
+        for _ in range(16):  # the chain of wrappers, to the script's own function
             code = getattr(function, "__code__", None)
-            if code is not None and getattr(function, "__qualname__", "").startswith(obj.__qualname__ + "."):
+            if code is not None and _same_file(code.co_filename, main_file):
                 return code.co_firstlineno
+            function = getattr(function, "__wrapped__", None)
+            if function is None:
+                break
     return None
+
+
+def _same_file(filename: str, main_file: str) -> bool:
+    return filename == main_file or os.path.realpath(filename) == main_file
 
 
 @functools.lru_cache(maxsize=8)
 def _layout(main_file: str, stamp: int) -> tuple[list[tuple[int, int]], frozenset[str], frozenset[str]]:
     """Of the file as it was at ``stamp`` (its mtime, so an edited file is read again): the
-    line ranges of its main-guard blocks, the classes defined in them, and the classes
-    defined elsewhere."""
+    line ranges of its main-guard blocks, the functions and classes defined in them, and
+    those defined elsewhere."""
     try:
         with open(main_file, "rb") as f:
             tree = ast.parse(f.read(), filename=main_file)
@@ -69,10 +83,10 @@ def _layout(main_file: str, stamp: int) -> tuple[list[tuple[int, int]], frozense
         if isinstance(statement, ast.If) and _is_main_guard(statement.test):
             body_end = statement.body[-1].end_lineno or statement.lineno
             guards.append((statement.lineno, body_end))
-            _classes(statement.body, guarded)
-            _classes(statement.orelse, outside)
+            _definitions(statement.body, guarded)
+            _definitions(statement.orelse, outside)
         else:
-            _classes([statement], outside)
+            _definitions([statement], outside)
     return guards, frozenset(guarded), frozenset(outside)
 
 
@@ -86,15 +100,15 @@ def _is_main_guard(test: ast.expr) -> bool:
     return has_name and has_main
 
 
-def _classes(statements: list[ast.stmt], names: set[str]) -> None:
-    """Add the names of the classes ``statements`` define at module level, through nested
-    blocks (if, for, with, try), not inside functions or classes."""
+def _definitions(statements: list[ast.stmt], names: set[str]) -> None:
+    """Add the names of the functions and classes ``statements`` define at module level,
+    through nested blocks (if, for, with, try), not inside functions or classes."""
     nodes: list[ast.AST] = list(statements)
     while nodes:
         node = nodes.pop()
-        if isinstance(node, ast.ClassDef):
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
             names.add(node.name)
             continue
-        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda)):
+        if isinstance(node, ast.Lambda):
             continue
         nodes.extend(ast.iter_child_nodes(node))
