@@ -76,27 +76,36 @@ def _map(name: str, size: int, *, create: bool) -> mmap.mmap:
     try:
         if create:
             os.ftruncate(fd, size)
-            try:
-                # Take the memory now: a full /dev/shm (Docker's default is 64 MB) then fails
-                # here, where the result can go through the pipe instead, and not with a SIGBUS
-                # that kills the worker when it writes a page the file system cannot give.
-                os.posix_fallocate(fd, 0, size)
-            except OSError:
-                _posixshmem.shm_unlink("/" + name)
-                raise
         return mmap.mmap(fd, size)  # MAP_POPULATE measured no faster
     finally:
         os.close(fd)
 
 
 class _Segment:
-    __slots__ = ("map", "name", "size", "view")
+    __slots__ = ("map", "name", "reserved", "size", "view")
 
     def __init__(self, name: str, size: int) -> None:
         self.name = name
         self.size = size
         self.map = _map(name, size, create=True)
         self.view = memoryview(self.map)
+        self.reserved = 0  # bytes from the start whose memory is taken
+
+    def reserve(self, nbytes: int) -> None:
+        """Take the memory of the first ``nbytes`` now (``OSError`` when /dev/shm is full).
+
+        A full /dev/shm (Docker's default is 64 MB) then fails here, where the result can go
+        through the pipe instead, not with a SIGBUS that kills the worker when it writes a page
+        the file system cannot give. Only what a result uses is taken, not the whole segment
+        (rounded up to a power of two, taking it all doubled the /dev/shm a run used)."""
+        if nbytes <= self.reserved:
+            return
+        fd = _posixshmem.shm_open("/" + self.name, os.O_RDWR, mode=0o600)
+        try:
+            os.posix_fallocate(fd, self.reserved, nbytes - self.reserved)
+        finally:
+            os.close(fd)
+        self.reserved = nbytes
 
     def close(self) -> None:
         self.view.release()
@@ -138,6 +147,14 @@ class SegmentArena:
                 size = max(_MIN_SEGMENT, 1 << (nbytes - 1).bit_length())
                 segment = _Segment(f"{self._prefix}{self._count}", size)
                 self._count += 1
+            try:
+                segment.reserve(nbytes)
+            except OSError:
+                if fits:
+                    self._free.append(segment)
+                else:
+                    segment.close()
+                raise
             self._lent[segment.name] = segment
             return segment
 
