@@ -150,13 +150,7 @@ class ProcessExecutor:
         """A chunk the worker could not unpickle: each value alone, so only those it cannot
         unpickle fail, each as its sample's error."""
         if len(values) == 1:
-            failure = TypeError(
-                f"the sample cannot be unpickled in a worker process ({type(error).__name__}: {error}): "
-                "what it holds must be importable there, defined at the top level of a module "
-                "(not under `if __name__ == '__main__':`)"
-            )
-            failure.__cause__ = error
-            return [FAILED], [(0, failure)], 0.0
+            return _undecodable(error)
         parts = await asyncio.gather(*(self.run(work, [value], timeout) for value in values), return_exceptions=True)
         results: list[Any] = []
         failures: list[tuple[int, BaseException]] = []
@@ -312,7 +306,20 @@ def _unpack(outcome: Outcome, index: int) -> ChunkResult:
         return outcome.value
     if outcome.kind == "timeout":
         raise ChunkTimeout(index)
+    if outcome.kind == "undecodable":  # one value (a redo runs them alone): its own failure
+        return _undecodable(outcome.value)
     raise outcome.value
+
+
+def _undecodable(error: BaseException) -> ChunkResult:
+    """The result of one value a worker could not unpickle: that sample's failure."""
+    failure = TypeError(
+        f"the sample cannot be unpickled in a worker process ({type(error).__name__}: {error}): "
+        "what it holds must be importable there, defined at the top level of a module "
+        "(not under `if __name__ == '__main__':`)"
+    )
+    failure.__cause__ = error
+    return [FAILED], [(0, failure)], 0.0
 
 
 def make_process_executor(spec: MapSpec, runtime: Any) -> ProcessExecutor:
