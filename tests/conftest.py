@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import os
+import subprocess
 import threading
 import time
 
@@ -26,6 +27,13 @@ def _shm_segments() -> set[str]:
         return {name for name in os.listdir("/dev/shm") if name.startswith(prefix)}
     except FileNotFoundError:  # pragma: no cover - not Linux
         return set()
+
+
+def run_with_repo(args: list[str], *, cwd: str | os.PathLike[str]) -> subprocess.CompletedProcess[str]:
+    """Run ``args`` (a fresh interpreter, a script) with this checkout importable, from ``cwd``."""
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = {**os.environ, "PYTHONPATH": repo}
+    return subprocess.run(args, capture_output=True, text=True, timeout=120, cwd=cwd, env=env)
 
 
 def wait_threads_gone(

@@ -20,6 +20,8 @@ import pytest
 import aioloader as al
 from aioloader.workers import ProcessExecutor
 
+from .conftest import run_with_repo
+
 SHAPE = (256, 200, 3)  # 153 600 bytes: over the shared-memory threshold
 
 
@@ -228,22 +230,13 @@ def test_names_bound_under_the_main_guard_stay_out_of_worker_processes(tmp_path)
 def test_a_function_of_a_packages_main_module_is_refused_for_processes(tmp_path):
     """``python -m pkg`` runs pkg/__main__.py, which multiprocessing's children skip: its
     functions pickle by name and are missing in the workers, which failed to start."""
-    import subprocess
     import sys
 
     package = tmp_path / "pkg"
     package.mkdir()
     (package / "__init__.py").write_text("")
     (package / "__main__.py").write_text(_INTERACTIVE)
-    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    done = subprocess.run(
-        [sys.executable, "-m", "pkg"],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        cwd=tmp_path,
-        env={**os.environ, "PYTHONPATH": repo},
-    )
+    done = run_with_repo([sys.executable, "-m", "pkg"], cwd=tmp_path)
     assert done.returncode == 0, done.stderr
     assert "refused: fn 'double' cannot be sent to worker processes" in done.stdout
     assert "a package's __main__ module" in done.stdout

@@ -13,6 +13,8 @@ import torch
 
 from aioloader.workers import shm
 
+from .conftest import run_with_repo
+
 
 def _segments(prefix: str) -> set[str]:
     return {n for n in os.listdir("/dev/shm") if n.startswith(prefix)}
@@ -167,15 +169,6 @@ def test_a_full_dev_shm_sends_results_through_the_pipe_instead_of_killing_worker
         pytest.skip(f"cannot mount a private /dev/shm here: {probe.stderr.strip()[:200]}")
     script = tmp_path / "tiny_shm.py"
     script.write_text(_TINY_SHM)
-    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    command = f"{mount} && exec {sys.executable} {script}"
-    done = subprocess.run(
-        ["unshare", "-rm", "sh", "-c", command],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        cwd=repo,
-        env={**os.environ, "PYTHONPATH": repo},
-    )
+    done = run_with_repo(["unshare", "-rm", "sh", "-c", f"{mount} && exec {sys.executable} {script}"], cwd=tmp_path)
     assert done.returncode == 0, done.stderr
     assert "ok True" in done.stdout
