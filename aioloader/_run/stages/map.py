@@ -96,7 +96,7 @@ class MapStage:
         self.input: Channel
         self.output: Channel
         self._decisions = decisions
-        self._policy = self.failure_policy = FailurePolicy(
+        self.failure_policy = FailurePolicy(
             spec.name, spec.on_error, spec.max_failures, errors, expected_items
         )
         self._cost_per_item: float | None = None
@@ -442,7 +442,7 @@ class MapStage:
             cost = busy / len(values)
             previous = self._cost_per_item
             self._cost_per_item = cost if previous is None else 0.7 * previous + 0.3 * cost
-        self._policy.seen += len(values)
+        self.failure_policy.seen += len(values)
         if failures:
             failures = await self._retry(chunk, results, failures)
         if not failures:
@@ -505,7 +505,7 @@ class MapStage:
     def _settle(self, chunk: Block, results: list[Any], failures: list[tuple[int, BaseException]]) -> Block:
         """Apply on_error to failures that retries did not fix; return the surviving items."""
         for index, exc in failures:
-            self._policy.fail(chunk.keys[index], exc, chunk.seqs[index])
+            self.failure_policy.fail(chunk.keys[index], exc, chunk.seqs[index])
         failed = {index for index, _ in failures}
         keep = [i for i in range(len(results)) if i not in failed]
         return Block([chunk.keys[i] for i in keep], [chunk.seqs[i] for i in keep], [results[i] for i in keep])

@@ -61,7 +61,7 @@ class ValidateStage:
     def __init__(self, spec: ValidateSpec, errors: ErrorLog) -> None:
         self.name = spec.name
         self._spec = spec
-        self._policy = self.failure_policy = FailurePolicy(spec.name, spec.on_error, spec.max_failures, errors)
+        self.failure_policy = FailurePolicy(spec.name, spec.on_error, spec.max_failures, errors)
         self.input: Channel
         self.output: Channel
         self.stats = StageStats(spec.name)
@@ -82,12 +82,12 @@ class ValidateStage:
             self.stats.items_in += len(block)
             keep: list[int] = []
             for index, (key, value) in enumerate(zip(block.keys, block.values, strict=True)):
-                self._policy.seen += 1
+                self.failure_policy.seen += 1
                 exc = self._problem(key, value)
                 if exc is None:
                     keep.append(index)
                 else:
-                    self._policy.fail(key, exc, block.seqs[index])
+                    self.failure_policy.fail(key, exc, block.seqs[index])
             out = block if len(keep) == len(block) else block.take(keep)
             self.stats.busy_s += perf_counter() - started
             if len(out):
