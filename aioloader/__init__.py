@@ -42,6 +42,7 @@ _FROM = {
         "aioloader.errors",
     ),
     "Loader": "aioloader.loader",
+    "EpochSampler": "aioloader.loader",
     "MemoryMonitor": "aioloader.monitor.memory",
     "DataLoaderPerformanceMonitor": "aioloader.monitor.performance",
     "connect": "aioloader.service",
@@ -72,7 +73,7 @@ if TYPE_CHECKING:
         TooManyFailures,
         WorkerCrashError,
     )
-    from aioloader.loader import Loader
+    from aioloader.loader import EpochSampler, Loader
     from aioloader.monitor.memory import MemoryMonitor
     from aioloader.monitor.performance import DataLoaderPerformanceMonitor
     from aioloader.service import connect, serve
@@ -81,6 +82,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "Loader",
+    "EpochSampler",
     "collate",
     "order",
     "device",

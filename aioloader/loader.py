@@ -19,6 +19,7 @@ from aioloader._run.bridge import iterate_blocks
 from aioloader._run.graph import Pipeline, Run
 from aioloader._run.runtime import Runtime
 from aioloader._run.stages.shuffle import ShuffleSpec
+from aioloader._run.stages.validate import ValidateSpec
 from aioloader._spec import (
     SHARD_POLICIES,
     BatchSpec,
@@ -37,7 +38,7 @@ from aioloader._spec import (
     make_map_spec,
     unique_name,
 )
-from aioloader.device import device_spec
+from aioloader.device import DeviceSpec, device_spec
 from aioloader.monitor.progress import check_progress, make_observer
 from aioloader.monitor.stats import pipeline_stats
 from aioloader.order.orders import KeyOrder, order_count, resolve_order
@@ -46,7 +47,7 @@ from aioloader.order.sample_rng import is_random
 from aioloader.order.sharding import RankInfo, resolve_rank, shard_count
 from aioloader.sources._adapt import IndexableSource, adapt
 
-__all__ = ["Loader"]
+__all__ = ["EpochSampler", "Loader"]
 
 
 class Loader(Closing):
@@ -364,6 +365,23 @@ class Loader(Closing):
             )
         self._runtime.next_epoch = int(epoch)
 
+    @property
+    def sampler(self) -> EpochSampler:
+        """What frameworks that set a dataloader's epoch through ``loader.sampler.set_epoch(e)``
+        before each epoch (PyTorch Lightning, Accelerate) call. See :class:`EpochSampler`."""
+        return EpochSampler(self)
+
+    def _framework_epoch(self, epoch: int) -> None:
+        """A framework starts ``epoch``: after ``load_state_dict()`` of a state in an earlier
+        epoch, the framework had closed that epoch early (Lightning's ``limit_train_batches``
+        stops an epoch after a few batches and checkpoints it as finished), so the next
+        iteration starts ``epoch`` rather than resuming the rest of the state's."""
+        check_positive_int(epoch, "epoch", minimum=0)
+        pending = self._runtime.pending_resume
+        if pending is not None and int(epoch) > pending.epoch:
+            self._runtime.take_resume()
+        self.set_epoch(epoch)
+
     def __len__(self) -> int:
         """Items (or batches) one epoch yields on this rank; ``TypeError`` when not known."""
         source, spec = self._pipeline.source, self._pipeline.source_spec
@@ -560,7 +578,15 @@ class Loader(Closing):
         else:
             resume = parse(state, fingerprint)
             if int(state["rank"]) != info.rank:
-                raise ValueError(f"the state is rank {state['rank']}'s; this loader is rank {info.rank}")
+                # Lightning under DDP saves rank 0's state and hands it to every rank: at the
+                # same step, every rank is at the same position of its own share of the keys
+                blocker = _step_depends_on_data(self._pipeline.stages)
+                if blocker is not None:
+                    raise ValueError(
+                        f"the state is rank {state['rank']}'s; this loader is rank {info.rank}, and "
+                        f"{blocker}, so another rank's position does not say where this rank is: "
+                        "load this rank's own state (or the list of every rank's states)"
+                    )
         self._runtime.pending_resume = resume
         self._runtime.next_epoch = resume.epoch
 
@@ -637,6 +663,37 @@ def describe_stage(spec: StageSpec) -> dict[str, Any]:
         if isinstance(value, (int, bool, str)):
             described[attribute] = value
     return described
+
+
+def _step_depends_on_data(stages: tuple[StageSpec, ...]) -> str | None:
+    """Why the number of keys a rank has consumed after k outputs depends on its data (and so
+    differs between ranks at the same step), or None when it is the same on every rank."""
+    for stage in stages:
+        if isinstance(stage, (MapSpec, ValidateSpec)) and stage.on_error == "skip":
+            return f"stage {stage.name!r} skips failed samples"
+        if not isinstance(stage, (MapSpec, ValidateSpec, BatchSpec, PrefetchSpec, DeviceSpec)):
+            return f"stage {stage.name!r} ({type(stage).__name__}) makes its outputs from the data"
+    return None
+
+
+class EpochSampler:
+    """A Loader as a sampler, for frameworks that call ``dataloader.sampler.set_epoch(e)``
+    before each epoch. ``set_epoch(e)`` chooses the Loader's next epoch as
+    :meth:`Loader.set_epoch` does, except after ``load_state_dict()`` of a state in an earlier
+    epoch: the framework has moved on (it closed that epoch early, as Lightning's
+    ``limit_train_batches`` does), so the state is set aside and epoch ``e`` starts afresh."""
+
+    __slots__ = ("_loader",)
+
+    def __init__(self, loader: Loader) -> None:
+        self._loader = loader
+
+    def set_epoch(self, epoch: int) -> None:
+        """Start ``epoch`` at the next iteration (see the class docstring)."""
+        self._loader._framework_epoch(epoch)
+
+    def __repr__(self) -> str:
+        return f"<aioloader.EpochSampler of {self._loader!r}>"
 
 
 def _check_resumable(stages: tuple[StageSpec, ...], method: str = "state_dict") -> None:

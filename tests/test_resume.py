@@ -203,11 +203,18 @@ def test_state_from_another_spec_is_refused_saying_what_differs():
         build(range(50), shuffle=True, buffer=4, batch=5, seed=1).load_state_dict({"epoch": 0})
 
 
-def test_state_of_another_rank_is_refused():
+def test_state_of_another_rank_resumes_this_ranks_share_or_is_refused():
+    """Issue 18: another rank's state places this rank at the same step of its own share
+    (tests/test_resume_ranks.py); a pipeline whose step depends on the data still refuses it."""
     loader = al.Loader.from_source(range(10), rank=1, world_size=2)
     state = state_after(loader, 1)
+    with al.Loader.from_source(range(10), rank=0, world_size=2) as other:
+        other.load_state_dict(state)
+        assert list(other) == [2, 4, 6, 8]
+    filtered = al.Loader.from_source(range(10), rank=1, world_size=2).filter(bool)
+    state = state_after(filtered, 1)
     with pytest.raises(ValueError, match="rank 1"):
-        al.Loader.from_source(range(10), rank=0, world_size=2).load_state_dict(state)
+        al.Loader.from_source(range(10), rank=0, world_size=2).filter(bool).load_state_dict(state)
 
 
 @pytest.mark.parametrize(("old_world", "new_world"), [(3, 2), (2, 4), (4, 1)])
