@@ -25,7 +25,11 @@ Applied only where nothing else can differ: a pooled executor (``"thread"``, ``"
 ``"auto"``, decided when the pipeline is built, so a pool's work is the same every epoch), a
 per-item sync ``fn``, no random transform (its draws are made from ``(key, sample)`` pairs), and
 no ``timeout`` (the reads would count against ``fn``'s deadline). A source offers it with
-``worker_reader()``; ``ImageFolder`` does unless a subclass reads its own way.
+``worker_reader()``; ``ImageFolder`` does unless a subclass reads its own way. A user's
+map-style dataset (a torch ``Dataset`` whose ``__getitem__`` decodes) is read in the workers of
+an explicit ``executor="process"`` stage, when it can be pickled: it travels to each worker once,
+with ``fn``, and its ``__getitem__`` runs there, as in torch DataLoader's workers
+(:mod:`aioloader.sources._dataset_reader`).
 """
 
 from __future__ import annotations
@@ -94,7 +98,7 @@ def fuse_read(source: IndexableSource, specs: Sequence[StageSpec]) -> list[Stage
     """``specs`` (the read stage first) with the read moved into the map stage after it, when
     the source can be read in a worker and that stage may run in a pool; else unchanged."""
     read, *rest = specs
-    if source.worker_reader is None or not rest:
+    if (source.worker_reader is None and source.dataset_reader is None) or not rest:
         return list(specs)
     at = 0
     if isinstance(rest[0], BatchSpec) and rest[0].collate is members:  # a fused pair's grouping
@@ -102,7 +106,12 @@ def fuse_read(source: IndexableSource, specs: Sequence[StageSpec]) -> list[Stage
     spec = rest[at] if at < len(rest) else None
     if not isinstance(spec, MapSpec) or not pooled_per_item(spec) or spec.timeout is not None:
         return list(specs)
-    reads = NamedRead(source.worker_reader, read.name)
+    reader = source.worker_reader
+    if reader is None:  # a user's dataset: only into processes the user asked for
+        if spec.executor != "process" or not source.dataset_reader.picklable:
+            return list(specs)
+        reader = source.dataset_reader
+    reads = NamedRead(reader, read.name)
     fn = spec.fn.reading(reads) if isinstance(spec.fn, MapThenCollate) else spec.fn
     rest[at] = dataclasses.replace(spec, fn=fn, reads=reads)
     return rest

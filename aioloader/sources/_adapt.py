@@ -7,6 +7,8 @@ from collections.abc import AsyncIterable, Awaitable, Callable, Iterable, Mappin
 from dataclasses import dataclass
 from typing import Any
 
+from aioloader.sources._dataset_reader import dataset_reader
+
 
 @dataclass(frozen=True, slots=True)
 class IndexableSource:
@@ -27,6 +29,9 @@ class IndexableSource:
     # a picklable keys -> items function for a pool worker to read its own items, or None: the
     # source's ``worker_reader()`` (a protocol any source may offer; aioloader._run.read_fusion)
     worker_reader: Callable[[list[int]], list[Any]] | None = None
+    # a user's dataset read the same way in a worker (an explicit executor="process" stage
+    # after the source uses it; aioloader.sources._dataset_reader)
+    dataset_reader: Any = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,7 +84,9 @@ def adapt(source: Any) -> AdaptedSource:
         concurrency = getattr(source, "read_concurrency", 16)
         make_reader = getattr(source, "worker_reader", None)
         reader = make_reader() if callable(make_reader) else None
-        return IndexableSource(source, length, source.__getitem__, get_many, aget, concurrency, reader)
+        return IndexableSource(
+            source, length, source.__getitem__, get_many, aget, concurrency, reader, dataset_reader(source)
+        )
     if hasattr(source, "__iter__"):
         return IterableSource(source, one_shot=hasattr(source, "__next__"))
     raise TypeError(
