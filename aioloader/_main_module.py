@@ -16,7 +16,17 @@ import functools
 import os
 from typing import Any
 
-__all__ = ["defined_under_guard"]
+__all__ = ["defined_under_guard", "guarded_names"]
+
+
+def guarded_names(main_file: str) -> frozenset[str]:
+    """The functions and classes ``main_file`` defines inside its main-guard block: what a
+    spawned worker's copy of the script lacks (or has another object for)."""
+    try:
+        stamp = os.stat(main_file).st_mtime_ns
+    except OSError:
+        return frozenset()
+    return _layout(main_file, stamp)[1]
 
 
 def defined_under_guard(main_file: str, obj: Any) -> bool:

@@ -1,7 +1,8 @@
 """Measure loaders side by side and print a markdown table of ratios.
 
 Each contender is a name and a factory returning an iterable of batches. For each one the
-harness records samples/s, time to first batch, peak memory summed over the process tree (PSS,
+harness records samples/s, time to first batch (the median round's, and the first round's:
+"cold", pools and threads starting), peak memory summed over the process tree (PSS,
 so shared pages count once) and CPU use (cores busy, summed over the tree). Contenders run in
 interleaved rounds and the median round is reported, because these machines are noisy.
 """
@@ -120,6 +121,9 @@ class Result:
     samples: int
     batches: int = 0
     elapsed_s: float = 0.0
+    # the first batch of the contender's first round: its pools and threads start in it (a
+    # Loader keeps them for later rounds; torch DataLoader starts its workers every epoch)
+    cold_first_batch_s: float | None = None
 
     @property
     def batches_per_s(self) -> float:
@@ -187,6 +191,7 @@ def compare(
         rs = sorted(runs[name], key=lambda r: r.samples_per_s)
         median = rs[len(rs) // 2]
         median.first_batch_s = statistics.median(r.first_batch_s for r in rs)
+        median.cold_first_batch_s = runs[name][0].first_batch_s
         median.peak_mb = max(r.peak_mb for r in rs)
         results.append(median)
     return results
@@ -233,7 +238,7 @@ def compare_isolated(
 def table(title: str, results: list[Result], baselines: list[str]) -> str:
     """A markdown table; one ratio column per baseline (aioloader / baseline, higher is better)."""
     by_name = {r.name: r for r in results}
-    head = ["loader", "samples/s", "first batch (s)", "peak mem (MB, tree PSS)", "CPU (cores)"]
+    head = ["loader", "samples/s", "first batch (s)", "cold first batch (s)", "peak mem (MB, tree PSS)", "CPU (cores)"]
     head += [f"x vs {b}" for b in baselines]
     lines = [f"### {title}", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in results:
@@ -241,12 +246,30 @@ def table(title: str, results: list[Result], baselines: list[str]) -> str:
             r.name,
             f"{r.samples_per_s:,.0f}",
             f"{r.first_batch_s:.3f}",
+            f"{_cold(r):.3f}",
             f"{r.peak_mb:,.0f}",
             f"{r.cpu_cores:.2f}",
         ]
         row += [f"{r.samples_per_s / by_name[b].samples_per_s:.2f}" for b in baselines]
         lines.append("| " + " | ".join(row) + " |")
-    return "\n".join(lines)
+    return "\n".join(lines) + first_batch_line(results)
+
+
+def _cold(result: Result) -> float:
+    return result.first_batch_s if result.cold_first_batch_s is None else result.cold_first_batch_s
+
+
+def first_batch_line(results: list[Result]) -> str:
+    """Each aioloader contender's cold first batch over torch DataLoader's with 2 workers (the
+    row named ``torch DL ... w=2``), measured in the same run; empty without such a row."""
+    torch_rows = [r for r in results if r.name.startswith("torch DL") and r.name.endswith("w=2")]
+    if not torch_rows or _cold(torch_rows[0]) <= 0:
+        return ""
+    base = torch_rows[0]
+    ratios = ", ".join(
+        f"{r.name} {_cold(r) / _cold(base):.2f}x" for r in results if r.name.startswith("aioloader")
+    )
+    return f"\n\ncold first batch / {base.name}'s ({_cold(base):.3f} s): {ratios} (target: at most 2x)"
 
 
 def best_ratio(results: list[Result], auto: str, hand_tuned: list[str]) -> str:

@@ -156,14 +156,53 @@ def _without_unpicklable(
 
 
 def main(argv: list[str] | None = None) -> None:
-    task_fd, result_fd, life_fd = (int(a) for a in (argv or sys.argv[1:])[:3])
+    """A spawned worker's entry point: it first receives the parent's preparation data."""
+    _main(argv or sys.argv[1:], prepared=False)
+
+
+def forked_main(argv: list[str]) -> None:
+    """A forked worker's entry point: it has the parent's modules already, and ``__main__`` as
+    a spawned worker would have it (:func:`_as_spawned_main`)."""
+    _as_spawned_main()
+    _main(argv, prepared=True)
+
+
+def _as_spawned_main() -> None:
+    """Make the inherited ``__main__`` what a spawned worker imports: without what the
+    script's ``if __name__ == "__main__":`` block defined, and empty where a spawned worker
+    does not import the script at all (``-c``, stdin, a package's ``__main__``). A forked
+    worker then accepts and refuses the same functions and samples as a spawned one."""
+    import types
+
+    from aioloader._main_module import guarded_names
+    from aioloader.workers._spawn import preparation_data
+
+    main = sys.modules.get("__main__")
+    if main is None:
+        return
+    data = preparation_data("aioloader-worker")
+    name = data.get("init_main_from_name")
+    if name is not None:  # ``python -m module``; multiprocessing skips a package's __main__
+        path = None if name == "__main__" or name.endswith(".__main__") else getattr(main, "__file__", None)
+    else:
+        path = data.get("init_main_from_path")
+    if path is None:
+        sys.modules["__main__"] = types.ModuleType("__main__")
+        return
+    for name in guarded_names(path):
+        main.__dict__.pop(name, None)
+
+
+def _main(argv: list[str], *, prepared: bool) -> None:
+    task_fd, result_fd, life_fd = (int(a) for a in argv[:3])
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
     arena: list[SegmentArena] = []
     threading.Thread(target=_watch_lifeline, args=(life_fd, arena), daemon=True).start()
     tasks = Connection(task_fd, writable=False)
     results = Connection(result_fd, readable=False)
     try:
-        prepare_main(tasks)
+        if not prepared:
+            prepare_main(tasks)
         work_pickle, worker_id, prefix, shm_min_bytes = pickle.loads(receive(tasks, raw=True))
         work, worker_init = pickle.loads(work_pickle)
         arena.append(SegmentArena(prefix, shm_min_bytes))

@@ -1,8 +1,12 @@
 """A persistent pool of worker processes, with crash and hang detection.
 
-Workers are fresh interpreters started with ``subprocess`` (spawn semantics: never a bare fork of
-a process with threads, and no hidden helper process such as multiprocessing's resource tracker
-or forkserver). Each worker has a task pipe, a result pipe and a lifeline pipe.
+Workers are forked from this process where :func:`~aioloader.workers._spawn.fork_allowed` (no
+CUDA context here), as torch DataLoader's are: ready in milliseconds, with the modules already
+imported. A forked worker keeps none of this process's threads, file descriptors or event loop
+and sees ``__main__`` as a spawned one would. Elsewhere they are fresh interpreters started
+with ``subprocess`` (spawn semantics), which take seconds to import torch. No hidden helper
+process (multiprocessing's resource tracker or forkserver) is involved. Each worker has a task
+pipe, a result pipe and a lifeline pipe.
 
 One I/O thread (``aioloader-pool-<stage>``) owns all pipe traffic: it hands queued tasks to the
 workers, receives replies and maps their shared-memory segments, and resolves each task's
@@ -39,7 +43,7 @@ from typing import Any
 
 from aioloader.errors import WorkerCrashError
 from aioloader.workers import _child, shm, wire
-from aioloader.workers._spawn import pipe_capacity, preparation_data, spawn_child
+from aioloader.workers._spawn import fork_allowed, fork_child, pipe_capacity, preparation_data, spawn_child
 
 MAX_START_FAILURES = 3  # workers dying before they are ready, in a row: the pool is broken
 TASKS_PER_WORKER = 2  # the running task and one waiting in the worker's pipe
@@ -85,7 +89,7 @@ class _Worker:
     """One child process and the parent's ends of its pipes; touched by the I/O thread only
     (``releases`` also by finalizers, from any thread: a deque is safe for that)."""
 
-    def __init__(self, slot: int, spawn: int, proc: subprocess.Popen[bytes], tasks: Connection,
+    def __init__(self, slot: int, spawn: int, proc: Any, tasks: Connection,
                  results: Connection, lifeline: int) -> None:  # fmt: skip
         self.slot = slot
         self.spawn = spawn
@@ -271,13 +275,18 @@ class ProcessPool:
     def _spawn(self, slot: int) -> None:
         spawn = self._spawns
         self._spawns += 1
-        proc, tasks, results, life_w = spawn_child("aioloader.workers._child", WORKER_ENV)
+        prep: dict[str, Any] | None = None
+        if fork_allowed():  # ~10-50 ms, where a fresh interpreter takes seconds to import torch
+            proc, tasks, results, life_w = fork_child(_child.forked_main, WORKER_ENV)
+        else:
+            proc, tasks, results, life_w = spawn_child("aioloader.workers._child", WORKER_ENV)
+            prep = self._prep
         worker = _Worker(slot, spawn, proc, tasks, results, life_w)
         self._workers[slot] = worker
         init = pickle.dumps((self._work_pickle, slot, f"{self._prefix}{spawn}_", self._shm_min_bytes))
         # The child reads this after importing; a thread keeps a large payload from blocking us.
         feeder = threading.Thread(
-            target=_feed, args=(proc, tasks, self._prep, init), name="aioloader-pool-feed", daemon=True
+            target=_feed, args=(proc, tasks, prep, init), name="aioloader-pool-feed", daemon=True
         )
         self._feeders = [f for f in self._feeders if f.is_alive()]
         self._feeders.append(feeder)
@@ -465,9 +474,11 @@ class ProcessPool:
             worker.queue.clear()
 
 
-def _feed(proc: subprocess.Popen[bytes], tasks: Connection, prep: dict[str, Any], init: bytes) -> None:
+def _feed(proc: Any, tasks: Connection, prep: dict[str, Any] | None, init: bytes) -> None:
+    """Send a new worker its start: the preparation data (a spawned one), then the work."""
     try:
-        tasks.send(prep)
+        if prep is not None:
+            tasks.send(prep)
         tasks.send_bytes(init)
     except OSError:  # the child died first; the I/O thread sees it
         pass

@@ -1,0 +1,64 @@
+"""How worker processes start (``aioloader.workers._spawn``): forked from this process, as torch
+DataLoader's are (milliseconds, where a fresh interpreter importing torch took seconds), yet
+with what spawn protects: no inherited thread, no CUDA context (a process that has one spawns),
+and ``__main__`` as a spawned worker sees it (tests/test_workers.py checks the main guard)."""
+
+from __future__ import annotations
+
+import os
+import sys
+import threading
+
+import psutil
+import pytest
+import torch
+
+import aioloader as al
+from aioloader.workers._spawn import START_METHOD_ENV, fork_allowed
+
+
+def describe(_: int) -> tuple[int, list[str], int, int, str | None]:
+    """What a worker sees: its pid, its Python threads, its OS threads, torch's intra-op
+    threads and OMP_NUM_THREADS."""
+    names = sorted(t.name for t in threading.enumerate())
+    tasks = len(os.listdir("/proc/self/task"))
+    return os.getpid(), names, tasks, torch.get_num_threads(), os.environ.get("OMP_NUM_THREADS")
+
+
+def _describe_workers() -> tuple[list[tuple], dict[int, tuple[list[str], int]]]:
+    """What each worker saw, and each worker's command line and parent pid."""
+    with al.Loader.from_source(range(4)).map(describe, executor="process", concurrency=2) as loader:
+        seen = list(loader)
+        procs = {pid: psutil.Process(pid) for pid in {s[0] for s in seen}}
+        return seen, {pid: (p.cmdline(), p.ppid()) for pid, p in procs.items()}
+
+
+@pytest.mark.skipif(not fork_allowed(), reason="workers are spawned here (not Linux, or CUDA is initialised)")
+def test_workers_are_forked_and_inherit_no_thread() -> None:
+    torch.ones(64, 64) @ torch.ones(64, 64)  # this process has torch's threads and the loader's
+    seen, procs = _describe_workers()
+    for pid, names, tasks, torch_threads, omp in seen:
+        cmdline, parent = procs[pid]
+        assert pid != os.getpid() and parent == os.getpid()
+        assert cmdline == psutil.Process().cmdline()  # a fork: no new interpreter was executed
+        # the main thread and the worker's lifeline watcher, nothing of this process's
+        assert len(names) == 2 and "MainThread" in names and not any("aioloader" in n for n in names)
+        assert tasks == 2
+        assert (torch_threads, omp) == (1, "1")
+
+
+def test_workers_are_spawned_when_asked(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(START_METHOD_ENV, "spawn")
+    assert not fork_allowed()
+    seen, procs = _describe_workers()
+    for pid, *_, torch_threads, omp in seen:
+        cmdline, _ = procs[pid]
+        assert "-c" in cmdline and cmdline[0] == sys.executable
+        assert (torch_threads, omp) == (1, "1")
+
+
+def test_no_fork_once_cuda_is_initialised(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A CUDA context cannot cross a fork: the workers of a process that has one are spawned.
+    (No GPU here: torch's own answer to whether CUDA is initialised stands in for one.)"""
+    monkeypatch.setattr(torch.cuda, "is_initialized", lambda: True)
+    assert not fork_allowed()
