@@ -566,7 +566,11 @@ class Loader(Closing):
     def load_state_dict(self, state: dict[str, Any] | list[dict[str, Any]]) -> None:
         """Resume from ``state_dict()``: the next iteration continues where that consumer
         stopped. A list of every rank's states (from a run with another world size) resumes
-        the epoch elastically: exactly the keys no rank received, spread over this world."""
+        the epoch elastically: exactly the keys no rank received, spread over this world.
+        Another rank's state of the same world size (Lightning under DDP loads rank 0's on
+        every rank) resumes this rank at the same step of its own share, where a step covers
+        the same number of keys on every rank (maps, batches, prefetch, to_device); a pipeline
+        that filters, skips, buffers or packs by the data refuses it."""
         _check_resumable(self._pipeline.stages, "load_state_dict")
         spec = self._pipeline.source_spec
         info = resolve_rank(spec.rank, spec.world_size)
