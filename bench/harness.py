@@ -260,14 +260,15 @@ def _cold(result: Result) -> float:
 
 
 def first_batch_line(results: list[Result]) -> str:
-    """Each aioloader contender's cold first batch over torch DataLoader's with 2 workers (the
-    row named ``torch DL ... w=2``), measured in the same run; empty without such a row."""
+    """Each aioloader contender's cold first batch (every row but torch's and a ceiling) over
+    torch DataLoader's with 2 workers (the row named ``torch DL ... w=2``), measured in the
+    same run; empty without such a row."""
     torch_rows = [r for r in results if r.name.startswith("torch DL") and r.name.endswith("w=2")]
     if not torch_rows or _cold(torch_rows[0]) <= 0:
         return ""
     base = torch_rows[0]
     ratios = ", ".join(
-        f"{r.name} {_cold(r) / _cold(base):.2f}x" for r in results if r.name.startswith("aioloader")
+        f"{r.name} {_cold(r) / _cold(base):.2f}x" for r in results if not r.name.startswith(("torch", "ceiling"))
     )
     return f"\n\ncold first batch / {base.name}'s ({_cold(base):.3f} s): {ratios} (target: at most 2x)"
 

@@ -7,6 +7,10 @@ The service runs as a separate process (``python -m aioloader serve`` with this 
 spec: :func:`loader` / :func:`loader_quick`), as a trainer would use it; the client receives
 each 4.8 MB batch over TCP and decodes it from JSON + raw bytes.
 
+torch DataLoader (2 workers reading and decoding, as in the JPEG workload) is measured in the same
+run for the first batch: the in-process Loader starts its threads in its first round ("cold first
+batch"); ``in_subprocess()`` and the service have started (and read the files once) before.
+
 This module is also a SPEC file: ``aioloader serve bench/workloads/service.py --attr loader``.
 """
 
@@ -19,10 +23,11 @@ import subprocess
 import sys
 import tempfile
 from pathlib import Path
+from typing import Any
 
 import aioloader as al
 from bench.harness import compare, table
-from bench.workloads.jpeg import BATCH, DecodeBatch, make_images
+from bench.workloads.jpeg import BATCH, DecodeBatch, TorchJpegDataset, make_images
 
 ROOT = Path(__file__).resolve().parents[2]
 TARGET = 0.8
@@ -84,6 +89,13 @@ class _ServerProcess:
         self._log.close()
 
 
+def _torch_loader(dataset: TorchJpegDataset) -> Any:
+    from torch import Generator
+    from torch.utils.data import DataLoader
+
+    return DataLoader(dataset, batch_size=BATCH, shuffle=True, num_workers=2, generator=Generator().manual_seed(0))
+
+
 def run(quick: bool = False) -> str:
     n = 300 if quick else 1500
     attr = "loader_quick" if quick else "loader"
@@ -95,7 +107,9 @@ def run(quick: bool = False) -> str:
         client = None
         try:
             client = al.connect(server.address, token=token)
+            dataset = TorchJpegDataset(al.sources.ImageFolder(make_images(n)))
             contenders = [
+                ("torch DL w=2", lambda: _torch_loader(dataset)),
                 ("in-process", lambda: iter(in_process)),
                 ("in_subprocess()", lambda: iter(isolated)),
                 ("service, loopback (server process)", lambda: iter(client)),
