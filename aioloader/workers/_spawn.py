@@ -23,6 +23,7 @@ import signal
 import subprocess
 import sys
 import threading
+import traceback
 from multiprocessing.connection import Connection
 from multiprocessing.spawn import get_preparation_data
 from pathlib import Path
@@ -162,6 +163,9 @@ def fork_child(
     life_r, life_w = os.pipe()
     _enlarge(command_w)
     _enlarge(result_w)
+    for stream in (sys.stdout, sys.stderr):  # else the child could write this process's pending output
+        with contextlib.suppress(Exception):
+            stream.flush()
     try:
         pid = os.fork()
     except BaseException:
@@ -174,6 +178,9 @@ def fork_child(
             _become_worker((command_r, result_w, life_r), env)
             main([str(command_r), str(result_w), str(life_r)])
             code = 0
+        except BaseException:  # the parent sees a worker that died before it was ready
+            with contextlib.suppress(Exception):
+                traceback.print_exc()
         finally:
             os._exit(code)
     for fd in (command_r, result_w, life_r):
@@ -193,6 +200,8 @@ def _become_worker(keep: tuple[int, ...], env: dict[str, str] | None) -> None:
         os.closerange(low, fd)
         low = fd + 1
     os.closerange(low, 1 << 20)
+    with contextlib.suppress(ValueError):  # an event loop's wake-up fd: closed above
+        signal.set_wakeup_fd(-1)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     for name in ("SIGTERM", "SIGALRM", "SIGCHLD"):
         signal.signal(getattr(signal, name), signal.SIG_DFL)
