@@ -62,3 +62,30 @@ def test_no_fork_once_cuda_is_initialised(monkeypatch: pytest.MonkeyPatch) -> No
     (No GPU here: torch's own answer to whether CUDA is initialised stands in for one.)"""
     monkeypatch.setattr(torch.cuda, "is_initialized", lambda: True)
     assert not fork_allowed()
+
+
+class RecordDraws:
+    """worker_init: writes the worker's first draws from the global generators to a file."""
+
+    def __init__(self, folder: str) -> None:
+        self.folder = folder
+
+    def __call__(self, worker_id: int) -> None:
+        import random
+
+        import numpy as np
+
+        draws = [random.random(), float(np.random.random()), float(torch.rand(1))]
+        with open(os.path.join(self.folder, str(worker_id)), "w") as f:
+            f.write(repr(draws))
+
+
+def test_each_worker_starts_with_its_own_global_random_state(tmp_path) -> None:
+    """Forked workers would all draw this process's next numbers: each is seeded afresh."""
+    import ast
+
+    init = RecordDraws(str(tmp_path))
+    with al.Loader.from_source(range(4)).map(abs, executor="process", concurrency=2, worker_init=init) as loader:
+        assert sorted(loader) == [0, 1, 2, 3]
+    first, second = (ast.literal_eval((tmp_path / name).read_text()) for name in ("0", "1"))
+    assert all(a != b for a, b in zip(first, second, strict=True))

@@ -205,8 +205,24 @@ def _become_worker(keep: tuple[int, ...], env: dict[str, str] | None) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     for name in ("SIGTERM", "SIGALRM", "SIGCHLD"):
         signal.signal(getattr(signal, name), signal.SIG_DFL)
+    _fresh_global_rngs()
     if env:
         os.environ.update(env)
         torch = sys.modules.get("torch")
         if torch is not None and env.get("OMP_NUM_THREADS") == "1":
             torch.set_num_threads(1)  # the environment only applies at start-up
+
+
+def _fresh_global_rngs() -> None:
+    """Seed ``random``, numpy's and torch's global generators from the OS, as a new interpreter
+    is: forked workers would otherwise all draw this process's next numbers, the same ones
+    (the loader reseeds them per task where its results must repeat)."""
+    import random
+
+    random.seed()
+    numpy = sys.modules.get("numpy")
+    if numpy is not None:
+        numpy.random.seed()
+    torch = sys.modules.get("torch")
+    if torch is not None:
+        torch.seed()
