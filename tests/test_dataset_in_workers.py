@@ -14,7 +14,7 @@ from torch.utils.data import Dataset, Subset
 
 import aioloader as al
 
-BURN_S = 0.002  # CPU seconds each __getitem__ burns
+BURN_S = 0.005  # CPU seconds each __getitem__ burns
 N = 100
 
 
@@ -67,7 +67,7 @@ def _check(items: list, workers: set[int], spent: float) -> None:
     readers = {read_by for _, read_by, _ in items}
     assert readers <= workers and os.getpid() not in readers
     # the parent does not decode: its CPU share is a small part of the decoding's
-    assert spent < 0.25 * N * BURN_S, f"the parent spent {spent:.3f} s for {N * BURN_S:.3f} s of reads"
+    assert spent < 0.3 * N * BURN_S, f"the parent spent {spent:.3f} s for {N * BURN_S:.3f} s of reads"
 
 
 def test_getitem_runs_in_the_process_maps_workers() -> None:
