@@ -25,9 +25,9 @@ def describe(_: int) -> tuple[int, list[str], int, int, str | None]:
     return os.getpid(), names, tasks, torch.get_num_threads(), os.environ.get("OMP_NUM_THREADS")
 
 
-def _describe_workers() -> tuple[list[tuple], dict[int, tuple[list[str], int]]]:
+def _describe_workers(workers: int = 2) -> tuple[list[tuple], dict[int, tuple[list[str], int]]]:
     """What each worker saw, and each worker's command line and parent pid."""
-    with al.Loader.from_source(range(4)).map(describe, executor="process", concurrency=2) as loader:
+    with al.Loader.from_source(range(4)).map(describe, executor="process", concurrency=workers) as loader:
         seen = list(loader)
         procs = {pid: psutil.Process(pid) for pid in {s[0] for s in seen}}
         return seen, {pid: (p.cmdline(), p.ppid()) for pid, p in procs.items()}
@@ -50,7 +50,7 @@ def test_workers_are_forked_and_inherit_no_thread() -> None:
 def test_workers_are_spawned_when_asked(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv(START_METHOD_ENV, "spawn")
     assert not fork_allowed()
-    seen, procs = _describe_workers()
+    seen, procs = _describe_workers(1)  # a fresh interpreter imports torch: seconds
     for pid, *_, torch_threads, omp in seen:
         cmdline, _ = procs[pid]
         assert "-c" in cmdline and cmdline[0] == sys.executable
