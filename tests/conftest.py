@@ -13,7 +13,7 @@ import time
 import psutil
 import pytest
 
-LEAK_DEADLINE_S = 2.0  # DESIGN.md guarantee 6: everything is gone within 2 s
+LEAK_DEADLINE_S = 2.0  # docs/design.md guarantee 6: everything is gone within 2 s
 
 
 def _loader_threads() -> set[threading.Thread]:

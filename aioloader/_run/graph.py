@@ -51,7 +51,7 @@ DEFAULT_BLOCK = 64
 MAX_CHUNK_BLOCK = 1 << 16
 MAX_BLOCK = 1024
 # At the end of a run, how long to wait for calls still running in threads (which cannot be
-# stopped), within the 2 s a close may take (DESIGN.md guarantee 6).
+# stopped), within the 2 s a close may take (docs/design.md guarantee 6).
 DRAIN_S = 1.5
 
 
