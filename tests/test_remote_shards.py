@@ -227,3 +227,34 @@ def test_pax_long_names_group_as_webdataset_does(tmp_path):
         got = list(loader)
     assert [g["__key__"] for g in got] == [f"{long_dir}/s{i}" for i in range(3)]
     assert [g["txt"] for g in got] == [b"t0", b"t1", b"t2"]
+
+
+def test_local_cache_serves_later_epochs_and_stays_within_its_bytes(server, tmp_path):
+    sizes = [len(server.objects[f"train-{i:06d}.tar"]) for i in range(SHARDS)]
+    small = int(max(sizes) * 2.5)
+    ds = al.sources.WebDataset(_urls(server), retry=FAST_RETRY, cache=tmp_path / "small", cache_bytes=small)
+    with al.Loader.from_source(ds) as loader:
+        assert _ids(loader) == list(range(SHARDS * PER_SHARD))
+        assert 0 < ds.cache.used_bytes() <= small  # least recently used shards evicted
+        assert _ids(loader) == list(range(SHARDS * PER_SHARD))
+    assert ds.cache.used_bytes() <= small
+    ds = al.sources.WebDataset(_urls(server), retry=FAST_RETRY, cache=tmp_path / "c", cache_bytes=sum(sizes))
+    with al.Loader.from_source(ds) as loader:
+        first = _ids(loader)
+        server.requests.clear()
+        again = _ids(loader)
+    assert first == again == list(range(SHARDS * PER_SHARD))
+    assert sum(server.requests.values()) == 0  # the second epoch came from the cache
+    assert not [n for n in os.listdir(tmp_path / "c") if n.startswith(".partial-")]
+    # a fresh source (a restart) reuses the same directory
+    ds2 = al.sources.WebDataset(_urls(server), retry=FAST_RETRY, cache=tmp_path / "c", cache_bytes=sum(sizes))
+    with al.Loader.from_source(ds2) as loader:
+        assert _ids(loader) == first
+    assert sum(server.requests.values()) == 0
+
+
+def test_cache_smaller_than_a_shard_is_a_build_time_error(server, tmp_path):
+    with pytest.raises(ValueError, match="smaller than shard"):
+        al.sources.WebDataset(_urls(server), cache=tmp_path / "c", cache_bytes=1000)
+    with pytest.raises(ValueError, match="cache_bytes"):
+        al.sources.WebDataset(_urls(server), cache=tmp_path / "c")

@@ -12,7 +12,8 @@ It owns its tasks: ``async with`` starts the planner, leaving cancels and awaits
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+import os
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from aioloader.io.store import ObjectStore
@@ -51,10 +52,15 @@ class ShardPrefetcher:
         max_requests: int,
         first_offset: int = 0,
         sizes: Sequence[int | None] | None = None,
+        open_local: Callable[[str], int | None] | None = None,
     ) -> None:
+        """``open_local(url)``: a descriptor of a local copy of the shard to read instead (a
+        cache), or None; called when the shard's turn comes, closed when it has been read."""
         self._store = store
         self._urls = list(urls)
         self._sizes = list(sizes) if sizes is not None else [None] * len(self._urls)
+        self._open_local = open_local
+        self._fds: dict[int, int] = {}  # shard number -> descriptor of its local copy
         self._part = part_size
         self._budget = _ByteBudget(budget)
         self._requests = asyncio.Semaphore(max_requests)
@@ -73,8 +79,17 @@ class ShardPrefetcher:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         self._tasks.clear()
+        for fd in self._fds.values():
+            os.close(fd)
+        self._fds.clear()
 
-    async def _read(self, url: str, start: int, end: int) -> bytes:
+    def is_local(self, number: int) -> bool:
+        """Whether shard ``number`` is being read from a local copy."""
+        return number in self._fds
+
+    async def _read(self, url: str, start: int, end: int, fd: int | None) -> bytes:
+        if fd is not None:
+            return await asyncio.to_thread(os.pread, fd, end - start, start)
         async with self._requests:
             return await self._store.read(url, start, end)
 
@@ -85,8 +100,11 @@ class ShardPrefetcher:
 
     async def _plan(self) -> None:
         for number, url in enumerate(self._urls):
+            fd = self._open_local(url) if self._open_local is not None else None
+            if fd is not None:
+                self._fds[number] = fd
             try:
-                size = self._sizes[number]
+                size = os.fstat(fd).st_size if fd is not None else self._sizes[number]
                 if size is None:
                     size = await self._store.size(url)
             except Exception as exc:
@@ -96,7 +114,7 @@ class ShardPrefetcher:
             for begin in range(start, size, self._part):
                 end = min(size, begin + self._part)
                 await self._budget.acquire(end - begin)
-                task = asyncio.create_task(self._read(url, begin, end), name="aioloader-read")
+                task = asyncio.create_task(self._read(url, begin, end, fd), name="aioloader-read")
                 self._tasks.add(task)
                 task.add_done_callback(self._tasks.discard)
                 await self._queue.put((number, task))
@@ -109,6 +127,9 @@ class ShardPrefetcher:
             return None
         number, task = entry
         if task is None:
+            fd = self._fds.pop(number, None)
+            if fd is not None:  # every part of the shard was read
+                os.close(fd)
             return number, None
         return number, await task
 

@@ -28,6 +28,7 @@ from typing import Any
 import numpy as np
 
 from aioloader.errors import DataCorruptionError, DataFormatError
+from aioloader.io.cache import ShardCache
 from aioloader.io.prefetch import ShardPrefetcher
 from aioloader.io.store import ObjectStore, Retry
 from aioloader.io.tar_stream import SampleGrouper, TarParser
@@ -69,6 +70,8 @@ class WebDataset:
     read ahead and not yet consumed; ``max_requests``: reads in flight. ``retry``: an
     :class:`aioloader.io.Retry`. ``on_error="skip"``: a corrupt or truncated shard ends there,
     reported in ``stats()["errors"]`` with the key ``(url, member)``, and the epoch goes on.
+    ``cache``, ``cache_bytes``: a local directory keeping up to that many bytes of whole
+    shards, reused across epochs, restarts and processes (:mod:`aioloader.io.cache`).
     """
 
     def __init__(
@@ -83,6 +86,8 @@ class WebDataset:
         retry: Retry | None = None,
         on_error: str = "raise",
         chunk_size: int | None = None,
+        cache: str | os.PathLike[str] | None = None,
+        cache_bytes: int | None = None,
     ) -> None:
         if on_error not in ("raise", "skip"):
             raise ValueError(f"on_error must be 'raise' or 'skip', got {on_error!r}")
@@ -106,6 +111,34 @@ class WebDataset:
         else:
             self.urls = expand_urls(urls, options=self.storage_options)
             self.sizes = [None] * len(self.urls)
+        self.cache = self._make_cache(cache, cache_bytes)
+
+    def _make_cache(self, cache: Any, cache_bytes: int | None) -> ShardCache | None:
+        """The local shard cache, checked now: one that cannot hold the largest shard (known
+        from the index, else the first shard's size) is an error here, not a hang later."""
+        if cache is None:
+            if cache_bytes is not None:
+                raise ValueError("cache_bytes needs cache (a directory)")
+            return None
+        if cache_bytes is None:
+            raise ValueError("cache needs cache_bytes (the most bytes it may hold)")
+        shard_cache = ShardCache(cache, cache_bytes)
+        known = [s for s in self.sizes if s is not None]
+        if known:
+            url, size = max(zip(self.urls, self.sizes, strict=True), key=lambda pair: pair[1] or 0)
+        else:
+            url = self.urls[0]
+
+            async def first_size() -> int:
+                store = ObjectStore(self.storage_options, retry=self.retry)
+                try:
+                    return await store.size(url)
+                finally:
+                    await store.aclose()
+
+            size = _run_blocking(first_size)
+        shard_cache.check_fits(url, int(size))
+        return shard_cache
 
     # -- the index ---------------------------------------------------------------------------
     def _load_index(self, index: str) -> tuple[list[str], list[int | None], list[np.ndarray]]:
@@ -148,23 +181,30 @@ class WebDataset:
         resume point)."""
         urls = [self.urls[s] for s in shards]
         sizes = [self.sizes[s] for s in shards]
+        cache = self.cache
         store = ObjectStore(self.storage_options, retry=self.retry)
+        kept: list[bytes] = []  # the shard being read, for the cache
         try:
             async with ShardPrefetcher(
                 store,
                 urls,
                 sizes=sizes,
+                open_local=cache.open if cache is not None else None,
                 part_size=self.part_size,
                 budget=self.read_budget,
                 max_requests=self.max_requests,
             ) as prefetcher:
-                current, parser, grouper, skipping = -1, None, None, False
+                current, parser, grouper, skipping, from_cache = -1, None, None, False, False
                 while (entry := await prefetcher.next_part()) is not None:
                     number, data = entry
                     url = urls[number]
                     if number != current:
-                        current, skipping = number, False
+                        current, skipping, kept = number, False, []
+                        from_cache = prefetcher.is_local(number)
                         parser, grouper = TarParser(url), SampleGrouper(url)
+                    keep = cache is not None and not from_cache and not skipping
+                    if keep and data is not None:
+                        kept.append(data)
                     samples = []
                     if not skipping:
                         try:
@@ -180,6 +220,9 @@ class WebDataset:
                             skipping = True  # the rest of this shard cannot be trusted
                     if data is not None:
                         await prefetcher.release(len(data))
+                    elif keep and not skipping:  # a whole, sound shard: keep it
+                        await asyncio.to_thread(cache.put, url, kept)
+                        kept = []
                     for sample in samples:
                         if number == 0 and sample.index < skip:
                             continue
