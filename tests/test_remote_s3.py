@@ -77,3 +77,21 @@ def test_s3_missing_object_raises_data_not_found(s3):
     loader = al.Loader.from_source(ds)
     with loader, pytest.raises(DataNotFoundError, match=r"s3://data/train/absent-000000\.tar"):
         list(loader)
+
+
+def test_s3_through_obstore(s3):
+    pytest.importorskip("obstore")
+    endpoint = s3["s3"]["endpoint_url"]
+    options = {
+        "s3": {
+            "endpoint": endpoint,
+            "access_key_id": "test",
+            "secret_access_key": "test",
+            "region": "us-east-1",
+            "client_options": {"allow_http": True},
+        }
+    }
+    url = f"s3://data/train/train-{{000000..{SHARDS - 1:06d}}}.tar"
+    ds = al.sources.WebDataset(url, storage_options=options, retry=RETRY, client="obstore")
+    with al.Loader.from_source(ds) as loader:
+        assert _ids(loader) == list(range(SHARDS * PER_SHARD))

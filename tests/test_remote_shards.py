@@ -258,3 +258,22 @@ def test_cache_smaller_than_a_shard_is_a_build_time_error(server, tmp_path):
         al.sources.WebDataset(_urls(server), cache=tmp_path / "c", cache_bytes=1000)
     with pytest.raises(ValueError, match="cache_bytes"):
         al.sources.WebDataset(_urls(server), cache=tmp_path / "c")
+
+
+def test_obstore_client_streams_retries_and_names_missing_shards(server):
+    pytest.importorskip("obstore")
+    names = [f"train-{i:06d}.tar" for i in range(SHARDS)]
+    server.faults[names[0]] += ["500"]
+    server.faults[names[1]] += ["reset"]
+    ds = al.sources.WebDataset(_urls(server), retry=FAST_RETRY, client="obstore")
+    with al.Loader.from_source(ds, shuffle=True, seed=3) as loader:
+        got = _ids(loader)
+    with al.Loader.from_source(al.sources.WebDataset(_urls(server), retry=FAST_RETRY), shuffle=True, seed=3) as loader:
+        assert _ids(loader) == got  # the same order whatever the client
+    indexed = al.sources.WebDataset(index=server.url("index.json"), retry=FAST_RETRY, client="obstore")
+    with al.Loader.from_source(indexed, shuffle=True) as loader:
+        assert sorted(_ids(loader)) == list(range(SHARDS * PER_SHARD))
+    del server.objects[names[4]]
+    loader = al.Loader.from_source(al.sources.WebDataset(_urls(server), retry=FAST_RETRY, client="obstore"))
+    with loader, pytest.raises(DataNotFoundError, match=names[4]):
+        list(loader)

@@ -1,11 +1,12 @@
 """Reading byte ranges of objects (local files, HTTP, S3, GCS, Azure, HF) on the event loop.
 
-The client is fsspec's async filesystems: ``HTTPFileSystem`` (aiohttp), ``s3fs``
+The default client (``client="fsspec"``) is fsspec's async filesystems: ``HTTPFileSystem`` (aiohttp), ``s3fs``
 (aiobotocore), ``gcsfs``, ``adlfs``, ``huggingface_hub``'s ``HfFileSystem`` where installed,
 and the local filesystem behind fsspec's async wrapper. Each is opened on the loop that uses
 it, with its own connection pool, and closed by :meth:`ObjectStore.aclose`; credentials come
 from each library's usual environment variables and config files (``AWS_*``, ``~/.aws``,
 ``GOOGLE_APPLICATION_CREDENTIALS`` ...), or per protocol from ``storage_options``.
+``client="obstore"`` reads through obstore instead (:mod:`aioloader.io.obstore_client`).
 
 Faults: a read that times out, is reset, comes back short or gets a 5xx (or 429) is retried
 with exponential backoff and full jitter. A transfer slower than ``min_bytes_per_s`` (a
@@ -23,6 +24,8 @@ from typing import Any
 
 from aioloader.errors import DataNotFoundError
 from aioloader.io.urls import local_path, protocol_of
+
+CLIENTS = ("fsspec", "obstore")
 
 
 @dataclass(frozen=True, slots=True)
@@ -116,7 +119,17 @@ class ObjectStore:
     """The async filesystems one run reads through (one per protocol), and ranged reads with
     retries. Use it on one event loop; :meth:`aclose` closes every connection it opened."""
 
-    def __init__(self, options: dict[str, Any] | None = None, *, retry: Retry | None = None, seed: int = 0) -> None:
+    def __init__(
+        self,
+        options: dict[str, Any] | None = None,
+        *,
+        retry: Retry | None = None,
+        seed: int = 0,
+        client: str = "fsspec",
+    ) -> None:
+        if client not in CLIENTS:
+            raise ValueError(f"client must be one of {CLIENTS}, got {client!r}")
+        self.client = client
         self._options = dict(options or {})
         self._fs: dict[str, Any] = {}
         self.retry = retry or Retry()
@@ -126,6 +139,13 @@ class ObjectStore:
         self.retries = 0
 
     async def filesystem(self, url: str) -> Any:
+        if self.client == "obstore":
+            fs = self._fs.get("obstore")
+            if fs is None:
+                from aioloader.io.obstore_client import ObstoreFileSystem
+
+                fs = self._fs["obstore"] = ObstoreFileSystem(self._options)
+            return fs
         protocol = protocol_of(url)
         fs = self._fs.get(protocol)
         if fs is None:
@@ -136,7 +156,7 @@ class ObjectStore:
         return fs
 
     def _path(self, url: str) -> str:
-        return local_path(url) if protocol_of(url) == "file" else url
+        return local_path(url) if protocol_of(url) == "file" and self.client == "fsspec" else url
 
     async def _attempts(self, url: str, what: str, call: Any, nbytes: int) -> Any:
         retry = self.retry

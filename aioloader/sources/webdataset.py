@@ -30,7 +30,7 @@ import numpy as np
 from aioloader.errors import DataCorruptionError, DataFormatError
 from aioloader.io.cache import ShardCache
 from aioloader.io.prefetch import ShardPrefetcher
-from aioloader.io.store import ObjectStore, Retry
+from aioloader.io.store import CLIENTS, ObjectStore, Retry
 from aioloader.io.tar_stream import SampleGrouper, TarParser
 from aioloader.io.urls import expand_urls, protocol_of
 
@@ -70,6 +70,8 @@ class WebDataset:
     read ahead and not yet consumed; ``max_requests``: reads in flight. ``retry``: an
     :class:`aioloader.io.Retry`. ``on_error="skip"``: a corrupt or truncated shard ends there,
     reported in ``stats()["errors"]`` with the key ``(url, member)``, and the epoch goes on.
+    ``client``: ``"fsspec"`` (default) or ``"obstore"``, which reads the
+    same URLs through obstore (``storage_options`` then take obstore's option names).
     ``cache``, ``cache_bytes``: a local directory keeping up to that many bytes of whole
     shards, reused across epochs, restarts and processes (:mod:`aioloader.io.cache`).
     """
@@ -88,11 +90,15 @@ class WebDataset:
         chunk_size: int | None = None,
         cache: str | os.PathLike[str] | None = None,
         cache_bytes: int | None = None,
+        client: str = "fsspec",
     ) -> None:
         if on_error not in ("raise", "skip"):
             raise ValueError(f"on_error must be 'raise' or 'skip', got {on_error!r}")
         if storage_options is not None and not isinstance(storage_options, dict):
             raise TypeError("storage_options must be a dict of protocol -> options")
+        if client not in CLIENTS:
+            raise ValueError(f"client must be one of {CLIENTS}, got {client!r}")
+        self.client = client
         self.storage_options = dict(storage_options or {})
         self.part_size = _positive("part_size", part_size)
         self.read_budget = _positive("read_budget", read_budget)
@@ -130,7 +136,7 @@ class WebDataset:
             url = self.urls[0]
 
             async def first_size() -> int:
-                store = ObjectStore(self.storage_options, retry=self.retry)
+                store = self._store()
                 try:
                     return await store.size(url)
                 finally:
@@ -140,10 +146,13 @@ class WebDataset:
         shard_cache.check_fits(url, int(size))
         return shard_cache
 
+    def _store(self) -> ObjectStore:
+        return ObjectStore(self.storage_options, retry=self.retry, client=self.client)
+
     # -- the index ---------------------------------------------------------------------------
     def _load_index(self, index: str) -> tuple[list[str], list[int | None], list[np.ndarray]]:
         async def fetch() -> bytes:
-            store = ObjectStore(self.storage_options, retry=self.retry)
+            store = self._store()
             try:
                 return await store.read(index, 0, await store.size(index))
             finally:
@@ -182,7 +191,7 @@ class WebDataset:
         urls = [self.urls[s] for s in shards]
         sizes = [self.sizes[s] for s in shards]
         cache = self.cache
-        store = ObjectStore(self.storage_options, retry=self.retry)
+        store = self._store()
         kept: list[bytes] = []  # the shard being read, for the cache
         try:
             async with ShardPrefetcher(
@@ -286,7 +295,7 @@ class IndexedShards:
         loop = asyncio.get_running_loop()
         state = self._loops.get(id(loop))
         if state is None:
-            store = ObjectStore(self.dataset.storage_options, retry=self.dataset.retry)
+            store = self.dataset._store()
             state = self._loops[id(loop)] = _LoopState(store)
         return state
 
