@@ -11,7 +11,9 @@ from aioloader.sources._modes import MODES, SourceStream
 from aioloader.sources.arrays import Array
 from aioloader.sources.hdf5 import HDF5
 from aioloader.sources.images import FileBytes, ImageFolder
+from aioloader.sources.line_shards import JsonLinesShards, TextShards
 from aioloader.sources.mix import Cycle, Mix
+from aioloader.sources.parquet_shards import ParquetShards
 from aioloader.sources.text import JsonLines, TextLines
 from aioloader.sources.webdataset import IndexedShards, WebDataset
 from aioloader.sources.write_shards import write_shards
@@ -34,4 +36,7 @@ __all__ = [
     "WebDataset",
     "IndexedShards",
     "write_shards",
+    "TextShards",
+    "JsonLinesShards",
+    "ParquetShards",
 ]
