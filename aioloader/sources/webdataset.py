@@ -266,6 +266,10 @@ class IndexedShards:
     def __len__(self) -> int:
         return self._length
 
+    def __getstate__(self) -> dict[str, Any]:
+        """Pickled (a worker, ``Loader.in_subprocess``) without any loop's connections."""
+        return {**self.__dict__, "_loops": {}}
+
     def locate(self, key: int) -> tuple[int, int]:
         """(shard, index in shard) of sample ``key``."""
         if not 0 <= key < self._length:
