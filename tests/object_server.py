@@ -4,7 +4,7 @@ GET (with ``Range``) and HEAD over objects held in memory, with a first-byte lat
 bandwidth per connection, and faults queued per object and consumed one per GET: ``"500"``,
 ``"reset"`` (the connection is cut half-way through the body), ``"truncate"`` (half the body,
 then a clean close: fewer bytes than the Content-Length said) and ``"trickle"`` (a few bytes,
-then nothing). It counts requests and the body bytes it sent.
+then nothing). It counts requests, the body bytes it sent and the most GETs in flight at once.
 """
 
 from __future__ import annotations
@@ -24,6 +24,8 @@ class ObjectServer:
         self.bytes_per_s = bytes_per_s
         self.requests: dict[str, int] = defaultdict(int)
         self.bytes_sent = 0
+        self.in_flight = 0  # GETs being answered now
+        self.max_in_flight = 0
         self._loop = asyncio.new_event_loop()
         self._ready = threading.Event()
         self._thread = threading.Thread(target=self._serve, name="test-objserver", daemon=True)
@@ -73,6 +75,14 @@ class ObjectServer:
         if request.method == "HEAD":
             return web.Response(headers={"Content-Length": str(len(data)), "Accept-Ranges": "bytes"})
         self.requests[name] += 1
+        self.in_flight += 1
+        self.max_in_flight = max(self.max_in_flight, self.in_flight)
+        try:
+            return await self._answer(request, name, data)
+        finally:
+            self.in_flight -= 1
+
+    async def _answer(self, request: web.Request, name: str, data: bytes) -> web.StreamResponse:
         if self.latency_s:
             await asyncio.sleep(self.latency_s)
         fault = self.faults[name].pop(0) if self.faults[name] else None

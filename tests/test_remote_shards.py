@@ -277,3 +277,16 @@ def test_obstore_client_streams_retries_and_names_missing_shards(server):
     loader = al.Loader.from_source(al.sources.WebDataset(_urls(server), retry=FAST_RETRY, client="obstore"))
     with loader, pytest.raises(DataNotFoundError, match=names[4]):
         list(loader)
+
+
+@pytest.mark.parametrize(("budget_parts", "most"), [(2, 2), (64, None)])
+def test_reads_in_flight_are_bounded_by_the_byte_budget(server, budget_parts, most):
+    server.latency_s = 0.02
+    part = 1024
+    ds = al.sources.WebDataset(_urls(server), retry=FAST_RETRY, part_size=part, read_budget=budget_parts * part)
+    with al.Loader.from_source(ds) as loader:
+        assert _ids(loader) == list(range(SHARDS * PER_SHARD))
+    if most is not None:
+        assert server.max_in_flight <= most
+    else:  # many reads in flight on the one event loop, no thread or process per read
+        assert server.max_in_flight >= 8

@@ -312,14 +312,20 @@ class IndexedShards:
             waiting.append((local, future))
             return await future
         requests = state.pending[shard] = [(local, future)]
-        await asyncio.sleep(0)  # let the reads started with this one queue up
-        del state.pending[shard]
         try:
+            try:
+                await asyncio.sleep(0)  # let the reads started with this one queue up
+            finally:
+                del state.pending[shard]  # later reads start a group of their own
             await self._read_group(state.store, shard, requests)
-        except BaseException as exc:
+        except BaseException as exc:  # the reads that joined this one fail with it, never hang
             for _, waiter in requests:
-                if not waiter.done():
-                    waiter.set_exception(exc if isinstance(exc, Exception) else asyncio.CancelledError())
+                if waiter.done():
+                    continue
+                if isinstance(exc, Exception):
+                    waiter.set_exception(exc)
+                else:  # the leader was cancelled (the run is stopping)
+                    waiter.cancel()
             if future.done() and not future.cancelled():
                 future.exception()  # retrieved: it is raised below (or the cancellation is)
             raise
