@@ -74,18 +74,33 @@ def test_parquet_row_groups_and_selected_columns(tmp_path):
     pq = pytest.importorskip("pyarrow.parquet")
     with ObjectServer() as srv:
         for shard in range(3):
-            table = pa.table({"id": list(range(shard * 10, shard * 10 + 10)), "x": [float(i) for i in range(10)], "big": ["z" * 50] * 10})
+            table = pa.table(
+                {
+                    "id": list(range(shard * 10, shard * 10 + 10)),
+                    "x": [float(i) for i in range(10)],
+                    "big": [bytes([i]) * 60_000 for i in range(10)],  # weighs; pyarrow reads 64 KiB of footer
+                }
+            )
             path = tmp_path / f"p{shard}.parquet"
-            pq.write_table(table, path, row_group_size=4)
+            pq.write_table(table, path, row_group_size=4, compression="none")
             srv.objects[path.name] = path.read_bytes()
-        srv.objects["broken.parquet"] = b"PAR1 not really"
-        ds = al.sources.ParquetShards([srv.url(f"p{i}.parquet") for i in range(3)], columns=["id", "x"], retry=RETRY)
+        srv.objects["broken.parquet"] = b"PAR1 not really a parquet file PAR1"
+        urls = [srv.url(f"p{i}.parquet") for i in range(3)]
+        ds = al.sources.ParquetShards(urls, columns=["id", "x"], retry=RETRY)
         with al.Loader.from_source(ds, rank=1, world_size=2, shard_policy="uneven") as loader:
             rank1 = list(loader)
         with al.Loader.from_source(ds, rank=0, world_size=2, shard_policy="uneven") as loader:
             rank0 = list(loader)
         assert sorted(r["id"] for r in rank0 + rank1) == list(range(30))
         assert set(rank0[0]) == {"id", "x"}
+        total = sum(len(srv.objects[f"p{i}.parquet"]) for i in range(3))
+        assert srv.bytes_sent < total / 4  # the "big" column was never fetched
+        with al.Loader.from_source(al.sources.ParquetShards(urls, retry=RETRY), shuffle=True) as loader:
+            rows = list(loader)
+        assert len(rows) == 30 and rows[0]["big"] == bytes([int(rows[0]["x"])]) * 60_000
         broken = al.Loader.from_source(al.sources.ParquetShards(srv.url("broken.parquet"), retry=RETRY))
         with broken, pytest.raises(DataCorruptionError, match=r"broken\.parquet"):
             list(broken)
+        missing = al.Loader.from_source(al.sources.ParquetShards(srv.url("nope.parquet"), retry=RETRY))
+        with missing, pytest.raises(al.DataNotFoundError, match=r"nope\.parquet"):
+            list(missing)

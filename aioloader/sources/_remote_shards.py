@@ -60,6 +60,9 @@ class RemoteShards:
     def describe(self) -> str:
         return f"{self.kind}:{len(self.urls)} shards"
 
+    def _store(self) -> ObjectStore:
+        return ObjectStore(self.storage_options, retry=self.retry, client=self.client)
+
     def _samples(self, url: str, parts: AsyncIterator[bytes]) -> AsyncIterator[Any]:
         raise NotImplementedError
 
@@ -69,7 +72,7 @@ class RemoteShards:
         """``(n, index, sample)`` for the samples of ``shards``, the first ``skip`` samples of
         the first shard left out (see :meth:`WebDataset.stream`)."""
         urls = [self.urls[s] for s in shards]
-        store = ObjectStore(self.storage_options, retry=self.retry, client=self.client)
+        store = self._store()
         try:
             async with ShardPrefetcher(
                 store, urls, part_size=self.part_size, budget=self.read_budget, max_requests=self.max_requests
