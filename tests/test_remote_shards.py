@@ -290,3 +290,19 @@ def test_reads_in_flight_are_bounded_by_the_byte_budget(server, budget_parts, mo
         assert server.max_in_flight <= most
     else:  # many reads in flight on the one event loop, no thread or process per read
         assert server.max_in_flight >= 8
+
+
+def test_indexed_bad_sample_is_named_or_skipped_alone(server):
+    name = "train-000001.tar"
+    data = bytearray(server.objects[name])
+    data[2 * 2048 + 10] ^= 0xFF  # the header of sample 2 of shard 1 (key 12)
+    server.objects[name] = bytes(data)
+    strict = al.Loader.from_source(al.sources.WebDataset(index=server.url("index.json"), retry=FAST_RETRY))
+    with strict, pytest.raises(DataCorruptionError, match=r"corrupt tar header .*train-000001\.tar"):
+        list(strict)
+    ds = al.sources.WebDataset(index=server.url("index.json"), retry=FAST_RETRY, on_error="skip")
+    with al.Loader.from_source(ds) as loader:
+        got = _ids(loader)
+        errors = loader.stats()["errors"]
+    assert got == [i for i in range(SHARDS * PER_SHARD) if i != 12]  # its neighbours are kept
+    assert len(errors) == 1 and errors[0]["key"] == 12

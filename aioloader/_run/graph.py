@@ -115,7 +115,16 @@ def epoch_keys(
 def read_spec(source: IndexableSource) -> MapSpec:
     """The implicit read stage of an indexable source: keys to samples."""
     if source.aget_one is not None:
-        return MapSpec(name="read", fn=source.aget_one, is_async=True, concurrency=source.read_concurrency)
+        # a source may skip the samples it cannot read (and report them): its own policy
+        on_error, budget = getattr(source.obj, "read_failures", ("raise", 0))
+        return MapSpec(
+            name="read",
+            fn=source.aget_one,
+            is_async=True,
+            concurrency=source.read_concurrency,
+            on_error=on_error,
+            max_failures=budget,
+        )
     if source.get_many is not None:
         return MapSpec(name="read", fn=source.get_many, per_block=True, item_fn=source.get_one)
     return MapSpec(name="read", fn=source.get_one)

@@ -261,6 +261,9 @@ class IndexedShards:
         self._starts = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
         self._length = int(self._starts[-1])
         self.read_concurrency = dataset.max_requests
+        # the read stage's policy: under on_error="skip" a sample that cannot be read is
+        # skipped and reported with its key, however many
+        self.read_failures = (dataset.on_error, 1.0 if dataset.on_error == "skip" else 0)
         self._loops: dict[int, _LoopState] = {}
 
     def __len__(self) -> int:
@@ -348,30 +351,48 @@ class IndexedShards:
         url = self.dataset.urls[shard]
         offsets = self.dataset.offsets[shard]
         found: dict[int, dict[str, Any]] = {}
+        broken: dict[int, DataCorruptionError] = {}  # sample offset -> why it cannot be read
 
-        async def read(start: int, end: int) -> None:
-            data = await store.read(url, start, end)
+        def parse(data: bytes, start: int) -> None:
             parser, grouper = TarParser(url, base=start), SampleGrouper(url)
             samples = [s for m in parser.feed(data) for s in grouper.push(m)] + grouper.finish()
             for sample in samples:
                 sample.fields["__url__"] = url
                 found[sample.offset] = sample.fields
 
-        await asyncio.gather(*(read(s, e) for s, e, _ in self._ranges(shard, [r[0] for r in requests])))
+        async def read(start: int, end: int, members: list[int]) -> None:
+            data = await store.read(url, start, end)
+            try:
+                parse(data, start)
+            except DataCorruptionError as exc:
+                if len(members) == 1:
+                    broken[start] = exc
+                    return
+                for local in members:  # one bad sample must not take its neighbours with it
+                    first, last = int(offsets[local]), int(offsets[local + 1])
+                    try:
+                        parse(data[first - start : last - start], first)
+                    except DataCorruptionError as own:
+                        broken[first] = own
+
+        ranges = self._ranges(shard, [r[0] for r in requests])
+        await asyncio.gather(*(read(s, e, members) for s, e, members in ranges))
         for local, future in requests:
-            fields = found.get(int(offsets[local]))
+            offset = int(offsets[local])
+            fields = found.get(offset)
             if future.done():  # its reader was cancelled meanwhile
                 continue
-            if fields is None:
+            if fields is not None:
+                future.set_result(dict(fields))
+            else:
                 future.set_exception(
-                    DataCorruptionError(
-                        f"{url}: no sample at byte {int(offsets[local])} (sample {local}): the shard "
-                        "does not match its index",
+                    broken.get(offset)
+                    or DataCorruptionError(
+                        f"{url}: no sample at byte {offset} (sample {local}): the shard does not "
+                        "match its index",
                         key=(url, local),
                     )
                 )
-            else:
-                future.set_result(dict(fields))
 
     async def aclose_io(self) -> None:
         """Close the connections reads on the running loop opened."""
