@@ -214,10 +214,11 @@ def test_glob_and_local_paths_and_file_urls(shard_dir):
         al.sources.WebDataset(str(shard_dir / "nothing-*.tar"))
 
 
-def test_pax_long_names_group_as_webdataset_does(tmp_path):
+@pytest.mark.parametrize("form", [tarfile.PAX_FORMAT, tarfile.GNU_FORMAT])
+def test_long_names_group_as_webdataset_does(tmp_path, form):
     path = tmp_path / "long.tar"
-    long_dir = "d" * 120
-    with tarfile.open(path, "w", format=tarfile.GNU_FORMAT) as tar:
+    long_dir = "d" * 120  # past ustar's 100 bytes: a pax header, or a GNU long-name member
+    with tarfile.open(path, "w", format=form) as tar:
         for i in range(3):
             for ext, data in (("txt", f"t{i}".encode()), ("cls", str(i).encode())):
                 info = tarfile.TarInfo(f"{long_dir}/s{i}.{ext}")
