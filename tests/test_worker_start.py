@@ -76,16 +76,24 @@ class RecordDraws:
         import numpy as np
 
         draws = [random.random(), float(np.random.random()), float(torch.rand(1))]
-        with open(os.path.join(self.folder, str(worker_id)), "w") as f:
+        path = os.path.join(self.folder, str(worker_id))
+        with open(path + ".tmp", "w") as f:
             f.write(repr(draws))
+        os.replace(path + ".tmp", path)  # whole, once it exists
 
 
 def test_each_worker_starts_with_its_own_global_random_state(tmp_path) -> None:
     """Forked workers would all draw this process's next numbers: each is seeded afresh."""
     import ast
+    import time
 
     init = RecordDraws(str(tmp_path))
     with al.Loader.from_source(range(4)).map(abs, executor="process", concurrency=2, worker_init=init) as loader:
         assert sorted(loader) == [0, 1, 2, 3]
+        # one worker may have run every task: the pool stays open until the other has started
+        deadline = time.monotonic() + 60
+        while not (tmp_path / "1").exists() or not (tmp_path / "0").exists():
+            assert time.monotonic() < deadline, "a worker did not start within 60 s"
+            time.sleep(0.01)
     first, second = (ast.literal_eval((tmp_path / name).read_text()) for name in ("0", "1"))
     assert all(a != b for a, b in zip(first, second, strict=True))
