@@ -62,9 +62,11 @@ def test_260_silent_connections_do_not_lock_out_a_client_with_the_token(caplog):
     expected = _expected()
     loader = spec()
     socks: list[socket.socket] = []
-    with caplog.at_level(logging.WARNING, "aioloader.service"), loader, al.serve(
-        loader, token=TOKEN, auth_timeout=30.0
-    ) as server:
+    with (
+        caplog.at_level(logging.WARNING, "aioloader.service"),
+        loader,
+        al.serve(loader, token=TOKEN, auth_timeout=30.0) as server,
+    ):
         try:
             socks = _silent(server.address, 260)
             started = time.monotonic()
@@ -85,9 +87,11 @@ def test_260_silent_connections_do_not_lock_out_a_client_with_the_token(caplog):
 
 def test_an_unauthenticated_connection_is_closed_after_auth_timeout(caplog):
     loader = spec()
-    with caplog.at_level(logging.WARNING, "aioloader.service"), loader, al.serve(
-        loader, token=TOKEN, auth_timeout=0.3
-    ) as server:
+    with (
+        caplog.at_level(logging.WARNING, "aioloader.service"),
+        loader,
+        al.serve(loader, token=TOKEN, auth_timeout=0.3) as server,
+    ):
         (sock,) = _silent(server.address, 1)
         with sock:
             took = _wait_closed_by_server(sock, 10.0)
