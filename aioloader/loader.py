@@ -610,6 +610,10 @@ class Loader(Closing):
         """Stop every run, the loop thread and every pool of this loader. Idempotent."""
         self._runtime.close()
 
+    def __exit__(self, exc_type: Any, *exc: Any) -> None:
+        # Ctrl-C: close at once, without waiting for calls blocked in threads
+        self._runtime.close(interrupted=exc_type is not None and issubclass(exc_type, KeyboardInterrupt))
+
 
 def _hand_out(run: Run, block: Any) -> Iterator[Any]:
     """A block's items to the consumer, keeping ``run``'s delivery count exact per item."""
