@@ -13,6 +13,7 @@ import sys
 import threading
 from collections.abc import Callable
 from concurrent.futures import Future
+from contextvars import ContextVar
 from time import perf_counter
 from typing import Any, Protocol
 
@@ -22,6 +23,9 @@ from aioloader._run.threads import DaemonThreadPool
 from aioloader.errors import stopped_early
 
 FAILED: Any = object()
+# the keys of the chunk an executor is running (set by the map stage around each call), for
+# the executors that name them in a report (a stalled worker)
+CHUNK_KEYS: ContextVar[list[Any] | None] = ContextVar("aioloader_chunk_keys", default=None)
 ChunkResult = tuple[list[Any], list[tuple[int, BaseException]], float]
 
 

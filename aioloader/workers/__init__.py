@@ -14,6 +14,7 @@ from aioloader.workers.executor import (
     MAX_ATTEMPTS,
     ProcessExecutor,
     ProcessMapSpec,
+    default_worker_memory,
     default_workers,
     make_process_executor,
     process_map_spec,
@@ -27,6 +28,7 @@ __all__ = [
     "ProcessExecutor",
     "ProcessMapSpec",
     "ProcessPool",
+    "default_worker_memory",
     "default_workers",
     "process_map_spec",
 ]
