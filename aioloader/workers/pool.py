@@ -443,10 +443,10 @@ class ProcessPool:
                 worker.proc.kill()
                 worker.queue.popleft()
                 key = task.label[0] if isinstance(task.label, list) and task.label else None
-                task.finish(Outcome("error", StageStalledError(report, stage=self.name, key=key)))
                 self._requeue(list(worker.queue))
                 worker.queue.clear()
-                self._on_death(worker)
+                self._on_death(worker)  # reaped (and replaced) before the error is seen
+                task.finish(Outcome("error", StageStalledError(report, stage=self.name, key=key)))
         limit = self._stall_limit()
         for worker in list(self._workers.values()):
             task = worker.task
