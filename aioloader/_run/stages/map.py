@@ -57,7 +57,8 @@ _BACKOFF_S = 0.05
 _MAX_PROBE_S = 0.5  # placing a stage stops measuring after this long (a loaded machine)
 _READING_WORK_S = 0.04  # work a placement reading takes at least (several GIL switch intervals)
 _READING_VALUES = 4  # one beside a spinning thread, one inline, two in two threads
-_MAX_GATHERED_BLOCKS = 256
+_PROBE_INPUT_DEPTH = 8  # blocks the input may hold while a costly function is being placed
+_GROW_INPUT_ABOVE_S = 20e-6  # per value: costly enough for the input to hold more blocks
 _MIN_CHECKED_VALUES = 16  # values run in threads before their measured rate can move the stage
 
 
@@ -268,20 +269,25 @@ class MapStage:
         return True
 
     async def _gather(self, probe: PlacementProbe) -> Block | None:
-        """The next block for ``probe``; once it measures readings, blocks joined up to about
+        """The next block for ``probe``, joined with the blocks already waiting up to about
         :data:`_READING_WORK_S` of work (a fused stage's block is one batch: too little for a
-        reading). Bounded by work, not by count: what is held is what ~40 ms of work takes."""
-        blocks: list[Block] = []
-        values = 0
-        while len(blocks) < _MAX_GATHERED_BLOCKS:
+        reading alone). Never waits for more than the next block, so the probe does not pull
+        the source ahead; the input may hold a few more blocks while the probe measures."""
+        try:
+            blocks = [await self.input.get()]
+        except EndOfChannel:
+            return None
+        if not probe.costed or probe.cost_s < _GROW_INPUT_ABOVE_S:
+            return blocks[0]
+        self.input.grow(_PROBE_INPUT_DEPTH)
+        values = len(blocks[0])
+        while len(self.input) > 0 and (values < _READING_VALUES or values * probe.cost_s < _READING_WORK_S):
             try:
                 blocks.append(await self.input.get())
             except EndOfChannel:
                 break
             values += len(blocks[-1])
-            if not probe.costed or (values >= _READING_VALUES and values * probe.cost_s >= _READING_WORK_S):
-                break
-        return _join(blocks) if blocks else None
+        return _join(blocks)
 
     def _placement_probe(self) -> PlacementProbe:
         probe = PlacementProbe(
