@@ -41,7 +41,7 @@ from aioloader.device import device_spec
 from aioloader.monitor.progress import check_progress, make_observer
 from aioloader.monitor.stats import pipeline_stats
 from aioloader.order.orders import KeyOrder, order_count, resolve_order
-from aioloader.order.resume import FORMAT, ResumePoint, parse, parse_elastic
+from aioloader.order.resume import FORMAT, ResumePoint, parse, parse_elastic, seal
 from aioloader.order.sample_rng import is_random
 from aioloader.order.sharding import RankInfo, resolve_rank, shard_count
 from aioloader.sources._adapt import IndexableSource, adapt
@@ -543,7 +543,7 @@ class Loader(Closing):
                     "failures": {},
                 }
         state.update(where)
-        return state
+        return seal(state)
 
     def load_state_dict(self, state: dict[str, Any] | list[dict[str, Any]]) -> None:
         """Resume from ``state_dict()``: the next iteration continues where that consumer

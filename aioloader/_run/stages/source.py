@@ -23,7 +23,7 @@ import numpy as np
 
 from aioloader._run.block import Block
 from aioloader._run.channel import Channel
-from aioloader.errors import annotate
+from aioloader.errors import DataNotFoundError, annotate
 from aioloader.monitor.stats import StageStats
 from aioloader.order.sharding import RankInfo
 from aioloader.order.stream_shard import RoundSharder
@@ -105,15 +105,18 @@ def _pull(iterator: Iterator[Any], limit: int, deadline_s: float) -> tuple[list[
     return items, True
 
 
-def _replay(iterator: Iterator[Any], stop: int, wanted: list[int]) -> list[Any]:
-    """Pull positions ``0..stop-1`` and keep those in ``wanted``, in ``wanted``'s order."""
+def _replay(iterator: Iterator[Any], stop: int, wanted: list[int]) -> tuple[list[Any], int]:
+    """Pull positions ``0..stop-1`` and keep those in ``wanted``, in ``wanted``'s order; also
+    how many positions the iterator had (fewer than ``stop`` when it ended early)."""
     index = {position: i for i, position in enumerate(wanted)}
     kept: list[Any] = [None] * len(wanted)
+    pulled = 0
     for position, item in zip(range(stop), iterator, strict=False):
+        pulled = position + 1
         slot = index.get(position)
         if slot is not None:
             kept[slot] = item
-    return kept
+    return kept, pulled
 
 
 class _StreamSource:
@@ -146,6 +149,21 @@ class _StreamSource:
         """The stream position of this rank's item number ``seq``."""
         world = self._rank.world_size
         return seq if world == 1 else self._rank.rank + seq * world
+
+    def _ended_early(self, count: int) -> DataNotFoundError:
+        """The error for a stream that ended after ``count`` of this rank's items on a resumed
+        run, before its resume position: what the state refers to is no longer there, and the
+        shuffle buffer's items cannot be read again (a placeholder or a quiet end would lose them)."""
+        key = self._key(count)
+        error = DataNotFoundError(
+            f"stage {self.name!r}: the stream {self._iterable!r} ended after {count} items"
+            f"{'' if self._rank.world_size == 1 else f' of rank {self._rank.rank}'}, before position "
+            f"{self._start} where the state resumes it: the source holds less than when the state "
+            "was saved (a file cut shorter, a generator that yields fewer items)",
+            stage=self.name,
+            key=key,
+        )
+        return annotate(error, self.name, key)
 
     async def _emit_prefix(self, kept: list[Any]) -> None:
         self.stats.items_out += len(kept)
@@ -184,7 +202,9 @@ class IterSource(_StreamSource):
         pool: ThreadPoolExecutor | None = None
         position = 0
         if self._start:
-            kept = await loop.run_in_executor(None, _replay, iterator, self._start, self._prefix)
+            kept, pulled = await loop.run_in_executor(None, _replay, iterator, self._start, self._prefix)
+            if pulled < self._start:
+                raise self._ended_early(pulled)
             if self._prefix:
                 await self._emit_prefix(kept)
             position = self._start
@@ -279,7 +299,9 @@ class AsyncIterSource(_StreamSource):
                 elif wanted.get(mine) is not None:
                     kept[wanted[mine]] = item
                 mine += 1
-            if prefix and not prefix_sent:  # the resume point was in the last round, or past the end
+            if mine < start:
+                raise self._ended_early(mine)
+            if prefix and not prefix_sent:  # the resume point was in the last round
                 await self._emit_prefix(kept)
             if items:
                 self.stats.items_out += len(items)
