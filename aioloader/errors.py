@@ -13,6 +13,8 @@ __all__ = [
     "DataLoadingError",
     "DataCorruptionError",
     "DataNotFoundError",
+    "DataPermissionError",
+    "DataReadError",
     "DataFormatError",
     "WorkerCrashError",
     "StageTimeoutError",
@@ -36,6 +38,34 @@ class DataCorruptionError(DataLoadingError):
 
 class DataNotFoundError(DataLoadingError):
     """A path, file or sample that was asked for does not exist."""
+
+
+class DataPermissionError(DataNotFoundError, PermissionError):
+    """A file exists but this process may not read it. Also a ``PermissionError``, so code that
+    catches the operating system's error still does."""
+
+
+class DataReadError(DataCorruptionError, OSError):
+    """Reading a sample's bytes failed in the operating system or the file format's library
+    (an I/O error, a compressed chunk that does not decompress). Also an ``OSError``."""
+
+
+def os_read_error(exc: OSError, what: str, *, key: Any = None) -> DataLoadingError:
+    """The library's error for ``exc`` raised while reading ``what`` (a message naming the path
+    and the key): a missing file is ``DataNotFoundError``, a refused one ``DataPermissionError``,
+    any other OS error ``DataReadError``; the last two keep ``errno`` and are still OSErrors."""
+    detail = exc.strerror or str(exc) or type(exc).__name__
+    message = f"{what}{'' if key is None else f' (key {key!r})'}: {detail}"
+    if isinstance(exc, FileNotFoundError):
+        return DataNotFoundError(message, key=key)
+    error: DataLoadingError = (
+        DataPermissionError(message, key=key)
+        if isinstance(exc, PermissionError)
+        else DataReadError(message, key=key)
+    )
+    # errno only: with strerror or filename set, OSError's str() would drop the message
+    error.errno = exc.errno  # type: ignore[attr-defined]
+    return error
 
 
 class DataFormatError(DataLoadingError):

@@ -10,12 +10,14 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 from aioloader._run.block import Block
 from aioloader._run.channel import Channel, EndOfChannel
 from aioloader._run.decisions import Decisions
+from aioloader._run.failures import FailurePolicy
 from aioloader._run.fusion import fuse_map_batch
 from aioloader._run.read_fusion import fuse_read
 from aioloader._run.stages.batch import BatchStage
@@ -111,13 +113,25 @@ def epoch_keys(
     return keys, starts
 
 
-def read_spec(source: IndexableSource) -> MapSpec:
+def read_policy(stages: Sequence[StageSpec]) -> tuple[str, int | float]:
+    """``on_error`` and ``max_failures`` for reading the source: those of the pipeline's first
+    ``.map`` (the decode), so ``on_error="skip"`` there also skips a sample that cannot be
+    read (a file gone or unreadable, a bad line), with a budget of its own of the same size."""
+    first = next((s for s in stages if isinstance(s, MapSpec)), None)
+    return ("raise", 0) if first is None else (first.on_error, first.max_failures)
+
+
+def read_spec(source: IndexableSource, stages: Sequence[StageSpec] = ()) -> MapSpec:
     """The implicit read stage of an indexable source: keys to samples."""
+    on_error, max_failures = read_policy(stages)
+    policy = {"on_error": on_error, "max_failures": max_failures}
     if source.aget_one is not None:
-        return MapSpec(name="read", fn=source.aget_one, is_async=True, concurrency=source.read_concurrency)
+        return MapSpec(
+            name="read", fn=source.aget_one, is_async=True, concurrency=source.read_concurrency, **policy
+        )
     if source.get_many is not None:
-        return MapSpec(name="read", fn=source.get_many, per_block=True, item_fn=source.get_one)
-    return MapSpec(name="read", fn=source.get_one)
+        return MapSpec(name="read", fn=source.get_many, per_block=True, item_fn=source.get_one, **policy)
+    return MapSpec(name="read", fn=source.get_one, **policy)
 
 
 class Run:
@@ -178,7 +192,9 @@ class Run:
             expected = len(keys)
             self.epoch_length = expected
             self.stages.append(KeySource(keys, block, start=start, prefix=prefix, block_starts=starts))
-            specs: list[StageSpec] = fuse_read(source, [read_spec(source), *fuse_map_batch(pipeline.stages)])
+            specs: list[StageSpec] = fuse_read(
+                source, [read_spec(source, pipeline.stages), *fuse_map_batch(pipeline.stages)]
+            )
         else:
             if source.one_shot:
                 # A second run would silently lose what the first one read ahead of the consumer.
@@ -190,6 +206,7 @@ class Run:
                     )
                 decisions.one_shot_started = True
             stage_type = AsyncIterSource if isinstance(source, AsyncIterableSource) else IterSource
+            on_error, max_failures = read_policy(pipeline.stages)
             self.stages.append(
                 stage_type(
                     source.obj,
@@ -198,6 +215,7 @@ class Run:
                     start=start,
                     prefix=prefix,
                     policy=pipeline.source_spec.shard_policy,
+                    failures=FailurePolicy("source", on_error, max_failures, self.errors),
                 )
             )
             specs = fuse_map_batch(pipeline.stages)

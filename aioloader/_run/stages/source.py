@@ -23,10 +23,12 @@ import numpy as np
 
 from aioloader._run.block import Block
 from aioloader._run.channel import Channel
+from aioloader._run.failures import FailurePolicy
 from aioloader.errors import DataNotFoundError, annotate
 from aioloader.monitor.stats import StageStats
 from aioloader.order.sharding import RankInfo
 from aioloader.order.stream_shard import RoundSharder
+from aioloader.sources._modes import ReadFailure
 
 _PULL_INLINE_UNDER_S = 0.002
 _MAX_BLOCK_S = 0.005
@@ -134,8 +136,10 @@ class _StreamSource:
         start: int = 0,
         prefix: list[int] = (),
         policy: str = "drop",
+        failures: FailurePolicy | None = None,
     ) -> None:
         self.name = name
+        self.failure_policy = failures
         self._start = start
         self._prefix = list(prefix)
         self._policy = policy
@@ -184,20 +188,46 @@ def _shard_stream(iterator: Iterator[Any], sharder: RoundSharder) -> Iterator[An
 
 
 class IterSource(_StreamSource):
-    """A sync iterable, pulled inline until a pull is slow, then in a thread."""
+    """A sync iterable, pulled inline until a pull is slow, then in a thread.
+
+    Under ``on_error="skip"`` (the first map's, see :func:`~aioloader._run.graph.read_policy`),
+    a stream that offers ``tolerating_failures()`` (a text source) is read through it: an item
+    it cannot read comes as a :class:`~aioloader.sources._modes.ReadFailure` in its position,
+    skipped and recorded with its key under the failure budget, and the stream goes on."""
 
     _pull: Future[Any] | None = None  # the pull running in the thread, if any
 
+    def _readable(self) -> tuple[Any, bool]:
+        """The iterable to read and whether it gives read failures as items."""
+        policy = self.failure_policy
+        tolerant = getattr(self._iterable, "tolerating_failures", None)
+        if policy is None or policy.on_error != "skip" or not callable(tolerant):
+            return self._iterable, False
+        return tolerant(), True
+
+    def _skip_failures(self, policy: FailurePolicy, block: Block) -> Block:
+        """``block`` without its read failures, each recorded under ``policy`` (which raises
+        past the budget)."""
+        policy.seen += len(block)
+        keep = []
+        for i, item in enumerate(block.values):
+            if isinstance(item, ReadFailure):
+                policy.fail(block.keys[i], item.error, block.seqs[i])
+            else:
+                keep.append(i)
+        return block if len(keep) == len(block) else block.take(keep)
+
     async def run(self) -> None:
         world, rank = self._rank.world_size, self._rank.rank
-        shards = _shards(self._iterable) if world > 1 and self._policy == "uneven" else None
+        iterable, tolerant = self._readable()
+        shards = _shards(iterable) if world > 1 and self._policy == "uneven" else None
         if shards is not None and len(shards) >= world:
             # whole parts (files) per rank: each rank reads only its own
             iterator = itertools.chain.from_iterable(shards[rank::world])
         elif world > 1:
-            iterator = _shard_stream(iter(self._iterable), RoundSharder(rank, world, self._policy))
+            iterator = _shard_stream(iter(iterable), RoundSharder(rank, world, self._policy))
         else:
-            iterator = iter(self._iterable)
+            iterator = iter(iterable)
         loop = asyncio.get_running_loop()
         pool: ThreadPoolExecutor | None = None
         position = 0
@@ -233,8 +263,12 @@ class IterSource(_StreamSource):
                     seqs = list(range(position, position + len(items)))
                     keys = seqs if world == 1 else [rank + s * world for s in seqs]
                     position += len(items)
-                    self.stats.items_out += len(items)
-                    await self.output.put(Block(keys, seqs, items))
+                    block = Block(keys, seqs, items)
+                    if tolerant and self.failure_policy is not None:
+                        block = self._skip_failures(self.failure_policy, block)
+                    self.stats.items_out += len(block)
+                    if len(block):
+                        await self.output.put(block)
         finally:
             if pool is not None:
                 pool.shutdown(wait=False, cancel_futures=True)
