@@ -303,7 +303,7 @@ class PlacementProbe:
             # Too cheap to move, or too little work in the block for a GIL reading that means
             # anything: placed by cost alone (a cheap function stays inline).
             self.decision = self._place(None)
-            return _merge([first, work(rest)]) if rest else first
+            return _merge([first, work(rest)]) if len(rest) else first  # rest may be an array
         count = max(1, min(len(rest), int(PROBE_S / max(self.cost_s, 1e-9))))
         parts = [first]
         readings = []
@@ -315,7 +315,7 @@ class PlacementProbe:
         self.blocked = sorted(readings)[len(readings) // 2]
         holds_gil = self.blocked > HOLDS_GIL_ABOVE
         self.decision = self._place(holds_gil)
-        if rest[count:]:
+        if len(rest) > count:
             call = _in_thread(work, rest[count:])
             self.calls.append(call)
             parts.append(await asyncio.wrap_future(call))

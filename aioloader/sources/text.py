@@ -114,7 +114,11 @@ class TextLines(ModalSource):
         """Whether a file holds a line that is not blank (read up to the first one): streaming
         refuses a source of blank lines when it is made, as the line index does in the other modes."""
         for path in self.paths:
-            with open(path, "rb") as f:
+            try:
+                f = open(path, "rb")  # noqa: SIM115 - closed by the with below
+            except OSError as exc:
+                raise os_read_error(exc, f"{type(self).__name__}: cannot read {str(path)!r}") from None
+            with f:
                 if any(raw not in (b"\n", b"\r\n") for raw in f):
                     return True
         return False
