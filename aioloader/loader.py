@@ -139,7 +139,13 @@ class Loader(Closing):
         GIL-releasing ones go to threads, GIL-holding CPU-heavy picklable ones to processes
         (see :mod:`aioloader.monitor.autotune`). ``concurrency="auto"`` tunes the chunks in
         flight and the output queue depth while running (hill-climbing on throughput within the
-        cores and the memory budget); ``stats()["autotune"]`` shows what it chose."""
+        cores and the memory budget); ``stats()["autotune"]`` shows what it chose.
+
+        ``on_error="skip"`` skips a sample ``fn`` fails on and records it with its key in
+        ``stats()["errors"]``, up to ``max_failures``. The pipeline's first map also sets how
+        the source is read: a sample that cannot be read (a file gone or unreadable, a line that
+        does not decode) is skipped under the same ``on_error`` and a budget of the same size,
+        named by stage ``"read"`` (``"source"`` for a stream)."""
         tune = concurrency == "auto"
         spec = make_map_spec(
             fn,
