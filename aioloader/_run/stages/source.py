@@ -170,8 +170,24 @@ class _StreamSource:
         return annotate(error, self.name, key)
 
     async def _emit_prefix(self, kept: list[Any]) -> None:
-        self.stats.items_out += len(kept)
-        await self.output.put(Block([self._key(s) for s in self._prefix], list(self._prefix), kept))
+        block = Block([self._key(s) for s in self._prefix], list(self._prefix), kept)
+        if self.failure_policy is not None and any(isinstance(v, ReadFailure) for v in kept):
+            # a buffered item the source can no longer read (the file changed since the state)
+            block = self._skip_failures(self.failure_policy, block)
+        self.stats.items_out += len(block)
+        await self.output.put(block)
+
+    def _skip_failures(self, policy: FailurePolicy, block: Block) -> Block:
+        """``block`` without its read failures, each recorded under ``policy`` (which raises
+        past the budget)."""
+        policy.seen += len(block)
+        keep = []
+        for i, item in enumerate(block.values):
+            if isinstance(item, ReadFailure):
+                policy.fail(block.keys[i], item.error, block.seqs[i])
+            else:
+                keep.append(i)
+        return block if len(keep) == len(block) else block.take(keep)
 
 
 def _shards(iterable: Any) -> list[Any] | None:
@@ -204,18 +220,6 @@ class IterSource(_StreamSource):
         if policy is None or policy.on_error != "skip" or not callable(tolerant):
             return self._iterable, False
         return tolerant(), True
-
-    def _skip_failures(self, policy: FailurePolicy, block: Block) -> Block:
-        """``block`` without its read failures, each recorded under ``policy`` (which raises
-        past the budget)."""
-        policy.seen += len(block)
-        keep = []
-        for i, item in enumerate(block.values):
-            if isinstance(item, ReadFailure):
-                policy.fail(block.keys[i], item.error, block.seqs[i])
-            else:
-                keep.append(i)
-        return block if len(keep) == len(block) else block.take(keep)
 
     async def run(self) -> None:
         world, rank = self._rank.world_size, self._rank.rank
