@@ -23,6 +23,8 @@ import pytest
 
 import aioloader as al
 
+from .conftest import state_after
+
 MODES = ["lazy", "streaming"]
 LINES = 5  # per file
 
@@ -136,11 +138,7 @@ def test_a_streamed_skip_count_carries_over_a_resume(tmp_path):
 
     with make() as loader, pytest.raises(al.TooManyFailures) as whole:
         list(loader)
-    with make() as loader:
-        it = iter(loader)
-        [next(it) for _ in range(20)]
-        state = json.loads(json.dumps(loader.state_dict()))
-        it.close()
+    state = state_after(make(), 20)
     assert state["failures"]["source"] == 3
     with make() as resumed, pytest.raises(al.TooManyFailures) as after:
         resumed.load_state_dict(state)

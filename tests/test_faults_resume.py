@@ -15,6 +15,8 @@ import pytest
 import aioloader as al
 from aioloader.order.resume import DIGEST, FORMAT
 
+from .conftest import state_after
+
 # -- a source that lost what the state refers to ----------------------------------------------
 
 
@@ -40,15 +42,6 @@ class AsyncNumbers(Numbers):
             yield i
 
 
-def _state_after(loader: al.Loader, k: int) -> tuple[list[Any], dict[str, Any]]:
-    with loader:
-        it = iter(loader)
-        got = [next(it) for _ in range(k)]
-        state = json.loads(json.dumps(loader.state_dict()))
-        it.close()
-    return got, state
-
-
 def _write_lines(path: Path, n: int) -> None:
     path.write_text("".join(f"line {i}\n" for i in range(n)))
 
@@ -69,7 +62,7 @@ def test_a_text_stream_cut_shorter_than_the_state_raises_naming_the_file_and_pos
     def make() -> al.Loader:
         return al.Loader.from_source(al.sources.TextLines(path, mode="streaming")).shuffle(256)
 
-    _, state = _state_after(make(), 1000)
+    state = state_after(make(), 1000)
     assert state["position"] == 1256 and len(state["prefix"]) == 256
     _write_lines(path, 1100)
     delivered: list[Any] = []
@@ -92,7 +85,7 @@ def test_a_generator_reloaded_shorter_raises_naming_it_and_the_position(kind, bu
         loader = al.Loader.from_source(kind(n))
         return loader.shuffle(buffer) if buffer else loader
 
-    _, state = _state_after(make(5000), 1000)
+    state = state_after(make(5000), 1000)
     position = 1000 + buffer
     assert state["position"] == position
     delivered: list[Any] = []
@@ -107,7 +100,7 @@ def test_a_sharded_stream_reloaded_shorter_names_the_rank():
     def make(n: int) -> al.Loader:
         return al.Loader.from_source(Numbers(n), rank=1, world_size=2).shuffle(8)
 
-    _, state = _state_after(make(100), 20)
+    state = state_after(make(100), 20)
     with pytest.raises(al.DataNotFoundError, match=r"ended after 5 items of rank 1, before position 28"):
         _resume_all(make(10), state, [])
 
@@ -115,8 +108,8 @@ def test_a_sharded_stream_reloaded_shorter_names_the_rank():
 def test_a_stream_resumed_at_its_very_end_ends_without_error():
     """The state after the last item of a stream (its length unknown to the loader) refers to
     exactly what the source holds: the resumed epoch is empty, not an error."""
-    got, state = _state_after(al.Loader.from_source(Numbers(50)), 50)
-    assert got == list(range(50)) and state["position"] == 50
+    state = state_after(al.Loader.from_source(Numbers(50)), 50)
+    assert state["position"] == 50
     delivered: list[Any] = []
     _resume_all(al.Loader.from_source(Numbers(50)), state, delivered)
     assert delivered == []
@@ -128,7 +121,7 @@ def test_a_stream_that_still_holds_the_state_resumes_exactly():
 
     with make() as loader:
         full = [b.tolist() for b in loader]
-    _, state = _state_after(make(), 10)
+    state = state_after(make(), 10)
     delivered: list[Any] = []
     _resume_all(make(), state, delivered)
     assert [b.tolist() for b in delivered] == full[10:]
@@ -151,7 +144,7 @@ def test_a_buffered_line_that_no_longer_decodes_is_skipped_or_raised_not_passed_
 
     with make() as loader:
         full = list(loader)
-    _, state = _state_after(make(), 20)
+    state = state_after(make(), 20)
     bad = state["prefix"][0]
     lines = path.read_bytes().splitlines(keepends=True)
     lines[bad] = b"caf\xe9\n"
@@ -198,7 +191,7 @@ def _batches(loader: al.Loader) -> list[list[int]]:
 def test_an_edited_position_is_refused_naming_the_field():
     """Before: state["position"] + 1 was accepted and dropped a key (3719 of 3720 delivered)."""
     make = lambda: al.Loader.from_source(range(3720), shuffle=True, seed=0)  # noqa: E731
-    _, state = _state_after(make(), 10)
+    state = state_after(make(), 10)
     state["position"] += 1
     with make() as loader, pytest.raises(ValueError, match="'position' was changed"):
         loader.load_state_dict(state)
@@ -259,7 +252,7 @@ def test_every_single_field_edit_of_a_real_state_is_refused_or_resumes_exactly()
     """Exhaustive: each edit either raises ValueError at load_state_dict or (an edit that
     changes nothing the resume depends on) resumes with exactly the uninterrupted batches."""
     full = _batches(_pipeline())
-    _, state = _state_after(_pipeline(), 3)
+    state = state_after(_pipeline(), 3)
     assert state["prefix"] and state["failures"] and state["reservoir"], "every field must be filled"
     expected = full[3:]
     accepted: list[str] = []
@@ -280,7 +273,7 @@ def test_every_single_field_edit_of_a_real_state_is_refused_or_resumes_exactly()
 
 
 def test_a_digest_edit_or_removal_is_refused_naming_the_fields():
-    _, state = _state_after(_pipeline(), 3)
+    state = state_after(_pipeline(), 3)
     with _pipeline() as loader:
         for edit, message in [
             ({DIGEST: None}, r"state\['digest'\] must be the dict of field hashes"),
@@ -303,7 +296,7 @@ def test_a_digest_edit_or_removal_is_refused_naming_the_fields():
 
 def test_a_state_saved_before_states_had_a_digest_still_resumes_exactly():
     full = _batches(_pipeline())
-    _, state = _state_after(_pipeline(), 3)
+    state = state_after(_pipeline(), 3)
     legacy = {k: v for k, v in state.items() if k != DIGEST}
     legacy["format"] = "aioloader.state/1"
     assert state["format"] == FORMAT != legacy["format"]
@@ -316,7 +309,7 @@ def test_a_state_saved_before_states_had_a_digest_still_resumes_exactly():
 
 def test_a_digest_survives_json_and_the_state_of_a_loaded_state():
     """The loaded state read back before the run (and a JSON round trip) is the same, sealed."""
-    _, state = _state_after(_pipeline(), 3)
+    state = state_after(_pipeline(), 3)
     loader = _pipeline()
     loader.load_state_dict(json.loads(json.dumps(state)))
     assert loader.state_dict() == state
