@@ -50,19 +50,27 @@ class DataReadError(DataCorruptionError, OSError):
     (an I/O error, a compressed chunk that does not decompress). Also an ``OSError``."""
 
 
-def os_read_error(exc: OSError, what: str, *, key: Any = None) -> DataLoadingError:
-    """The library's error for ``exc`` raised while reading ``what`` (a message naming the path
-    and the key): a missing file is ``DataNotFoundError``, a refused one ``DataPermissionError``,
-    any other OS error ``DataReadError``; the last two keep ``errno`` and are still OSErrors."""
+def os_read_error(exc: OSError, what: str, *, key: Any = None) -> OSError | DataLoadingError:
+    """The error to raise for ``exc``, raised while reading ``what``, naming the path and the
+    key: a missing file is ``DataNotFoundError``, a refused one ``DataPermissionError``, a bare
+    ``OSError`` (h5py's for a chunk that does not decompress) ``DataReadError``; the last two
+    keep ``errno`` and are still OSErrors. A more specific OS error (``IsADirectoryError``)
+    keeps its type, so ``except`` clauses for it still work, with the path and key in a note."""
     detail = exc.strerror or str(exc) or type(exc).__name__
     message = f"{what}{'' if key is None else f' (key {key!r})'}: {detail}"
     if isinstance(exc, FileNotFoundError):
         return DataNotFoundError(message, key=key)
-    error: DataLoadingError = (
-        DataPermissionError(message, key=key)
-        if isinstance(exc, PermissionError)
-        else DataReadError(message, key=key)
-    )
+    if isinstance(exc, PermissionError):
+        error: DataLoadingError = DataPermissionError(message, key=key)
+    elif type(exc) is OSError:
+        error = DataReadError(message, key=key)
+    else:
+        exc.add_note(f"aioloader: {message}")
+        try:
+            exc.key = key  # type: ignore[attr-defined]
+        except AttributeError:
+            pass
+        return exc
     # errno only: with strerror or filename set, OSError's str() would drop the message
     error.errno = exc.errno  # type: ignore[attr-defined]
     return error

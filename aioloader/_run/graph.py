@@ -397,7 +397,7 @@ class Run:
 
     def _failures_before(self, position: int, delivered: int) -> dict[str, int]:
         """Per stage whose count budget carries over a resume: the items before the resume
-        point it skipped. A stage before the shuffle buffer numbers items by source position
+        point it skipped (a stage that skipped none is left out). A stage before the shuffle buffer numbers items by source position
         (the source resumes at ``position``; the buffer's items never failed); one after it,
         by the buffer's output (the consumer received up to ``delivered``)."""
         out = {}
@@ -407,7 +407,9 @@ class Run:
                 cut = delivered
             policy = getattr(stage, "failure_policy", None)
             if policy is not None and policy.carries_over:
-                out[stage.name] = policy.failed_before(cut)
+                failed = policy.failed_before(cut)
+                if failed:  # none: left out (the read stage's policy is there whenever a map skips)
+                    out[stage.name] = failed
         return out
 
     def note_delivered(self, block: Block) -> None:

@@ -8,7 +8,8 @@ A state names a position in one rank's epoch, in keys and counters, never payloa
 - ``reservoir``: the buffer's counters (see :class:`~aioloader.order.reservoir.ReservoirState`);
 - ``elastic``: earlier generations of ranks whose delivered keys this epoch excludes;
 - ``failures``: per stage with ``on_error="skip"`` and a count ``max_failures``, the samples
-  before the resume point it skipped, so the budget counts them after a resume as it would have;
+  before the resume point it skipped (none: left out), so the budget counts them after a resume
+  as it would have;
 - ``fingerprint``: what the state depends on (source length, order, seed, sharding, stages);
   a state loaded into a different spec raises ``ValueError`` saying what differs;
 - ``digest``: a hash of each other field (:func:`seal`), so the state checks itself.

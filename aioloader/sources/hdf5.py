@@ -26,7 +26,6 @@ import numpy as np
 from aioloader.errors import (
     DataCorruptionError,
     DataFormatError,
-    DataLoadingError,
     DataNotFoundError,
     os_read_error,
 )
@@ -186,7 +185,7 @@ class HDF5(ModalSource):
     def _length(self) -> int:
         return self.length
 
-    def _unreadable(self, exc: OSError, rows: str, key: Any) -> DataLoadingError:
+    def _unreadable(self, exc: OSError, rows: str, key: Any) -> Exception:
         """The library's error for ``exc`` (h5py's bare ``OSError`` for a chunk that does not
         decompress), naming the file, the datasets, the rows and the key."""
         where = f"HDF5: cannot read {rows} of {list(self.datasets)} in {str(self.path)!r}"

@@ -19,7 +19,7 @@ import aiofiles.ospath
 import numpy as np
 
 from aioloader._spec import check_positive_int
-from aioloader.errors import DataLoadingError, DataNotFoundError, os_read_error
+from aioloader.errors import DataNotFoundError, os_read_error
 from aioloader.sources._cached_read import CachedReader, read_files
 from aioloader.sources._modes import DEFAULT_MAX_MEMORY_USAGE, ModalSource
 from aioloader.sources._paths import existing_dir
@@ -247,7 +247,7 @@ def _missing(index: int, path: str) -> DataNotFoundError:
     return DataNotFoundError(f"ImageFolder: file {path!r} (key {index}) is gone", key=index)
 
 
-def _unreadable(exc: OSError, index: int, path: str) -> DataLoadingError:
+def _unreadable(exc: OSError, index: int, path: str) -> Exception:
     """The library's error for ``exc``, raised reading the file of key ``index``."""
     if isinstance(exc, FileNotFoundError):
         return _missing(index, path)

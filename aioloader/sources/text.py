@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from aioloader.errors import DataCorruptionError, DataLoadingError, DataNotFoundError, os_read_error
+from aioloader.errors import DataCorruptionError, DataNotFoundError, os_read_error
 from aioloader.sources._handles import PerProcess, open_fd
 from aioloader.sources._line_index import LineIndex, build_line_index, pread_exact
 from aioloader.sources._modes import DEFAULT_MAX_MEMORY_USAGE, ModalSource, ReadFailure
@@ -160,7 +160,7 @@ class TextLines(ModalSource):
         path = str(self.paths[file])
         return DataNotFoundError(f"{type(self).__name__}: file {path!r} (key {key}) is gone", key=key)
 
-    def _unreadable(self, exc: OSError, file: int, key: int) -> DataLoadingError:
+    def _unreadable(self, exc: OSError, file: int, key: int) -> Exception:
         """The library's error for ``exc``, raised reading file ``file`` for ``key``."""
         if isinstance(exc, FileNotFoundError):
             return self._gone(file, key)
