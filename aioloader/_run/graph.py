@@ -23,6 +23,7 @@ from aioloader._run.read_fusion import fuse_read
 from aioloader._run.stages.batch import BatchStage
 from aioloader._run.stages.filter import FilterStage
 from aioloader._run.stages.map import MapStage
+from aioloader._run.stages.shard_source import ShardSource
 from aioloader._run.stages.source import AsyncIterSource, IterSource, KeySource
 from aioloader._run.stages.unbatch import UnbatchStage
 from aioloader._spec import (
@@ -41,7 +42,7 @@ from aioloader.order.orders import resolve_order
 from aioloader.order.reservoir import ReservoirState
 from aioloader.order.resume import ResumePoint, remaining_order
 from aioloader.order.sharding import RankInfo, resolve_rank, shard_boundaries, shard_keys
-from aioloader.sources._adapt import AdaptedSource, AsyncIterableSource, IndexableSource
+from aioloader.sources._adapt import AdaptedSource, AsyncIterableSource, IndexableSource, ShardStreamSource
 
 # Channel depth in blocks: sample blocks are small and cheap stages pay a task wake-up per
 # empty/full transition, so they get a deeper channel than batches (``prefetch(n)`` sets it).
@@ -111,17 +112,22 @@ def epoch_keys(
     return keys, starts
 
 
-def read_policy(stages: Sequence[StageSpec]) -> tuple[str, int | float]:
-    """``on_error`` and ``max_failures`` for reading the source: those of the pipeline's first
-    ``.map`` (the decode), so ``on_error="skip"`` there also skips a sample that cannot be
-    read (a file gone or unreadable, a bad line), with a budget of its own of the same size."""
+def read_policy(stages: Sequence[StageSpec], source: Any = None) -> tuple[str, int | float]:
+    """``on_error`` and ``max_failures`` for reading the source: a source that skips what it
+    cannot read by its own setting (``read_failures``, as an indexed WebDataset's ``on_error``)
+    keeps that; otherwise those of the pipeline's first ``.map`` (the decode), so
+    ``on_error="skip"`` there also skips a sample that cannot be read (a file gone or unreadable,
+    a bad line), with a budget of its own of the same size."""
+    own = getattr(source, "read_failures", None)
+    if own is not None and own[0] == "skip":
+        return own
     first = next((s for s in stages if isinstance(s, MapSpec)), None)
     return ("raise", 0) if first is None else (first.on_error, first.max_failures)
 
 
 def read_spec(source: IndexableSource, stages: Sequence[StageSpec] = ()) -> MapSpec:
     """The implicit read stage of an indexable source: keys to samples."""
-    on_error, max_failures = read_policy(stages)
+    on_error, max_failures = read_policy(stages, source.obj)
     policy = {"on_error": on_error, "max_failures": max_failures}
     if source.aget_one is not None:
         return MapSpec(
@@ -175,6 +181,7 @@ class Run:
         self.consumer_wait_s = 0.0  # time the consumer waited for a block (set by the Loader)
         self.ended: float | None = None  # when the consumer saw the end of the epoch
         self.monitor: RunMonitor | None = None  # time series, memory/CPU, autotuner
+        self._io_closers: list[Any] = []  # coroutine functions closing a source's connections
         self._build(pipeline, decisions, sink)
 
     # -- building --------------------------------------------------------------------------
@@ -193,6 +200,12 @@ class Run:
             specs: list[StageSpec] = fuse_read(
                 source, [read_spec(source, pipeline.stages), *fuse_map_batch(pipeline.stages)]
             )
+            closer = getattr(source.obj, "aclose_io", None)
+            if closer is not None:  # connections the reads opened on this run's loop
+                self._io_closers.append(closer)
+        elif isinstance(source, ShardStreamSource):
+            self.stages.append(self._shard_source(pipeline, block, start, prefix))
+            specs = fuse_map_batch(pipeline.stages)
         else:
             if source.one_shot:
                 # A second run would silently lose what the first one read ahead of the consumer.
@@ -255,6 +268,26 @@ class Run:
             self.output = Channel(final_depth, f"{last.name}->consumer")
         last.output = self.output
         last.stats.output = self.output
+
+    def _shard_source(self, pipeline: Pipeline, block: int, start: int, prefix: list[int]) -> ShardSource:
+        spec = pipeline.source_spec
+        if self.rank.world_size > 1 and spec.shard_policy != "uneven":
+            raise ValueError(
+                f"shard_policy={spec.shard_policy!r} needs equal sample counts per rank, which a "
+                "shard stream does not know before reading it: use shard_policy='uneven', or give "
+                "the source an index (al.sources.write_shards writes one)"
+            )
+        return ShardSource(
+            pipeline.source.obj,
+            block,
+            self.rank,
+            epoch=self.epoch,
+            seed=spec.seed,
+            shuffle=spec.shuffle is not False,
+            errors=self.errors,
+            start=start,
+            prefix=prefix,
+        )
 
     def _make_stage(self, spec: StageSpec, decisions: Decisions, expected: int | None) -> Stage:
         if isinstance(spec, MapSpec):
@@ -443,6 +476,7 @@ class Run:
                 if close is not None:
                     close()
             drains = [stage.drain(DRAIN_S) for stage in self.stages if hasattr(stage, "drain")]
+            drains += [closer() for closer in self._io_closers]
             try:
                 await _finish(asyncio.gather(*drains))
             finally:
