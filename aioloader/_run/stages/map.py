@@ -23,6 +23,7 @@ from aioloader._run.block import Block
 from aioloader._run.channel import Channel, EndOfChannel
 from aioloader._run.decisions import Decisions
 from aioloader._run.executors import (
+    CHUNK_KEYS,
     FAILED,
     AsyncExecutor,
     ChunkResult,
@@ -427,6 +428,7 @@ class MapStage:
         """Run one chunk through the executor and the failure policy."""
         self.stats.items_in += self._samples(chunk)
         values = self._inputs(chunk)
+        CHUNK_KEYS.set(chunk.keys)  # this chunk's task only: each _process is a task of its own
         try:
             results, failures, busy = await self._executor.run(self._work, values, self.spec.timeout)
         except ChunkTimeout as timeout:
