@@ -387,7 +387,7 @@ class PlacementProbe:
                 self._decide()
         rest = values[head:]
         if self.decided or not self._costed:
-            if rest:
+            if len(rest):  # rest may be an array
                 parts.append(work(rest))
             return _merge(parts)
         start = 0
@@ -411,7 +411,7 @@ class PlacementProbe:
             self._readings.append((took, speedup, gil))
             if sum(r[0] for r in self._readings) >= _PROBES * _MIN_PROBE_SWITCHES * sys.getswitchinterval():
                 self._decide()
-        if rest[start:]:
+        if len(rest) > start:
             call = _in_thread(work, rest[start:])
             self.calls.append(call)
             parts.append(await asyncio.wrap_future(call))
