@@ -13,6 +13,8 @@ __all__ = [
     "DataLoadingError",
     "DataCorruptionError",
     "DataNotFoundError",
+    "DataPermissionError",
+    "DataReadError",
     "DataFormatError",
     "WorkerCrashError",
     "StageTimeoutError",
@@ -37,6 +39,42 @@ class DataCorruptionError(DataLoadingError):
 
 class DataNotFoundError(DataLoadingError):
     """A path, file or sample that was asked for does not exist."""
+
+
+class DataPermissionError(DataNotFoundError, PermissionError):
+    """A file exists but this process may not read it. Also a ``PermissionError``, so code that
+    catches the operating system's error still does."""
+
+
+class DataReadError(DataCorruptionError, OSError):
+    """Reading a sample's bytes failed in the operating system or the file format's library
+    (an I/O error, a compressed chunk that does not decompress). Also an ``OSError``."""
+
+
+def os_read_error(exc: OSError, what: str, *, key: Any = None) -> OSError | DataLoadingError:
+    """The error to raise for ``exc``, raised while reading ``what``, naming the path and the
+    key: a missing file is ``DataNotFoundError``, a refused one ``DataPermissionError``, a bare
+    ``OSError`` (h5py's for a chunk that does not decompress) ``DataReadError``; the last two
+    keep ``errno`` and are still OSErrors. A more specific OS error (``IsADirectoryError``)
+    keeps its type, so ``except`` clauses for it still work, with the path and key in a note."""
+    detail = exc.strerror or str(exc) or type(exc).__name__
+    message = f"{what}{'' if key is None else f' (key {key!r})'}: {detail}"
+    if isinstance(exc, FileNotFoundError):
+        return DataNotFoundError(message, key=key)
+    if isinstance(exc, PermissionError):
+        error: DataLoadingError = DataPermissionError(message, key=key)
+    elif type(exc) is OSError:
+        error = DataReadError(message, key=key)
+    else:
+        exc.add_note(f"aioloader: {message}")
+        try:
+            exc.key = key  # type: ignore[attr-defined]
+        except AttributeError:
+            pass
+        return exc
+    # errno only: with strerror or filename set, OSError's str() would drop the message
+    error.errno = exc.errno  # type: ignore[attr-defined]
+    return error
 
 
 class DataFormatError(DataLoadingError):

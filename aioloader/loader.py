@@ -42,7 +42,7 @@ from aioloader._spec import (
 from aioloader.monitor.progress import check_progress, make_observer
 from aioloader.monitor.stats import pipeline_stats
 from aioloader.order.orders import KeyOrder, order_count, resolve_order
-from aioloader.order.resume import FORMAT, ResumePoint, parse, parse_elastic
+from aioloader.order.resume import FORMAT, ResumePoint, parse, parse_elastic, seal
 from aioloader.order.sample_rng import is_random
 from aioloader.order.sharding import RankInfo, resolve_rank, shard_count
 from aioloader.sources._adapt import IndexableSource, ShardStreamSource, adapt
@@ -153,11 +153,20 @@ class Loader(Closing):
         keys, the worker's pid and its Python stack; ``on_stall="raise"`` makes it a
         ``StageStalledError``.
 
-        ``executor="auto"`` measures ``fn`` on the first block: cheap functions stay inline,
-        GIL-releasing ones go to threads, GIL-holding CPU-heavy picklable ones to processes
-        (see :mod:`aioloader.monitor.autotune`). ``concurrency="auto"`` tunes the chunks in
+        ``executor="auto"`` measures ``fn`` on the first blocks: cheap functions stay inline,
+        ones that run faster in two threads than inline (they release the GIL) go to threads,
+        and the others to processes when they pay for their start-up on the epoch's work (and
+        are picklable), else inline; never threads for a function that holds the GIL. A stage
+        is placed again when its measured rate says it was wrong, from the next epoch; the
+        output is the same wherever it runs (see :mod:`aioloader.monitor.autotune`). ``concurrency="auto"`` tunes the chunks in
         flight and the output queue depth while running (hill-climbing on throughput within the
-        cores and the memory budget); ``stats()["autotune"]`` shows what it chose."""
+        cores and the memory budget); ``stats()["autotune"]`` shows what it chose.
+
+        ``on_error="skip"`` skips a sample ``fn`` fails on and records it with its key in
+        ``stats()["errors"]``, up to ``max_failures``. The pipeline's first map also sets how
+        the source is read: a sample that cannot be read (a file gone or unreadable, a line that
+        does not decode) is skipped under the same ``on_error`` and a budget of the same size,
+        named by stage ``"read"`` (``"source"`` for a stream)."""
         tune = concurrency == "auto"
         spec = make_map_spec(
             fn,
@@ -591,7 +600,7 @@ class Loader(Closing):
                     "failures": {},
                 }
         state.update(where)
-        return state
+        return seal(state)
 
     def load_state_dict(self, state: dict[str, Any] | list[dict[str, Any]]) -> None:
         """Resume from ``state_dict()``: the next iteration continues where that consumer

@@ -10,12 +10,14 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 from aioloader._run.block import Block
 from aioloader._run.channel import Channel, EndOfChannel
 from aioloader._run.decisions import Decisions
+from aioloader._run.failures import FailurePolicy
 from aioloader._run.fusion import fuse_map_batch
 from aioloader._run.read_fusion import fuse_read
 from aioloader._run.stages.batch import BatchStage
@@ -110,22 +112,30 @@ def epoch_keys(
     return keys, starts
 
 
-def read_spec(source: IndexableSource) -> MapSpec:
+def read_policy(stages: Sequence[StageSpec], source: Any = None) -> tuple[str, int | float]:
+    """``on_error`` and ``max_failures`` for reading the source: a source that skips what it
+    cannot read by its own setting (``read_failures``, as an indexed WebDataset's ``on_error``)
+    keeps that; otherwise those of the pipeline's first ``.map`` (the decode), so
+    ``on_error="skip"`` there also skips a sample that cannot be read (a file gone or unreadable,
+    a bad line), with a budget of its own of the same size."""
+    own = getattr(source, "read_failures", None)
+    if own is not None and own[0] == "skip":
+        return own
+    first = next((s for s in stages if isinstance(s, MapSpec)), None)
+    return ("raise", 0) if first is None else (first.on_error, first.max_failures)
+
+
+def read_spec(source: IndexableSource, stages: Sequence[StageSpec] = ()) -> MapSpec:
     """The implicit read stage of an indexable source: keys to samples."""
+    on_error, max_failures = read_policy(stages, source.obj)
+    policy = {"on_error": on_error, "max_failures": max_failures}
     if source.aget_one is not None:
-        # a source may skip the samples it cannot read (and report them): its own policy
-        on_error, budget = getattr(source.obj, "read_failures", ("raise", 0))
         return MapSpec(
-            name="read",
-            fn=source.aget_one,
-            is_async=True,
-            concurrency=source.read_concurrency,
-            on_error=on_error,
-            max_failures=budget,
+            name="read", fn=source.aget_one, is_async=True, concurrency=source.read_concurrency, **policy
         )
     if source.get_many is not None:
-        return MapSpec(name="read", fn=source.get_many, per_block=True, item_fn=source.get_one)
-    return MapSpec(name="read", fn=source.get_one)
+        return MapSpec(name="read", fn=source.get_many, per_block=True, item_fn=source.get_one, **policy)
+    return MapSpec(name="read", fn=source.get_one, **policy)
 
 
 class Run:
@@ -190,7 +200,9 @@ class Run:
             expected = len(keys)
             self.epoch_length = expected
             self.stages.append(KeySource(keys, block, start=start, prefix=prefix, block_starts=starts))
-            specs: list[StageSpec] = fuse_read(source, [read_spec(source), *fuse_map_batch(pipeline.stages)])
+            specs: list[StageSpec] = fuse_read(
+                source, [read_spec(source, pipeline.stages), *fuse_map_batch(pipeline.stages)]
+            )
             closer = getattr(source.obj, "aclose_io", None)
             if closer is not None:  # connections the reads opened on this run's loop
                 self._io_closers.append(closer)
@@ -208,6 +220,7 @@ class Run:
                     )
                 decisions.one_shot_started = True
             stage_type = AsyncIterSource if isinstance(source, AsyncIterableSource) else IterSource
+            on_error, max_failures = read_policy(pipeline.stages)
             self.stages.append(
                 stage_type(
                     source.obj,
@@ -216,6 +229,7 @@ class Run:
                     start=start,
                     prefix=prefix,
                     policy=pipeline.source_spec.shard_policy,
+                    failures=FailurePolicy("source", on_error, max_failures, self.errors),
                 )
             )
             specs = fuse_map_batch(pipeline.stages)
@@ -285,6 +299,7 @@ class Run:
                 errors=self.errors,
                 decisions=decisions,
                 expected_items=expected,
+                epoch_samples=self.epoch_length,
                 epoch=self.epoch,
                 seed=self.seed,
                 rank=self.rank.rank,
@@ -419,7 +434,7 @@ class Run:
 
     def _failures_before(self, position: int, delivered: int) -> dict[str, int]:
         """Per stage whose count budget carries over a resume: the items before the resume
-        point it skipped. A stage before the shuffle buffer numbers items by source position
+        point it skipped (a stage that skipped none is left out). A stage before the shuffle buffer numbers items by source position
         (the source resumes at ``position``; the buffer's items never failed); one after it,
         by the buffer's output (the consumer received up to ``delivered``)."""
         out = {}
@@ -429,7 +444,9 @@ class Run:
                 cut = delivered
             policy = getattr(stage, "failure_policy", None)
             if policy is not None and policy.carries_over:
-                out[stage.name] = policy.failed_before(cut)
+                failed = policy.failed_before(cut)
+                if failed:  # none: left out (the read stage's policy is there whenever a map skips)
+                    out[stage.name] = failed
         return out
 
     def note_delivered(self, block: Block) -> None:

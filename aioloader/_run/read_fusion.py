@@ -15,10 +15,10 @@ first epoch must not decide the placement) and sends a costly one to processes, 
 threads, never inline, where the reads would block the loop (:func:`aioloader.monitor.autotune.place`).
 
 What the consumer gets is the same: the same items in the same batches and order, with the same
-keys, so ``state_dict()`` and resume are unchanged. A read failure still ends the run named by
-stage ``"read"`` and the key, whatever the map's ``on_error`` (the read stage has no skip
-policy, and a retry of ``fn`` does not retry it); a worker that dies redoes its items, reads
-included. ``stats()`` lists no read stage: the map stage's ``reads`` names it, and its busy time
+keys, so ``state_dict()`` and resume are unchanged. A read failure is named by stage ``"read"``
+and the key, and falls under the map's ``on_error`` as the unfused read stage does (which takes
+the first map's policy): it ends the run, or under ``"skip"`` fails its own sample only (a retry
+of ``fn`` does not retry it); a worker that dies redoes its items, reads included. ``stats()`` lists no read stage: the map stage's ``reads`` names it, and its busy time
 includes the reads.
 
 Applied only where nothing else can differ: a pooled executor (``"thread"``, ``"process"`` or
@@ -40,7 +40,7 @@ from collections.abc import Callable, Sequence
 from time import perf_counter
 from typing import Any
 
-from aioloader._run.executors import ChunkResult, apply_items
+from aioloader._run.executors import FAILED, ChunkResult, apply_items
 from aioloader._run.fusion import MapThenCollate, members, pooled_per_item
 from aioloader._spec import BatchSpec, MapSpec, StageSpec
 from aioloader.errors import annotate
@@ -88,9 +88,39 @@ class NamedRead:
 
 def read_then_apply(read: NamedRead, fn: Callable[[Any], Any], keys: list[Any]) -> ChunkResult:
     """The chunk work of an unfused map stage that reads: the items at ``keys``, then ``fn`` on
-    each (its failures recorded per item, as :func:`apply_items`; a read failure raises)."""
+    each (its failures recorded per item, as :func:`apply_items`). When the chunk's read fails,
+    each key is read alone, so a file that cannot be read fails its own sample only (the map's
+    ``on_error`` then applies to it, named by the read stage)."""
     started = perf_counter()
-    results, failures, _ = apply_items(fn, read(keys))
+    try:
+        items = read(keys)
+    except Exception as exc:
+        if len(keys) == 1:
+            return [FAILED], [(0, exc)], perf_counter() - started
+        return _read_each_then_apply(read, fn, keys, started)
+    results, failures, _ = apply_items(fn, items)
+    return results, failures, perf_counter() - started
+
+
+def _read_each_then_apply(
+    read: NamedRead, fn: Callable[[Any], Any], keys: list[Any], started: float
+) -> ChunkResult:
+    results: list[Any] = [FAILED] * len(keys)
+    failures: list[tuple[int, BaseException]] = []
+    readable: list[int] = []
+    items: list[Any] = []
+    for index, key in enumerate(keys):
+        try:
+            items.extend(read([key]))
+        except Exception as exc:
+            failures.append((index, exc))
+        else:
+            readable.append(index)
+    applied, fn_failures, _ = apply_items(fn, items)
+    for index, value in zip(readable, applied, strict=True):
+        results[index] = value
+    failures += [(readable[at], exc) for at, exc in fn_failures]
+    failures.sort(key=lambda failure: failure[0])
     return results, failures, perf_counter() - started
 
 

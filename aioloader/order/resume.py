@@ -8,13 +8,19 @@ A state names a position in one rank's epoch, in keys and counters, never payloa
 - ``reservoir``: the buffer's counters (see :class:`~aioloader.order.reservoir.ReservoirState`);
 - ``elastic``: earlier generations of ranks whose delivered keys this epoch excludes;
 - ``failures``: per stage with ``on_error="skip"`` and a count ``max_failures``, the samples
-  before the resume point it skipped, so the budget counts them after a resume as it would have;
+  before the resume point it skipped (none: left out), so the budget counts them after a resume
+  as it would have;
 - ``fingerprint``: what the state depends on (source length, order, seed, sharding, stages);
-  a state loaded into a different spec raises ``ValueError`` saying what differs.
+  a state loaded into a different spec raises ``ValueError`` saying what differs;
+- ``digest``: a hash of each other field (:func:`seal`), so the state checks itself.
 
 A state is checked strictly before it is used: a missing field, a value of the wrong type or
 out of range, or fields that contradict each other (a corrupted or hand-edited state) raise
-``ValueError`` naming the field, rather than resuming somewhere else.
+``ValueError`` naming the field, rather than resuming somewhere else. An edit that leaves the
+state consistent (a position moved by one drops a key) is caught by the digest: every field
+whose value no longer has its recorded hash, and every field added or removed, is named. The
+digest covers whatever fields a state has, so it holds when fields are added. A state saved
+before states carried a digest (format ``aioloader.state/1``) is checked without it.
 
 Elastic resume: ``load_state_dict([state_of_rank_0, ..., state_of_rank_W-1])`` continues the
 epoch with exactly the keys no rank has received yet, spread over the new world size. A rank
@@ -24,6 +30,8 @@ next epoch) counts as having delivered all of it.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import numbers
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -33,7 +41,9 @@ import numpy as np
 
 from aioloader.order.sharding import RankInfo, shard_count
 
-FORMAT = "aioloader.state/1"
+FORMAT = "aioloader.state/2"
+_UNSEALED_FORMAT = "aioloader.state/1"  # saved before states carried a digest
+DIGEST = "digest"
 _REQUIRED = ("rank", "world_size", "fingerprint", "epoch", "position")
 _POLICIES = ("drop", "pad", "uneven")
 _RESERVOIR_FIELDS = ("slots", "inputs", "last_input", "emitted", "draining")
@@ -76,9 +86,62 @@ def _int_at_least(value: Any, where: str, minimum: int) -> int:
     return int(value)
 
 
+def _plain(value: Any) -> Any:
+    """A numpy scalar as the Python number JSON writes for it (a state may hold either)."""
+    if isinstance(value, np.integer):
+        return int(value)
+    if isinstance(value, np.floating):
+        return float(value)
+    raise TypeError(f"{type(value).__name__} is not JSON-serialisable")
+
+
+def _field_hash(name: str, value: Any) -> str:
+    """A short hash of ``value``'s canonical JSON (the same before and after a JSON round trip)."""
+    try:
+        text = json.dumps(value, sort_keys=True, separators=(",", ":"), default=_plain)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"state[{name!r}] is not plain JSON data: {exc}") from None
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def seal(state: dict[str, Any]) -> dict[str, Any]:
+    """``state`` with its ``digest``: a hash of every other field, by name, whatever fields the
+    state has. Whoever builds or changes a state (``Loader.state_dict()``, a remote loader's
+    cursor) seals it last; :func:`check_digest` then refuses any later edit."""
+    fields = {name: value for name, value in state.items() if name != DIGEST}
+    return {**fields, DIGEST: {name: _field_hash(name, value) for name, value in sorted(fields.items())}}
+
+
+def check_digest(state: dict[str, Any]) -> None:
+    """``ValueError`` naming each field of ``state`` that its digest does not fit (edited,
+    added or removed since :func:`seal`); a pre-digest state (format 1) has none to check."""
+    if state.get("format") == _UNSEALED_FORMAT:
+        return
+    digest = state.get(DIGEST)
+    if not isinstance(digest, dict) or not all(isinstance(h, str) for h in digest.values()):
+        raise ValueError(
+            f"state[{DIGEST!r}] must be the dict of field hashes Loader.state_dict() writes, got "
+            f"{digest!r}: the state was edited or corrupted"
+        )
+    fields = {name for name in state if name != DIGEST}
+    problems = [f"{name!r} was removed" for name in sorted(set(digest) - fields, key=str)]
+    problems += [f"{name!r} was added" for name in sorted(fields - set(digest), key=str)]
+    problems += [
+        f"{name!r} was changed"
+        for name in sorted(fields & set(digest), key=str)
+        if _field_hash(str(name), state[name]) != digest[name]
+    ]
+    if problems:
+        raise ValueError(
+            f"state does not match its digest: {', '.join(problems)} since Loader.state_dict() made "
+            "it; a state must be loaded as saved (an edited position or buffer would drop or repeat "
+            "samples)"
+        )
+
+
 def check_format(state: Any) -> dict[str, Any]:
     """``state`` if it is a dict in this module's format with every required field present."""
-    if not isinstance(state, dict) or state.get("format") != FORMAT:
+    if not isinstance(state, dict) or state.get("format") not in (FORMAT, _UNSEALED_FORMAT):
         raise ValueError(f"state must be a dict returned by Loader.state_dict() (format {FORMAT!r})")
     missing = [name for name in _REQUIRED if name not in state]
     if missing:
@@ -207,6 +270,7 @@ def _checked(state: Any) -> ResumePoint:
     reservoir = _check_reservoir(state.get("reservoir"), position, prefix)
     elastic = _check_elastic(state.get("elastic", []))
     failures = _check_failures(state.get("failures", {}))
+    check_digest(state)  # last: an inconsistent field is named by the check above it
     return ResumePoint(
         epoch=epoch, position=position, prefix=prefix, reservoir=reservoir, elastic=elastic, failures=failures
     )

@@ -28,6 +28,8 @@ from __future__ import annotations
 import copy
 from typing import Any
 
+from aioloader.order.resume import DIGEST, seal
+
 _FRESH = {"position": 0, "prefix": [], "reservoir": None, "elastic": []}
 UNRESUMABLE = "unresumable"  # a mark's field: why there is no exact state here
 
@@ -121,7 +123,8 @@ class Cursor:
         """The state (or mark) of the start of ``epoch``."""
         if is_mark(self._template):
             return mark(epoch, self._template[UNRESUMABLE])
-        return {**copy.deepcopy(self._template), **copy.deepcopy(_FRESH), "epoch": int(epoch)}
+        state = {**copy.deepcopy(self._template), **copy.deepcopy(_FRESH), "epoch": int(epoch)}
+        return seal(state) if DIGEST in state else state  # a sealed template: so is its epoch
 
 
 def _cut_off_message(last: dict[str, Any], handed_out: int) -> str:

@@ -14,6 +14,8 @@ from pathlib import Path
 
 import numpy as np
 
+from aioloader.errors import os_read_error
+
 _BLOCK = 4 << 20
 _NEWLINE = 10
 
@@ -42,9 +44,12 @@ class LineIndex:
 
 def _line_starts(path: Path, skip_blank: bool) -> tuple[np.ndarray, int]:
     """Start offsets of the lines of ``path`` (blank lines left out when ``skip_blank``), and its size."""
-    size = path.stat().st_size
     ends: list[np.ndarray] = []
-    with open(path, "rb", buffering=0) as f:
+    try:
+        f = open(path, "rb", buffering=0)  # noqa: SIM115 - closed by the with below
+    except OSError as exc:
+        raise os_read_error(exc, f"cannot index {str(path)!r}") from None
+    with f:
         offset = 0
         while True:
             block = f.read(_BLOCK)

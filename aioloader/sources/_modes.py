@@ -30,7 +30,15 @@ import numpy as np
 
 from aioloader.monitor.memory import MemoryMonitor, check_fraction
 
-__all__ = ["MODES", "DEFAULT_MAX_MEMORY_USAGE", "ByteLRU", "ModalSource", "SourceStream", "sizeof"]
+__all__ = [
+    "MODES",
+    "DEFAULT_MAX_MEMORY_USAGE",
+    "ByteLRU",
+    "ModalSource",
+    "ReadFailure",
+    "SourceStream",
+    "sizeof",
+]
 
 MODES = ("lazy", "eager", "streaming", "cached")
 DEFAULT_MAX_MEMORY_USAGE = 0.5
@@ -139,22 +147,46 @@ class ByteLRU:
         self.__init__(state["capacity"])  # type: ignore[misc]
 
 
+class ReadFailure:
+    """What a tolerant stream yields in place of an item it could not read: the error, naming
+    the file and key. The stream goes on after it (the source stage skips and records it)."""
+
+    __slots__ = ("error",)
+
+    def __init__(self, error: Exception) -> None:
+        self.error = error
+
+    def __repr__(self) -> str:
+        return f"ReadFailure({self.error!r})"
+
+
 class SourceStream:
     """A source read front to back: an iterable (a fresh pass per ``iter``), not an indexable.
 
-    ``Loader.from_source`` treats it as a stream; each epoch iterates it again.
+    ``Loader.from_source`` treats it as a stream; each epoch iterates it again. Its
+    :meth:`tolerating_failures` twin yields a :class:`ReadFailure` where an item cannot be read
+    and goes on (the source stage uses it under ``on_error="skip"``).
     """
 
-    def __init__(self, source: ModalSource) -> None:
+    def __init__(self, source: ModalSource, *, tolerant: bool = False) -> None:
         self.source = source
+        self.tolerant = tolerant
 
     def __iter__(self) -> Iterator[Any]:
+        if self.tolerant and self.source._items is None:
+            return self.source._scan_tolerant()
         return iter(self.source)
+
+    def tolerating_failures(self) -> SourceStream:
+        """This stream, giving what it cannot read as :class:`ReadFailure` items."""
+        return SourceStream(self.source, tolerant=True)
 
     def shards(self) -> list[Any] | None:
         """The source's independent parts (a text source's files), when it has them."""
         shards = getattr(self.source, "shards", None)
-        return shards() if shards is not None else None
+        if shards is None:
+            return None
+        return shards(tolerant=True) if self.tolerant else shards()
 
     def __repr__(self) -> str:
         return f"<stream of {self.source!r}>"
@@ -186,6 +218,11 @@ class ModalSource:
     def _scan(self) -> Iterator[Any]:
         """Every item in index order, in constant memory."""
         raise NotImplementedError
+
+    def _scan_tolerant(self) -> Iterator[Any]:
+        """``_scan``, with a :class:`ReadFailure` in place of an item that cannot be read, going
+        on after it where the source can (by default it cannot: the error is raised)."""
+        return self._scan()
 
     def _estimate_nbytes(self) -> int:
         """Memory that eager loading would take."""

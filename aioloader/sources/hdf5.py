@@ -23,7 +23,12 @@ from typing import Any
 import h5py
 import numpy as np
 
-from aioloader.errors import DataCorruptionError, DataFormatError, DataNotFoundError
+from aioloader.errors import (
+    DataCorruptionError,
+    DataFormatError,
+    DataNotFoundError,
+    os_read_error,
+)
 from aioloader.sources._handles import PerProcess
 from aioloader.sources._modes import DEFAULT_MAX_MEMORY_USAGE, ModalSource
 from aioloader.sources._paths import existing_file
@@ -42,6 +47,8 @@ def _open_file(path: str) -> h5py.File:
         return h5py.File(path, "r", rdcc_nbytes=_CHUNK_CACHE_BYTES)
     except FileNotFoundError:
         raise DataNotFoundError(f"HDF5: no such file: {path!r}") from None
+    except PermissionError as exc:
+        raise os_read_error(exc, f"HDF5: cannot open {path!r}") from None
     except OSError as exc:
         raise DataFormatError(f"HDF5: cannot open {path!r} as an HDF5 file ({exc})") from None
 
@@ -178,8 +185,17 @@ class HDF5(ModalSource):
     def _length(self) -> int:
         return self.length
 
+    def _unreadable(self, exc: OSError, rows: str, key: Any) -> Exception:
+        """The library's error for ``exc`` (h5py's bare ``OSError`` for a chunk that does not
+        decompress), naming the file, the datasets, the rows and the key."""
+        where = f"HDF5: cannot read {rows} of {list(self.datasets)} in {str(self.path)!r}"
+        return os_read_error(exc, where, key=key)
+
     def _read(self, index: int) -> Any:
-        rows = tuple(d[index] for d in self._sources())
+        try:
+            rows = tuple(d[index] for d in self._sources())
+        except OSError as exc:
+            raise self._unreadable(exc, f"row {index}", index) from None
         return rows[0] if len(rows) == 1 else rows
 
     def _read_rows(self, source: Any, unique: np.ndarray, bounds: list[int]) -> np.ndarray:
@@ -204,7 +220,11 @@ class HDF5(ModalSource):
         in_order = len(unique) == len(indices) and bool(np.all(indices[:-1] < indices[1:]))
         columns = []
         for source in self._sources():
-            rows = self._read_rows(source, unique, bounds)
+            try:
+                rows = self._read_rows(source, unique, bounds)
+            except OSError as exc:  # the read stage reads the keys one by one to name the row
+                where = f"rows {int(unique[0])}..{int(unique[-1])}"
+                raise self._unreadable(exc, where, indices.tolist()) from None
             columns.append(rows if in_order else rows[inverse])
         if len(columns) == 1:
             return columns[0]
@@ -212,7 +232,10 @@ class HDF5(ModalSource):
 
     def _scan(self) -> Iterator[Any]:
         for rows in self.chunks():
-            columns = [source[rows.start : rows.stop] for source in self._sources()]
+            try:
+                columns = [source[rows.start : rows.stop] for source in self._sources()]
+            except OSError as exc:
+                raise self._unreadable(exc, f"rows {rows.start}..{rows.stop - 1}", rows.start) from None
             if len(columns) == 1:
                 yield from columns[0]
             else:

@@ -19,7 +19,7 @@ import aiofiles.ospath
 import numpy as np
 
 from aioloader._spec import check_positive_int
-from aioloader.errors import DataNotFoundError
+from aioloader.errors import DataNotFoundError, os_read_error
 from aioloader.sources._cached_read import CachedReader, read_files
 from aioloader.sources._modes import DEFAULT_MAX_MEMORY_USAGE, ModalSource
 from aioloader.sources._paths import existing_dir
@@ -184,6 +184,8 @@ class ImageFolder(ModalSource):
                 data = f.read()
         except FileNotFoundError:
             raise self._missing(index, path) from None
+        except OSError as exc:
+            raise _unreadable(exc, index, path) from None
         return self._item(index, path, data)
 
     async def _aread(self, index: int) -> Any:
@@ -194,6 +196,8 @@ class ImageFolder(ModalSource):
                 data = await _read_file(path)
         except FileNotFoundError:
             raise self._missing(index, path) from None
+        except OSError as exc:
+            raise _unreadable(exc, index, path) from None
         return self._item(index, path, data)
 
     async def aget(self, key: int) -> Any:
@@ -243,6 +247,13 @@ def _missing(index: int, path: str) -> DataNotFoundError:
     return DataNotFoundError(f"ImageFolder: file {path!r} (key {index}) is gone", key=index)
 
 
+def _unreadable(exc: OSError, index: int, path: str) -> Exception:
+    """The library's error for ``exc``, raised reading the file of key ``index``."""
+    if isinstance(exc, FileNotFoundError):
+        return _missing(index, path)
+    return os_read_error(exc, f"ImageFolder: cannot read file {path!r}", key=index)
+
+
 class ImageFiles:
     """An ``ImageFolder``'s files as a pool worker reads them (``ImageFolder.worker_reader``):
     keys -> the items ``aget`` gives. It holds only the root, the file list and the labels, so
@@ -262,10 +273,7 @@ class ImageFiles:
             if exc.filename not in paths:
                 raise
             index = indices[paths.index(exc.filename)]
-            if isinstance(exc, FileNotFoundError):
-                raise _missing(index, exc.filename) from None
-            exc.key = index  # type: ignore[attr-defined]  # the read stage's error names it
-            raise
+            raise _unreadable(exc, index, exc.filename) from None
         return [_item(self.labels, i, path, raw) for i, path, raw in zip(indices, paths, data, strict=True)]
 
     def __repr__(self) -> str:

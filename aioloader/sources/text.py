@@ -21,10 +21,10 @@ from typing import Any
 
 import numpy as np
 
-from aioloader.errors import DataCorruptionError, DataNotFoundError
+from aioloader.errors import DataCorruptionError, DataNotFoundError, os_read_error
 from aioloader.sources._handles import PerProcess, open_fd
 from aioloader.sources._line_index import LineIndex, build_line_index, pread_exact
-from aioloader.sources._modes import DEFAULT_MAX_MEMORY_USAGE, ModalSource
+from aioloader.sources._modes import DEFAULT_MAX_MEMORY_USAGE, ModalSource, ReadFailure
 from aioloader.sources._paths import expand_files
 
 __all__ = ["TextLines", "JsonLines"]
@@ -101,12 +101,27 @@ class TextLines(ModalSource):
                 f"{type(self).__name__}: {names} {'is' if len(self.paths) == 1 else 'are'} empty"
             )
         self._index: LineIndex | None = None
+        if self.mode == "streaming" and self._skip_blank and not self._has_record():
+            raise DataNotFoundError(f"{type(self).__name__}: no lines in {[str(p) for p in self.paths]}")
         if self.mode != "streaming":
             self._index = build_line_index(self.paths, skip_blank=self._skip_blank)
             if len(self._index) == 0:
                 raise DataNotFoundError(f"{type(self).__name__}: no lines in {[str(p) for p in self.paths]}")
         self._fds = PerProcess(dict, _close_fds)
         self._start_mode()
+
+    def _has_record(self) -> bool:
+        """Whether a file holds a line that is not blank (read up to the first one): streaming
+        refuses a source of blank lines when it is made, as the line index does in the other modes."""
+        for path in self.paths:
+            try:
+                f = open(path, "rb")  # noqa: SIM115 - closed by the with below
+            except OSError as exc:
+                raise os_read_error(exc, f"{type(self).__name__}: cannot read {str(path)!r}") from None
+            with f:
+                if any(raw not in (b"\n", b"\r\n") for raw in f):
+                    return True
+        return False
 
     @property
     def index_nbytes(self) -> int:
@@ -145,11 +160,19 @@ class TextLines(ModalSource):
         path = str(self.paths[file])
         return DataNotFoundError(f"{type(self).__name__}: file {path!r} (key {key}) is gone", key=key)
 
+    def _unreadable(self, exc: OSError, file: int, key: int) -> Exception:
+        """The library's error for ``exc``, raised reading file ``file`` for ``key``."""
+        if isinstance(exc, FileNotFoundError):
+            return self._gone(file, key)
+        return os_read_error(
+            exc, f"{type(self).__name__}: cannot read file {str(self.paths[file])!r}", key=key
+        )
+
     def _open(self, file: int, key: int) -> int:
         try:
             return open_fd(str(self.paths[file]))
-        except FileNotFoundError:
-            raise self._gone(file, key) from None
+        except OSError as exc:
+            raise self._unreadable(exc, file, key) from None
 
     def _kept_fd(self, file: int, key: int) -> int:
         """This process's open descriptor of file ``file`` (opened on first use)."""
@@ -164,21 +187,22 @@ class TextLines(ModalSource):
 
     def _pread(self, file: int, length: int, offset: int, key: int) -> bytes:
         """``length`` bytes at ``offset`` of file ``file`` (fewer if it shrank)."""
-        if len(self.paths) > _MAX_OPEN_FILES:
-            fd = self._open(file, key)
-            try:
-                return pread_exact(fd, length, offset)
-            finally:
+        fd = self._open(file, key) if len(self.paths) > _MAX_OPEN_FILES else self._kept_fd(file, key)
+        try:
+            return pread_exact(fd, length, offset)
+        except OSError as exc:
+            raise self._unreadable(exc, file, key) from None
+        finally:
+            if len(self.paths) > _MAX_OPEN_FILES:
                 os.close(fd)
-        return pread_exact(self._kept_fd(file, key), length, offset)
 
     def _size(self, file: int, key: int) -> int:
         """File ``file``'s size now (of the descriptor reads go through, when one is kept)."""
         if len(self.paths) > _MAX_OPEN_FILES:
             try:
                 return os.stat(self.paths[file]).st_size
-            except FileNotFoundError:
-                raise self._gone(file, key) from None
+            except OSError as exc:
+                raise self._unreadable(exc, file, key) from None
         return os.fstat(self._kept_fd(file, key)).st_size
 
     def _indexed_size(self, file: int) -> int:
@@ -233,48 +257,98 @@ class TextLines(ModalSource):
         slots, keys = order.tolist(), ordered.tolist()
         starts_list, stops_list = starts.tolist(), stops.tolist()
         decode = self._decode
+        # The plain text decode is done here, not through _decode: a shuffled block is one
+        # pread per line, and the calls per line were most of the read's time.
+        plain = type(self)._decode is TextLines._decode
+        encoding, errors = self.encoding, self.errors
         checked = -1  # the last file whose size was checked; a short read is checked per range
+        fd = -1
+        files_list = files.tolist()
         for lo, hi in itertools.pairwise(bounds):
-            file = int(files[lo])
+            file = files_list[lo]
             if file != checked:
                 checked = file
                 self._check_size(file, keys, stops_list, lo, int(np.searchsorted(files, file, side="right")))
+                fd = -1 if len(self.paths) > _MAX_OPEN_FILES else self._kept_fd(file, keys[lo])
             base = starts_list[lo]
-            stop = max(stops_list[lo:hi])
-            span = self._pread(file, stop - base, base, keys[lo])
-            if len(span) < stop - base:
-                raise self._changed(keys[_first_cut(stops_list, lo, hi, base + len(span))], file)
+            stop = stops_list[lo] if hi - lo == 1 else max(stops_list[lo:hi])
+            span = os.pread(fd, stop - base, base) if fd >= 0 else b""
+            if len(span) < stop - base:  # not kept open, or a short read: the careful path
+                span = self._pread(file, stop - base, base, keys[lo])
+                if len(span) < stop - base:
+                    raise self._changed(keys[_first_cut(stops_list, lo, hi, base + len(span))], file)
+            single = hi - lo == 1
             for j in range(lo, hi):
-                raw = span[starts_list[j] - base : stops_list[j] - base]
+                raw = span if single else span[starts_list[j] - base : stops_list[j] - base]
                 try:
-                    results[slots[j]] = decode(raw)
+                    if plain:
+                        if raw[-1:] == b"\n":
+                            raw = raw[:-2] if raw[-2:-1] == b"\r" else raw[:-1]
+                        results[slots[j]] = raw.decode(encoding, errors)
+                    else:
+                        results[slots[j]] = decode(raw)
                 except ValueError as exc:
                     raise self._corrupt(keys[j], self._where(file, keys[j]), exc) from None
         return results
 
-    def shards(self) -> list[_FileShard]:
+    def shards(self, *, tolerant: bool = False) -> list[_FileShard]:
         """One stream per file, in order: a sharded stream gives each rank whole files (see
-        :class:`~aioloader.order.stream_shard.RoundSharder` for when it does)."""
-        return [_FileShard(self, path) for path in self.paths]
+        :class:`~aioloader.order.stream_shard.RoundSharder` for when it does). ``tolerant``:
+        each yields a ``ReadFailure`` where a line or file cannot be read (see :meth:`_scan`)."""
+        return [_FileShard(self, path, tolerant) for path in self.paths]
 
-    def _scan(self, paths: Sequence[Path] | None = None) -> Iterator[Any]:
+    def _scan_tolerant(self) -> Iterator[Any]:
+        return self._scan(tolerant=True)
+
+    def _scan(self, paths: Sequence[Path] | None = None, *, tolerant: bool = False) -> Iterator[Any]:
+        """Every line (record) of ``paths`` (all files by default), front to back. A line that
+        does not decode, a file gone or unreadable, raise naming the file and key; ``tolerant``:
+        each is yielded as a ``ReadFailure`` instead, in one position (a whole file in one), and
+        the scan goes on."""
         position = 0
-        decode, skip_blank = self._decode, self._skip_blank
+        decode, skip_blank, name = self._decode, self._skip_blank, type(self).__name__
         for path in self.paths if paths is None else paths:
             try:
                 f = open(path, "rb")  # noqa: SIM115 - closed by the with below
-            except FileNotFoundError:
-                raise DataNotFoundError(
-                    f"{type(self).__name__}: file {str(path)!r} (key {position}) is gone", key=position
-                ) from None
+            except OSError as exc:
+                if isinstance(exc, FileNotFoundError):
+                    error: Exception = DataNotFoundError(
+                        f"{name}: file {str(path)!r} (key {position}) is gone", key=position
+                    )
+                else:
+                    error = os_read_error(exc, f"{name}: cannot read file {str(path)!r}", key=position)
+                if not tolerant:
+                    raise error from None
+                yield ReadFailure(error)
+                position += 1
+                continue
             with f:
-                for number, raw in enumerate(f, 1):
+                number = 0
+                lines = iter(f)
+                while True:
+                    try:
+                        raw = next(lines, None)
+                    except OSError as exc:  # an I/O error mid-file: the rest of it is lost
+                        error = os_read_error(
+                            exc, f"{name}: cannot read line {number + 1} of {str(path)!r}", key=position
+                        )
+                        if not tolerant:
+                            raise error from None
+                        yield ReadFailure(error)
+                        position += 1
+                        break
+                    if raw is None:
+                        break
+                    number += 1
                     if skip_blank and raw in (b"\n", b"\r\n"):
                         continue
                     try:
                         item = decode(raw)
                     except ValueError as exc:
-                        raise self._corrupt(position, f"line {number} of {str(path)!r}", exc) from None
+                        error = self._corrupt(position, f"line {number} of {str(path)!r}", exc)
+                        if not tolerant:
+                            raise error from None
+                        item = ReadFailure(error)
                     yield item
                     position += 1
 
@@ -311,9 +385,10 @@ class JsonLines(TextLines):
 class _FileShard:
     """The lines of one file of a text source, read front to back (a fresh pass per ``iter``)."""
 
-    def __init__(self, source: TextLines, path: Path) -> None:
+    def __init__(self, source: TextLines, path: Path, tolerant: bool = False) -> None:
         self.source = source
         self.path = path
+        self.tolerant = tolerant
 
     def __iter__(self) -> Iterator[Any]:
-        return self.source._scan([self.path])
+        return self.source._scan([self.path], tolerant=self.tolerant)

@@ -23,11 +23,13 @@ import numpy as np
 
 from aioloader._run.block import Block
 from aioloader._run.channel import Channel
+from aioloader._run.failures import FailurePolicy
 from aioloader._run.threads import DaemonThreadPool
-from aioloader.errors import annotate
+from aioloader.errors import DataNotFoundError, annotate
 from aioloader.monitor.stats import StageStats
 from aioloader.order.sharding import RankInfo
 from aioloader.order.stream_shard import RoundSharder
+from aioloader.sources._modes import ReadFailure
 
 _PULL_INLINE_UNDER_S = 0.002
 _MAX_BLOCK_S = 0.005
@@ -106,15 +108,18 @@ def _pull(iterator: Iterator[Any], limit: int, deadline_s: float) -> tuple[list[
     return items, True
 
 
-def _replay(iterator: Iterator[Any], stop: int, wanted: list[int]) -> list[Any]:
-    """Pull positions ``0..stop-1`` and keep those in ``wanted``, in ``wanted``'s order."""
+def _replay(iterator: Iterator[Any], stop: int, wanted: list[int]) -> tuple[list[Any], int]:
+    """Pull positions ``0..stop-1`` and keep those in ``wanted``, in ``wanted``'s order; also
+    how many positions the iterator had (fewer than ``stop`` when it ended early)."""
     index = {position: i for i, position in enumerate(wanted)}
     kept: list[Any] = [None] * len(wanted)
+    pulled = 0
     for position, item in zip(range(stop), iterator, strict=False):
+        pulled = position + 1
         slot = index.get(position)
         if slot is not None:
             kept[slot] = item
-    return kept
+    return kept, pulled
 
 
 class _StreamSource:
@@ -132,8 +137,10 @@ class _StreamSource:
         start: int = 0,
         prefix: list[int] = (),
         policy: str = "drop",
+        failures: FailurePolicy | None = None,
     ) -> None:
         self.name = name
+        self.failure_policy = failures
         self._start = start
         self._prefix = list(prefix)
         self._policy = policy
@@ -148,9 +155,40 @@ class _StreamSource:
         world = self._rank.world_size
         return seq if world == 1 else self._rank.rank + seq * world
 
+    def _ended_early(self, count: int) -> DataNotFoundError:
+        """The error for a stream that ended after ``count`` of this rank's items on a resumed
+        run, before its resume position: what the state refers to is no longer there, and the
+        shuffle buffer's items cannot be read again (a placeholder or a quiet end would lose them)."""
+        key = self._key(count)
+        error = DataNotFoundError(
+            f"stage {self.name!r}: the stream {self._iterable!r} ended after {count} items"
+            f"{'' if self._rank.world_size == 1 else f' of rank {self._rank.rank}'}, before position "
+            f"{self._start} where the state resumes it: the source holds less than when the state "
+            "was saved (a file cut shorter, a generator that yields fewer items)",
+            stage=self.name,
+            key=key,
+        )
+        return annotate(error, self.name, key)
+
     async def _emit_prefix(self, kept: list[Any]) -> None:
-        self.stats.items_out += len(kept)
-        await self.output.put(Block([self._key(s) for s in self._prefix], list(self._prefix), kept))
+        block = Block([self._key(s) for s in self._prefix], list(self._prefix), kept)
+        if self.failure_policy is not None and any(isinstance(v, ReadFailure) for v in kept):
+            # a buffered item the source can no longer read (the file changed since the state)
+            block = self._skip_failures(self.failure_policy, block)
+        self.stats.items_out += len(block)
+        await self.output.put(block)
+
+    def _skip_failures(self, policy: FailurePolicy, block: Block) -> Block:
+        """``block`` without its read failures, each recorded under ``policy`` (which raises
+        past the budget)."""
+        policy.seen += len(block)
+        keep = []
+        for i, item in enumerate(block.values):
+            if isinstance(item, ReadFailure):
+                policy.fail(block.keys[i], item.error, block.seqs[i])
+            else:
+                keep.append(i)
+        return block if len(keep) == len(block) else block.take(keep)
 
 
 def _shards(iterable: Any) -> list[Any] | None:
@@ -167,29 +205,45 @@ def _shard_stream(iterator: Iterator[Any], sharder: RoundSharder) -> Iterator[An
 
 
 class IterSource(_StreamSource):
-    """A sync iterable, pulled inline until a pull is slow, then in a thread."""
+    """A sync iterable, pulled inline until a pull is slow, then in a thread.
+
+    Under ``on_error="skip"`` (the first map's, see :func:`~aioloader._run.graph.read_policy`),
+    a stream that offers ``tolerating_failures()`` (a text source) is read through it: an item
+    it cannot read comes as a :class:`~aioloader.sources._modes.ReadFailure` in its position,
+    skipped and recorded with its key under the failure budget, and the stream goes on."""
 
     _pull: Future[Any] | None = None  # the pull running in the thread, if any
 
+    def _readable(self) -> tuple[Any, bool]:
+        """The iterable to read and whether it gives read failures as items."""
+        policy = self.failure_policy
+        tolerant = getattr(self._iterable, "tolerating_failures", None)
+        if policy is None or policy.on_error != "skip" or not callable(tolerant):
+            return self._iterable, False
+        return tolerant(), True
+
     async def run(self) -> None:
         world, rank = self._rank.world_size, self._rank.rank
-        shards = _shards(self._iterable) if world > 1 and self._policy == "uneven" else None
+        iterable, tolerant = self._readable()
+        shards = _shards(iterable) if world > 1 and self._policy == "uneven" else None
         if shards is not None and len(shards) >= world:
             # whole parts (files) per rank: each rank reads only its own
             iterator = itertools.chain.from_iterable(shards[rank::world])
         elif world > 1:
-            iterator = _shard_stream(iter(self._iterable), RoundSharder(rank, world, self._policy))
+            iterator = _shard_stream(iter(iterable), RoundSharder(rank, world, self._policy))
         else:
-            iterator = iter(self._iterable)
+            iterator = iter(iterable)
         pool: DaemonThreadPool | None = None
         position = 0
         if self._start:
             replay = DaemonThreadPool(1, "aioloader-source")  # a daemon: never holds the exit
             try:
                 self._pull = replay.submit(_replay, iterator, self._start, self._prefix)
-                kept = await asyncio.wrap_future(self._pull)
+                kept, pulled = await asyncio.wrap_future(self._pull)
             finally:
                 replay.shutdown()
+            if pulled < self._start:
+                raise self._ended_early(pulled)
             if self._prefix:
                 await self._emit_prefix(kept)
             position = self._start
@@ -218,8 +272,12 @@ class IterSource(_StreamSource):
                     seqs = list(range(position, position + len(items)))
                     keys = seqs if world == 1 else [rank + s * world for s in seqs]
                     position += len(items)
-                    self.stats.items_out += len(items)
-                    await self.output.put(Block(keys, seqs, items))
+                    block = Block(keys, seqs, items)
+                    if tolerant and self.failure_policy is not None:
+                        block = self._skip_failures(self.failure_policy, block)
+                    self.stats.items_out += len(block)
+                    if len(block):
+                        await self.output.put(block)
         finally:
             if pool is not None:
                 pool.shutdown(cancel_futures=True)
@@ -284,7 +342,9 @@ class AsyncIterSource(_StreamSource):
                 elif wanted.get(mine) is not None:
                     kept[wanted[mine]] = item
                 mine += 1
-            if prefix and not prefix_sent:  # the resume point was in the last round, or past the end
+            if mine < start:
+                raise self._ended_early(mine)
+            if prefix and not prefix_sent:  # the resume point was in the last round
                 await self._emit_prefix(kept)
             if items:
                 self.stats.items_out += len(items)
