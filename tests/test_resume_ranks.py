@@ -91,8 +91,11 @@ def test_sampler_set_epoch_after_a_state_of_an_earlier_epoch_starts_that_epoch()
         moved_on.sampler.set_epoch(1)
         assert not moved_on.resuming and moved_on.epoch == 1
         assert _epoch(moved_on) == epoch_1
+    with _make(0) as saver:
+        _epoch(saver)
+        next(iter(saver))
+        state_in_epoch_1 = saver.state_dict()
     with _make(0) as earlier:
-        saver_state = dict(state, epoch=1)
-        earlier.load_state_dict(saver_state)
+        earlier.load_state_dict(state_in_epoch_1)
         with pytest.raises(ValueError, match=r"set_epoch\(0\) after load_state_dict"):
             earlier.sampler.set_epoch(0)
