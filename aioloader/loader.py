@@ -64,7 +64,6 @@ class Loader(Closing):
     def from_source(
         cls,
         source: Any,
-        /,
         *,
         shuffle: bool | str | KeyOrder = False,
         seed: int = 0,
@@ -112,7 +111,6 @@ class Loader(Closing):
     def map(
         self,
         fn: Callable[[Any], Any],
-        /,
         *,
         executor: str = "auto",
         concurrency: int | str | None = None,
@@ -178,7 +176,7 @@ class Loader(Closing):
         options = replace(options, extras={**options.extras, **extras})
         return Loader(replace(self._pipeline, options=options))
 
-    def filter(self, predicate: Callable[[Any], bool], /, *, name: str | None = None) -> Loader:
+    def filter(self, predicate: Callable[[Any], bool], *, name: str | None = None) -> Loader:
         """Keep the items for which ``predicate(item)`` is true."""
         check_callable(predicate, "predicate")
         return self._then(FilterSpec(name or f"filter({fn_name(predicate)})", predicate))
@@ -186,7 +184,6 @@ class Loader(Closing):
     def batch(
         self,
         size: int,
-        /,
         *,
         collate: Callable[[list[Any]], Any] | None = None,
         drop_last: bool = False,
@@ -204,7 +201,6 @@ class Loader(Closing):
     def batch_by_tokens(
         self,
         max_tokens: int,
-        /,
         *,
         length: Callable[[Any], int] = len,
         collate: Callable[[list[Any]], Any] | None = None,
@@ -213,7 +209,8 @@ class Loader(Closing):
     ) -> Loader:
         """Batches of consecutive items under a token budget: ``batch size x longest length``
         (``padded=True``) or the sum of lengths (``padded=False``) stays <= ``max_tokens``; an
-        item longer than the budget goes alone. See :mod:`aioloader._run.stages.batch_by_tokens`."""
+        item longer than the budget goes alone. ``collate`` defaults to :func:`al.collate.pad`
+        (the items differ in length). See :mod:`aioloader._run.stages.batch_by_tokens`."""
         from aioloader._run.stages.batch_by_tokens import token_batch_spec
 
         return self._then(token_batch_spec(max_tokens, length, collate, padded, max_batch_size))
@@ -221,7 +218,6 @@ class Loader(Closing):
     def bucket(
         self,
         boundaries: Sequence[int],
-        /,
         *,
         batch_size: int | Sequence[int],
         length: Callable[[Any], int] = len,
@@ -230,7 +226,8 @@ class Loader(Closing):
     ) -> Loader:
         """Batches of items of similar length: bucket ``i`` holds lengths in
         ``[boundaries[i-1], boundaries[i])`` and is emitted when it holds ``batch_size`` items
-        (an int, or one per bucket). See :mod:`aioloader._run.stages.bucket`."""
+        (an int, or one per bucket). ``collate`` defaults to :func:`al.collate.pad`. See
+        :mod:`aioloader._run.stages.bucket`."""
         from aioloader._run.stages.bucket import bucket_spec
 
         return self._then(bucket_spec(boundaries, batch_size, length, collate, drop_last))
@@ -238,7 +235,6 @@ class Loader(Closing):
     def pack(
         self,
         seq_len: int,
-        /,
         *,
         batch_size: int = 1,
         field: str = "input_ids",
@@ -255,7 +251,6 @@ class Loader(Closing):
     def validate(
         self,
         check: Callable[[Any], Any] | Sequence[Callable[[Any], Any]],
-        /,
         *,
         on_error: str = "raise",
         max_failures: int | float = 0,
@@ -267,7 +262,7 @@ class Loader(Closing):
 
         return self._then(validate_spec(check, on_error, max_failures))
 
-    def shuffle(self, buffer_size: int, /, *, seed: int | None = None) -> Loader:
+    def shuffle(self, buffer_size: int, *, seed: int | None = None) -> Loader:
         """A seeded shuffle buffer (reservoir) of ``buffer_size`` items: works on endless
         streams in constant memory; its state (for ``state_dict``) is keys, not payloads.
         ``seed`` defaults to the source's seed; the order changes with the epoch."""
@@ -276,7 +271,7 @@ class Loader(Closing):
             check_positive_int(seed, "seed", minimum=0)
         return self._then(ShuffleSpec("shuffle", buffer_size, seed))
 
-    def prefetch(self, n: int, /) -> Loader:
+    def prefetch(self, n: int) -> Loader:
         """Keep up to ``n`` outputs of the previous stage ready ahead of the consumer."""
         check_positive_int(n, "n")
         return self._then(PrefetchSpec("prefetch", n))
@@ -284,7 +279,6 @@ class Loader(Closing):
     def to_device(
         self,
         device: Any,
-        /,
         *,
         non_blocking: bool = True,
         normalize: bool = False,

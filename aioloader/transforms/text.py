@@ -33,7 +33,6 @@ class Tokenize:
     def __init__(
         self,
         tokenizer: Callable[[str], Any] | None = None,
-        /,
         *,
         max_length: int | None = None,
         field: Hashable | None = None,
