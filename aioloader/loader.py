@@ -45,6 +45,7 @@ from aioloader.order.resume import FORMAT, ResumePoint, parse, parse_elastic
 from aioloader.order.sample_rng import is_random
 from aioloader.order.sharding import RankInfo, resolve_rank, shard_count
 from aioloader.sources._adapt import IndexableSource, adapt
+from aioloader.sources._presplit import check_no_second_split
 
 __all__ = ["Loader"]
 
@@ -77,7 +78,11 @@ class Loader(Closing):
         ``shuffle``: ``False`` (source order), ``True`` (a seeded permutation per epoch),
         ``"chunks"`` (chunk order permuted, keys mixed within ``chunk_window`` chunks read
         together; the source's chunk layout when it exposes one) or an ``al.order`` sampler
-        (``Weighted``, ``ClassBalanced``). Keys are sharded over ranks before any read."""
+        (``Weighted``, ``ClassBalanced``). Keys are sharded over ranks before any read, except in
+        a Hugging Face dataset already split with ``split_dataset_by_node``: each rank reads its
+        split whole (giving ``rank``/``world_size`` too is refused)."""
+        if check_no_second_split(source, rank, world_size) is not None:
+            rank, world_size = 0, 1
         adapted = adapt(source)
         order = None
         if isinstance(adapted, IndexableSource):
