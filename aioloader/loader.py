@@ -220,6 +220,50 @@ class Loader(Closing):
 
         return self._then(token_batch_spec(max_tokens, length, collate, padded, max_batch_size))
 
+    def adaptive_batch(
+        self,
+        initial_size: int,
+        *,
+        target_step_s: float,
+        min_size: int = 1,
+        max_size: int | None = None,
+        factor: int = 2,
+        tolerance: float = 0.25,
+        lag: int = 2,
+        collate: Callable[[list[Any]], Any] | None = None,
+        drop_last: bool = False,
+    ) -> Loader:
+        """Batches whose size follows the training step time: starting at ``initial_size``,
+        multiplied by ``factor`` after a step faster than ``target_step_s`` (less the
+        ``tolerance`` fraction), divided by it after a slower one, within ``[min_size,
+        max_size]``. The step time of a batch is what :meth:`record_step_time` reports, else
+        the time until the consumer asks for the next batch. Batch ``j`` uses the step time of
+        batch ``j - 1 - lag``, so the sizes depend on the step times only (deterministic, and
+        exact on resume); ``lag`` batches are prepared ahead. The consumer must receive these
+        batches as they are (no ``unbatch`` or ``filter`` after). See
+        :mod:`aioloader._run.stages.adaptive_batch`."""
+        from aioloader._run.stages.adaptive_batch import adaptive_batch_spec
+
+        spec = adaptive_batch_spec(
+            initial_size, target_step_s, min_size, max_size, factor, tolerance, lag, collate, drop_last
+        )
+        return self._then(spec)
+
+    def record_step_time(self, seconds: float) -> None:
+        """Report how long the training step on the last batch took (for
+        :meth:`adaptive_batch`; without it the loader measures the time until the next request).
+        Once per batch, before asking for the next one."""
+        sizer = self._step_sizer()
+        if sizer is None:
+            raise TypeError("record_step_time needs an adaptive_batch stage in the pipeline")
+        sizer.record(seconds)
+
+    def _step_sizer(self) -> Any:
+        for spec in self._pipeline.stages:
+            if hasattr(spec, "target_step_s"):
+                return self._runtime.step_sizer(spec)
+        return None
+
     def bucket(
         self,
         boundaries: Sequence[int],
@@ -427,15 +471,19 @@ class Loader(Closing):
             loop_thread, lambda handoff: self._make_sync_run(epoch, resume, handoff, holder)
         )
         observer = make_observer(self._pipeline.options.extras, self._length(), f"epoch {epoch}")
+        sizer = self._step_sizer()
         try:
             asked = perf_counter()
             for block in blocks:
                 run = holder[0]
                 run.consumer_wait_s += perf_counter() - asked
+                values = _hand_out(run, block)
+                if sizer is not None:
+                    values = _timed_steps(values, sizer)
                 if observer is None:
-                    yield from _hand_out(run, block)
+                    yield from values
                 else:
-                    yield from observer.hand_out(_hand_out(run, block), block.keys)
+                    yield from observer.hand_out(values, block.keys)
                 asked = perf_counter()
             if holder and not holder[0].cancelled:  # a close() mid-epoch leaves it incomplete
                 holder[0].completed = True
@@ -454,6 +502,7 @@ class Loader(Closing):
         epoch, resume = self._start_epoch()
         run = self._make_run(epoch, resume)
         observer = make_observer(self._pipeline.options.extras, self._length(), f"epoch {epoch}")
+        sizer = self._step_sizer()
         try:
             run.start()
             while True:
@@ -466,6 +515,8 @@ class Loader(Closing):
                 finally:
                     run.consumer_wait_s += perf_counter() - asked
                 values = _hand_out(run, block)
+                if sizer is not None:
+                    values = _timed_steps(values, sizer)
                 for value in values if observer is None else observer.hand_out(values, block.keys):
                     yield value
         finally:
@@ -542,6 +593,9 @@ class Loader(Closing):
                     "failures": {},
                 }
         state.update(where)
+        sizer = self._step_sizer()
+        if sizer is not None:
+            state["adaptive"] = sizer.state()
         return state
 
     def load_state_dict(self, state: dict[str, Any] | list[dict[str, Any]]) -> None:
@@ -560,6 +614,11 @@ class Loader(Closing):
             resume = parse(state, fingerprint)
             if int(state["rank"]) != info.rank:
                 raise ValueError(f"the state is rank {state['rank']}'s; this loader is rank {info.rank}")
+        sizer = self._step_sizer()
+        if sizer is not None:
+            if not isinstance(state, dict) or "adaptive" not in state:
+                raise ValueError("the state has no 'adaptive' field (batch sizes) for adaptive_batch")
+            sizer.restore(state["adaptive"])
         self._runtime.pending_resume = resume
         self._runtime.next_epoch = resume.epoch
 
@@ -623,6 +682,14 @@ def _hand_out(run: Run, block: Any) -> Iterator[Any]:
     for count, value in enumerate(values, 1):
         run.current_count = count
         yield value
+
+
+def _timed_steps(values: Iterator[Any], sizer: Any) -> Iterator[Any]:
+    """Batches handed out one by one, each one's step ending when the consumer asks again."""
+    for value in values:
+        sizer.handed_out()
+        yield value
+        sizer.step_done()
 
 
 def describe_stage(spec: StageSpec) -> dict[str, Any]:
