@@ -15,6 +15,7 @@ from time import perf_counter
 from typing import Any
 
 from aioloader._closing import Closing
+from aioloader._exit import close_at_exit
 from aioloader._run.bridge import iterate_blocks
 from aioloader._run.graph import Pipeline, Run
 from aioloader._run.runtime import Runtime
@@ -461,7 +462,7 @@ class Loader(Closing):
         return run
 
     def __iter__(self) -> Iterator[Any]:
-        return self._iterate()
+        return close_at_exit(self._iterate())
 
     def _iterate(self) -> Iterator[Any]:
         epoch, resume = self._start_epoch()
