@@ -87,3 +87,21 @@ def test_a_split_source_with_rank_and_world_size_is_refused_saying_what_to_remov
     with pytest.raises(ValueError, match=r"split_dataset_by_node \(rank 1 of 2\).*remove rank/world_size"):
         al.Loader.from_source(split, rank=1, world_size=2)
     assert len(collect(al.Loader.from_source(split, rank=0, world_size=1))) == 100
+
+
+def test_a_map_style_dataset_read_from_disk_and_split_by_node_is_not_sharded_again(tmp_path, monkeypatch):
+    _rows(2).save_to_disk(tmp_path / "rows")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    seen = []
+    for rank in (0, 1):
+        monkeypatch.setenv("RANK", str(rank))
+        split = split_dataset_by_node(datasets.load_from_disk(tmp_path / "rows"), rank=rank, world_size=2)
+        rows = [r["n"] for r in collect(al.Loader.from_source(split, shuffle=True))]
+        assert len(rows) == 100
+        seen += rows
+    assert sorted(seen) == list(range(200))
+    # the whole dataset, or another rank's split, is sharded as any source
+    whole = datasets.load_from_disk(tmp_path / "rows")
+    assert len(collect(al.Loader.from_source(whole))) == 100
+    other = split_dataset_by_node(whole, rank=0, world_size=2)  # rank 0's split, read on rank 1
+    assert len(collect(al.Loader.from_source(other))) == 50
