@@ -19,6 +19,7 @@ from aioloader._exit import close_at_exit
 from aioloader._run.bridge import iterate_blocks
 from aioloader._run.graph import Pipeline, Run
 from aioloader._run.runtime import Runtime
+from aioloader._run.stages.adaptive_batch import AdaptiveBatchSpec, StepSizer, adaptive_batch_spec
 from aioloader._run.stages.device import device_spec
 from aioloader._run.stages.shuffle import ShuffleSpec
 from aioloader._spec import (
@@ -249,8 +250,6 @@ class Loader(Closing):
         exact on resume); ``lag`` batches are prepared ahead. The consumer must receive these
         batches as they are (no ``unbatch`` or ``filter`` after). See
         :mod:`aioloader._run.stages.adaptive_batch`."""
-        from aioloader._run.stages.adaptive_batch import adaptive_batch_spec
-
         spec = adaptive_batch_spec(
             initial_size, target_step_s, min_size, max_size, factor, tolerance, lag, collate, drop_last
         )
@@ -265,9 +264,10 @@ class Loader(Closing):
             raise TypeError("record_step_time needs an adaptive_batch stage in the pipeline")
         sizer.record(seconds)
 
-    def _step_sizer(self) -> Any:
+    def _step_sizer(self) -> StepSizer | None:
+        """The adaptive batch stage's step times and sizes (None without that stage)."""
         for spec in self._pipeline.stages:
-            if hasattr(spec, "target_step_s"):
+            if isinstance(spec, AdaptiveBatchSpec):
                 return self._runtime.step_sizer(spec)
         return None
 
@@ -691,7 +691,7 @@ def _hand_out(run: Run, block: Any) -> Iterator[Any]:
         yield value
 
 
-def _timed_steps(values: Iterator[Any], sizer: Any) -> Iterator[Any]:
+def _timed_steps(values: Iterator[Any], sizer: StepSizer) -> Iterator[Any]:
     """Batches handed out one by one, each one's step ending when the consumer asks again."""
     for value in values:
         sizer.handed_out()
