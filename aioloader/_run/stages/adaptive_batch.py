@@ -106,7 +106,8 @@ class StepSizer:
     def _set(self, batch: int, seconds: float) -> None:
         self._steps[batch] = seconds
         for loop, future in self._waiters.pop(batch, []):
-            loop.call_soon_threadsafe(_resolve, future)
+            if not loop.is_closed():  # closed: the run that waited was stopped with its loop
+                loop.call_soon_threadsafe(_resolve, future)
 
     def _prune(self) -> None:
         low = self.delivered - 1
