@@ -692,11 +692,14 @@ def _hand_out(run: Run, block: Any) -> Iterator[Any]:
 
 
 def _timed_steps(values: Iterator[Any], sizer: StepSizer) -> Iterator[Any]:
-    """Batches handed out one by one, each one's step ending when the consumer asks again."""
+    """Batches handed out one by one, each one's step ending when the consumer asks again or
+    stops (the sizes after a break wait for that step)."""
     for value in values:
         sizer.handed_out()
-        yield value
-        sizer.step_done()
+        try:
+            yield value
+        finally:
+            sizer.step_done()
 
 
 def describe_stage(spec: StageSpec) -> dict[str, Any]:

@@ -62,6 +62,16 @@ def test_without_reports_the_step_is_measured_and_nothing_hangs():
     assert [len(b) for b in batches][:5] == [8, 8, 8, 16, 32]
 
 
+def test_a_break_mid_epoch_ends_that_step_and_the_next_epoch_runs_through():
+    loader = al.Loader.from_source(range(100)).adaptive_batch(4, target_step_s=10.0, max_size=16, lag=1)
+    with loader:
+        for j, _batch in enumerate(loader):
+            if j == 3:
+                break  # batch 3's step is never reported: it ends with the break
+        second = [len(b) for b in loader]
+    assert sum(second) == 100 and second[:3] == [16, 16, 16]
+
+
 async def test_async_iteration_follows_the_same_rule():
     with make() as loader:
         sizes = []
@@ -83,7 +93,8 @@ def test_arguments_are_checked_by_name():
     with pytest.raises(ValueError, match="no batch"):
         loader.record_step_time(0.1)
     with loader:
-        next(iter(loader))
+        iterator = iter(loader)
+        next(iterator)
         loader.record_step_time(0.1)
         with pytest.raises(ValueError, match="recorded already"):
             loader.record_step_time(0.1)
