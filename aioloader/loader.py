@@ -20,7 +20,7 @@ from aioloader._run.bridge import iterate_blocks
 from aioloader._run.graph import Pipeline, Run
 from aioloader._run.runtime import Runtime
 from aioloader._run.stages.adaptive_batch import AdaptiveBatchSpec, StepSizer, adaptive_batch_spec
-from aioloader._run.stages.device import device_spec
+from aioloader._run.stages.device import DeviceSpec, device_spec
 from aioloader._run.stages.shuffle import ShuffleSpec
 from aioloader._spec import (
     SHARD_POLICIES,
@@ -117,6 +117,13 @@ class Loader(Closing):
         return cls(Pipeline(spec, adapted, (), Options()))
 
     def _then(self, spec: StageSpec) -> Loader:
+        if any(isinstance(s, AdaptiveBatchSpec) for s in self._pipeline.stages) and not _one_to_one(spec):
+            # a stage that drops or holds batches would leave the adaptive stage waiting for
+            # the step time of a batch the consumer never gets
+            raise ValueError(
+                f"{spec.name} cannot follow adaptive_batch: only map (on_error='raise'), "
+                "prefetch and to_device can, as the consumer must receive every batch in order"
+            )
         taken = {s.name for s in self._pipeline.stages} | {"source", "read"}
         spec = replace(spec, name=unique_name(spec.name, taken))
         return Loader(replace(self._pipeline, stages=(*self._pipeline.stages, spec)))
@@ -689,6 +696,13 @@ def _hand_out(run: Run, block: Any) -> Iterator[Any]:
     for count, value in enumerate(values, 1):
         run.current_count = count
         yield value
+
+
+def _one_to_one(spec: StageSpec) -> bool:
+    """Whether ``spec`` hands on each item, in order, as one item."""
+    if isinstance(spec, MapSpec):
+        return spec.on_error == "raise" and spec.ordered
+    return isinstance(spec, (PrefetchSpec, DeviceSpec))
 
 
 def _timed_steps(values: Iterator[Any], sizer: StepSizer) -> Iterator[Any]:

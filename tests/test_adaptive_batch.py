@@ -90,6 +90,11 @@ def test_arguments_are_checked_by_name():
     with pytest.raises(TypeError, match="record_step_time"):
         source.batch(2).record_step_time(0.1)
     loader = source.adaptive_batch(4, target_step_s=1.0)
+    with pytest.raises(ValueError, match=r"filter.*cannot follow adaptive_batch"):
+        loader.filter(bool)
+    with pytest.raises(ValueError, match="shuffle cannot follow adaptive_batch"):
+        loader.shuffle(8)
+    loader.map(len).prefetch(2).to_device("cpu")  # one batch in, one batch out: allowed
     with pytest.raises(ValueError, match="no batch"):
         loader.record_step_time(0.1)
     with loader:
