@@ -16,7 +16,7 @@ from pathlib import Path
 import psutil
 import torch
 
-WORKLOADS = ["tiny", "jpeg", "h5", "h5_shuffle", "padding", "text", "memory", "configs", "service"]
+WORKLOADS = ["tiny", "jpeg", "h5", "h5_shuffle", "padding", "text", "memory", "configs", "service", "order_scale"]
 LATEST = Path(__file__).resolve().parent / "results" / "latest.md"
 
 

@@ -21,7 +21,7 @@ _M1 = np.uint64(0xBF58476D1CE4E5B9)  # splitmix64's multipliers: a strong 64-bit
 _M2 = np.uint64(0x94D049BB133111EB)
 _SHIFT = np.uint64(31)
 _TOP32 = np.uint64(32)
-_PIECE = 16384  # positions per pass: the few arrays of a pass stay in the L2 cache
+_PIECE = 8192  # positions per pass: the few arrays of a pass stay in the L2 cache
 
 
 def index_dtype(n: int) -> np.dtype:
@@ -75,7 +75,9 @@ class Bijection:
 
     def _walk(self, step, values: np.ndarray) -> np.ndarray:
         """``step`` applied until every value is below n, in pieces that stay in the CPU cache."""
-        values = np.asarray(values, dtype=np.uint64)
+        values = np.asarray(values)
+        # int64 positions are read as uint64 in place: a negative one reads as huge, and fails here
+        values = values.view(np.uint64) if values.dtype == np.int64 else values.astype(np.uint64, copy=False)
         if values.size and int(values.max()) >= self._n:  # past n a walk may never come back
             raise IndexError(f"position {int(values.max())} out of range for a permutation of {self._n}")
         if self._n <= 1:
@@ -99,60 +101,58 @@ class Bijection:
             again = again[moved >= n]
         return out
 
-    @staticmethod
-    def _mix(half: np.ndarray, key: np.uint64) -> np.ndarray:
-        """A keyed 64-bit mix of ``half`` (splitmix64's finaliser): every input bit reaches
-        the high output bits, which the rounds use."""
-        mixed = half ^ key
-        mixed *= _M1
-        mixed ^= mixed >> _SHIFT
-        mixed *= _M2
-        return mixed
-
-    def _low_round(self, high: np.ndarray, key: np.uint64) -> np.ndarray:
-        """F(q): ``low_bits`` pseudorandom bits."""
-        mixed = self._mix(high, key)
-        mixed >>= np.uint64(64 - self._low_bits)
-        return mixed
-
-    def _high_round(self, low: np.ndarray, key: np.uint64) -> np.ndarray:
-        """G(p): a pseudorandom value in [0, B) (the top 32 bits scaled to B)."""
-        mixed = self._mix(low, key)
-        mixed >>= _TOP32
-        mixed *= np.uint64(self._high)
-        mixed >>= _TOP32
-        return mixed
-
     def _split(self, values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        return values & np.uint64((1 << self._low_bits) - 1), values >> np.uint64(self._low_bits)
+        low = values & np.uint64((1 << self._low_bits) - 1)
+        return low, values >> np.uint64(self._low_bits)
 
     def _join(self, low: np.ndarray, high: np.ndarray) -> np.ndarray:
         high <<= np.uint64(self._low_bits)
         high |= low
         return high
 
+    def _round(self, i: int, low: np.ndarray, high: np.ndarray, mixed: np.ndarray, spare: np.ndarray) -> None:
+        """``mixed`` = round ``i``'s function of the half it reads: a keyed 64-bit mix
+        (splitmix64's finaliser, every input bit reaching the high bits), whose top bits are
+        ``F(q)`` (``low_bits`` bits) in even rounds and ``G(p)`` (scaled to [0, B)) in odd ones."""
+        np.bitwise_xor(high if i % 2 == 0 else low, self._keys[i], out=mixed)
+        mixed *= _M1
+        np.right_shift(mixed, _SHIFT, out=spare)
+        mixed ^= spare
+        mixed *= _M2
+        if i % 2 == 0:
+            mixed >>= np.uint64(64 - self._low_bits)
+        else:
+            mixed >>= _TOP32
+            mixed *= np.uint64(self._high)
+            mixed >>= _TOP32
+
     def _encrypt(self, values: np.ndarray) -> np.ndarray:
         low, high = self._split(values)
+        mixed, spare = np.empty_like(low), np.empty_like(low)
         size = np.uint64(self._high)
-        for i, key in enumerate(self._keys):
-            if i % 2 == 0:
-                low ^= self._low_round(high, key)
-            else:  # q = (q + G(p)) mod B, both terms below B
-                high += self._high_round(low, key)
-                np.subtract(high, size, out=high, where=high >= size)
+        for i in range(len(self._keys)):
+            self._round(i, low, high, mixed, spare)
+            if i % 2 == 0:  # p ^= F(q)
+                low ^= mixed
+            else:  # q = (q + G(p)) mod B; both terms are below B, and q - B wraps past q if q < B
+                high += mixed
+                np.subtract(high, size, out=spare)
+                np.minimum(high, spare, out=high)
         return self._join(low, high)
 
     def _decrypt(self, values: np.ndarray) -> np.ndarray:
         low, high = self._split(values)
+        mixed, spare = np.empty_like(low), np.empty_like(low)
         size = np.uint64(self._high)
         for i in reversed(range(len(self._keys))):
-            key = self._keys[i]
+            self._round(i, low, high, mixed, spare)
             if i % 2 == 0:
-                low ^= self._low_round(high, key)
+                low ^= mixed
             else:  # q = (q - G(p)) mod B
                 high += size
-                high -= self._high_round(low, key)
-                np.subtract(high, size, out=high, where=high >= size)
+                high -= mixed
+                np.subtract(high, size, out=spare)
+                np.minimum(high, spare, out=high)
         return self._join(low, high)
 
 
