@@ -174,7 +174,7 @@ def _collect_ranks(n, world, policy, shuffle, seed=0):
     return out
 
 
-@settings(max_examples=30, deadline=None)
+@settings(max_examples=20, deadline=None)
 @given(
     k=st.integers(1, 10),
     delta=st.integers(-1, 2),
