@@ -142,8 +142,6 @@ class MapStage:
         workers = self.spec.concurrency or default_concurrency(kind)
         if kind == "thread" and self._tune_max is not None:
             workers = max(workers, self._tune_max)  # threads are made lazily: size for the budget
-        if kind == "process":
-            import aioloader.workers  # noqa: F401 - registers the process executor kind
         if kind == "thread":
             executor: Executor = ThreadExecutor(workers, self.spec.name)
         elif kind == "async":
