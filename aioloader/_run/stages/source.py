@@ -30,11 +30,11 @@ from aioloader.order.sharding import RankInfo
 from aioloader.order.stream_shard import RoundSharder
 
 _PULL_INLINE_UNDER_S = 0.002
+_MAX_BLOCK_S = 0.005
 # Keys computed per call of the order: enough to spread numpy's per-call cost over many blocks,
 # few enough that the first batch does not wait for them.
 _KEY_RUN = 4096
 _NO_KEYS = np.zeros(0, dtype=np.int64)
-_MAX_BLOCK_S = 0.005
 
 
 class KeySource:
