@@ -44,7 +44,7 @@ from aioloader.order.orders import KeyOrder, order_count, resolve_order
 from aioloader.order.resume import FORMAT, ResumePoint, parse, parse_elastic
 from aioloader.order.sample_rng import is_random
 from aioloader.order.sharding import RankInfo, resolve_rank, shard_count
-from aioloader.sources._adapt import IndexableSource, adapt
+from aioloader.sources._adapt import IndexableSource, ShardStreamSource, adapt
 
 __all__ = ["Loader"]
 
@@ -88,7 +88,9 @@ class Loader(Closing):
         adapted = adapt(source)
         order = None
         if isinstance(adapted, IndexableSource):
-            order = resolve_order(shuffle, source, chunk_window)
+            order = resolve_order(shuffle, adapted.obj, chunk_window)
+        elif isinstance(adapted, ShardStreamSource) and shuffle in (True, "chunks"):
+            pass  # a seeded shard order per epoch (aioloader._run.stages.shard_source)
         elif shuffle is not False:
             raise ValueError(
                 f"shuffle={shuffle!r} needs an indexable source (an order of its keys); "
@@ -130,6 +132,9 @@ class Loader(Closing):
         timeout: float | None = None,
         name: str | None = None,
         worker_init: Callable[[int], None] | None = None,
+        max_worker_memory: int | str | None = "auto",
+        stall_after: float | str | None = "auto",
+        on_stall: str = "warn",
     ) -> Loader:
         """Apply ``fn`` (sync or async) to every item. A random transform (``fn.random`` is
         True, as ``al.transforms`` augmentations) is called ``fn(item, rng)`` with a generator
@@ -139,11 +144,20 @@ class Loader(Closing):
         life (``concurrency`` processes; default 75% of the cores, at most 2 under 4 GiB free).
         ``fn`` and ``worker_init`` must be picklable (checked here); ``worker_init(worker_id)``
         runs once in each worker as it starts (and in a replacement after a crash). See
-        :mod:`aioloader.workers`.
+        :mod:`aioloader.workers`. ``max_worker_memory`` (bytes; "auto": half the machine's
+        memory shared by the workers, at least 1 GiB; None: no limit): a worker whose resident
+        memory grows past it is replaced and its sample fails as ``WorkerCrashError`` (after the
+        usual redo). ``stall_after`` (seconds; "auto": 20x the slowest task, at least 60 s;
+        None: never): a task running that long is reported, a warning naming the stage, the
+        keys, the worker's pid and its Python stack; ``on_stall="raise"`` makes it a
+        ``StageStalledError``.
 
-        ``executor="auto"`` measures ``fn`` on the first block: cheap functions stay inline,
-        GIL-releasing ones go to threads, GIL-holding CPU-heavy picklable ones to processes
-        (see :mod:`aioloader.monitor.autotune`). ``concurrency="auto"`` tunes the chunks in
+        ``executor="auto"`` measures ``fn`` on the first blocks: cheap functions stay inline,
+        ones that run faster in two threads than inline (they release the GIL) go to threads,
+        and the others to processes when they pay for their start-up on the epoch's work (and
+        are picklable), else inline; never threads for a function that holds the GIL. A stage
+        is placed again when its measured rate says it was wrong, from the next epoch; the
+        output is the same wherever it runs (see :mod:`aioloader.monitor.autotune`). ``concurrency="auto"`` tunes the chunks in
         flight and the output queue depth while running (hill-climbing on throughput within the
         cores and the memory budget); ``stats()["autotune"]`` shows what it chose."""
         tune = concurrency == "auto"
@@ -166,9 +180,19 @@ class Loader(Closing):
         if spec.executor == "process":
             from aioloader.workers import process_map_spec
 
-            spec = process_map_spec(spec, worker_init)
+            spec = process_map_spec(
+                spec,
+                worker_init,
+                max_worker_memory=max_worker_memory,
+                stall_after=stall_after,
+                on_stall=on_stall,
+            )
         elif worker_init is not None:
             raise ValueError("worker_init is only used with executor='process'")
+        elif (max_worker_memory, stall_after, on_stall) != ("auto", "auto", "warn"):
+            raise ValueError(
+                "max_worker_memory, stall_after and on_stall are only used with executor='process'"
+            )
         loader = self._then(spec)
         if tune:
             return loader._with_extras(
@@ -495,7 +519,10 @@ class Loader(Closing):
         return {
             "source": f"indexable:{source.length}"
             if isinstance(source, IndexableSource)
+            else source.obj.describe()
+            if isinstance(source, ShardStreamSource)
             else type(source).__name__,
+            **({"shuffle": spec.shuffle is not False} if isinstance(source, ShardStreamSource) else {}),
             "order": spec.order.describe() if spec.order is not None else None,
             "seed": spec.seed,
             "shard_policy": spec.shard_policy,
@@ -615,6 +642,10 @@ class Loader(Closing):
     def close(self) -> None:
         """Stop every run, the loop thread and every pool of this loader. Idempotent."""
         self._runtime.close()
+
+    def __exit__(self, exc_type: Any, *exc: Any) -> None:
+        # Ctrl-C: close at once, without waiting for calls blocked in threads
+        self._runtime.close(interrupted=exc_type is not None and issubclass(exc_type, KeyboardInterrupt))
 
 
 def _hand_out(run: Run, block: Any) -> Iterator[Any]:

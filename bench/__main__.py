@@ -16,7 +16,10 @@ from pathlib import Path
 import psutil
 import torch
 
-WORKLOADS = ["tiny", "jpeg", "h5", "h5_shuffle", "padding", "text", "memory", "configs", "service", "order_scale"]
+WORKLOADS = [
+    "tiny", "jpeg", "h5", "h5_shuffle", "padding", "text", "memory", "configs", "service", "remote", "gil", "tokenizer",
+    "order_scale",
+]
 LATEST = Path(__file__).resolve().parent / "results" / "latest.md"
 
 

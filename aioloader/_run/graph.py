@@ -21,6 +21,7 @@ from aioloader._run.read_fusion import fuse_read
 from aioloader._run.stages.batch import BatchStage
 from aioloader._run.stages.filter import FilterStage
 from aioloader._run.stages.map import MapStage
+from aioloader._run.stages.shard_source import ShardSource
 from aioloader._run.stages.source import AsyncIterSource, IterSource, KeySource
 from aioloader._run.stages.unbatch import UnbatchStage
 from aioloader._spec import (
@@ -40,7 +41,7 @@ from aioloader.order.reservoir import ReservoirState
 from aioloader.order.resume import ResumePoint, remaining_order
 from aioloader.order.sequence import KeySequence
 from aioloader.order.sharding import RankInfo, resolve_rank, shard_sequence
-from aioloader.sources._adapt import AdaptedSource, AsyncIterableSource, IndexableSource
+from aioloader.sources._adapt import AdaptedSource, AsyncIterableSource, IndexableSource, ShardStreamSource
 
 # Channel depth in blocks: sample blocks are small and cheap stages pay a task wake-up per
 # empty/full transition, so they get a deeper channel than batches (``prefetch(n)`` sets it).
@@ -104,7 +105,16 @@ def epoch_keys(
 def read_spec(source: IndexableSource) -> MapSpec:
     """The implicit read stage of an indexable source: keys to samples."""
     if source.aget_one is not None:
-        return MapSpec(name="read", fn=source.aget_one, is_async=True, concurrency=source.read_concurrency)
+        # a source may skip the samples it cannot read (and report them): its own policy
+        on_error, budget = getattr(source.obj, "read_failures", ("raise", 0))
+        return MapSpec(
+            name="read",
+            fn=source.aget_one,
+            is_async=True,
+            concurrency=source.read_concurrency,
+            on_error=on_error,
+            max_failures=budget,
+        )
     if source.get_many is not None:
         return MapSpec(name="read", fn=source.get_many, per_block=True, item_fn=source.get_one)
     return MapSpec(name="read", fn=source.get_one)
@@ -144,15 +154,19 @@ class Run:
         self._tasks: list[asyncio.Task[None]] = []
         self._error: BaseException | None = None
         self._closed = False
+        self.drain_s = DRAIN_S  # how long aclose() waits for calls still running in threads
         self.started = time.perf_counter()
         self.first_output: float | None = None
         self.samples = 0
         self.batches = 0
         self.on_close: list[Any] = []  # callbacks run once every task has ended
+        self.on_stop: list[Any] = []  # callbacks run once the tasks ended, before the drain
+        self._drain_cut: asyncio.Event | None = None
         self.options = pipeline.options
         self.consumer_wait_s = 0.0  # time the consumer waited for a block (set by the Loader)
         self.ended: float | None = None  # when the consumer saw the end of the epoch
         self.monitor: RunMonitor | None = None  # time series, memory/CPU, autotuner
+        self._io_closers: list[Any] = []  # coroutine functions closing a source's connections
         self._build(pipeline, decisions, sink)
 
     # -- building --------------------------------------------------------------------------
@@ -167,6 +181,12 @@ class Run:
             self.epoch_length = expected
             self.stages.append(KeySource(keys, block, start=start, prefix=prefix))
             specs: list[StageSpec] = fuse_read(source, [read_spec(source), *fuse_map_batch(pipeline.stages)])
+            closer = getattr(source.obj, "aclose_io", None)
+            if closer is not None:  # connections the reads opened on this run's loop
+                self._io_closers.append(closer)
+        elif isinstance(source, ShardStreamSource):
+            self.stages.append(self._shard_source(pipeline, block, start, prefix))
+            specs = fuse_map_batch(pipeline.stages)
         else:
             if source.one_shot:
                 # A second run would silently lose what the first one read ahead of the consumer.
@@ -228,6 +248,26 @@ class Run:
         last.output = self.output
         last.stats.output = self.output
 
+    def _shard_source(self, pipeline: Pipeline, block: int, start: int, prefix: list[int]) -> ShardSource:
+        spec = pipeline.source_spec
+        if self.rank.world_size > 1 and spec.shard_policy != "uneven":
+            raise ValueError(
+                f"shard_policy={spec.shard_policy!r} needs equal sample counts per rank, which a "
+                "shard stream does not know before reading it: use shard_policy='uneven', or give "
+                "the source an index (al.sources.write_shards writes one)"
+            )
+        return ShardSource(
+            pipeline.source.obj,
+            block,
+            self.rank,
+            epoch=self.epoch,
+            seed=spec.seed,
+            shuffle=spec.shuffle is not False,
+            errors=self.errors,
+            start=start,
+            prefix=prefix,
+        )
+
     def _make_stage(self, spec: StageSpec, decisions: Decisions, expected: int | None) -> Stage:
         if isinstance(spec, MapSpec):
             return MapStage(
@@ -235,6 +275,7 @@ class Run:
                 errors=self.errors,
                 decisions=decisions,
                 expected_items=expected,
+                epoch_samples=self.epoch_length,
                 epoch=self.epoch,
                 seed=self.seed,
                 rank=self.rank.rank,
@@ -412,12 +453,38 @@ class Run:
                 close = getattr(stage, "close", None)
                 if close is not None:
                     close()
-            drains = [stage.drain(DRAIN_S) for stage in self.stages if hasattr(stage, "drain")]
+            drains = [stage.drain(self.drain_s) for stage in self.stages if hasattr(stage, "drain")]
+            closers = [closer() for closer in self._io_closers]
             try:
-                await _finish(asyncio.gather(*drains))
+                await _finish(self._drain(drains, closers))
             finally:
                 for callback in self.on_close:
                     callback(self)
+
+    async def _drain(self, drains: list[Any], closers: list[Any]) -> None:
+        """The source's connection closers, to their end (then the ``on_stop`` callbacks),
+        beside the stages' drains, which :meth:`stop_draining` (Ctrl-C) cuts short."""
+        self._drain_cut = cut = asyncio.Event()
+        if self.drain_s <= 0:
+            cut.set()
+        gathered = asyncio.ensure_future(asyncio.gather(*drains))
+        stop = asyncio.ensure_future(cut.wait())
+        try:
+            await asyncio.gather(*closers)
+            for callback in self.on_stop:
+                callback()
+            await asyncio.wait([gathered, stop], return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stop.cancel()
+            gathered.cancel()
+            await asyncio.gather(gathered, stop, return_exceptions=True)
+
+    def stop_draining(self) -> None:
+        """Ctrl-C (on the loop thread): stop waiting for calls running in threads, which cannot
+        be stopped (their threads are daemons: they do not hold the process's exit)."""
+        self.drain_s = 0.0
+        if self._drain_cut is not None:
+            self._drain_cut.set()
 
     def stats(self) -> dict[str, Any]:
         return run_stats(self)
