@@ -18,6 +18,7 @@ import torch
 
 WORKLOADS = [
     "tiny", "jpeg", "h5", "h5_shuffle", "padding", "text", "memory", "configs", "service", "remote", "gil", "tokenizer",
+    "order_scale",
 ]
 LATEST = Path(__file__).resolve().parent / "results" / "latest.md"
 
