@@ -124,6 +124,7 @@ class Loader(Closing):
         timeout: float | None = None,
         name: str | None = None,
         worker_init: Callable[[int], None] | None = None,
+        ray_options: dict[str, Any] | None = None,
     ) -> Loader:
         """Apply ``fn`` (sync or async) to every item. A random transform (``fn.random`` is
         True, as ``al.transforms`` augmentations) is called ``fn(item, rng)`` with a generator
@@ -134,6 +135,12 @@ class Loader(Closing):
         ``fn`` and ``worker_init`` must be picklable (checked here); ``worker_init(worker_id)``
         runs once in each worker as it starts (and in a replacement after a crash). See
         :mod:`aioloader.workers`.
+
+        ``executor="ray"`` runs ``fn`` on a pool of ``concurrency`` Ray actors (default: one
+        per CPU of the cluster) with the same semantics, on the cluster Ray is connected to
+        (else ``ray.init()``); ``ray_options`` are the actors' Ray options (``num_cpus``,
+        ``resources``, ``scheduling_strategy``...), ``worker_init(worker_id)`` runs in each
+        actor. Needs ``pip install aioloader[ray]``; see :mod:`aioloader.ray`.
 
         ``executor="auto"`` measures ``fn`` on the first block: cheap functions stay inline,
         GIL-releasing ones go to threads, GIL-holding CPU-heavy picklable ones to processes
@@ -161,8 +168,14 @@ class Loader(Closing):
             from aioloader.workers import process_map_spec  # also registers the executor kind
 
             spec = process_map_spec(spec, worker_init)
+        elif spec.executor == "ray":
+            from aioloader.ray import ray_map_spec  # also registers the executor kind
+
+            spec = ray_map_spec(spec, worker_init, ray_options)
         elif worker_init is not None:
-            raise ValueError("worker_init is only used with executor='process'")
+            raise ValueError("worker_init is only used with executor='process' or 'ray'")
+        if ray_options is not None and spec.executor != "ray":
+            raise ValueError("ray_options is only used with executor='ray'")
         loader = self._then(spec)
         if tune:
             return loader._with_extras(

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import importlib
 import math
 import sys
 from collections import deque
@@ -123,6 +124,7 @@ class MapStage:
         self.stats = StageStats(spec.name, workers=self._executor.workers, executor=kind)
         self.stats.fused = spec.fused_batch
         self.stats.reads = getattr(spec.reads, "stage", None)
+        self.stats.describe_workers = getattr(self._executor, "describe", None)  # a Ray stage's actors
         if spec.executor == "auto":  # a decision from an earlier epoch: show what decided it
             self.stats.placement = decisions.placement(spec.name)
 
@@ -144,6 +146,8 @@ class MapStage:
             workers = max(workers, self._tune_max)  # threads are made lazily: size for the budget
         if kind == "process":
             import aioloader.workers  # noqa: F401 - registers the process executor kind
+        elif kind == "ray":
+            importlib.import_module("aioloader.ray")  # registers the Ray executor kind
         if kind == "thread":
             executor: Executor = ThreadExecutor(workers, self.spec.name)
         elif kind == "async":
@@ -458,7 +462,7 @@ class MapStage:
             return chunk.values
         if self._collates_here():  # (keys, members, True): fn's results, uncollated
             return [(keys, members, True) for keys, members in zip(chunk.keys, chunk.values, strict=True)]
-        if self.spec.fused_batch is not None and self._executor.kind == "process":
+        if self.spec.fused_batch is not None and self._executor.kind in ("process", "ray"):
             return [
                 (keys, members, False, batch_seed(self._seed, self._epoch, self._rank, seqs[0]))
                 for keys, members, seqs in zip(chunk.keys, chunk.values, chunk.seqs, strict=True)
