@@ -12,12 +12,36 @@ from __future__ import annotations
 
 import os
 import pickle
-import sys
 from collections.abc import Callable
 from typing import Any
 
 from aioloader.workers._child import _portable
 from aioloader.workers.pool import WORKER_ENV
+
+
+def _tensor_out(tensor: Any) -> tuple[str, Any]:
+    """How an actor sends a torch tensor: as a numpy array, which Ray writes to the object store
+    out of band (a tensor's own pickle goes through ``torch.save`` into bytes, a copy and an
+    archive on each side); anything numpy cannot hold keeps torch's pickle."""
+    import torch
+
+    try:
+        if tensor.layout is torch.strided and not tensor.requires_grad and tensor.device.type == "cpu":
+            return "array", tensor.numpy()
+    except (TypeError, RuntimeError):  # bfloat16 and other dtypes numpy lacks
+        pass
+    return "pickle", pickle.dumps(tensor, protocol=5)
+
+
+def tensor_in(sent: tuple[str, Any]) -> Any:
+    """The driver's side of :func:`_tensor_out`: a writable tensor of its own (the array is a
+    read-only view of the object store, freed with the object)."""
+    import torch
+
+    kind, value = sent
+    if kind == "array":
+        return torch.from_numpy(value.copy())
+    return pickle.loads(value)
 
 
 class MapActor:
@@ -29,9 +53,11 @@ class MapActor:
         # one intra-op thread per actor, as worker processes (the actors are the parallelism)
         for name, value in WORKER_ENV.items():
             os.environ.setdefault(name, value)
-        torch = sys.modules.get("torch")
-        if torch is not None:
-            torch.set_num_threads(1)
+        import torch
+        from ray.util import register_serializer
+
+        torch.set_num_threads(1)
+        register_serializer(torch.Tensor, serializer=_tensor_out, deserializer=tensor_in)
         self._work, init = shipped
         self._init_error: BaseException | None = None
         if init is not None:

@@ -106,6 +106,7 @@ class ActorPool:
         self._wake = threading.Condition(self._lock)
         self._events: deque[Callable[[], None]] = deque()  # from Ray's threads, run by ours
         self._doomed: list[Any] = []  # actors to kill, by the pool's thread outside the lock
+        self._to_start: list[tuple[_Slot, int]] = []  # slots whose actor that thread makes
         # what to check when: a task's end, or (slot, generation) for an actor's start
         self._deadlines: dict[Any, tuple[float, _Slot, int, _Task | None]] = {}
         self._slots = [_Slot(i) for i in range(actors)]
@@ -174,18 +175,28 @@ class ActorPool:
 
     # -- actors (under the lock) ----------------------------------------------------------
     def _spawn(self, slot: _Slot) -> None:
+        """Give the slot a new actor: made by the pool's thread, outside the lock (creating a
+        named actor waits for the cluster's control store, which can take seconds while it
+        declares a node dead)."""
         slot.generation += 1
         slot.state = "starting"
-        slot.node = slot.pid = None
+        slot.actor = slot.node = slot.pid = None
         slot.name = f"{self._tag}:{slot.index}:{slot.generation}"
-        slot.actor = self._actor_class.options(name=slot.name, **self._options).remote(
-            self._shipped, slot.index
-        )
-        ready = slot.actor.ready.remote()
-        generation = slot.generation
-        self._when_done(ready, lambda done: self._on_ready(slot, generation, done))
+        self._to_start.append((slot, slot.generation))
         if self._start_timeout is not None:
-            self._watch(slot, generation, time.monotonic() + self._start_timeout)
+            self._watch(slot, slot.generation, time.monotonic() + self._start_timeout)
+        self._wake.notify_all()
+
+    def _create(self, slot: _Slot, generation: int) -> None:
+        """The pool's thread, outside the lock: create the slot's actor and ask it ``ready()``."""
+        actor = self._actor_class.options(name=slot.name, **self._options).remote(self._shipped, slot.index)
+        ready = actor.ready.remote()
+        with self._lock:
+            if self._closed or slot.generation != generation:
+                self._doomed.append(actor)
+                return
+            slot.actor = actor
+            self._when_done(ready, lambda done: self._on_ready(slot, generation, done))
 
     def _on_ready(self, slot: _Slot, generation: int, done: Future[Any]) -> None:
         with self._lock:
@@ -200,6 +211,7 @@ class ActorPool:
                 )
                 return
             if kind == "init_error":
+                self._doomed.append(slot.actor)
                 self._break(value)
                 return
             self._start_failures = 0
@@ -315,23 +327,32 @@ class ActorPool:
     def _serve(self) -> None:
         while True:
             with self._lock:
-                while not (self._closed or self._events or self._doomed or self._due()):
+                while not (self._closed or self._events or self._doomed or self._to_start or self._due()):
                     soonest = min((d[0] for d in self._deadlines.values()), default=None)
                     self._wake.wait(None if soonest is None else max(0.0, soonest - time.monotonic()))
-                if self._closed:
-                    self._events.clear()
-                    doomed, self._doomed = self._doomed, []
-                    break
-                while self._events:
-                    self._events.popleft()()
-                for key in self._due():
-                    _, slot, generation, task = self._deadlines.pop(key)
-                    self._expire(slot, generation, task)
+                closed = self._closed
+                if not closed:
+                    while self._events:
+                        self._events.popleft()()
+                    for key in self._due():
+                        _, slot, generation, task = self._deadlines.pop(key)
+                        self._expire(slot, generation, task)
+                self._events.clear()
                 doomed, self._doomed = self._doomed, []
+                to_start, self._to_start = ([], []) if closed else (self._to_start, [])
             for actor in doomed:
                 self._kill(actor)
-        for actor in doomed:
-            self._kill(actor)
+            if closed:
+                break
+            for slot, generation in to_start:
+                try:
+                    self._create(slot, generation)
+                except Exception as exc:  # Ray refused it (the cluster is gone, bad options)
+                    with self._lock:
+                        if slot.generation == generation:
+                            self._start_failed(
+                                slot, f"actor {slot.name} could not be created ({exc})", kill=False
+                            )
 
     def _due(self) -> list[Any]:
         now = time.monotonic()

@@ -185,7 +185,7 @@ def test_actor_killed_mid_epoch(cluster, expected) -> None:
 
 
 def test_node_removed_mid_epoch(cluster, expected) -> None:
-    spare = cluster.add_node(**NODE)  # room for the replacement of the actor on the lost node
+    cluster.add_node(**NODE)  # room for the replacement; the cluster keeps two nodes after
     cluster.wait_for_nodes()
     head_id = ray.get_runtime_context().get_node_id()
     removed = None
@@ -198,17 +198,10 @@ def test_node_removed_mid_epoch(cluster, expected) -> None:
                 removed = next(n for n in cluster.list_all_nodes() if n.node_id in nodes)
                 cluster.remove_node(removed, allow_graceful=False)
         actors = _actors(loader, "map(slow_square)")
-    if removed is not spare:
-        cluster.remove_node(spare)
-    else:  # the spare held an actor: the cluster keeps its two nodes
-        pass
     assert removed is not None
     assert sum(a["replaced"] for a in actors) >= 1
     assert removed.node_id not in {a["node"] for a in actors}
     _same([np.concatenate(got[i : i + 2]) for i in range(0, len(got), 2)], expected)
-    if removed is not spare:  # put the second node back for the cases after this one
-        cluster.add_node(**NODE)
-        cluster.wait_for_nodes()
 
 
 def test_hung_sample_times_out(cluster) -> None:
@@ -229,11 +222,11 @@ import sys, time, ray
 import aioloader as al
 sys.path.insert(0, {repo!r})
 from tests.ray_inner.cases import slow_square, SPREAD
-ray.init(address={address!r}, log_to_driver=False)
+ray.init(address={address!r}, namespace="aioloader-tests", log_to_driver=False)  # named actors are per namespace
 loader = al.Loader.from_source(list(range(10_000))).map(slow_square, executor="ray", concurrency=2, ray_options=SPREAD).batch(4)
 it = iter(loader)
 next(it)
-names = [a["actor"] for a in loader.stats()["stages"][-1]["actors"]]
+names = [a["actor"] for s in loader.stats()["stages"] for a in s.get("actors", [])]
 print(",".join(names), flush=True)
 time.sleep(60)
 """

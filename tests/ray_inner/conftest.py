@@ -42,7 +42,9 @@ def cluster():
     try:
         made.add_node(**NODE)
         made.wait_for_nodes()
-        ray.init(address=made.address, include_dashboard=False, log_to_driver=False)
+        ray.init(
+            address=made.address, namespace="aioloader-tests", include_dashboard=False, log_to_driver=False
+        )
         yield made
     finally:
         ray.shutdown()
