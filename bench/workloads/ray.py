@@ -101,6 +101,10 @@ def _measure(name: str, make: Callable[[], Iterable[Any]], rounds: int) -> tuple
     for _ in range(rounds):
         result = measure_once(name, _driver_cpu(make))
         per_sample = _DRIVER[0] / max(result.samples, 1)
+        print(
+            f"{name}: {result.samples_per_s:,.0f} samples/s, driver {per_sample * 1e6:,.0f} us/sample",
+            file=sys.stderr,
+        )
         if best is None or result.samples_per_s > best[0].samples_per_s:
             best = (result, per_sample)
     assert best is not None
@@ -148,14 +152,18 @@ def _run(quick: bool) -> str:
             for batch in dataset.iter_torch_batches(batch_size=BATCH):
                 yield batch["image"]
 
-        for warm in (process, ray_loader):  # pools and actors started before they are measured
-            next(iter(warm))
-        contenders = [
-            ("aioloader executor=process (2 workers, this machine)", lambda: iter(process)),
-            ("aioloader executor=ray (2 actors, 2 nodes)", lambda: iter(ray_loader)),
-            ("Ray Data map_batches + iter_torch_batches", ray_data),
-        ]
-        measured = [_measure(name, make, rounds) for name, make in contenders]
+        measured = []
+        # one at a time, each closed after it: Ray Data needs the CPUs our actors hold
+        for name, loader in (
+            ("aioloader executor=process (2 workers, this machine)", process),
+            ("aioloader executor=ray (2 actors, 2 nodes)", ray_loader),
+        ):
+            epoch = iter(loader)  # the pool or the actors started before they are measured
+            next(epoch)
+            epoch.close()
+            measured.append(_measure(name, lambda loader=loader: iter(loader), rounds))
+            loader.close()
+        measured.append(_measure("Ray Data map_batches + iter_torch_batches", ray_data, rounds))
     finally:
         for loader in (process, ray_loader):
             if loader is not None:
@@ -163,16 +171,13 @@ def _run(quick: bool) -> str:
         ray.shutdown()
         cluster.shutdown()
     results = [r for r, _ in measured]
-    by_name = {r.name: (r, cpu) for r, cpu in measured}
-    proc_r, proc_cpu = by_name[contenders[0][0]]
-    ray_r, ray_cpu = by_name[contenders[1][0]]
-    data_r, _ = by_name[contenders[2][0]]
+    (proc_r, proc_cpu), (ray_r, ray_cpu), (data_r, _) = measured
     lines = [
         table(
             f"ray: {n:,} JPEGs 320x240, decode + resize {SIZE}, batch {BATCH}, "
             "two simulated nodes of 1 CPU on this machine",
             results,
-            [contenders[0][0]],
+            [proc_r.name],
         ),
         "",
         "| loader | driver CPU per sample (us) |",
