@@ -8,8 +8,8 @@ event. Handing the batch to the consumer makes the consumer's *current* stream w
 and records the batch's tensors on that stream (``record_stream``), so the training step is
 ordered after the copy without any host-side synchronize, and the caching allocator never reuses
 their memory while the consumer's queued kernels may still read it. The CPU-side orchestration
-(the staging ring, ordering, lifetimes, stop) lives in :mod:`aioloader._run.stages.device` and
-works over the small :class:`CopyEngine` interface implemented here three times:
+(the staging ring, ordering, lifetimes, stop) and the stage's spec and argument checks live in
+:mod:`aioloader._run.stages.device`, which works over the small :class:`CopyEngine` interface implemented here three times:
 
 - :class:`CudaCopyEngine`: pinned staging, a copy stream, events.
 - :class:`HostCopyEngine`: its CPU twin with the same asynchronous semantics (a "copy stream"
@@ -25,28 +25,23 @@ Normalization (``normalize=True``, or ``dtype``/``mean``/``std``) applies to uin
 
 from __future__ import annotations
 
-import numbers
 import queue
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 import torch
-
-from aioloader._spec import StageSpec
 
 __all__ = [
     "IMAGENET_MEAN",
     "IMAGENET_STD",
     "CopyEngine",
     "CudaCopyEngine",
-    "DeviceSpec",
     "HostCopyEngine",
     "Normalization",
     "PassThroughEngine",
     "Transfer",
-    "device_spec",
     "pack",
     "staged_nbytes",
 ]
@@ -388,116 +383,3 @@ class CudaCopyEngine:
     def close(self) -> None:
         self._stream = None
         self._constants = None
-
-
-# -- the spec ----------------------------------------------------------------------------------
-EngineFactory = Callable[["DeviceSpec"], CopyEngine]
-
-
-@dataclass(frozen=True, slots=True)
-class DeviceSpec(StageSpec):
-    """``to_device``: target device, copy mode, optional normalization (validated at build)."""
-
-    device_type: str = "cpu"
-    index: int | None = None
-    non_blocking: bool = True
-    normalization: Normalization | None = None
-    engine: EngineFactory | None = None  # another copy engine (tests run the ring on HostCopyEngine)
-
-    def make_engine(self) -> CopyEngine:
-        if self.engine is not None:
-            return self.engine(self)
-        if self.device_type == "cpu":
-            return PassThroughEngine(self.normalization)
-        return CudaCopyEngine(self.index, self.normalization, non_blocking=self.non_blocking)
-
-    def make_stage(self, run: Any) -> Any:
-        from aioloader._run.stages.device import DeviceStage
-
-        return DeviceStage(self, run, self.make_engine())
-
-    def length(self, n: int) -> int:
-        return n
-
-
-def _parse_device(device: Any) -> tuple[str, int | None]:
-    if isinstance(device, bool) or not isinstance(device, (str, torch.device, int)):
-        raise TypeError(f"device must be a str, torch.device or int, got {type(device).__name__}: {device!r}")
-    if isinstance(device, int):
-        if device < 0:
-            raise ValueError(f"device must be a CUDA device index >= 0, got {device}")
-        return "cuda", device
-    try:
-        parsed = torch.device(device)
-    except (RuntimeError, ValueError):
-        raise ValueError(f"device must be 'cpu', 'cuda' or 'cuda:N', got {device!r}") from None
-    if parsed.type not in ("cpu", "cuda"):
-        raise ValueError(f"device must be 'cpu', 'cuda' or 'cuda:N', got {device!r}")
-    if parsed.type == "cpu":
-        return "cpu", None
-    index = parsed.index
-    if index is None and torch.cuda.is_initialized():
-        index = torch.cuda.current_device()  # the builder's device (torch.cuda.set_device)
-    return "cuda", index
-
-
-def _check_stats(value: Any, argument: str) -> tuple[float, ...]:
-    if isinstance(value, (str, bytes)) or not isinstance(value, Sequence):
-        if isinstance(value, torch.Tensor) and value.dim() == 1:
-            value = value.tolist()
-        else:
-            raise TypeError(f"{argument} must be a sequence of numbers, got {value!r}")
-    if not value:
-        raise ValueError(f"{argument} must have one value per channel, got an empty sequence")
-    for v in value:
-        if isinstance(v, bool) or not isinstance(v, numbers.Real):
-            raise TypeError(f"{argument} must be a sequence of numbers, got {value!r}")
-    return tuple(float(v) for v in value)
-
-
-def _normalization(normalize: Any, dtype: Any, mean: Any, std: Any, channel_dim: Any) -> Normalization | None:
-    if not isinstance(normalize, bool):
-        raise TypeError(f"normalize must be a bool, got {normalize!r}")
-    if dtype is not None:
-        if not isinstance(dtype, torch.dtype):
-            raise TypeError(f"dtype must be a torch.dtype, got {dtype!r}")
-        if not dtype.is_floating_point:
-            raise ValueError(f"dtype must be a floating-point torch.dtype, got {dtype}")
-    if isinstance(channel_dim, bool) or not isinstance(channel_dim, int):
-        raise TypeError(f"channel_dim must be an int, got {channel_dim!r}")
-    if (mean is None) != (std is None) and not normalize:
-        given = "mean" if mean is not None else "std"
-        raise ValueError(f"{given} was given without {'std' if given == 'mean' else 'mean'}: give both")
-    if normalize:
-        mean = IMAGENET_MEAN if mean is None else mean
-        std = IMAGENET_STD if std is None else std
-    if mean is None and dtype is None:
-        return None
-    if mean is not None:
-        mean = _check_stats(mean, "mean")
-        std = _check_stats(std, "std")
-        if len(mean) != len(std):
-            raise ValueError(f"mean and std must have the same length, got {len(mean)} and {len(std)}")
-        if any(not s > 0 for s in std):
-            raise ValueError(f"std must be > 0, got {std}")
-    return Normalization(dtype or torch.float32, mean, std, channel_dim)
-
-
-def device_spec(
-    device: Any,
-    /,
-    *,
-    non_blocking: bool = True,
-    normalize: bool = False,
-    dtype: torch.dtype | None = None,
-    mean: Sequence[float] | None = None,
-    std: Sequence[float] | None = None,
-    channel_dim: int = -3,
-    name: str = "to_device",
-) -> DeviceSpec:
-    """Validate ``to_device`` arguments (build time; CUDA is neither needed nor initialised)."""
-    device_type, index = _parse_device(device)
-    if not isinstance(non_blocking, bool):
-        raise TypeError(f"non_blocking must be a bool, got {non_blocking!r}")
-    normalization = _normalization(normalize, dtype, mean, std, channel_dim)
-    return DeviceSpec(name, device_type, index, non_blocking, normalization)

@@ -18,6 +18,7 @@ from aioloader._closing import Closing
 from aioloader._run.bridge import iterate_blocks
 from aioloader._run.graph import Pipeline, Run
 from aioloader._run.runtime import Runtime
+from aioloader._run.stages.device import device_spec
 from aioloader._run.stages.shuffle import ShuffleSpec
 from aioloader._spec import (
     SHARD_POLICIES,
@@ -37,7 +38,6 @@ from aioloader._spec import (
     make_map_spec,
     unique_name,
 )
-from aioloader.device import device_spec
 from aioloader.monitor.progress import check_progress, make_observer
 from aioloader.monitor.stats import pipeline_stats
 from aioloader.order.orders import KeyOrder, order_count, resolve_order
@@ -58,6 +58,12 @@ class Loader(Closing):
         self._pipeline = pipeline
         self._runtime = Runtime()
         weakref.finalize(self, self._runtime.close)
+
+    @property
+    def spec(self) -> Pipeline:
+        """What this Loader runs, read-only: the source spec, the stage specs and the options
+        (frozen dataclasses; the service and the profiler rebuild pipelines from them)."""
+        return self._pipeline
 
     # -- building --------------------------------------------------------------------------
     @classmethod
@@ -165,11 +171,11 @@ class Loader(Closing):
                 raise TypeError(f"fn: a random transform must be sync, {spec.name} is async")
             spec = replace(spec, seed=self._pipeline.source_spec.seed)
         if spec.executor == "process":
-            from aioloader.workers import process_map_spec  # also registers the executor kind
+            from aioloader.workers import process_map_spec
 
             spec = process_map_spec(spec, worker_init)
         elif spec.executor == "ray":
-            from aioloader.ray import ray_map_spec  # also registers the executor kind
+            from aioloader.ray import ray_map_spec
 
             spec = ray_map_spec(spec, worker_init, ray_options)
         elif worker_init is not None:

@@ -68,7 +68,7 @@ def _rate(loader: Loader) -> tuple[float, int, dict[str, Any]]:
 def profile(loader: Loader, concurrencies: list[int], items: int) -> dict[str, Any]:
     """The pipeline's rate and bottleneck, and each map stage's rate alone per concurrency."""
     whole_rate, _, whole = _rate(loader)
-    pipeline = loader._pipeline
+    pipeline = loader.spec
     stages = []
     for index, spec in enumerate(pipeline.stages):
         if not isinstance(spec, MapSpec) or spec.is_async:

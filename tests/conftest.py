@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import json
 import os
 import subprocess
 import threading
@@ -12,7 +13,7 @@ import time
 import psutil
 import pytest
 
-LEAK_DEADLINE_S = 2.0  # DESIGN.md guarantee 6: everything is gone within 2 s
+LEAK_DEADLINE_S = 2.0  # docs/design.md guarantee 6: everything is gone within 2 s
 
 
 def _loader_threads() -> set[threading.Thread]:
@@ -34,6 +35,21 @@ def run_with_repo(args: list[str], *, cwd: str | os.PathLike[str]) -> subprocess
     repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     env = {**os.environ, "PYTHONPATH": repo}
     return subprocess.run(args, capture_output=True, text=True, timeout=120, cwd=cwd, env=env)
+
+
+def state_after(loader, k: int, epochs_before: int = 0) -> dict:
+    """``loader``'s state after ``epochs_before`` whole epochs and ``k`` batches, loaded back as
+    JSON (so a test also checks that it is JSON-serialisable)."""
+    with loader:
+        for _ in range(epochs_before):
+            for _ in loader:
+                pass
+        it = iter(loader)
+        for _ in range(k):
+            next(it)
+        state = loader.state_dict()
+        it.close()
+    return json.loads(json.dumps(state))
 
 
 def wait_threads_gone(

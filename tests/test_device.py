@@ -15,13 +15,12 @@ import pytest
 import torch
 
 import aioloader as al
-from aioloader._run.stages.device import StagingRing, flatten, unflatten
+from aioloader._run.stages.device import StagingRing, device_spec, flatten, unflatten
 from aioloader.device import (
     IMAGENET_MEAN,
     IMAGENET_STD,
     HostCopyEngine,
     Normalization,
-    device_spec,
     pack,
     staged_nbytes,
 )

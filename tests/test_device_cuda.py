@@ -16,7 +16,8 @@ import pytest
 import torch
 
 import aioloader as al
-from aioloader.device import CudaCopyEngine, device_spec
+from aioloader._run.stages.device import device_spec
+from aioloader.device import CudaCopyEngine
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 

@@ -17,6 +17,8 @@ from hypothesis import strategies as st
 
 import aioloader as al
 
+from .conftest import state_after
+
 
 class Counted:
     """An indexable source counting its reads."""
@@ -60,18 +62,6 @@ def batches(loader, epochs=1):
             out.append([b.tolist() for b in loader])
     return out
 
-
-def state_after(loader, k: int, epochs_before: int = 0) -> dict:
-    with loader:
-        for _ in range(epochs_before):
-            for _ in loader:
-                pass
-        it = iter(loader)
-        for _ in range(k):
-            next(it)
-        state = loader.state_dict()
-        it.close()
-    return json.loads(json.dumps(state))  # JSON-serialisable, and loaded as JSON
 
 
 @settings(max_examples=40, deadline=None)

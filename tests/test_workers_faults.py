@@ -1,4 +1,4 @@
-"""Faults with real worker processes (DESIGN.md guarantee 5): a worker that dies mid-epoch is
+"""Faults with real worker processes (docs/design.md guarantee 5): a worker that dies mid-epoch is
 replaced and its items redone, nothing lost or doubled; an item that kills every worker fails
 with WorkerCrashError; a hang past ``timeout`` kills the worker and raises StageTimeoutError (or
 is retried); skip with max_failures; retries with backoff; a failing worker_init.

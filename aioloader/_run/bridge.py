@@ -26,7 +26,7 @@ from aioloader._run.channel import ChannelClosed
 STOP_TIMEOUT_S = 2.0
 FLUSH_AFTER_S = 0.001
 SYNC_BYTES = 32 << 20  # what a sync consumer's hand-off may hold, when prefetch(n) does not say
-SYNC_MAX_DEPTH = 32  # measured on the tiny workload: depth 8 -> 32 took 0.77x -> 0.82x of torch
+SYNC_MAX_DEPTH = 32  # deep enough that tiny batches do not wait on the consumer (bench/results/design-notes.md)
 _END: Any = object()
 
 
@@ -94,10 +94,8 @@ class Handoff:
     capacity, so a fast pair exchanges one wake-up per ``capacity / 2`` blocks.
 
     The consumer is woken the same way: new blocks are held until half the capacity is ready
-    or :data:`FLUSH_AFTER_S` has passed. Waking it per block cost a cross-thread GIL hand-over
-    per batch: uvloop releases the GIL around every callback, so a woken consumer took it after
-    each batch (tiny workload, sync: 554k/s, loop thread idle ~40% of the time). A slow
-    pipeline pays at most ``FLUSH_AFTER_S`` of latency.
+    or :data:`FLUSH_AFTER_S` has passed: a wake-up per block would hand the GIL across threads
+    once per batch. A slow pipeline pays at most ``FLUSH_AFTER_S`` of latency.
     """
 
     def __init__(self, loop: asyncio.AbstractEventLoop, capacity: int = 2, name: str = "consumer") -> None:

@@ -1,5 +1,6 @@
 """Where a map stage's function runs: inline on the loop, in a thread pool, or on the loop as a
-coroutine. The process pool plugs in through :func:`register_executor` (see ``workers/``).
+coroutine. Other kinds (the process pool of ``workers/``, Ray actors of ``ray/``) are listed in
+``_FACTORIES``.
 
 An executor runs a *chunk* (a list of values) and returns ``(results, failures, busy_s)`` where
 ``failures`` lists ``(index, exception)`` for the items whose function raised; the result at a
@@ -193,11 +194,28 @@ class AsyncExecutor:
 
 
 ExecutorFactory = Callable[..., Executor]
-_FACTORIES: dict[str, ExecutorFactory] = {}
+
+
+def _process_executor(spec: Any, runtime: Any) -> Executor:
+    # Imported when first used: the pool's modules are not needed by pipelines without processes.
+    from aioloader.workers.executor import make_process_executor
+
+    return make_process_executor(spec, runtime)
+
+
+def _ray_executor(spec: Any, runtime: Any) -> Executor:
+    # Imported when first used: Ray is an optional extra (aioloader[ray]).
+    from aioloader.ray.executor import make_ray_executor
+
+    return make_ray_executor(spec, runtime)
+
+
+# Every executor kind beyond inline, thread and async, built as ``factory(spec, runtime)``.
+_FACTORIES: dict[str, ExecutorFactory] = {"process": _process_executor, "ray": _ray_executor}
 
 
 def register_executor(kind: str, factory: ExecutorFactory) -> None:
-    """Plug in an executor kind (``"process"``) built as ``factory(spec, runtime)``."""
+    """Plug in another executor kind, built as ``factory(spec, runtime)``."""
     _FACTORIES[kind] = factory
 
 

@@ -1,34 +1,17 @@
 """Map-then-batch fusion: ``.map(fn, executor=...).batch(n, collate)`` runs as one task per batch.
 
-A map stage whose work goes to a pool (threads, processes, or ``executor="auto"``) and is
-followed directly by a batch stage is rebuilt as a batch stage that only groups items, then a
-map stage that runs ``fn`` on each member and the collate on the results, in the worker. A
-batch then costs one hand-off instead of one per sample, the parent never touches the samples
-(a batch of decoded images comes back as one tensor in one shared-memory segment), and collation
-runs in parallel. Measured on 2 cores (``python -m bench --workload jpeg|text``): see the bench
-report; this is what the per-batch contenders there do by hand.
+A pooled map stage followed by a batch stage is rebuilt as a batch stage that only groups items,
+then a map stage that runs ``fn`` on each member and the collate on the results, in the worker:
+one hand-off per batch instead of per sample, and the batch comes back as one tensor in shared
+memory. The data is the same either way (items, batches, order, keys, so resume is unchanged),
+which is why fusion applies only where nothing can differ: ``on_error="raise"``, no retries or
+timeout, no random transform, ``ordered=True``, and a picklable collate where processes may run it.
+Failures are named as unfused; a dead worker's batch is first redone whole with its seed, then
+member by member.
 
-The data is the same either way: the same items in the same batches, in the same order, with the
-same keys, so ``state_dict`` and resume are unchanged. Fusion applies only where nothing else can
-differ: ``on_error="raise"`` (skipping a sample inside a worker would shorten its batch, where the
-unfused stage fills it from the next samples), no retries or timeout (they act per sample), no
-random transform (its randomness is drawn per sample key), ``ordered=True``, and a collate that
-pickles when the stage may use processes. A failure still names the stage and the sample key:
-``fn``'s under the map stage's name, the collate's under the batch stage's name with the
-members' keys, as unfused. A worker that dies costs each sample of its task one attempt, as
-unfused: the batches are redone member by member, so a sample that kills its worker once does
-not use up the attempts of the batch it is in.
-
-Where the collate runs: in threads, a user's collate runs on the event loop, batch by batch in
-order, as unfused (a collate need not be reentrant, and its draws from the global RNG come in
-batch order), while aioloader's own ``stack`` and ``as_list`` run in the threads; in
-processes, in the worker, whose ``random``/numpy/torch global RNGs are seeded before each batch
-from the loader's seed, the epoch, the rank and the batch's position, so what ``fn`` and the collate draw
-from them does not depend on which worker ran the batch (the draws are not the parent's).
-
-Two visible differences remain. With ``drop_last=True`` the dropped tail is never mapped (no
-work is spent on it, and a failure there is not raised). Mid-epoch, ``stats()`` may show the
-batch stage ahead of the map, since the grouping runs first; at the end the counts match.
+Where the collate runs: in threads, a user's collate runs on the event loop in batch order (it
+need not be reentrant); in processes, in the worker, whose global RNGs are seeded per batch from
+(seed, epoch, rank, batch position). With ``drop_last=True`` the dropped tail is never mapped.
 """
 
 from __future__ import annotations

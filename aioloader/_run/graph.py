@@ -41,17 +41,15 @@ from aioloader.order.resume import ResumePoint, remaining_order
 from aioloader.order.sharding import RankInfo, resolve_rank, shard_boundaries, shard_keys
 from aioloader.sources._adapt import AdaptedSource, AsyncIterableSource, IndexableSource
 
-# Channel depth in blocks. Sample blocks are small and cheap stages pay a task wake-up per
-# empty/full transition, so they get a deeper channel; batches are big, so after the first batch
-# stage the default is 2 (``prefetch(n)`` sets it explicitly). Measured on the tiny workload:
-# depth 2 -> 4 took sync iteration from 550k to 620k samples/s.
+# Channel depth in blocks: sample blocks are small and cheap stages pay a task wake-up per
+# empty/full transition, so they get a deeper channel than batches (``prefetch(n)`` sets it).
 DEFAULT_DEPTH = 2
 SAMPLE_DEPTH = 4
 DEFAULT_BLOCK = 64
 MAX_CHUNK_BLOCK = 1 << 16
 MAX_BLOCK = 1024
 # At the end of a run, how long to wait for calls still running in threads (which cannot be
-# stopped), within the 2 s a close may take (DESIGN.md guarantee 6).
+# stopped), within the 2 s a close may take (docs/design.md guarantee 6).
 DRAIN_S = 1.5
 
 

@@ -1,7 +1,8 @@
 """Map stages on a Ray cluster: ``.map(fn, executor="ray", concurrency=..., ray_options={...})``.
 
-Importing this package registers the ``"ray"`` executor kind (``Loader.map`` imports it for
-``executor="ray"``). Ray itself is imported only when a stage uses it: ``pip install aioloader[ray]``.
+The ``"ray"`` executor kind is listed with the others in ``aioloader/_run/executors.py``, which
+imports this package when a stage first uses it. Ray itself is imported only then (and by
+``Loader.map``'s checks): ``pip install aioloader[ray]``.
 
 - ``executor.py``: the executor a map stage uses (the process executor's policy on an actor
   pool), the ``ray_options`` spec and its build-time checks, connecting to the cluster.
@@ -11,9 +12,6 @@ Importing this package registers the ``"ray"`` executor kind (``Loader.map`` imp
 See docs/distributed-decoding.md.
 """
 
-from aioloader._run.executors import register_executor
-from aioloader.ray.executor import INSTALL_HINT, RayExecutor, RayMapSpec, make_ray_executor, ray_map_spec
-
-register_executor("ray", make_ray_executor)
+from aioloader.ray.executor import INSTALL_HINT, RayExecutor, RayMapSpec, ray_map_spec
 
 __all__ = ["INSTALL_HINT", "RayExecutor", "RayMapSpec", "ray_map_spec"]

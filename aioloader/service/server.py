@@ -165,7 +165,7 @@ class Server:
                 port,
                 "" if ssl is not None else " (unencrypted: use ssl= or a tunnel on untrusted networks)",
             )
-        self._thread = LoopThread(loader._pipeline.options.event_loop)
+        self._thread = LoopThread(loader.spec.options.event_loop)
         try:
             self.address: tuple[str, int] = self._thread.submit(self._start(host, port, ssl)).result(
                 _START_TIMEOUT_S

@@ -33,9 +33,9 @@ from aioloader.service.cursor import UNRESUMABLE, is_mark, mark
 def check_host_only(loader: Loader, where: str) -> None:
     """``ValueError`` when ``loader`` ends on an accelerator (``.to_device("cuda")``): its
     batches would be made on a device of another process (or machine) than the trainer's."""
-    from aioloader.device import DeviceSpec
+    from aioloader._run.stages.device import DeviceSpec
 
-    for stage in loader._pipeline.stages:
+    for stage in loader.spec.stages:
         if isinstance(stage, DeviceSpec) and stage.device_type != "cpu":
             raise ValueError(
                 f"{where}: the spec moves batches to {stage.device_type!r} (stage {stage.name!r}), "
@@ -50,7 +50,7 @@ def rank_loader(loader: Loader, rank: int, world_size: int) -> Loader:
         raise ValueError(f"world_size must be an int >= 1, got {world_size!r}")
     if isinstance(rank, bool) or not isinstance(rank, int) or not 0 <= rank < world_size:
         raise ValueError(f"rank must be an int in [0, world_size={world_size}), got {rank!r}")
-    pipeline = loader._pipeline
+    pipeline = loader.spec
     source_spec = replace(pipeline.source_spec, rank=rank, world_size=world_size)
     return Loader(replace(pipeline, source_spec=source_spec))
 
@@ -58,7 +58,7 @@ def rank_loader(loader: Loader, rank: int, world_size: int) -> Loader:
 def pinned_rank(loader: Loader) -> Loader:
     """``loader`` with its rank resolved here (torch.distributed, environment), so a child
     process that has no process group still shards as this process would."""
-    spec = loader._pipeline.source_spec
+    spec = loader.spec.source_spec
     info = resolve_rank(spec.rank, spec.world_size)
     return rank_loader(loader, info.rank, info.world_size)
 
@@ -76,7 +76,7 @@ def validated_state(loader: Loader, state: Any) -> dict[str, Any]:
             "load_state_dict: the state marks a place where the loader could not be resumed "
             f"exactly ({state[UNRESUMABLE]})"
         )
-    with Loader(loader._pipeline) as twin:
+    with Loader(loader.spec) as twin:
         try:
             twin.load_state_dict(state)
         except ValueError:
@@ -91,7 +91,7 @@ def validated_state(loader: Loader, state: Any) -> dict[str, Any]:
 
 def fresh_state(loader: Loader) -> dict[str, Any]:
     """The state (or mark) of a run of ``loader`` that has not started (epoch 0, position 0)."""
-    with Loader(loader._pipeline) as twin:
+    with Loader(loader.spec) as twin:
         return state_or_mark(twin, twin.epoch)
 
 
@@ -124,7 +124,7 @@ def length_or_none(loader: Loader) -> int | None:
 def pickled_spec(loader: Loader) -> bytes:
     """The pipeline of ``loader``, pickled for a child process; ``TypeError`` when it cannot be."""
     try:
-        return pickle.dumps(loader._pipeline, protocol=pickle.HIGHEST_PROTOCOL)
+        return pickle.dumps(loader.spec, protocol=pickle.HIGHEST_PROTOCOL)
     except Exception as exc:
         raise TypeError(
             "in_subprocess() sends the loader's spec to a fresh interpreter by pickling it, and "

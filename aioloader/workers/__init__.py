@@ -1,6 +1,6 @@
 """Process pool for CPU-bound map stages: ``.map(fn, executor="process")``.
 
-Importing this package registers the ``"process"`` executor kind (``Loader.map`` imports it).
+The ``"process"`` executor kind is listed with the others in ``aioloader/_run/executors.py``.
 
 - ``executor.py``: the executor a map stage uses; crash redo policy, default pool size, the
   ``worker_init`` spec and the build-time pickling check.
@@ -9,18 +9,14 @@ Importing this package registers the ``"process"`` executor kind (``Loader.map``
 - ``_child.py``: the worker process's main loop.
 """
 
-from aioloader._run.executors import register_executor
 from aioloader.workers.executor import (
     MAX_ATTEMPTS,
     ProcessExecutor,
     ProcessMapSpec,
     default_workers,
-    make_process_executor,
     process_map_spec,
 )
 from aioloader.workers.pool import ProcessPool
-
-register_executor("process", make_process_executor)
 
 __all__ = [
     "MAX_ATTEMPTS",

@@ -29,17 +29,10 @@ from typing import Any
 
 import numpy as np
 
-# Smaller buffers stay in the pickle. With the parent keeping its mappings (Mappings), a segment
-# beats the pipe at every size measured on 2 cores (2 workers, arrays per item, items/s, pipe vs
-# shm): 64 B 265k vs 324k, 4 KB 138k vs 252k, 32 KB 17.8k vs 64.0k, 128 KB 5.0k vs 14.9k. But a
-# result kept alive keeps its whole segment lent: the chunk it came in, all of its items,
-# rounded up to a power of two. Items kept by a later stage (a reservoir holding 1,000 samples
-# of 20-100 KB from a process map) or by the consumer (every 50th) held 370-1,000 MB of segments
-# for 22-60 MB of samples when items went this way from 16 KB. So per-item results take a
-# segment from SHM_MIN_BYTES, as large as a decoded image, and whole batches (a fused map +
-# batch, the batches of in_subprocess()), which are used and dropped as a unit, from
-# BATCH_SHM_MIN_BYTES: text batches of 77 KB of token ids, 180k -> 202k lines/s, the pool's I/O
-# thread 1.2 -> 0.45 us a line.
+# Smaller buffers stay in the pickle. A segment is faster than the pipe at every size, but a kept
+# result keeps its whole segment lent, so per-item results (which a reservoir or the consumer may
+# keep) use one only from an image's size; whole batches, used and dropped as a unit, from 16 KB.
+# The measurements behind both: bench/results/design-notes.md.
 SHM_MIN_BYTES = 128 * 1024
 BATCH_SHM_MIN_BYTES = 16 * 1024
 _MIN_SEGMENT = 256 * 1024

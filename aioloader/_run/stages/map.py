@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import importlib
 import math
 import sys
 from collections import deque
@@ -144,10 +143,6 @@ class MapStage:
         workers = self.spec.concurrency or default_concurrency(kind)
         if kind == "thread" and self._tune_max is not None:
             workers = max(workers, self._tune_max)  # threads are made lazily: size for the budget
-        if kind == "process":
-            import aioloader.workers  # noqa: F401 - registers the process executor kind
-        elif kind == "ray":
-            importlib.import_module("aioloader.ray")  # registers the Ray executor kind
         if kind == "thread":
             executor: Executor = ThreadExecutor(workers, self.spec.name)
         elif kind == "async":

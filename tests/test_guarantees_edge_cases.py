@@ -14,6 +14,8 @@ import pytest
 
 import aioloader as al
 
+from .conftest import state_after
+
 
 def _plain(value: Any) -> Any:
     """A batch as nested Python lists (comparable, printable)."""
@@ -27,15 +29,6 @@ def _epochs(loader: al.Loader, count: int) -> list[list[Any]]:
         return [[_plain(b) for b in loader] for _ in range(count)]
 
 
-def _state_after(loader: al.Loader, k: int) -> dict[str, Any]:
-    with loader:
-        it = iter(loader)
-        for _ in range(k):
-            next(it)
-        state = loader.state_dict()
-        it.close()
-    return json.loads(json.dumps(state))
-
 
 def _resumed(make: Callable[[], al.Loader], state: dict[str, Any], count: int) -> list[list[Any]]:
     loader = make()
@@ -48,7 +41,7 @@ def _assert_resumes_after_every_batch(make: Callable[[], al.Loader]) -> None:
     resumed from the state after batch k are those of the uninterrupted run."""
     full = _epochs(make(), 3)
     for k in range(len(full[0]) + 1):
-        state = _state_after(make(), k)
+        state = state_after(make(), k)
         expected = [full[0][k:], full[1]] if state["epoch"] == 0 else [full[1], full[2]]
         assert _resumed(make, state, 2) == expected, f"resumed after batch {k}"
 
@@ -95,7 +88,7 @@ CORRUPTIONS = {
 @pytest.mark.parametrize("name", sorted(CORRUPTIONS))
 def test_a_corrupted_state_is_refused_naming_the_field(name: str) -> None:
     mutate, message = CORRUPTIONS[name]
-    state = _state_after(_shuffled(), 3)
+    state = state_after(_shuffled(), 3)
     assert state["prefix"], "the state must hold a shuffle buffer for these corruptions"
     mutate(state)
     with _shuffled() as loader, pytest.raises(ValueError, match=message):
@@ -103,14 +96,14 @@ def test_a_corrupted_state_is_refused_naming_the_field(name: str) -> None:
 
 
 def test_a_repeated_prefix_position_is_refused() -> None:
-    state = _state_after(_shuffled(), 3)
+    state = state_after(_shuffled(), 3)
     state["prefix"] = state["reservoir"]["slots"] = [state["prefix"][0]] * len(state["prefix"])
     with _shuffled() as loader, pytest.raises(ValueError, match="repeats a position"):
         loader.load_state_dict(state)
 
 
 def test_a_state_from_another_world_size_says_how_to_resume_elastically() -> None:
-    state = _state_after(al.Loader.from_source(range(20), rank=0, world_size=2), 2)
+    state = state_after(al.Loader.from_source(range(20), rank=0, world_size=2), 2)
     with (
         al.Loader.from_source(range(20), rank=0, world_size=3) as loader,
         pytest.raises(ValueError, match=r"world_size: saved 2, now 3.*list of every rank's states"),
@@ -125,7 +118,7 @@ def test_an_empty_list_of_states_is_refused() -> None:
 
 def test_a_state_loaded_twice_and_taken_before_the_first_batch_resumes_the_same() -> None:
     (full,) = _epochs(_shuffled(), 1)
-    state = _state_after(_shuffled(), 4)
+    state = state_after(_shuffled(), 4)
     loader = _shuffled()
     loader.load_state_dict(state)
     loader.load_state_dict(copy.deepcopy(state))
@@ -171,7 +164,7 @@ def test_elastic_resume_refuses_ranks_in_unrelated_epochs() -> None:
     for rank, (epochs, k) in enumerate([(0, 2), (1, 1)]):
         loader = al.Loader.from_source(range(10), rank=rank, world_size=2, shard_policy="uneven")
         loader.set_epoch(epochs)
-        states.append(_state_after(loader, k))
+        states.append(state_after(loader, k))
     loader = al.Loader.from_source(range(10), shard_policy="uneven")
     with loader, pytest.raises(ValueError, match="different epochs"):
         loader.load_state_dict(states)
@@ -191,7 +184,7 @@ def test_the_state_of_a_loader_shuffling_batches_is_refused_clearly(batching: st
     loader = al.Loader.from_source([[0] * (i % 4 + 1) for i in range(30)], seed=1)
     loader = loader.batch(4, collate=list) if batching == "batch" else loader.batch_by_tokens(6, collate=list)
     with pytest.raises(ValueError, match="stage 'shuffle' shuffles batches"):
-        _state_after(loader.shuffle(3), 2)
+        state_after(loader.shuffle(3), 2)
 
 
 # -- exact resume through every kind of stage, at every batch ------------------------------
@@ -290,7 +283,7 @@ def test_the_process_executor_gives_the_inline_sequence_and_resumes_it() -> None
         )
 
     (reference,) = _epochs(make("inline"), 1)
-    state = _state_after(make("process"), 7)
+    state = state_after(make("process"), 7)
     loader = make("process")
     loader.load_state_dict(state)
     assert _epochs(loader, 1) == [reference[7:]]
