@@ -1,7 +1,7 @@
 """Map stages on Ray: JPEG decode + resize 224, batch 32, on a two-node simulated cluster.
 
 Side by side in one run: ``executor="process"`` on this machine (2 workers), ``executor="ray"``
-(2 actors, one per node), and Ray Data as the anchor (``from_items`` of the paths +
+(2 actors, one per node), and Ray Data as the anchor (``from_items`` of the shuffled paths +
 ``map_batches`` reading and decoding + ``iter_torch_batches``), all with the same decode
 function as the jpeg workload and its images. Reported beside the harness's numbers: the
 driver's own CPU per sample (this process only: what the trainer pays; Ray's core-worker
@@ -19,6 +19,7 @@ dashboard. Not part of ``--workload all``.
 from __future__ import annotations
 
 import os
+import random
 import shlex
 import subprocess
 import sys
@@ -142,12 +143,13 @@ def _run(quick: bool) -> str:
             {"path": str(source.root / f), "label": t}
             for f, t in zip(source.files, source.targets, strict=True)
         ]
+        # shuffled here, as keys, like the loaders: Ray Data's random_shuffle needs CPUs for its
+        # tasks while the map actors hold both of this cluster's
+        random.Random(0).shuffle(items)
 
         def ray_data() -> Iterable[Any]:
-            dataset = (
-                ray.data.from_items(items)
-                .random_shuffle(seed=0)
-                .map_batches(ReadDecodeBatch, batch_size=BATCH, concurrency=2, num_cpus=1)
+            dataset = ray.data.from_items(items).map_batches(
+                ReadDecodeBatch, batch_size=BATCH, concurrency=2, num_cpus=1
             )
             for batch in dataset.iter_torch_batches(batch_size=BATCH):
                 yield batch["image"]
