@@ -44,7 +44,7 @@ from aioloader.order.orders import KeyOrder, order_count, resolve_order
 from aioloader.order.resume import FORMAT, ResumePoint, parse, parse_elastic
 from aioloader.order.sample_rng import is_random
 from aioloader.order.sharding import RankInfo, resolve_rank, shard_count
-from aioloader.sources._adapt import IndexableSource, adapt
+from aioloader.sources._adapt import IndexableSource, ShardStreamSource, adapt
 
 __all__ = ["Loader"]
 
@@ -88,7 +88,9 @@ class Loader(Closing):
         adapted = adapt(source)
         order = None
         if isinstance(adapted, IndexableSource):
-            order = resolve_order(shuffle, source, chunk_window)
+            order = resolve_order(shuffle, adapted.obj, chunk_window)
+        elif isinstance(adapted, ShardStreamSource) and shuffle in (True, "chunks"):
+            pass  # a seeded shard order per epoch (aioloader._run.stages.shard_source)
         elif shuffle is not False:
             raise ValueError(
                 f"shuffle={shuffle!r} needs an indexable source (an order of its keys); "
@@ -508,7 +510,10 @@ class Loader(Closing):
         return {
             "source": f"indexable:{source.length}"
             if isinstance(source, IndexableSource)
+            else source.obj.describe()
+            if isinstance(source, ShardStreamSource)
             else type(source).__name__,
+            **({"shuffle": spec.shuffle is not False} if isinstance(source, ShardStreamSource) else {}),
             "order": spec.order.describe() if spec.order is not None else None,
             "seed": spec.seed,
             "shard_policy": spec.shard_policy,

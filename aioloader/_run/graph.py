@@ -21,6 +21,7 @@ from aioloader._run.read_fusion import fuse_read
 from aioloader._run.stages.batch import BatchStage
 from aioloader._run.stages.filter import FilterStage
 from aioloader._run.stages.map import MapStage
+from aioloader._run.stages.shard_source import ShardSource
 from aioloader._run.stages.source import AsyncIterSource, IterSource, KeySource
 from aioloader._run.stages.unbatch import UnbatchStage
 from aioloader._spec import (
@@ -39,7 +40,7 @@ from aioloader.order.orders import resolve_order
 from aioloader.order.reservoir import ReservoirState
 from aioloader.order.resume import ResumePoint, remaining_order
 from aioloader.order.sharding import RankInfo, resolve_rank, shard_boundaries, shard_keys
-from aioloader.sources._adapt import AdaptedSource, AsyncIterableSource, IndexableSource
+from aioloader.sources._adapt import AdaptedSource, AsyncIterableSource, IndexableSource, ShardStreamSource
 
 # Channel depth in blocks: sample blocks are small and cheap stages pay a task wake-up per
 # empty/full transition, so they get a deeper channel than batches (``prefetch(n)`` sets it).
@@ -112,7 +113,16 @@ def epoch_keys(
 def read_spec(source: IndexableSource) -> MapSpec:
     """The implicit read stage of an indexable source: keys to samples."""
     if source.aget_one is not None:
-        return MapSpec(name="read", fn=source.aget_one, is_async=True, concurrency=source.read_concurrency)
+        # a source may skip the samples it cannot read (and report them): its own policy
+        on_error, budget = getattr(source.obj, "read_failures", ("raise", 0))
+        return MapSpec(
+            name="read",
+            fn=source.aget_one,
+            is_async=True,
+            concurrency=source.read_concurrency,
+            on_error=on_error,
+            max_failures=budget,
+        )
     if source.get_many is not None:
         return MapSpec(name="read", fn=source.get_many, per_block=True, item_fn=source.get_one)
     return MapSpec(name="read", fn=source.get_one)
@@ -161,6 +171,7 @@ class Run:
         self.consumer_wait_s = 0.0  # time the consumer waited for a block (set by the Loader)
         self.ended: float | None = None  # when the consumer saw the end of the epoch
         self.monitor: RunMonitor | None = None  # time series, memory/CPU, autotuner
+        self._io_closers: list[Any] = []  # coroutine functions closing a source's connections
         self._build(pipeline, decisions, sink)
 
     # -- building --------------------------------------------------------------------------
@@ -177,6 +188,12 @@ class Run:
             self.epoch_length = expected
             self.stages.append(KeySource(keys, block, start=start, prefix=prefix, block_starts=starts))
             specs: list[StageSpec] = fuse_read(source, [read_spec(source), *fuse_map_batch(pipeline.stages)])
+            closer = getattr(source.obj, "aclose_io", None)
+            if closer is not None:  # connections the reads opened on this run's loop
+                self._io_closers.append(closer)
+        elif isinstance(source, ShardStreamSource):
+            self.stages.append(self._shard_source(pipeline, block, start, prefix))
+            specs = fuse_map_batch(pipeline.stages)
         else:
             if source.one_shot:
                 # A second run would silently lose what the first one read ahead of the consumer.
@@ -237,6 +254,26 @@ class Run:
             self.output = Channel(final_depth, f"{last.name}->consumer")
         last.output = self.output
         last.stats.output = self.output
+
+    def _shard_source(self, pipeline: Pipeline, block: int, start: int, prefix: list[int]) -> ShardSource:
+        spec = pipeline.source_spec
+        if self.rank.world_size > 1 and spec.shard_policy != "uneven":
+            raise ValueError(
+                f"shard_policy={spec.shard_policy!r} needs equal sample counts per rank, which a "
+                "shard stream does not know before reading it: use shard_policy='uneven', or give "
+                "the source an index (al.sources.write_shards writes one)"
+            )
+        return ShardSource(
+            pipeline.source.obj,
+            block,
+            self.rank,
+            epoch=self.epoch,
+            seed=spec.seed,
+            shuffle=spec.shuffle is not False,
+            errors=self.errors,
+            start=start,
+            prefix=prefix,
+        )
 
     def _make_stage(self, spec: StageSpec, decisions: Decisions, expected: int | None) -> Stage:
         if isinstance(spec, MapSpec):
@@ -423,6 +460,7 @@ class Run:
                 if close is not None:
                     close()
             drains = [stage.drain(DRAIN_S) for stage in self.stages if hasattr(stage, "drain")]
+            drains += [closer() for closer in self._io_closers]
             try:
                 await _finish(asyncio.gather(*drains))
             finally:

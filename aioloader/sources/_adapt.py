@@ -43,7 +43,16 @@ class AsyncIterableSource:
     one_shot: bool
 
 
-AdaptedSource = IndexableSource | IterableSource | AsyncIterableSource
+@dataclass(frozen=True, slots=True)
+class ShardStreamSource:
+    """Shards streamed in a per-epoch shard order, each rank reading its own
+    (``aioloader._run.stages.shard_source``): an object with ``num_shards``, ``urls`` and an
+    async ``stream(shards, *, skip, report)``, such as a ``WebDataset`` without an index."""
+
+    obj: Any
+
+
+AdaptedSource = IndexableSource | IterableSource | AsyncIterableSource | ShardStreamSource
 
 
 def _is_torch_iterable_dataset(obj: Any) -> bool:
@@ -62,6 +71,8 @@ def adapt(source: Any) -> AdaptedSource:
     hook = getattr(type(source), "__aioloader_source__", None)
     if hook is not None:
         source = hook(source)
+    if hasattr(source, "num_shards") and inspect.isasyncgenfunction(getattr(type(source), "stream", None)):
+        return ShardStreamSource(source)
     if hasattr(source, "__aiter__"):
         return AsyncIterableSource(source, one_shot=hasattr(source, "__anext__"))
     if _is_torch_iterable_dataset(source):

@@ -1,0 +1,139 @@
+"""Reading a sequence of shards ahead of the consumer, many ranged reads in flight.
+
+:class:`ShardPrefetcher` splits each shard into parts of ``part_size`` bytes and reads them
+concurrently on the event loop, in shard order, as far ahead as a byte budget allows: the
+bytes read and not yet consumed never exceed ``budget`` (one part may, when nothing else is
+held, so a part larger than the budget still makes progress). The consumer takes the parts
+back in order with :meth:`next_part` and says when it is done with one (:meth:`release`).
+
+It owns its tasks: ``async with`` starts the planner, leaving cancels and awaits every read.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from aioloader.io.store import ObjectStore
+
+
+class _ByteBudget:
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.used = 0
+        self._changed = asyncio.Condition()
+
+    async def acquire(self, n: int) -> None:
+        async with self._changed:
+            await self._changed.wait_for(lambda: self.used == 0 or self.used + n <= self.limit)
+            self.used += n
+
+    async def release(self, n: int) -> None:
+        async with self._changed:
+            self.used -= n
+            self._changed.notify_all()
+
+
+class ShardPrefetcher:
+    """Parts of ``urls`` (from byte ``first_offset`` of the first one) in order, read ahead.
+
+    :meth:`next_part` returns ``(shard_number, data)``, ``data`` None at the end of a shard,
+    or ``None`` after the last shard; a failed read raises there, in order."""
+
+    def __init__(
+        self,
+        store: ObjectStore,
+        urls: Sequence[str],
+        *,
+        part_size: int,
+        budget: int,
+        max_requests: int,
+        first_offset: int = 0,
+        sizes: Sequence[int | None] | None = None,
+        open_local: Callable[[str], int | None] | None = None,
+    ) -> None:
+        """``open_local(url)``: a descriptor of a local copy of the shard to read instead (a
+        cache), or None; called when the shard's turn comes, closed when it has been read."""
+        self._store = store
+        self._urls = list(urls)
+        self._sizes = list(sizes) if sizes is not None else [None] * len(self._urls)
+        self._open_local = open_local
+        self._fds: dict[int, int] = {}  # shard number -> descriptor of its local copy
+        self._part = part_size
+        self._budget = _ByteBudget(budget)
+        self._requests = asyncio.Semaphore(max_requests)
+        self._first_offset = first_offset
+        self._queue: asyncio.Queue[tuple[int, asyncio.Future[bytes] | None] | None] = asyncio.Queue()
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._planner: asyncio.Task[None] | None = None
+
+    async def __aenter__(self) -> ShardPrefetcher:
+        self._planner = asyncio.create_task(self._plan(), name="aioloader-prefetch")
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        tasks = [t for t in (self._planner, *self._tasks) if t is not None]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        self._tasks.clear()
+        for fd in self._fds.values():
+            os.close(fd)
+        self._fds.clear()
+
+    def is_local(self, number: int) -> bool:
+        """Whether shard ``number`` is being read from a local copy."""
+        return number in self._fds
+
+    async def _read(self, url: str, start: int, end: int, fd: int | None) -> bytes:
+        if fd is not None:
+            return await asyncio.to_thread(os.pread, fd, end - start, start)
+        async with self._requests:
+            return await self._store.read(url, start, end)
+
+    def _failed(self, exc: BaseException) -> asyncio.Future[bytes]:
+        future: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
+        future.set_exception(exc)
+        return future
+
+    async def _plan(self) -> None:
+        for number, url in enumerate(self._urls):
+            fd = self._open_local(url) if self._open_local is not None else None
+            if fd is not None:
+                self._fds[number] = fd
+            try:
+                size = os.fstat(fd).st_size if fd is not None else self._sizes[number]
+                if size is None:
+                    size = await self._store.size(url)
+            except Exception as exc:
+                await self._queue.put((number, self._failed(exc)))
+                return
+            start = self._first_offset if number == 0 else 0
+            for begin in range(start, size, self._part):
+                end = min(size, begin + self._part)
+                await self._budget.acquire(end - begin)
+                task = asyncio.create_task(self._read(url, begin, end, fd), name="aioloader-read")
+                self._tasks.add(task)
+                task.add_done_callback(self._tasks.discard)
+                await self._queue.put((number, task))
+            await self._queue.put((number, None))
+        await self._queue.put(None)
+
+    async def next_part(self) -> tuple[int, bytes | None] | None:
+        entry = await self._queue.get()
+        if entry is None:
+            return None
+        number, task = entry
+        if task is None:
+            fd = self._fds.pop(number, None)
+            if fd is not None:  # every part of the shard was read
+                os.close(fd)
+            return number, None
+        return number, await task
+
+    async def release(self, nbytes: int) -> None:
+        """The consumer is done with a part of ``nbytes``: read further ahead."""
+        await self._budget.release(nbytes)
+

@@ -1,0 +1,401 @@
+"""``WebDataset``: samples of WebDataset tar shards, local or in object storage.
+
+Without an index the shards are streamed: each epoch visits them in a seeded shard order
+(``shuffle=True``), each rank reading only its own shards, many ranged reads in flight ahead of
+the consumer within a byte budget (:mod:`aioloader.io.prefetch`). A sample's key is
+``(shard, index in shard)``; a resumed run seeks to the shard it stopped in and reads only
+that shard's consumed part again (:mod:`aioloader._run.stages.shard_source`).
+
+With an index (``al.sources.write_shards`` writes one) the source is indexable: it knows every
+sample's byte range, so ``shuffle=True`` is a global permutation read by ranged reads of single
+samples (neighbours read together), ``shuffle="chunks"`` reads whole shards (or windows of
+``chunk_size`` samples) at once, and rank sharding follows the three policies.
+
+A sample is a dict as the ``webdataset`` package makes it: ``__key__``, ``__url__`` and one
+``bytes`` value per member extension (``jpg``, ``cls`` ...).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import bisect
+import json
+import os
+from collections.abc import AsyncIterator, Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import numpy as np
+
+from aioloader.errors import DataCorruptionError, DataFormatError
+from aioloader.io.cache import ShardCache
+from aioloader.io.prefetch import ShardPrefetcher
+from aioloader.io.store import CLIENTS, ObjectStore, Retry
+from aioloader.io.tar_stream import SampleGrouper, TarParser
+from aioloader.io.urls import expand_urls, protocol_of
+
+INDEX_FORMAT = "aioloader.wds-index/1"
+_MiB = 1 << 20
+_COALESCE_GAP = 64 * 1024  # neighbours closer than this are read in one request
+
+Report = Callable[[Any, BaseException], None]
+
+
+def _positive(name: str, value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{name} must be an int >= 1, got {value!r}")
+    return value
+
+
+def _run_blocking(coro_fn: Callable[[], Any]) -> Any:
+    """Run a coroutine on a loop of its own (the caller may be inside one)."""
+    with ThreadPoolExecutor(1, thread_name_prefix="aioloader-index") as pool:
+        return pool.submit(asyncio.run, coro_fn()).result()
+
+
+def _join(base: str, name: str) -> str:
+    if "://" in name or os.path.isabs(name):
+        return name
+    if protocol_of(base) == "file":
+        return os.path.join(os.path.dirname(base.removeprefix("file://")), name)
+    return base.rsplit("/", 1)[0] + "/" + name
+
+
+class WebDataset:
+    """WebDataset tar shards at ``urls`` (paths, ``file://``, ``http(s)://``, ``s3://``,
+    ``gs://``, ``az://``, ``hf://``; braces and globs expand), or those an ``index`` names.
+
+    ``storage_options``: per protocol, options for its fsspec filesystem (``{"s3":
+    {"endpoint_url": ...}}``). ``part_size``: bytes per ranged read; ``read_budget``: bytes
+    read ahead and not yet consumed; ``max_requests``: reads in flight. ``retry``: an
+    :class:`aioloader.io.Retry`. ``on_error="skip"``: a corrupt or truncated shard ends there,
+    reported in ``stats()["errors"]`` with the key ``(url, member)``, and the epoch goes on.
+    ``client``: ``"fsspec"`` (default) or ``"obstore"``, which reads the
+    same URLs through obstore (``storage_options`` then take obstore's option names).
+    ``cache``, ``cache_bytes``: a local directory keeping up to that many bytes of whole
+    shards, reused across epochs, restarts and processes (:mod:`aioloader.io.cache`).
+    """
+
+    def __init__(
+        self,
+        urls: str | Sequence[str] | None = None,
+        *,
+        index: str | None = None,
+        storage_options: dict[str, dict[str, Any]] | None = None,
+        part_size: int = 8 * _MiB,
+        read_budget: int = 64 * _MiB,
+        max_requests: int = 64,
+        retry: Retry | None = None,
+        on_error: str = "raise",
+        chunk_size: int | None = None,
+        cache: str | os.PathLike[str] | None = None,
+        cache_bytes: int | None = None,
+        client: str = "fsspec",
+    ) -> None:
+        if on_error not in ("raise", "skip"):
+            raise ValueError(f"on_error must be 'raise' or 'skip', got {on_error!r}")
+        if storage_options is not None and not isinstance(storage_options, dict):
+            raise TypeError("storage_options must be a dict of protocol -> options")
+        if client not in CLIENTS:
+            raise ValueError(f"client must be one of {CLIENTS}, got {client!r}")
+        self.client = client
+        self.storage_options = dict(storage_options or {})
+        self.part_size = _positive("part_size", part_size)
+        self.read_budget = _positive("read_budget", read_budget)
+        self.max_requests = _positive("max_requests", max_requests)
+        self.chunk_size = None if chunk_size is None else _positive("chunk_size", chunk_size)
+        self.retry = retry or Retry()
+        self.on_error = on_error
+        self.sizes: list[int | None]
+        self.offsets: list[np.ndarray] | None = None
+        if index is not None:
+            if urls is not None:
+                raise ValueError("pass urls or index, not both: the index names its shards")
+            self.urls, self.sizes, self.offsets = self._load_index(os.fspath(index))
+        elif urls is None:
+            raise ValueError("WebDataset needs urls or an index")
+        else:
+            self.urls = expand_urls(urls, options=self.storage_options)
+            self.sizes = [None] * len(self.urls)
+        self.cache = self._make_cache(cache, cache_bytes)
+
+    def _make_cache(self, cache: Any, cache_bytes: int | None) -> ShardCache | None:
+        """The local shard cache, checked now: one that cannot hold the largest shard (known
+        from the index, else the first shard's size) is an error here, not a hang later."""
+        if cache is None:
+            if cache_bytes is not None:
+                raise ValueError("cache_bytes needs cache (a directory)")
+            return None
+        if cache_bytes is None:
+            raise ValueError("cache needs cache_bytes (the most bytes it may hold)")
+        shard_cache = ShardCache(cache, cache_bytes)
+        known = [s for s in self.sizes if s is not None]
+        if known:
+            url, size = max(zip(self.urls, self.sizes, strict=True), key=lambda pair: pair[1] or 0)
+        else:
+            url = self.urls[0]
+
+            async def first_size() -> int:
+                store = self._store()
+                try:
+                    return await store.size(url)
+                finally:
+                    await store.aclose()
+
+            size = _run_blocking(first_size)
+        shard_cache.check_fits(url, int(size))
+        return shard_cache
+
+    def _store(self) -> ObjectStore:
+        return ObjectStore(self.storage_options, retry=self.retry, client=self.client)
+
+    # -- the index ---------------------------------------------------------------------------
+    def _load_index(self, index: str) -> tuple[list[str], list[int | None], list[np.ndarray]]:
+        async def fetch() -> bytes:
+            store = self._store()
+            try:
+                return await store.read(index, 0, await store.size(index))
+            finally:
+                await store.aclose()
+
+        raw = _run_blocking(fetch)
+        try:
+            doc = json.loads(raw)
+            if doc.get("format") != INDEX_FORMAT:
+                raise ValueError(f"format is {doc.get('format')!r}, not {INDEX_FORMAT!r}")
+            shards = doc["shards"]
+            urls = [_join(index, s["url"]) for s in shards]
+            sizes: list[int | None] = [int(s["bytes"]) for s in shards]
+            offsets = [np.asarray(s["offsets"], dtype=np.int64) for s in shards]
+        except (ValueError, KeyError, TypeError) as exc:
+            raise DataFormatError(f"index {index} is not an aioloader shard index: {exc}", key=index) from None
+        return urls, sizes, offsets
+
+    def __aioloader_source__(self) -> Any:
+        return self if self.offsets is None else IndexedShards(self)
+
+    # -- streaming ---------------------------------------------------------------------------
+    @property
+    def num_shards(self) -> int:
+        return len(self.urls)
+
+    def describe(self) -> str:
+        return f"webdataset:{len(self.urls)} shards"
+
+    async def stream(
+        self, shards: Sequence[int], *, skip: int = 0, report: Report | None = None
+    ) -> AsyncIterator[tuple[int, int, dict[str, Any]]]:
+        """``(n, index, sample)`` for the samples of ``shards`` (numbers of shards), ``n`` the
+        place in ``shards``; the first ``skip`` samples of the first shard are left out (a
+        resume point)."""
+        urls = [self.urls[s] for s in shards]
+        sizes = [self.sizes[s] for s in shards]
+        cache = self.cache
+        store = self._store()
+        kept: list[bytes] = []  # the shard being read, for the cache
+        try:
+            async with ShardPrefetcher(
+                store,
+                urls,
+                sizes=sizes,
+                open_local=cache.open if cache is not None else None,
+                part_size=self.part_size,
+                budget=self.read_budget,
+                max_requests=self.max_requests,
+            ) as prefetcher:
+                current, parser, grouper, skipping, from_cache = -1, None, None, False, False
+                while (entry := await prefetcher.next_part()) is not None:
+                    number, data = entry
+                    url = urls[number]
+                    if number != current:
+                        current, skipping, kept = number, False, []
+                        from_cache = prefetcher.is_local(number)
+                        parser, grouper = TarParser(url), SampleGrouper(url)
+                    keep = cache is not None and not from_cache and not skipping
+                    if keep and data is not None:
+                        kept.append(data)
+                    samples = []
+                    if not skipping:
+                        try:
+                            if data is None:
+                                parser.finish()
+                                samples = grouper.finish()
+                            else:
+                                samples = [s for m in parser.feed(data) for s in grouper.push(m)]
+                        except DataCorruptionError as exc:
+                            if self.on_error != "skip" or report is None:
+                                raise
+                            report(exc.key, exc)
+                            skipping = True  # the rest of this shard cannot be trusted
+                    if data is not None:
+                        await prefetcher.release(len(data))
+                    elif keep and not skipping:  # a whole, sound shard: keep it
+                        await asyncio.to_thread(cache.put, url, kept)
+                        kept = []
+                    for sample in samples:
+                        if number == 0 and sample.index < skip:
+                            continue
+                        sample.fields["__url__"] = url
+                        yield number, sample.index, sample.fields
+        finally:
+            await store.aclose()
+
+
+class _LoopState:
+    """What reads on one event loop share: the store and the reads waiting to be coalesced."""
+
+    def __init__(self, store: ObjectStore) -> None:
+        self.store = store
+        self.pending: dict[int, list[tuple[int, asyncio.Future[dict[str, Any]]]]] = {}
+
+
+class IndexedShards:
+    """The indexable view of an indexed :class:`WebDataset`: key ``i`` is the ``i``-th sample
+    over the shards in order; :meth:`aget` reads its byte range (reads of neighbouring samples
+    waiting at the same time are joined into one request)."""
+
+    def __init__(self, dataset: WebDataset) -> None:
+        self.dataset = dataset
+        assert dataset.offsets is not None
+        counts = [len(o) - 1 for o in dataset.offsets]
+        self._starts = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
+        self._length = int(self._starts[-1])
+        self.read_concurrency = dataset.max_requests
+        # the read stage's policy: under on_error="skip" a sample that cannot be read is
+        # skipped and reported with its key, however many
+        self.read_failures = (dataset.on_error, 1.0 if dataset.on_error == "skip" else 0)
+        self._loops: dict[int, _LoopState] = {}
+
+    def __len__(self) -> int:
+        return self._length
+
+    def __getstate__(self) -> dict[str, Any]:
+        """Pickled (a worker, ``Loader.in_subprocess``) without any loop's connections."""
+        return {**self.__dict__, "_loops": {}}
+
+    def locate(self, key: int) -> tuple[int, int]:
+        """(shard, index in shard) of sample ``key``."""
+        if not 0 <= key < self._length:
+            raise IndexError(f"sample {key} out of range for {self._length} samples")
+        shard = bisect.bisect_right(self._starts, key) - 1
+        return shard, key - int(self._starts[shard])
+
+    def chunk_bounds(self) -> list[int]:
+        """Shard boundaries (and windows of ``chunk_size`` samples within shards):
+        ``shuffle="chunks"`` reads one chunk's samples together."""
+        size = self.dataset.chunk_size
+        bounds: list[int] = []
+        for first, end in zip(self._starts[:-1].tolist(), self._starts[1:].tolist(), strict=True):
+            bounds.extend(range(first, end, size or max(1, end - first)))
+        return [*bounds, self._length]
+
+    def __getitem__(self, key: int) -> dict[str, Any]:
+        async def one() -> dict[str, Any]:
+            try:
+                return await self.aget(key)
+            finally:
+                await self.aclose_io()
+
+        return _run_blocking(one)
+
+    def _state(self) -> _LoopState:
+        loop = asyncio.get_running_loop()
+        state = self._loops.get(id(loop))
+        if state is None:
+            store = self.dataset._store()
+            state = self._loops[id(loop)] = _LoopState(store)
+        return state
+
+    async def aget(self, key: int) -> dict[str, Any]:
+        shard, local = self.locate(int(key))
+        state = self._state()
+        future: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
+        waiting = state.pending.get(shard)
+        if waiting is not None:  # a read of this shard is gathering: join it
+            waiting.append((local, future))
+            return await future
+        requests = state.pending[shard] = [(local, future)]
+        try:
+            try:
+                await asyncio.sleep(0)  # let the reads started with this one queue up
+            finally:
+                del state.pending[shard]  # later reads start a group of their own
+            await self._read_group(state.store, shard, requests)
+        except BaseException as exc:  # the reads that joined this one fail with it, never hang
+            for _, waiter in requests:
+                if waiter.done():
+                    continue
+                if isinstance(exc, Exception):
+                    waiter.set_exception(exc)
+                else:  # the leader was cancelled (the run is stopping)
+                    waiter.cancel()
+            if future.done() and not future.cancelled():
+                future.exception()  # retrieved: it is raised below (or the cancellation is)
+            raise
+        return await future
+
+    def _ranges(self, shard: int, locals_: list[int]) -> list[tuple[int, int, list[int]]]:
+        offsets = self.dataset.offsets[shard]
+        limit = self.dataset.part_size
+        ranges: list[tuple[int, int, list[int]]] = []
+        for local in sorted(set(locals_)):
+            start, end = int(offsets[local]), int(offsets[local + 1])
+            if ranges and start - ranges[-1][1] <= _COALESCE_GAP and end - ranges[-1][0] <= limit:
+                first, _, members = ranges[-1]
+                ranges[-1] = (first, end, [*members, local])
+            else:
+                ranges.append((start, end, [local]))
+        return ranges
+
+    async def _read_group(self, store: ObjectStore, shard: int, requests: list[tuple[int, Any]]) -> None:
+        url = self.dataset.urls[shard]
+        offsets = self.dataset.offsets[shard]
+        found: dict[int, dict[str, Any]] = {}
+        broken: dict[int, DataCorruptionError] = {}  # sample offset -> why it cannot be read
+
+        def parse(data: bytes, start: int) -> None:
+            parser, grouper = TarParser(url, base=start), SampleGrouper(url)
+            samples = [s for m in parser.feed(data) for s in grouper.push(m)] + grouper.finish()
+            for sample in samples:
+                sample.fields["__url__"] = url
+                found[sample.offset] = sample.fields
+
+        async def read(start: int, end: int, members: list[int]) -> None:
+            data = await store.read(url, start, end)
+            try:
+                parse(data, start)
+            except DataCorruptionError as exc:
+                if len(members) == 1:
+                    broken[start] = exc
+                    return
+                for local in members:  # one bad sample must not take its neighbours with it
+                    first, last = int(offsets[local]), int(offsets[local + 1])
+                    try:
+                        parse(data[first - start : last - start], first)
+                    except DataCorruptionError as own:
+                        broken[first] = own
+
+        ranges = self._ranges(shard, [r[0] for r in requests])
+        await asyncio.gather(*(read(s, e, members) for s, e, members in ranges))
+        for local, future in requests:
+            offset = int(offsets[local])
+            fields = found.get(offset)
+            if future.done():  # its reader was cancelled meanwhile
+                continue
+            if fields is not None:
+                future.set_result(dict(fields))
+            else:
+                future.set_exception(
+                    broken.get(offset)
+                    or DataCorruptionError(
+                        f"{url}: no sample at byte {offset} (sample {local}): the shard does not "
+                        "match its index",
+                        key=(url, local),
+                    )
+                )
+
+    async def aclose_io(self) -> None:
+        """Close the connections reads on the running loop opened."""
+        state = self._loops.pop(id(asyncio.get_running_loop()), None)
+        if state is not None:
+            await state.store.aclose()
