@@ -37,9 +37,10 @@ def cluster():
     head = {
         **NODE,
         "include_dashboard": False,
-        # a removed node is declared dead within ~1 s, not the default 15 s
-        "_system_config": {"health_check_initial_delay_ms": 0, "health_check_period_ms": 300,
-                           "health_check_failure_threshold": 3},
+        # a removed node is declared dead within ~5 s, not the default 15 s; a shorter period
+        # risks declaring a live node dead on a loaded machine, its heartbeats late
+        "_system_config": {"health_check_initial_delay_ms": 0, "health_check_period_ms": 1000,
+                           "health_check_failure_threshold": 5},
     }  # fmt: skip
     made = Cluster(initialize_head=True, head_node_args=head)
     try:
