@@ -47,7 +47,9 @@ def _first_line(obj: Any, main_file: str) -> int | None:
         functions = [
             getattr(value, "__func__", value)  # staticmethod, classmethod
             for value in vars(obj).values()
-            if getattr(getattr(value, "__func__", value), "__qualname__", "").startswith(obj.__qualname__ + ".")
+            if getattr(getattr(value, "__func__", value), "__qualname__", "").startswith(
+                obj.__qualname__ + "."
+            )
         ]
     else:
         functions = [obj]

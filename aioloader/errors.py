@@ -16,6 +16,7 @@ __all__ = [
     "DataFormatError",
     "WorkerCrashError",
     "StageTimeoutError",
+    "StageStalledError",
     "TooManyFailures",
     "annotate",
 ]
@@ -48,6 +49,11 @@ class WorkerCrashError(DataLoadingError):
 
 class StageTimeoutError(DataLoadingError):
     """A task ran longer than the stage's ``timeout``."""
+
+
+class StageStalledError(StageTimeoutError):
+    """A stage made no progress for its ``stall_after`` seconds with ``on_stall="raise"``: the
+    message names the keys in flight, the worker's pid and state, and its Python stack."""
 
 
 class TooManyFailures(DataLoadingError):

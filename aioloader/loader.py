@@ -133,6 +133,9 @@ class Loader(Closing):
         name: str | None = None,
         worker_init: Callable[[int], None] | None = None,
         ray_options: dict[str, Any] | None = None,
+        max_worker_memory: int | str | None = "auto",
+        stall_after: float | str | None = "auto",
+        on_stall: str = "warn",
     ) -> Loader:
         """Apply ``fn`` (sync or async) to every item. A random transform (``fn.random`` is
         True, as ``al.transforms`` augmentations) is called ``fn(item, rng)`` with a generator
@@ -142,7 +145,13 @@ class Loader(Closing):
         life (``concurrency`` processes; default 75% of the cores, at most 2 under 4 GiB free).
         ``fn`` and ``worker_init`` must be picklable (checked here); ``worker_init(worker_id)``
         runs once in each worker as it starts (and in a replacement after a crash). See
-        :mod:`aioloader.workers`.
+        :mod:`aioloader.workers`. ``max_worker_memory`` (bytes; "auto": half the machine's
+        memory shared by the workers, at least 1 GiB; None: no limit): a worker whose resident
+        memory grows past it is replaced and its sample fails as ``WorkerCrashError`` (after the
+        usual redo). ``stall_after`` (seconds; "auto": 20x the slowest task, at least 60 s;
+        None: never): a task running that long is reported, a warning naming the stage, the
+        keys, the worker's pid and its Python stack; ``on_stall="raise"`` makes it a
+        ``StageStalledError``.
 
         ``executor="ray"`` runs ``fn`` on a pool of ``concurrency`` Ray actors (default: one
         per CPU of the cluster) with the same semantics, on the cluster Ray is connected to
@@ -150,9 +159,12 @@ class Loader(Closing):
         ``resources``, ``scheduling_strategy``...), ``worker_init(worker_id)`` runs in each
         actor. Needs ``pip install aioloader[ray]``; see :mod:`aioloader.ray`.
 
-        ``executor="auto"`` measures ``fn`` on the first block: cheap functions stay inline,
-        GIL-releasing ones go to threads, GIL-holding CPU-heavy picklable ones to processes
-        (see :mod:`aioloader.monitor.autotune`). ``concurrency="auto"`` tunes the chunks in
+        ``executor="auto"`` measures ``fn`` on the first blocks: cheap functions stay inline,
+        ones that run faster in two threads than inline (they release the GIL) go to threads,
+        and the others to processes when they pay for their start-up on the epoch's work (and
+        are picklable), else inline; never threads for a function that holds the GIL. A stage
+        is placed again when its measured rate says it was wrong, from the next epoch; the
+        output is the same wherever it runs (see :mod:`aioloader.monitor.autotune`). ``concurrency="auto"`` tunes the chunks in
         flight and the output queue depth while running (hill-climbing on throughput within the
         cores and the memory budget); ``stats()["autotune"]`` shows what it chose."""
         tune = concurrency == "auto"
@@ -175,13 +187,27 @@ class Loader(Closing):
         if spec.executor == "process":
             from aioloader.workers import process_map_spec
 
-            spec = process_map_spec(spec, worker_init)
+            spec = process_map_spec(
+                spec,
+                worker_init,
+                max_worker_memory=max_worker_memory,
+                stall_after=stall_after,
+                on_stall=on_stall,
+            )
         elif spec.executor == "ray":
             from aioloader.ray import ray_map_spec
 
             spec = ray_map_spec(spec, worker_init, ray_options)
         elif worker_init is not None:
             raise ValueError("worker_init is only used with executor='process' or 'ray'")
+        if spec.executor != "process" and (max_worker_memory, stall_after, on_stall) != (
+            "auto",
+            "auto",
+            "warn",
+        ):
+            raise ValueError(
+                "max_worker_memory, stall_after and on_stall are only used with executor='process'"
+            )
         if ray_options is not None and spec.executor != "ray":
             raise ValueError("ray_options is only used with executor='ray'")
         loader = self._then(spec)
@@ -633,6 +659,10 @@ class Loader(Closing):
     def close(self) -> None:
         """Stop every run, the loop thread and every pool of this loader. Idempotent."""
         self._runtime.close()
+
+    def __exit__(self, exc_type: Any, *exc: Any) -> None:
+        # Ctrl-C: close at once, without waiting for calls blocked in threads
+        self._runtime.close(interrupted=exc_type is not None and issubclass(exc_type, KeyboardInterrupt))
 
 
 def _hand_out(run: Run, block: Any) -> Iterator[Any]:

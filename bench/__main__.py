@@ -16,7 +16,9 @@ from pathlib import Path
 import psutil
 import torch
 
-WORKLOADS = ["tiny", "jpeg", "h5", "h5_shuffle", "padding", "text", "memory", "configs", "service", "remote"]
+WORKLOADS = [
+    "tiny", "jpeg", "h5", "h5_shuffle", "padding", "text", "memory", "configs", "service", "remote", "gil", "tokenizer",
+]
 EXTRA = ["ray"]  # not in "all": it needs Ray (aioloader[ray]) and root for its network namespace
 LATEST = Path(__file__).resolve().parent / "results" / "latest.md"
 

@@ -120,6 +120,7 @@ class Result:
     samples: int
     batches: int = 0
     elapsed_s: float = 0.0
+    steady_per_s: float = 0.0  # samples/s after the first batch (start-up left out)
 
     @property
     def batches_per_s(self) -> float:
@@ -151,13 +152,15 @@ def measure_once(
         cpu0 = _tree_cpu_seconds(proc, exclude=sampler.pid)
         started = time.perf_counter()
         first = None
+        first_samples = 0
         samples = 0
         batches = 0
         iterable = make()
         for batch in iterable:
+            samples += _batch_len(batch)
             if first is None:
                 first = time.perf_counter() - started
-            samples += _batch_len(batch)
+                first_samples = samples
             batches += 1
             if consume is not None:
                 consume(batch)
@@ -166,8 +169,18 @@ def measure_once(
         close = getattr(iterable, "close", None)
         if close is not None and hasattr(iterable, "__next__"):  # an iterator; a Loader stays open
             close()
+    after_first = elapsed - (first or 0.0)
+    steady = (samples - first_samples) / after_first if after_first > 0 else 0.0
     return Result(
-        name, samples / elapsed, first or 0.0, sampler.peak / 2**20, cpu / elapsed, samples, batches, elapsed
+        name,
+        samples / elapsed,
+        first or 0.0,
+        sampler.peak / 2**20,
+        cpu / elapsed,
+        samples,
+        batches,
+        elapsed,
+        steady,
     )
 
 
@@ -230,10 +243,13 @@ def compare_isolated(
     return results
 
 
-def table(title: str, results: list[Result], baselines: list[str]) -> str:
-    """A markdown table; one ratio column per baseline (aioloader / baseline, higher is better)."""
+def table(title: str, results: list[Result], baselines: list[str], *, steady: bool = False) -> str:
+    """A markdown table; one ratio column per baseline (aioloader / baseline, higher is better).
+    ``steady``: a column of the rate after the first batch, beside the time to it."""
     by_name = {r.name: r for r in results}
     head = ["loader", "samples/s", "first batch (s)", "peak mem (MB, tree PSS)", "CPU (cores)"]
+    if steady:
+        head.insert(2, "steady samples/s")
     head += [f"x vs {b}" for b in baselines]
     lines = [f"### {title}", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in results:
@@ -244,6 +260,8 @@ def table(title: str, results: list[Result], baselines: list[str]) -> str:
             f"{r.peak_mb:,.0f}",
             f"{r.cpu_cores:.2f}",
         ]
+        if steady:
+            row.insert(2, f"{r.steady_per_s:,.0f}")
         row += [f"{r.samples_per_s / by_name[b].samples_per_s:.2f}" for b in baselines]
         lines.append("| " + " | ".join(row) + " |")
     return "\n".join(lines)
@@ -256,3 +274,17 @@ def best_ratio(results: list[Result], auto: str, hand_tuned: list[str]) -> str:
     ratio = by_name[auto].samples_per_s / best.samples_per_s
     verdict = "meets" if ratio >= 0.9 else "BELOW"
     return f"\n\nauto / best hand-tuned ({best.name}): **{ratio:.2f}x** ({verdict} the 0.9x target)"
+
+
+def auto_verdict(results: list[Result], auto: str, inline: str, placed: list[str]) -> str:
+    """One line: the auto contender against the best of the fixed placements (target 0.95x)
+    and against inline (never below it)."""
+    by_name = {r.name: r for r in results}
+    best = max((by_name[n] for n in placed), key=lambda r: r.samples_per_s)
+    ratio = by_name[auto].samples_per_s / best.samples_per_s
+    vs_inline = by_name[auto].samples_per_s / by_name[inline].samples_per_s
+    verdict = "meets" if ratio >= 0.95 and vs_inline >= 1.0 else "BELOW"
+    return (
+        f"\n\nauto / best placement ({best.name}): **{ratio:.2f}x**, auto / inline: "
+        f"**{vs_inline:.2f}x** ({verdict} the target: >= 0.95x of the best, never below inline)"
+    )

@@ -51,6 +51,23 @@ def test_lines_equal_plain_open(text_file: Path) -> None:
         source["3"]
 
 
+def test_lines_read_one_pread_each_equal_plain_open(tmp_path: Path) -> None:
+    """Lines far apart (each its own read, the shuffled case): endings removed as plain open()
+    does, a lone carriage return kept, the unterminated last line whole."""
+    path = tmp_path / "long.txt"
+    pad = "y" * 5000
+    lines = [f"{i} {pad}" for i in range(12)]
+    lines[3] = f"3 {pad}\r"  # ends in "\r\r\n" below: one "\r" stays
+    lines[4] = f"\r4 {pad}"
+    body = "\r\n".join(lines[:6]) + "\r\n" + "\n".join(lines[6:])
+    path.write_bytes(body.encode())
+    expected = _lines(path)
+    source = al.sources.TextLines(path)
+    keys = [11, 3, 0, 9, 4, 5, 6, 1]
+    assert source.__getitems__(keys) == [expected[k] for k in keys]
+    assert expected[3].endswith("\r") and expected[4].startswith("\r")
+
+
 def test_index_is_compact_and_built_without_loading_text(text_file: Path) -> None:
     source = al.sources.TextLines(text_file)
     index = source._index

@@ -24,6 +24,7 @@ from aioloader._run.block import Block
 from aioloader._run.channel import ChannelClosed
 
 STOP_TIMEOUT_S = 2.0
+SIGNAL_CHECK_S = 0.1  # how often a consumer blocked on the loader checks for Ctrl-C
 FLUSH_AFTER_S = 0.001
 SYNC_BYTES = 32 << 20  # what a sync consumer's hand-off may hold, when prefetch(n) does not say
 SYNC_MAX_DEPTH = 32  # deep enough that tiny batches do not wait on the consumer (bench/results/design-notes.md)
@@ -110,6 +111,8 @@ class Handoff:
         self._room: asyncio.Future[None] | None = None
         self._closed = False
         self.aborted = False
+        self.interrupted = False  # the consumer got Ctrl-C: the run does not wait for threads
+        self.stopped = threading.Event()  # the run's tasks have ended (its drain may go on)
         self.finished = threading.Event()
         self.put_wait_s = 0.0
         self.get_wait_s = 0.0
@@ -207,7 +210,14 @@ class Handoff:
 
     # consumer half (any thread)
     def get(self) -> Any:
-        item = self._queue.get()
+        while True:
+            try:
+                # a bounded wait: a Ctrl-C whose signal lands on another thread is only seen
+                # when this thread runs Python code again (it was lost in about 1 run in 6)
+                item = self._queue.get(timeout=SIGNAL_CHECK_S)
+                break
+            except queue.Empty:
+                continue
         if self.aborted:
             return _END
         self._taken += 1
@@ -228,6 +238,7 @@ async def _drive(make_run: Callable[[Handoff], Any], handoff: Handoff) -> None:
     run = None
     try:
         run = make_run(handoff)
+        run.on_stop.append(handoff.stopped.set)
         # make_run holds the Loader: if this thread kept the last reference to it, the
         # Loader's finalizer (closing its pools) would run here, after the consumer had moved on
         make_run = None  # type: ignore[assignment]
@@ -241,9 +252,12 @@ async def _drive(make_run: Callable[[Handoff], Any], handoff: Handoff) -> None:
         make_run = None  # type: ignore[assignment]
         try:
             if run is not None:
+                if handoff.interrupted:  # Ctrl-C: calls blocked in threads are not waited for
+                    run.drain_s = 0.0
                 await run.aclose()
         finally:
             handoff.close()  # a consumer still waiting (Loader.close()) sees the end
+            handoff.stopped.set()
             handoff.finished.set()
 
 
@@ -261,10 +275,15 @@ def iterate_blocks(loop_thread: LoopThread, make_run: Callable[[Handoff], Any]) 
             if handoff.on_get is not None:
                 handoff.on_get(item)
             yield item
+    except KeyboardInterrupt:
+        handoff.interrupted = True
+        raise
     finally:
         if not handoff.finished.is_set():
             future.cancel()
-            handoff.finished.wait(STOP_TIMEOUT_S)
+            # the run's tasks, not its calls still running in threads: a Ctrl-C in the loop
+            # body must reach the caller at once (Loader.close() waits for those calls)
+            handoff.stopped.wait(STOP_TIMEOUT_S)
 
 
 def block_nbytes(block: Block, limit: int = 64) -> int:

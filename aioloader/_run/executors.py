@@ -13,15 +13,20 @@ import asyncio
 import sys
 import threading
 from collections.abc import Callable
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future
+from contextvars import ContextVar
 from time import perf_counter
 from typing import Any, Protocol
 
 import numpy as np
 
+from aioloader._run.threads import DaemonThreadPool
 from aioloader.errors import stopped_early
 
 FAILED: Any = object()
+# the keys of the chunk an executor is running (set by the map stage around each call), for
+# the executors that name them in a report (a stalled worker)
+CHUNK_KEYS: ContextVar[list[Any] | None] = ContextVar("aioloader_chunk_keys", default=None)
 ChunkResult = tuple[list[Any], list[tuple[int, BaseException]], float]
 
 
@@ -90,7 +95,10 @@ class Executor(Protocol):
 
 
 class ThreadExecutor:
-    """A thread pool owned by one run; closed (without waiting) when the run ends.
+    """A thread pool owned by one run; closed (without waiting) when the run ends. Its threads
+    are daemons (:mod:`aioloader._run.threads`): a call blocked in user code never holds the
+    process's exit. With a ``timeout``, an item's clock starts when a thread starts it, and a
+    call past it is abandoned (a new thread takes its place; a close does not wait for it).
 
     Tasks aim at ``target_task_s`` (10 ms): a thread round trip costs ~50-100 us plus a GIL
     hand-over, which at the map stage's 2 ms default cost JPEG decoding (~1.3 ms an image, one
@@ -102,25 +110,57 @@ class ThreadExecutor:
 
     def __init__(self, workers: int, name: str) -> None:
         self.workers = workers
-        self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix=f"aioloader-{name}")
+        self._pool = DaemonThreadPool(workers, f"aioloader-{name}")
         self.calls: set[Future[ChunkResult]] = set()  # running or queued (see MapStage.drain)
 
     async def run(
         self, work: Callable[[list[Any]], ChunkResult], values: list[Any], timeout: float | None
     ) -> ChunkResult:
-        call = self._pool.submit(work, values)
+        if timeout is None:
+            call = self._pool.submit(work, values)
+            self.calls.add(call)
+            call.add_done_callback(self.calls.discard)
+            return await asyncio.wrap_future(call)
+        loop = asyncio.get_running_loop()
+        started = loop.create_future()
+        call = self._pool.submit(_signal_start, loop, started, work, values)
         self.calls.add(call)
         call.add_done_callback(self.calls.discard)
         future = asyncio.wrap_future(call)
-        if timeout is None:
-            return await future
         try:
-            return await asyncio.wait_for(future, timeout * len(values))
+            # the clock starts in the thread: time queued behind other calls is not the item's
+            await asyncio.wait([started, future], return_when=asyncio.FIRST_COMPLETED)
+            return await asyncio.wait_for(asyncio.shield(future), timeout * len(values))
         except TimeoutError:
+            self._pool.abandon(call)
+            self.calls.discard(call)
             raise ChunkTimeout(0) from None
+        finally:
+            started.cancel()
+            if not future.done():  # a queued call never starts; a running one is not waited for
+                future.cancel()
 
     def close(self) -> None:
-        self._pool.shutdown(wait=False, cancel_futures=True)
+        self._pool.shutdown(cancel_futures=True)
+
+
+def _signal_start(
+    loop: asyncio.AbstractEventLoop,
+    started: asyncio.Future[None],
+    work: Callable[[list[Any]], ChunkResult],
+    values: list[Any],
+) -> ChunkResult:
+    """``work(values)``, after telling the loop it started (the timeout's clock starts here)."""
+    try:
+        loop.call_soon_threadsafe(_set_started, started)
+    except RuntimeError:  # the loop is closed: nobody waits for this call any more
+        pass
+    return work(values)
+
+
+def _set_started(started: asyncio.Future[None]) -> None:
+    if not started.done():
+        started.set_result(None)
 
 
 _THREAD_STATE = threading.local()

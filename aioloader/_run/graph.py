@@ -162,11 +162,14 @@ class Run:
         self._tasks: list[asyncio.Task[None]] = []
         self._error: BaseException | None = None
         self._closed = False
+        self.drain_s = DRAIN_S  # how long aclose() waits for calls still running in threads
         self.started = time.perf_counter()
         self.first_output: float | None = None
         self.samples = 0
         self.batches = 0
         self.on_close: list[Any] = []  # callbacks run once every task has ended
+        self.on_stop: list[Any] = []  # callbacks run once the tasks ended, before the drain
+        self._drain_cut: asyncio.Event | None = None
         self.options = pipeline.options
         self.consumer_wait_s = 0.0  # time the consumer waited for a block (set by the Loader)
         self.ended: float | None = None  # when the consumer saw the end of the epoch
@@ -282,6 +285,7 @@ class Run:
                 errors=self.errors,
                 decisions=decisions,
                 expected_items=expected,
+                epoch_samples=self.epoch_length,
                 epoch=self.epoch,
                 seed=self.seed,
                 rank=self.rank.rank,
@@ -459,13 +463,38 @@ class Run:
                 close = getattr(stage, "close", None)
                 if close is not None:
                     close()
-            drains = [stage.drain(DRAIN_S) for stage in self.stages if hasattr(stage, "drain")]
-            drains += [closer() for closer in self._io_closers]
+            drains = [stage.drain(self.drain_s) for stage in self.stages if hasattr(stage, "drain")]
+            closers = [closer() for closer in self._io_closers]
             try:
-                await _finish(asyncio.gather(*drains))
+                await _finish(self._drain(drains, closers))
             finally:
                 for callback in self.on_close:
                     callback(self)
+
+    async def _drain(self, drains: list[Any], closers: list[Any]) -> None:
+        """The source's connection closers, to their end (then the ``on_stop`` callbacks),
+        beside the stages' drains, which :meth:`stop_draining` (Ctrl-C) cuts short."""
+        self._drain_cut = cut = asyncio.Event()
+        if self.drain_s <= 0:
+            cut.set()
+        gathered = asyncio.ensure_future(asyncio.gather(*drains))
+        stop = asyncio.ensure_future(cut.wait())
+        try:
+            await asyncio.gather(*closers)
+            for callback in self.on_stop:
+                callback()
+            await asyncio.wait([gathered, stop], return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stop.cancel()
+            gathered.cancel()
+            await asyncio.gather(gathered, stop, return_exceptions=True)
+
+    def stop_draining(self) -> None:
+        """Ctrl-C (on the loop thread): stop waiting for calls running in threads, which cannot
+        be stopped (their threads are daemons: they do not hold the process's exit)."""
+        self.drain_s = 0.0
+        if self._drain_cut is not None:
+            self._drain_cut.set()
 
     def stats(self) -> dict[str, Any]:
         return run_stats(self)

@@ -90,8 +90,12 @@ class Runtime:
             self._active.pop(run, None)
             self._finished_events.pop(run, None)
 
-    def close(self) -> None:
-        """Stop every run, the loop thread and every resource. Idempotent."""
+    def close(self, *, interrupted: bool = False) -> None:
+        """Stop every run, the loop thread and every resource. Idempotent. ``interrupted``
+        (Ctrl-C), or the interpreter exiting: the runs do not wait for calls blocked in
+        threads, which cannot be stopped (their threads are daemons)."""
+        if not threading.main_thread().is_alive():  # the interpreter is exiting
+            interrupted = True
         with self._lock:
             active = list(self._active.items())
             finished = list(self._finished_events.values())
@@ -102,8 +106,12 @@ class Runtime:
                 running = None
             if loop is running:
                 run.cancel()
+                if interrupted:
+                    run.stop_draining()
             elif not loop.is_closed():
                 loop.call_soon_threadsafe(run.cancel)
+                if interrupted:
+                    loop.call_soon_threadsafe(run.stop_draining)
         with self._lock:
             on_loop_thread = self._loop_thread is not None and self._loop_thread.is_current
         if not on_loop_thread:  # the runs end on the loop thread: it cannot wait for them

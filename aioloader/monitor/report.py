@@ -81,7 +81,9 @@ def render(stats: dict[str, Any]) -> str:
             )
     for stage in stats["stages"]:
         if stage.get("reads"):
-            lines.append(f"{stage['reads']}: runs in the workers of {stage['name']} (counted in its busy time)")
+            lines.append(
+                f"{stage['reads']}: runs in the workers of {stage['name']} (counted in its busy time)"
+            )
     consumer = stats.get("consumer")
     if consumer is not None:
         note = " (bottleneck)" if stats["bottleneck"] == "consumer" else ""

@@ -122,8 +122,11 @@ class ActorPool:
     def broken(self) -> BaseException | None:
         return self._broken
 
-    def submit(self, payload: wire.Payload, timeout: float | None = None) -> Future[Outcome]:
-        """Queue a chunk; ``timeout`` in seconds from the moment an actor is given it."""
+    def submit(
+        self, payload: wire.Payload, timeout: float | None = None, label: Any = None
+    ) -> Future[Outcome]:
+        """Queue a chunk; ``timeout`` in seconds from the moment an actor is given it. ``label``
+        (the chunk's keys, which the process pool's stall reports name) is not used here."""
         task = _Task(payload, timeout)
         with self._lock:
             if self._closed:

@@ -11,7 +11,7 @@
 """
 
 from aioloader.service.client import Client, connect
-from aioloader.service.protocol import AuthenticationError, ProtocolError, RemoteError
+from aioloader.service.protocol import AuthenticationError, ProtocolError, RemoteError, ServerBusyError
 from aioloader.service.server import Server, serve
 
 __all__ = [
@@ -20,6 +20,7 @@ __all__ = [
     "ProtocolError",
     "RemoteError",
     "Server",
+    "ServerBusyError",
     "connect",
     "serve",
 ]

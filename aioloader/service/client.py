@@ -45,6 +45,7 @@ from aioloader.service.protocol import (
     AuthenticationError,
     FrameTooLarge,
     ProtocolError,
+    ServerBusyError,
     error_from,
     expect,
     read_frame,
@@ -424,6 +425,8 @@ class Client(Closing):
             return exc
         if isinstance(exc, (ValueError, TypeError)) and not isinstance(exc, (ProtocolError, DecodeError)):
             return exc
+        if isinstance(exc, ServerBusyError):
+            return ServerBusyError(f"{exc} (server at {self.address})")
         if isinstance(exc, TimeoutError):
             return ConnectionError(
                 f"the loader server at {self.address} did not answer within {self._timeout:.0f}s"

@@ -65,6 +65,10 @@ class AuthenticationError(PermissionError):
     """The peer does not hold the same token (or refused ours)."""
 
 
+class ServerBusyError(ConnectionError):
+    """The server is full: it refused this connection for now (try again later)."""
+
+
 class RemoteError(DataLoadingError):
     """The server's pipeline raised; ``remote_type`` names the exception type over there."""
 
@@ -126,8 +130,8 @@ def expect(header: dict[str, Any], kind: str) -> dict[str, Any]:
 
 
 def error_header(kind: str, exc: BaseException | str) -> dict[str, Any]:
-    """An ``error`` frame: ``kind`` is "auth", "request" (a bad argument or state), "pipeline"
-    (the loader raised) or "protocol"; the exception travels as its type name and text."""
+    """An ``error`` frame: ``kind`` is "auth", "busy" (the server is full), "request" (a bad
+    argument or state), "pipeline" (the loader raised) or "protocol"; the exception travels as its type name and text."""
     if isinstance(exc, BaseException):
         text = "\n".join([str(exc), *getattr(exc, "__notes__", [])])
         header = {"t": "error", "kind": kind, "type": type(exc).__name__, "message": text}
@@ -162,6 +166,8 @@ def error_from(header: dict[str, Any]) -> Exception:
     remote_type = str(header.get("type", ""))
     if kind == "auth":
         return AuthenticationError(f"the loader server refused the connection: {message}")
+    if kind == "busy":
+        return ServerBusyError(f"the loader server is full: {message}")
     if kind == "request":
         if remote_type == "TypeError":
             return TypeError(message)

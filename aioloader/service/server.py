@@ -3,8 +3,12 @@
 ``serve(loader, port=..., token=...)`` starts a :class:`Server` on its own event-loop thread and
 returns once it listens. Each connection is one task the server owns:
 
-1. authentication (:mod:`~aioloader.service.protocol`), within ``handshake_timeout``; frames
-   before it may hold at most 64 KiB;
+1. authentication (:mod:`~aioloader.service.protocol`), within ``auth_timeout``; frames
+   before it may hold at most 64 KiB. Connections not yet authenticated have their own budget
+   (``max_unauthenticated``): past it the oldest of them is dropped for the newcomer, so
+   strangers who connect and stay silent can never keep a client that holds the token out.
+   ``max_connections`` counts authenticated connections only; past it a client is told the
+   server is full (an ``error`` frame of kind "busy");
 2. one request: ``hello {rank, world_size, state?}`` is answered with ``info {len, state}`` (the
    client's length and starting state; a given state is checked by a twin loader), ``start
    {rank, world_size, state, credits}`` runs one epoch for that rank from ``state``;
@@ -55,6 +59,8 @@ from aioloader.service.specs import (
 log = logging.getLogger("aioloader.service")
 
 HANDSHAKE_MAX_BYTES = 64 * 1024
+MAX_UNAUTHENTICATED = 32  # connections not yet authenticated, at once (the oldest is dropped)
+AUTH_TIMEOUT_S = 3.0  # a TLS handshake and one round trip; strangers hold a slot no longer
 MAX_CREDITS = 1024  # credits a client may hold at once
 LINGER_S = 5.0  # after ``end``, how long the client gets to close its side first
 _START_TIMEOUT_S = 10.0
@@ -127,6 +133,8 @@ class Server:
         heartbeat: float = 5.0,
         ssl: _ssl.SSLContext | None = None,
         max_connections: int = 256,
+        max_unauthenticated: int = MAX_UNAUTHENTICATED,
+        auth_timeout: float = AUTH_TIMEOUT_S,
     ) -> None:
         if not isinstance(loader, Loader):
             raise TypeError(f"loader must be an aioloader.Loader, got {type(loader).__name__}")
@@ -138,13 +146,22 @@ class Server:
             ("send_timeout", send_timeout),
             ("handshake_timeout", handshake_timeout),
             ("heartbeat", heartbeat),
+            ("auth_timeout", auth_timeout),
         ):
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
                 raise ValueError(f"{name} must be a number of seconds > 0, got {value!r}")
         if isinstance(max_connections, bool) or not isinstance(max_connections, int) or max_connections < 1:
             raise ValueError(f"max_connections must be an int >= 1, got {max_connections!r}")
+        if (
+            isinstance(max_unauthenticated, bool)
+            or not isinstance(max_unauthenticated, int)
+            or max_unauthenticated < 1
+        ):
+            raise ValueError(f"max_unauthenticated must be an int >= 1, got {max_unauthenticated!r}")
         check_host_only(loader, "serve()")
         self._max_connections = max_connections
+        self._max_unauthenticated = max_unauthenticated
+        self._auth_timeout = float(auth_timeout)
         self._spec = loader
         self._token = protocol.check_token(token)
         self._send_timeout = float(send_timeout)
@@ -154,8 +171,11 @@ class Server:
         self._locks: dict[tuple[int, int], asyncio.Lock] = {}
         self._streaming: dict[tuple[int, int], asyncio.Task[Any]] = {}
         self._sessions: set[_Session] = set()
-        self._connections: set[asyncio.Task[Any]] = set()
-        self._counters = {"connections": 0, "rejected": 0, "dropped": 0}
+        self._connections: set[asyncio.Task[Any]] = set()  # authenticated
+        # not yet authenticated, oldest first, with their writers (to say why one is dropped)
+        self._strangers: dict[asyncio.Task[Any], asyncio.StreamWriter] = {}
+        self._evicted: set[asyncio.Task[Any]] = set()
+        self._counters = {"connections": 0, "rejected": 0, "dropped": 0, "evicted": 0, "full": 0}
         self._closed = False
         self._server: asyncio.Server | None = None
         if host not in ("127.0.0.1", "::1", "localhost"):
@@ -183,7 +203,13 @@ class Server:
 
         async def collect() -> dict[str, Any]:
             sessions = sorted((s.describe() for s in self._sessions), key=lambda s: (s["rank"], s["peer"]))
-            return {"address": self.address, "sessions": sessions, **self._counters}
+            return {
+                "address": self.address,
+                "sessions": sessions,
+                "authenticated": len(self._connections),
+                "unauthenticated": len(self._strangers),
+                **self._counters,
+            }
 
         return self._thread.submit(collect()).result(_START_TIMEOUT_S)
 
@@ -238,14 +264,9 @@ class Server:
         if self._closed:
             writer.transport.abort()
             return
-        if len(self._connections) >= self._max_connections:
-            self._counters["dropped"] += 1
-            log.warning(
-                "refused connection from %s: %d connections open already", peer, self._max_connections
-            )
-            writer.transport.abort()
-            return
-        self._connections.add(task)
+        if len(self._strangers) >= self._max_unauthenticated:
+            self._evict_oldest_stranger(peer)
+        self._strangers[task] = writer
         self._counters["connections"] += 1
         sock = writer.get_extra_info("socket")
         if sock is not None:
@@ -257,20 +278,50 @@ class Server:
         except asyncio.CancelledError as exc:
             reason = exc.args[0] if exc.args else "cancelled"
             log.info("closing connection from %s: %s", peer, reason)
+            clean = task in self._evicted  # its "busy" frame may flush
         except Exception:  # a bug must not take the server down
             log.exception("closing connection from %s: internal error", peer)
         finally:
+            self._strangers.pop(task, None)
+            self._evicted.discard(task)
             self._connections.discard(task)
             await _close_writer(writer, abort=not clean)
+
+    def _evict_oldest_stranger(self, newcomer: str) -> None:
+        """Make room for ``newcomer`` among the unauthenticated connections: drop the oldest.
+        Refusing the newcomer instead would let strangers who stay silent keep every client
+        out; this way a client that answers the challenge within a round trip gets in."""
+        oldest = next(iter(self._strangers))
+        writer = self._strangers.pop(oldest)
+        self._evicted.add(oldest)
+        self._counters["evicted"] += 1
+        log.warning(
+            "dropped the oldest unauthenticated connection (from %s) for one from %s: "
+            "%d unauthenticated connections open (max_unauthenticated)",
+            _peer_name(writer),
+            newcomer,
+            self._max_unauthenticated,
+        )
+        with contextlib.suppress(Exception):
+            write_frame(
+                writer,
+                error_header(
+                    "busy",
+                    f"too many unauthenticated connections ({self._max_unauthenticated}); try again",
+                ),
+            )
+        oldest.cancel("too many unauthenticated connections")
 
     async def _serve_connection(
         self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, peer: str
     ) -> bool:
         """Serve one connection; True when it ended cleanly (the writer may flush and close)."""
         try:
-            async with asyncio.timeout(self._handshake_timeout):
+            loop = asyncio.get_running_loop()
+            async with asyncio.timeout(min(self._auth_timeout, self._handshake_timeout)) as handshake:
                 if not await self._authenticate(reader, writer, peer):
-                    return True  # refused: the error frame may flush
+                    return True  # refused (wrong token, or full): the error frame may flush
+                handshake.reschedule(loop.time() + self._handshake_timeout)
                 request, _ = await read_frame(reader)
             kind = request["t"]
             if kind == "hello":
@@ -288,8 +339,10 @@ class Server:
         except TimeoutError:
             self._counters["dropped"] += 1
             log.warning(
-                "closing connection from %s: no authenticated request within %.1fs",
+                "closing connection from %s: no authenticated request in time "
+                "(auth_timeout=%.1fs, handshake_timeout=%.1fs)",
                 peer,
+                self._auth_timeout,
                 self._handshake_timeout,
             )
             return False
@@ -300,6 +353,28 @@ class Server:
         except (EOFError, ConnectionError, OSError) as exc:
             log.info("connection from %s closed by the client (%s)", peer, type(exc).__name__)
             return False
+
+    def _admit(self, writer: asyncio.StreamWriter, peer: str) -> bool:
+        """Move an authenticated connection out of the strangers' budget, or tell the client
+        the server is full (``max_connections`` authenticated connections open)."""
+        task: Any = asyncio.current_task()
+        self._strangers.pop(task, None)
+        if len(self._connections) >= self._max_connections:
+            self._counters["full"] += 1
+            log.warning(
+                "refused connection from %s: %d authenticated connections open already (max_connections)",
+                peer,
+                self._max_connections,
+            )
+            write_frame(
+                writer,
+                error_header(
+                    "busy", f"{self._max_connections} connections are open (max_connections); try again later"
+                ),
+            )
+            return False
+        self._connections.add(task)
+        return True
 
     async def _authenticate(
         self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, peer: str
@@ -317,6 +392,8 @@ class Server:
             self._counters["rejected"] += 1
             log.warning("refused connection from %s: authentication failed (wrong token)", peer)
             write_frame(writer, error_header("auth", "authentication failed"))
+            return False
+        if not self._admit(writer, peer):
             return False
         proof = protocol.server_proof(self._token, server_nonce, client_nonce)
         write_frame(writer, {"t": "welcome", "proof": proof})
@@ -548,6 +625,8 @@ def serve(
     heartbeat: float = 5.0,
     ssl: _ssl.SSLContext | None = None,
     max_connections: int = 256,
+    max_unauthenticated: int = MAX_UNAUTHENTICATED,
+    auth_timeout: float = AUTH_TIMEOUT_S,
 ) -> Server:
     """Serve ``loader``'s batches to trainers (``al.connect``) and return the running server.
 
@@ -555,8 +634,11 @@ def serve(
     ``server.address``). ``token``: the shared secret clients must prove they hold (at least
     16 bytes). ``send_timeout``: a client whose batches stay unsent that long is dropped.
     ``heartbeat``: seconds of silence after which the server pings a client. ``ssl``: a server
-    ``SSLContext`` to encrypt the stream. ``max_connections``: more at once are refused (an
-    unauthenticated connection holds a slot at most ``handshake_timeout`` seconds)."""
+    ``SSLContext`` to encrypt the stream. ``max_connections``: authenticated connections at
+    once; past it a client's error says the server is full. ``max_unauthenticated``:
+    connections still authenticating at once; past it the oldest is dropped, so strangers
+    cannot lock clients out. ``auth_timeout``: seconds a connection gets to authenticate;
+    ``handshake_timeout``: to authenticate and send its request."""
     return Server(
         loader,
         host=host,
@@ -567,4 +649,6 @@ def serve(
         heartbeat=heartbeat,
         ssl=ssl,
         max_connections=max_connections,
+        max_unauthenticated=max_unauthenticated,
+        auth_timeout=auth_timeout,
     )

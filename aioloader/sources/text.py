@@ -233,21 +233,36 @@ class TextLines(ModalSource):
         slots, keys = order.tolist(), ordered.tolist()
         starts_list, stops_list = starts.tolist(), stops.tolist()
         decode = self._decode
+        # The plain text decode is done here, not through _decode: a shuffled block is one
+        # pread per line, and the calls per line were most of the read's time.
+        plain = type(self)._decode is TextLines._decode
+        encoding, errors = self.encoding, self.errors
         checked = -1  # the last file whose size was checked; a short read is checked per range
+        fd = -1
+        files_list = files.tolist()
         for lo, hi in itertools.pairwise(bounds):
-            file = int(files[lo])
+            file = files_list[lo]
             if file != checked:
                 checked = file
                 self._check_size(file, keys, stops_list, lo, int(np.searchsorted(files, file, side="right")))
+                fd = -1 if len(self.paths) > _MAX_OPEN_FILES else self._kept_fd(file, keys[lo])
             base = starts_list[lo]
-            stop = max(stops_list[lo:hi])
-            span = self._pread(file, stop - base, base, keys[lo])
-            if len(span) < stop - base:
-                raise self._changed(keys[_first_cut(stops_list, lo, hi, base + len(span))], file)
+            stop = stops_list[lo] if hi - lo == 1 else max(stops_list[lo:hi])
+            span = os.pread(fd, stop - base, base) if fd >= 0 else b""
+            if len(span) < stop - base:  # not kept open, or a short read: the careful path
+                span = self._pread(file, stop - base, base, keys[lo])
+                if len(span) < stop - base:
+                    raise self._changed(keys[_first_cut(stops_list, lo, hi, base + len(span))], file)
+            single = hi - lo == 1
             for j in range(lo, hi):
-                raw = span[starts_list[j] - base : stops_list[j] - base]
+                raw = span if single else span[starts_list[j] - base : stops_list[j] - base]
                 try:
-                    results[slots[j]] = decode(raw)
+                    if plain:
+                        if raw[-1:] == b"\n":
+                            raw = raw[:-2] if raw[-2:-1] == b"\r" else raw[:-1]
+                        results[slots[j]] = raw.decode(encoding, errors)
+                    else:
+                        results[slots[j]] = decode(raw)
                 except ValueError as exc:
                     raise self._corrupt(keys[j], self._where(file, keys[j]), exc) from None
         return results

@@ -13,6 +13,7 @@ from aioloader.workers.executor import (
     MAX_ATTEMPTS,
     ProcessExecutor,
     ProcessMapSpec,
+    default_worker_memory,
     default_workers,
     process_map_spec,
 )
@@ -23,6 +24,7 @@ __all__ = [
     "ProcessExecutor",
     "ProcessMapSpec",
     "ProcessPool",
+    "default_worker_memory",
     "default_workers",
     "process_map_spec",
 ]

@@ -12,10 +12,12 @@ the parent closes it (or dies) the child unlinks its segments and exits at once,
 
 from __future__ import annotations
 
+import faulthandler
 import os
 import pickle
 import signal
 import sys
+import tempfile
 import threading
 import traceback
 from multiprocessing.connection import Connection
@@ -26,6 +28,24 @@ from aioloader.workers import wire
 from aioloader.workers.shm import SegmentArena, check_packable, pack
 
 BOOTSTRAPPING = False  # true while a worker imports the parent's __main__ (see ProcessPool)
+STACK_SIGNAL = signal.SIGUSR1  # the parent asks for the Python stack of a stalled worker
+_stack_file: Any = None  # kept open: faulthandler writes to its descriptor
+
+
+def stack_path(prefix: str) -> str:
+    """Where the worker whose segments are named ``prefix...`` dumps its Python stack on
+    :data:`STACK_SIGNAL` (faulthandler, from its C signal handler: even while the worker is
+    blocked in a call)."""
+    return os.path.join(tempfile.gettempdir(), f"{prefix}stack")
+
+
+def _register_stack_dump(prefix: str) -> None:
+    global _stack_file
+    try:
+        _stack_file = open(stack_path(prefix), "w")  # noqa: SIM115 - open for the process's life
+        faulthandler.register(STACK_SIGNAL, file=_stack_file, all_threads=True, chain=False)
+    except (OSError, RuntimeError, ValueError):  # no stack on a stall: not a reason to fail
+        _stack_file = None
 
 
 def _portable(exc: BaseException) -> BaseException:
@@ -167,6 +187,7 @@ def main(argv: list[str] | None = None) -> None:
         work_pickle, worker_id, prefix, shm_min_bytes = pickle.loads(receive(tasks, raw=True))
         work, worker_init = pickle.loads(work_pickle)
         arena.append(SegmentArena(prefix, shm_min_bytes))
+        _register_stack_dump(prefix)
         if worker_init is not None:
             worker_init(worker_id)
     except ParentGone:

@@ -23,7 +23,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from aioloader._run.executors import FAILED, ChunkResult, ChunkTimeout
+from aioloader._run.executors import CHUNK_KEYS, FAILED, ChunkResult, ChunkTimeout
 from aioloader._spec import InteractiveMainError, MapSpec, check_callable, fn_name, pickle_error
 from aioloader.errors import WorkerCrashError, annotate
 from aioloader.workers import shm, wire
@@ -45,9 +45,25 @@ _LOW_MEMORY = 4 * 2**30
 
 @dataclass(frozen=True, slots=True)
 class ProcessMapSpec(MapSpec):
-    """A map spec for ``executor="process"``, with the per-worker ``worker_init(worker_id)``."""
+    """A map spec for ``executor="process"``, with the per-worker ``worker_init(worker_id)``,
+    the per-worker memory limit (bytes, "auto" or None) and the stall watch (``stall_after``
+    seconds, "auto" or None; ``on_stall`` "warn" or "raise")."""
 
     worker_init: Callable[[int], None] | None = None
+    max_worker_memory: int | str | None = "auto"
+    stall_after: float | str | None = "auto"
+    on_stall: str = "warn"
+
+
+def default_worker_memory(workers: int, total_bytes: int | None = None) -> int:
+    """The default ``max_worker_memory``: half the machine's memory shared by the workers, and
+    at least 1 GiB: a worker that grows without bound is recycled long before the machine
+    swaps or the OOM killer picks a process (maybe the trainer)."""
+    if total_bytes is None:
+        import psutil
+
+        total_bytes = psutil.virtual_memory().total
+    return max(2**30, total_bytes // (2 * max(1, workers)))
 
 
 def default_workers() -> int:
@@ -79,14 +95,40 @@ def _check_picklable(obj: Any, argument: str) -> None:
         ) from exc
 
 
-def process_map_spec(spec: MapSpec, worker_init: Callable[[int], None] | None) -> ProcessMapSpec:
-    """Check at build time what the workers will need: a picklable ``fn`` and ``worker_init``."""
+def process_map_spec(
+    spec: MapSpec,
+    worker_init: Callable[[int], None] | None,
+    *,
+    max_worker_memory: int | str | None = "auto",
+    stall_after: float | str | None = "auto",
+    on_stall: str = "warn",
+) -> ProcessMapSpec:
+    """Check at build time what the workers will need: a picklable ``fn`` and ``worker_init``;
+    and the memory limit and stall options."""
     _check_picklable(spec.fn, "fn")
     if worker_init is not None:
         check_callable(worker_init, "worker_init")
         _check_picklable(worker_init, "worker_init")
+    if max_worker_memory not in ("auto", None) and (
+        isinstance(max_worker_memory, bool) or not isinstance(max_worker_memory, int) or max_worker_memory < 1
+    ):
+        raise ValueError(
+            f"max_worker_memory must be a number of bytes >= 1, 'auto' or None, got {max_worker_memory!r}"
+        )
+    if stall_after not in ("auto", None) and (
+        isinstance(stall_after, bool) or not isinstance(stall_after, (int, float)) or not stall_after > 0
+    ):
+        raise ValueError(f"stall_after must be a number of seconds > 0, 'auto' or None, got {stall_after!r}")
+    if on_stall not in ("warn", "raise"):
+        raise ValueError(f"on_stall must be 'warn' or 'raise', got {on_stall!r}")
     fields = {f.name: getattr(spec, f.name) for f in dataclasses.fields(MapSpec)}
-    return ProcessMapSpec(**fields, worker_init=worker_init)
+    return ProcessMapSpec(
+        **fields,
+        worker_init=worker_init,
+        max_worker_memory=max_worker_memory,
+        stall_after=stall_after,
+        on_stall=on_stall,
+    )
 
 
 class ProcessExecutor:
@@ -110,6 +152,9 @@ class ProcessExecutor:
                 init = getattr(self._spec, "worker_init", None)
                 timeout = self._spec.timeout
                 start_timeout = None if timeout is None else max(START_TIMEOUT_S, timeout)
+                memory = getattr(self._spec, "max_worker_memory", "auto")
+                if memory == "auto":
+                    memory = default_worker_memory(self.workers)
                 return ProcessPool(
                     work,
                     workers=self.workers,
@@ -117,6 +162,9 @@ class ProcessExecutor:
                     name=self._spec.name,
                     start_timeout=start_timeout,
                     shm_min_bytes=shm.BATCH_SHM_MIN_BYTES if self._spec.on_batches else shm.SHM_MIN_BYTES,
+                    stall_after=getattr(self._spec, "stall_after", "auto"),
+                    on_stall=getattr(self._spec, "on_stall", "warn"),
+                    max_memory=memory,  # type: ignore[arg-type]
                 )
 
             if self._runtime is None:  # no Loader to own it: this executor does
@@ -151,7 +199,9 @@ class ProcessExecutor:
         unpickle fail, each as its sample's error."""
         if len(values) == 1:
             return _undecodable(error)
-        parts = await asyncio.gather(*(self.run(work, [value], timeout) for value in values), return_exceptions=True)
+        parts = await asyncio.gather(
+            *(self.run(work, [value], timeout) for value in values), return_exceptions=True
+        )
         results: list[Any] = []
         failures: list[tuple[int, BaseException]] = []
         busy = 0.0
@@ -166,7 +216,9 @@ class ProcessExecutor:
             busy += one_busy
         return results, failures, busy
 
-    async def _run_picklable(self, work: Callable[..., Any], values: list[Any], timeout: float | None) -> ChunkResult:
+    async def _run_picklable(
+        self, work: Callable[..., Any], values: list[Any], timeout: float | None
+    ) -> ChunkResult:
         """Run the values that can be pickled; each other one is a failure of its own index
         (for a fused batch, named by the key of the member that cannot be pickled)."""
         unpicklable = {i: error for i, value in enumerate(values) if (error := self._pickle_error(value))}
@@ -176,7 +228,9 @@ class ProcessExecutor:
         busy = 0.0
         if sendable:
             if len(sendable) == len(values):
-                raise RuntimeError(f"stage {self._spec.name!r}: the chunk could not be pickled, each value could")
+                raise RuntimeError(
+                    f"stage {self._spec.name!r}: the chunk could not be pickled, each value could"
+                )
             try:
                 some, some_failures, busy = await self.run(work, [values[i] for i in sendable], timeout)
             except ChunkTimeout as timed_out:
@@ -254,7 +308,9 @@ class ProcessExecutor:
         for key, outcome in zip(keys, outcomes, strict=True):
             if outcome.kind == "crash":
                 # its batch ran twice, then it ran alone MAX_ATTEMPTS - 1 times
-                error = annotate(self._crash_error(outcome.value, key, MAX_ATTEMPTS + 1), self._spec.name, key)
+                error = annotate(
+                    self._crash_error(outcome.value, key, MAX_ATTEMPTS + 1), self._spec.name, key
+                )
                 return Outcome("ok", ([FAILED], [(0, error)], busy))
             if outcome.kind != "ok":  # an error or a timeout: the caller raises it
                 return outcome
@@ -288,7 +344,7 @@ async def _call(pool: ProcessPool, values: list[Any], timeout: float | None) -> 
 
 
 async def _submit(pool: ProcessPool, payload: wire.Payload, timeout: float | None, count: int) -> Outcome:
-    future = pool.submit(payload, None if timeout is None else timeout * count)
+    future = pool.submit(payload, None if timeout is None else timeout * count, label=CHUNK_KEYS.get())
     return await asyncio.wrap_future(future)
 
 

@@ -11,6 +11,14 @@ workers, receives replies and maps their shared-memory segments, and resolves ea
 without waiting for this thread (on 2 busy cores the thread's turn can come milliseconds late).
 A task is queued ahead only when both fit in the pipe's buffer at once, so a send never blocks on
 a busy worker (which could be blocked itself, sending a reply this thread has yet to read).
+It also watches for stalls and memory. A task that runs past the pool's stall limit
+(``stall_after``; by default 20 times the slowest task seen, at least :data:`STALL_MIN_S`) is
+reported once: a warning (logger ``aioloader``) naming the stage, the task's keys, the worker's
+pid, state and memory, and its Python stack (faulthandler in the worker, see
+:func:`~aioloader.workers._child.stack_path`); with ``on_stall="raise"`` the worker is then
+killed and the task fails with :class:`~aioloader.errors.StageStalledError`. A worker whose
+resident memory is over ``max_memory`` (checked every :data:`MEMORY_CHECK_S` while it runs a
+task) is killed: its task ends as a crash that names the limit.
 It also watches for deaths (end of file on a result pipe) and deadlines: a worker that dies or
 runs past its task's deadline (it is killed) is reaped, its segments are unlinked and a
 replacement is started in the same slot; the task it ran ends as a crash or a timeout, the one
@@ -23,6 +31,7 @@ worker still alive after a grace period, reaps them all and unlinks every segmen
 
 from __future__ import annotations
 
+import logging
 import os
 import pickle
 import secrets
@@ -37,7 +46,7 @@ from dataclasses import dataclass
 from multiprocessing.connection import Connection, wait
 from typing import Any
 
-from aioloader.errors import WorkerCrashError
+from aioloader.errors import StageStalledError, WorkerCrashError
 from aioloader.workers import _child, shm, wire
 from aioloader.workers._spawn import pipe_capacity, preparation_data, spawn_child
 
@@ -49,6 +58,13 @@ _GRACE_S = 0.5  # at close, how long workers get to exit before SIGKILL
 # work needs (JPEG decoded per batch in 2 workers: 4x the CPU time without this).
 # worker_init may raise it again with torch.set_num_threads(n).
 WORKER_ENV = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1"}
+STALL_MIN_S = 60.0  # the default stall limit is 20x the slowest task, and at least this
+STALL_FACTOR = 20
+MEMORY_CHECK_S = 0.2  # how often a busy worker's resident memory is read
+_STACK_WAIT_S = 1.0  # how long a stalled worker gets to write its stack
+_STACK_MAX_CHARS = 8000
+
+log = logging.getLogger("aioloader")
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,17 +78,20 @@ class Outcome:
 
 
 class _Task:
-    __slots__ = ("deadline", "future", "payload", "started", "timeout")
+    __slots__ = ("begun", "deadline", "future", "label", "payload", "stalled", "started", "timeout")
 
-    # ``started``: handed to a worker at least once (its future is running); ``deadline``: set
-    # when the task is at the head of its worker's queue, i.e. the worker is running it.
+    # ``started``: handed to a worker at least once (its future is running); ``deadline`` and
+    # ``begun``: set when the task is at the head of its worker's queue (the worker runs it).
 
-    def __init__(self, payload: wire.Payload, timeout: float | None) -> None:
+    def __init__(self, payload: wire.Payload, timeout: float | None, label: Any = None) -> None:
         self.payload = payload
         self.timeout = timeout
+        self.label = label  # what a stall report names (the chunk's keys)
         self.future: Future[Outcome] = Future()
         self.started = False
         self.deadline: float | None = None
+        self.begun: float | None = None
+        self.stalled = False  # reported once
 
     def finish(self, outcome: Outcome) -> None:
         try:
@@ -99,6 +118,31 @@ class _Worker:
         self.pipe_bytes = pipe_capacity(tasks.fileno())
         self.releases: deque[str] = deque()
         self.segments: set[str] = set()
+        self.prefix = ""  # its segments' (and stack file's) name prefix
+        self._process: Any = None  # psutil.Process, made on first use
+
+    def rss(self) -> int | None:
+        """Resident memory in bytes (None when it cannot be read: the worker has gone)."""
+        import psutil
+
+        try:
+            if self._process is None:
+                self._process = psutil.Process(self.proc.pid)
+            return int(self._process.memory_info().rss)
+        except (psutil.Error, OSError):
+            return None
+
+    def describe_state(self) -> str:
+        """The worker's process state and memory, as a stall report says them."""
+        import psutil
+
+        try:
+            process = psutil.Process(self.proc.pid)
+            status = process.status()
+            rss = process.memory_info().rss
+        except (psutil.Error, OSError):
+            return "gone"
+        return f"{status}, RSS {rss / 2**20:.0f} MiB"
 
     @property
     def task(self) -> _Task | None:
@@ -150,6 +194,9 @@ class ProcessPool:
         name: str = "map",
         start_timeout: float | None = None,
         shm_min_bytes: int = shm.SHM_MIN_BYTES,
+        stall_after: float | str | None = "auto",
+        on_stall: str = "warn",
+        max_memory: int | None = None,
     ) -> None:
         """``start_timeout``: seconds a worker may take to become ready (import the function,
         run ``worker_init``); past it the worker is killed and the pool fails with
@@ -165,6 +212,13 @@ class ProcessPool:
             )
         self.size = workers
         self.name = name
+        self._stall_after = stall_after
+        self._on_stall = on_stall
+        self._max_memory = max_memory
+        self._slowest = 0.0  # the longest task so far, seconds
+        self._next_memory_check = 0.0
+        self._stalls: deque[tuple[_Worker, _Task, str]] = deque()  # reported, to fail ("raise")
+        self._reporters: list[threading.Thread] = []
         self._start_timeout = start_timeout
         self._shm_min_bytes = shm_min_bytes
         # pickled once, before any worker starts: a failure leaves no child behind, and a
@@ -199,10 +253,12 @@ class ProcessPool:
         """Pids of the live workers (for tests and diagnostics)."""
         return sorted(w.proc.pid for w in list(self._workers.values()) if w.state != "dead")
 
-    def submit(self, payload: wire.Payload, timeout: float | None = None) -> Future[Outcome]:
+    def submit(
+        self, payload: wire.Payload, timeout: float | None = None, label: Any = None
+    ) -> Future[Outcome]:
         """Queue a task (``payload``: the list of values, :func:`wire.pack`); ``timeout`` in seconds from
-        the moment a worker starts it."""
-        task = _Task(payload, timeout)
+        the moment a worker starts it; ``label``: what a stall report names (its keys)."""
+        task = _Task(payload, timeout, label)
         with self._lock:
             if self._closed:
                 task.finish(Outcome("error", RuntimeError(f"the process pool of {self.name!r} is closed")))
@@ -247,11 +303,14 @@ class ProcessPool:
             worker.queue.clear()
             for segment in worker.segments:
                 shm.unlink(segment)
+            _remove_stack_file(worker)
         for task in pending:
             task.future.cancel() or task.finish(closed)
         self._mappings.clear()
         for feeder in self._feeders:
             feeder.join(1.0)
+        for reporter in self._reporters:
+            reporter.join(_STACK_WAIT_S)
         with self._lock:  # no wake-up may write to these numbers once they are reused
             wake_fds, self._wake_r, self._wake_w = (self._wake_r, self._wake_w), -1, -1
         for fd in wake_fds:
@@ -273,6 +332,7 @@ class ProcessPool:
         self._spawns += 1
         proc, tasks, results, life_w = spawn_child("aioloader.workers._child", WORKER_ENV)
         worker = _Worker(slot, spawn, proc, tasks, results, life_w)
+        worker.prefix = f"{self._prefix}{spawn}_"
         self._workers[slot] = worker
         init = pickle.dumps((self._work_pickle, slot, f"{self._prefix}{spawn}_", self._shm_min_bytes))
         # The child reads this after importing; a thread keeps a large payload from blocking us.
@@ -296,14 +356,31 @@ class ProcessPool:
                 if self._closed:
                     break
                 self._expire()
+                self._watch()
                 self._dispatch()
         except BaseException as exc:  # a bug here must fail the tasks, never hang them
             self._break(exc)
 
+    def _stall_limit(self) -> float | None:
+        """Seconds a task may run before it is reported as stalled (None: never)."""
+        if self._stall_after == "auto":
+            return max(STALL_MIN_S, STALL_FACTOR * self._slowest)
+        return self._stall_after  # type: ignore[return-value]
+
     def _until_deadline(self) -> float | None:
         deadlines = [t.deadline for w in self._workers.values() if (t := w.task) and t.deadline]
+        limit = self._stall_limit()
+        busy = [t for w in self._workers.values() if (t := w.task) and t.begun is not None]
+        if limit is not None:
+            deadlines += [t.begun + limit for t in busy if not t.stalled]  # type: ignore[operator]
+        if self._max_memory is not None and busy:
+            deadlines.append(self._next_memory_check)
+        if self._stalls:
+            deadlines.append(0.0)
         if self._start_timeout is not None:
-            deadlines += [w.spawned_at + self._start_timeout for w in self._workers.values() if w.state == "starting"]
+            deadlines += [
+                w.spawned_at + self._start_timeout for w in self._workers.values() if w.state == "starting"
+            ]
         if not deadlines:
             return None
         return max(0.0, min(deadlines) - time.monotonic())
@@ -332,6 +409,8 @@ class ProcessPool:
             if not worker.queue:
                 return
             task = worker.queue.popleft()
+            if task.begun is not None:
+                self._slowest = max(self._slowest, time.monotonic() - task.begun)
             self._start_head(worker)
             if kind == "ok":
                 frame = message[2]
@@ -349,8 +428,74 @@ class ProcessPool:
     def _start_head(self, worker: _Worker) -> None:
         """The worker has gone on to the task at the head of its queue: its clock starts."""
         head = worker.task
+        if head is not None and head.begun is None:
+            head.begun = time.monotonic()
         if head is not None and head.timeout is not None and head.deadline is None:
             head.deadline = time.monotonic() + head.timeout
+
+    def _watch(self) -> None:
+        """Stalls and memory: report a task past the stall limit (a thread gathers the report),
+        fail the stalls reported under ``on_stall="raise"``, kill a worker over its memory."""
+        now = time.monotonic()
+        while self._stalls:
+            worker, task, report = self._stalls.popleft()
+            if worker.task is task and worker.state != "dead":
+                worker.proc.kill()
+                worker.queue.popleft()
+                key = task.label[0] if isinstance(task.label, list) and task.label else None
+                self._requeue(list(worker.queue))
+                worker.queue.clear()
+                self._on_death(worker)  # reaped (and replaced) before the error is seen
+                task.finish(Outcome("error", StageStalledError(report, stage=self.name, key=key)))
+        limit = self._stall_limit()
+        for worker in list(self._workers.values()):
+            task = worker.task
+            if limit is None or task is None or task.begun is None or task.stalled:
+                continue
+            if now >= task.begun + limit:
+                task.stalled = True
+                reporter = threading.Thread(
+                    target=self._report_stall,
+                    args=(worker, task, now - task.begun),
+                    name="aioloader-pool-stall",
+                    daemon=True,
+                )
+                self._reporters = [r for r in self._reporters if r.is_alive()]
+                self._reporters.append(reporter)
+                reporter.start()
+        if self._max_memory is not None and now >= self._next_memory_check:
+            self._next_memory_check = now + MEMORY_CHECK_S
+            for worker in list(self._workers.values()):
+                if worker.state != "ready" or worker.task is None:
+                    continue
+                rss = worker.rss()
+                if rss is not None and rss > self._max_memory:
+                    worker.proc.kill()
+                    self._on_death(
+                        worker,
+                        f"worker pid {worker.proc.pid} used {rss / 2**20:.0f} MiB of memory, over "
+                        f"max_worker_memory={self._max_memory / 2**20:.0f} MiB; it was replaced",
+                    )
+
+    def _report_stall(self, worker: _Worker, task: _Task, seconds: float) -> None:
+        """(A reporter thread.) Log what a stalled worker is doing; queue it to be failed."""
+        pid = worker.proc.pid
+        state = worker.describe_state()
+        stack = _worker_stack(worker) if "stopped" not in state else ""
+        keys = task.label if task.label is not None else "?"
+        report = (
+            f"stage {self.name!r} made no progress for {seconds:.1f}s: worker pid {pid} ({state}) "
+            f"has been running keys {keys} for {seconds:.1f}s (stall_after="
+            f"{self._stall_after if self._stall_after != 'auto' else f'auto: {self._stall_limit():.1f}s'})"
+        )
+        if stack:
+            report += f"\nPython stack of worker pid {pid}:\n{stack}"
+        elif "stopped" in state:
+            report += " (stopped: it cannot run, e.g. SIGSTOP or a debugger)"
+        log.warning("%s", report)
+        if self._on_stall == "raise":
+            self._stalls.append((worker, task, report))
+            self._wake()
 
     def _expire(self) -> None:
         now = time.monotonic()
@@ -401,6 +546,7 @@ class ProcessPool:
         worker.close_pipes()
         for segment in worker.segments:
             shm.unlink(segment)
+        _remove_stack_file(worker)
         shm.sweep(f"{self._prefix}{worker.spawn}_")
         self._mappings.forget_prefix(f"{self._prefix}{worker.spawn}_")
         detail = detail or _describe_exit(worker.proc.pid, worker.proc.returncode)
@@ -463,6 +609,43 @@ class ProcessPool:
             for task in worker.queue:
                 task.finish(outcome)
             worker.queue.clear()
+
+
+def _worker_stack(worker: _Worker) -> str:
+    """The Python stack of ``worker``'s threads, dumped by faulthandler on a signal (empty
+    when it does not answer within :data:`_STACK_WAIT_S`)."""
+    path = _child.stack_path(worker.prefix)
+    try:
+        before = os.path.getsize(path)
+        os.kill(worker.proc.pid, _child.STACK_SIGNAL)
+    except OSError:
+        return ""
+    # the dump is written by a C signal handler: nothing to await but the file growing
+    deadline = time.monotonic() + _STACK_WAIT_S
+    size = before
+    while time.monotonic() < deadline:
+        time.sleep(0.02)
+        try:
+            now = os.path.getsize(path)
+        except OSError:
+            return ""
+        if now > before and now == size:  # written and no longer growing
+            break
+        size = now
+    try:
+        with open(path, errors="replace") as file:
+            file.seek(before)
+            return file.read()[:_STACK_MAX_CHARS].strip()
+    except OSError:
+        return ""
+
+
+def _remove_stack_file(worker: _Worker) -> None:
+    if worker.prefix:
+        try:
+            os.unlink(_child.stack_path(worker.prefix))
+        except OSError:
+            pass
 
 
 def _feed(proc: subprocess.Popen[bytes], tasks: Connection, prep: dict[str, Any], init: bytes) -> None:

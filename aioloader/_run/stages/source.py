@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 from collections.abc import AsyncIterator, Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future
 from time import perf_counter
 from typing import Any
 
@@ -23,6 +23,7 @@ import numpy as np
 
 from aioloader._run.block import Block
 from aioloader._run.channel import Channel
+from aioloader._run.threads import DaemonThreadPool
 from aioloader.errors import annotate
 from aioloader.monitor.stats import StageStats
 from aioloader.order.sharding import RankInfo
@@ -180,11 +181,15 @@ class IterSource(_StreamSource):
             iterator = _shard_stream(iter(self._iterable), RoundSharder(rank, world, self._policy))
         else:
             iterator = iter(self._iterable)
-        loop = asyncio.get_running_loop()
-        pool: ThreadPoolExecutor | None = None
+        pool: DaemonThreadPool | None = None
         position = 0
         if self._start:
-            kept = await loop.run_in_executor(None, _replay, iterator, self._start, self._prefix)
+            replay = DaemonThreadPool(1, "aioloader-source")  # a daemon: never holds the exit
+            try:
+                self._pull = replay.submit(_replay, iterator, self._start, self._prefix)
+                kept = await asyncio.wrap_future(self._pull)
+            finally:
+                replay.shutdown()
             if self._prefix:
                 await self._emit_prefix(kept)
             position = self._start
@@ -207,7 +212,7 @@ class IterSource(_StreamSource):
                 self.stats.busy_s += elapsed
                 if pool is None and elapsed > _PULL_INLINE_UNDER_S:
                     # a slow iterator (files, network) would block the loop: pull in a thread
-                    pool = ThreadPoolExecutor(1, thread_name_prefix="aioloader-source")
+                    pool = DaemonThreadPool(1, "aioloader-source")
                     self.stats.executor = "thread"
                 if items:
                     seqs = list(range(position, position + len(items)))
@@ -217,7 +222,7 @@ class IterSource(_StreamSource):
                     await self.output.put(Block(keys, seqs, items))
         finally:
             if pool is not None:
-                pool.shutdown(wait=False, cancel_futures=True)
+                pool.shutdown(cancel_futures=True)
         self.output.close()
 
     async def drain(self, timeout: float) -> None:

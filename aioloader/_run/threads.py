@@ -1,0 +1,124 @@
+"""A pool of daemon threads for user code: thread maps and a slow iterator's pulls.
+
+A thread blocked in a user function cannot be stopped. ``concurrent.futures``' pool joins its
+threads when the interpreter exits, so one call blocked for 30 s kept a Ctrl-C'd process alive
+for those 30 s (DESIGN.md guarantee 6 says 2 s). These threads are daemons: the process exits
+whatever a user function is doing.
+
+A call its stage has given up on (past its ``timeout``) is *abandoned*: the pool stops waiting
+for it at close and starts a thread in its place, so the calls queued behind it still get
+their full number of threads; the abandoned thread ends when its call returns.
+"""
+
+from __future__ import annotations
+
+import itertools
+import queue
+import threading
+from collections.abc import Callable
+from concurrent.futures import Future
+from typing import Any
+
+_Item = tuple[Future[Any], Callable[..., Any], tuple[Any, ...]]
+
+
+class DaemonThreadPool:
+    """``submit(fn, *args)`` runs ``fn`` in one of at most ``max_workers`` daemon threads
+    (started on demand, named ``<thread_name_prefix>_<n>``), returning a ``Future``."""
+
+    def __init__(self, max_workers: int, thread_name_prefix: str) -> None:
+        if max_workers < 1:
+            raise ValueError(f"max_workers must be >= 1, got {max_workers}")
+        self._max_workers = max_workers
+        self._prefix = thread_name_prefix
+        self._queue: queue.SimpleQueue[_Item | None] = queue.SimpleQueue()
+        self._idle = threading.Semaphore(0)  # released by each thread that waits for work
+        self._lock = threading.Lock()
+        self._threads: set[threading.Thread] = set()
+        self._running: dict[Future[Any], threading.Thread] = {}
+        self._abandoned: set[threading.Thread] = set()
+        self._names = itertools.count()
+        self._shutdown = False
+
+    def submit(self, fn: Callable[..., Any], *args: Any) -> Future[Any]:
+        future: Future[Any] = Future()
+        with self._lock:
+            if self._shutdown:
+                raise RuntimeError("cannot submit to a thread pool after shutdown")
+            self._queue.put((future, fn, args))
+            if not self._idle.acquire(blocking=False):
+                self._grow()
+        return future
+
+    def abandon(self, future: Future[Any]) -> None:
+        """Stop counting on ``future``'s call (its stage gave up on it): a new thread takes its
+        thread's place, and :meth:`running` no longer lists it."""
+        with self._lock:
+            thread = self._running.pop(future, None)
+            if thread is None or thread in self._abandoned:
+                return
+            self._abandoned.add(thread)
+            if not self._shutdown:
+                self._grow()
+
+    def running(self) -> list[Future[Any]]:
+        """Calls running now that were not abandoned (what a close waits for)."""
+        with self._lock:
+            return list(self._running)
+
+    def shutdown(self, *, cancel_futures: bool = True) -> None:
+        """No more calls; queued ones are cancelled (``cancel_futures``) or still run. Returns
+        at once: running calls go on in their (daemon) threads until they return."""
+        with self._lock:
+            if self._shutdown:
+                return
+            self._shutdown = True
+            threads = len(self._threads)
+        if cancel_futures:
+            while True:
+                try:
+                    item = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if item is not None:
+                    item[0].cancel()
+        for _ in range(threads):
+            self._queue.put(None)  # wakes each waiting thread, which then ends
+
+    def _grow(self) -> None:
+        """Start a thread if fewer than the allowance are alive (the caller holds the lock)."""
+        if len(self._threads) - len(self._abandoned) >= self._max_workers:
+            return
+        thread = threading.Thread(target=self._work, name=f"{self._prefix}_{next(self._names)}", daemon=True)
+        self._threads.add(thread)
+        thread.start()
+
+    def _work(self) -> None:
+        me = threading.current_thread()
+        try:
+            while True:
+                item = self._queue.get()
+                if item is None:
+                    return
+                future, fn, args = item
+                del item
+                if future.set_running_or_notify_cancel():
+                    with self._lock:
+                        self._running[future] = me
+                    # no local keeps the result: an error's traceback reaches the consumer's
+                    # frames (the Loader's), and an idle thread must not keep them alive
+                    try:
+                        future.set_result(fn(*args))
+                    except BaseException as exc:
+                        future.set_exception(exc)
+                    with self._lock:
+                        self._running.pop(future, None)
+                del future, fn, args
+                with self._lock:
+                    if self._shutdown or me in self._abandoned:
+                        return  # a thread took an abandoned one's place: this one ends
+                self._idle.release()
+        finally:
+            with self._lock:
+                self._threads.discard(me)
+                self._abandoned.discard(me)
