@@ -144,6 +144,7 @@ class Loader(Closing):
         timeout: float | None = None,
         name: str | None = None,
         worker_init: Callable[[int], None] | None = None,
+        ray_options: dict[str, Any] | None = None,
         max_worker_memory: int | str | None = "auto",
         stall_after: float | str | None = "auto",
         on_stall: str = "warn",
@@ -163,6 +164,12 @@ class Loader(Closing):
         None: never): a task running that long is reported, a warning naming the stage, the
         keys, the worker's pid and its Python stack; ``on_stall="raise"`` makes it a
         ``StageStalledError``.
+
+        ``executor="ray"`` runs ``fn`` on a pool of ``concurrency`` Ray actors (default: one
+        per CPU of the cluster) with the same semantics, on the cluster Ray is connected to
+        (else ``ray.init()``); ``ray_options`` are the actors' Ray options (``num_cpus``,
+        ``resources``, ``scheduling_strategy``...), ``worker_init(worker_id)`` runs in each
+        actor. Needs ``pip install aioloader[ray]``; see :mod:`aioloader.ray`.
 
         ``executor="auto"`` measures ``fn`` on the first blocks: cheap functions stay inline,
         ones that run faster in two threads than inline (they release the GIL) go to threads,
@@ -205,12 +212,22 @@ class Loader(Closing):
                 stall_after=stall_after,
                 on_stall=on_stall,
             )
+        elif spec.executor == "ray":
+            from aioloader.ray import ray_map_spec
+
+            spec = ray_map_spec(spec, worker_init, ray_options)
         elif worker_init is not None:
-            raise ValueError("worker_init is only used with executor='process'")
-        elif (max_worker_memory, stall_after, on_stall) != ("auto", "auto", "warn"):
+            raise ValueError("worker_init is only used with executor='process' or 'ray'")
+        if spec.executor != "process" and (max_worker_memory, stall_after, on_stall) != (
+            "auto",
+            "auto",
+            "warn",
+        ):
             raise ValueError(
                 "max_worker_memory, stall_after and on_stall are only used with executor='process'"
             )
+        if ray_options is not None and spec.executor != "ray":
+            raise ValueError("ray_options is only used with executor='ray'")
         loader = self._then(spec)
         if tune:
             return loader._with_extras(
