@@ -19,7 +19,7 @@ from typing import Any, ClassVar
 
 from aioloader._main_module import defined_under_guard
 
-EXECUTORS = ("auto", "inline", "thread", "process")
+EXECUTORS = ("auto", "inline", "thread", "process", "ray")
 ON_ERROR = ("raise", "skip")
 SHARD_POLICIES = ("drop", "pad", "uneven")
 
@@ -234,7 +234,7 @@ def make_map_spec(
             raise ValueError(f"timeout must be a number of seconds > 0, got {timeout!r}")
         timeout = float(timeout)
     is_async = is_async_callable(fn)
-    if is_async and executor in ("thread", "process"):
+    if is_async and executor in ("thread", "process", "ray"):
         raise ValueError(f"executor={executor!r} needs a sync function; {fn_name(fn)} is async")
     if timeout is not None and executor == "inline" and not is_async:
         raise ValueError(

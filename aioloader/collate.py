@@ -149,7 +149,6 @@ _SIDES = ("right", "left")
 
 def pad(
     samples: list[Any],
-    /,
     *,
     max_length: int | None = None,
     pad_value: float | Mapping[str, float] = 0,

@@ -15,9 +15,11 @@ from time import perf_counter
 from typing import Any
 
 from aioloader._closing import Closing
+from aioloader._exit import close_at_exit
 from aioloader._run.bridge import iterate_blocks
 from aioloader._run.graph import Pipeline, Run
 from aioloader._run.runtime import Runtime
+from aioloader._run.stages.adaptive_batch import AdaptiveBatchSpec, StepSizer, adaptive_batch_spec
 from aioloader._run.stages.device import DeviceSpec, device_spec
 from aioloader._run.stages.shuffle import ShuffleSpec
 from aioloader._run.stages.validate import ValidateSpec
@@ -46,6 +48,7 @@ from aioloader.order.resume import FORMAT, ResumePoint, parse, parse_elastic, se
 from aioloader.order.sample_rng import is_random
 from aioloader.order.sharding import RankInfo, resolve_rank, shard_count
 from aioloader.sources._adapt import IndexableSource, ShardStreamSource, adapt
+from aioloader.sources._presplit import check_no_second_split
 
 __all__ = ["EpochSampler", "Loader"]
 
@@ -71,7 +74,6 @@ class Loader(Closing):
     def from_source(
         cls,
         source: Any,
-        /,
         *,
         shuffle: bool | str | KeyOrder = False,
         seed: int = 0,
@@ -85,7 +87,11 @@ class Loader(Closing):
         ``shuffle``: ``False`` (source order), ``True`` (a seeded permutation per epoch),
         ``"chunks"`` (chunk order permuted, keys mixed within ``chunk_window`` chunks read
         together; the source's chunk layout when it exposes one) or an ``al.order`` sampler
-        (``Weighted``, ``ClassBalanced``). Keys are sharded over ranks before any read."""
+        (``Weighted``, ``ClassBalanced``). Keys are sharded over ranks before any read, except in
+        a Hugging Face dataset already split with ``split_dataset_by_node``: each rank reads its
+        split whole (giving ``rank``/``world_size`` too is refused)."""
+        if check_no_second_split(source, rank, world_size) is not None:
+            rank, world_size = 0, 1
         adapted = adapt(source)
         order = None
         if isinstance(adapted, IndexableSource):
@@ -114,6 +120,13 @@ class Loader(Closing):
         return cls(Pipeline(spec, adapted, (), Options()))
 
     def _then(self, spec: StageSpec) -> Loader:
+        if any(isinstance(s, AdaptiveBatchSpec) for s in self._pipeline.stages) and not _one_to_one(spec):
+            # a stage that drops or holds batches would leave the adaptive stage waiting for
+            # the step time of a batch the consumer never gets
+            raise ValueError(
+                f"{spec.name} cannot follow adaptive_batch: only map (on_error='raise'), "
+                "prefetch and to_device can, as the consumer must receive every batch in order"
+            )
         taken = {s.name for s in self._pipeline.stages} | {"source", "read"}
         spec = replace(spec, name=unique_name(spec.name, taken))
         return Loader(replace(self._pipeline, stages=(*self._pipeline.stages, spec)))
@@ -121,7 +134,6 @@ class Loader(Closing):
     def map(
         self,
         fn: Callable[[Any], Any],
-        /,
         *,
         executor: str = "auto",
         concurrency: int | str | None = None,
@@ -133,6 +145,7 @@ class Loader(Closing):
         timeout: float | None = None,
         name: str | None = None,
         worker_init: Callable[[int], None] | None = None,
+        ray_options: dict[str, Any] | None = None,
         max_worker_memory: int | str | None = "auto",
         stall_after: float | str | None = "auto",
         on_stall: str = "warn",
@@ -152,6 +165,12 @@ class Loader(Closing):
         None: never): a task running that long is reported, a warning naming the stage, the
         keys, the worker's pid and its Python stack; ``on_stall="raise"`` makes it a
         ``StageStalledError``.
+
+        ``executor="ray"`` runs ``fn`` on a pool of ``concurrency`` Ray actors (default: one
+        per CPU of the cluster) with the same semantics, on the cluster Ray is connected to
+        (else ``ray.init()``); ``ray_options`` are the actors' Ray options (``num_cpus``,
+        ``resources``, ``scheduling_strategy``...), ``worker_init(worker_id)`` runs in each
+        actor. Needs ``pip install aioloader[ray]``; see :mod:`aioloader.ray`.
 
         ``executor="auto"`` measures ``fn`` on the first blocks: cheap functions stay inline,
         ones that run faster in two threads than inline (they release the GIL) go to threads,
@@ -194,12 +213,22 @@ class Loader(Closing):
                 stall_after=stall_after,
                 on_stall=on_stall,
             )
+        elif spec.executor == "ray":
+            from aioloader.ray import ray_map_spec
+
+            spec = ray_map_spec(spec, worker_init, ray_options)
         elif worker_init is not None:
-            raise ValueError("worker_init is only used with executor='process'")
-        elif (max_worker_memory, stall_after, on_stall) != ("auto", "auto", "warn"):
+            raise ValueError("worker_init is only used with executor='process' or 'ray'")
+        if spec.executor != "process" and (max_worker_memory, stall_after, on_stall) != (
+            "auto",
+            "auto",
+            "warn",
+        ):
             raise ValueError(
                 "max_worker_memory, stall_after and on_stall are only used with executor='process'"
             )
+        if ray_options is not None and spec.executor != "ray":
+            raise ValueError("ray_options is only used with executor='ray'")
         loader = self._then(spec)
         if tune:
             return loader._with_extras(
@@ -215,7 +244,7 @@ class Loader(Closing):
         options = replace(options, extras={**options.extras, **extras})
         return Loader(replace(self._pipeline, options=options))
 
-    def filter(self, predicate: Callable[[Any], bool], /, *, name: str | None = None) -> Loader:
+    def filter(self, predicate: Callable[[Any], bool], *, name: str | None = None) -> Loader:
         """Keep the items for which ``predicate(item)`` is true."""
         check_callable(predicate, "predicate")
         return self._then(FilterSpec(name or f"filter({fn_name(predicate)})", predicate))
@@ -223,7 +252,6 @@ class Loader(Closing):
     def batch(
         self,
         size: int,
-        /,
         *,
         collate: Callable[[list[Any]], Any] | None = None,
         drop_last: bool = False,
@@ -241,7 +269,6 @@ class Loader(Closing):
     def batch_by_tokens(
         self,
         max_tokens: int,
-        /,
         *,
         length: Callable[[Any], int] = len,
         collate: Callable[[list[Any]], Any] | None = None,
@@ -250,15 +277,58 @@ class Loader(Closing):
     ) -> Loader:
         """Batches of consecutive items under a token budget: ``batch size x longest length``
         (``padded=True``) or the sum of lengths (``padded=False``) stays <= ``max_tokens``; an
-        item longer than the budget goes alone. See :mod:`aioloader._run.stages.batch_by_tokens`."""
+        item longer than the budget goes alone. ``collate`` defaults to :func:`al.collate.pad`
+        (the items differ in length). See :mod:`aioloader._run.stages.batch_by_tokens`."""
         from aioloader._run.stages.batch_by_tokens import token_batch_spec
 
         return self._then(token_batch_spec(max_tokens, length, collate, padded, max_batch_size))
 
+    def adaptive_batch(
+        self,
+        initial_size: int,
+        *,
+        target_step_s: float,
+        min_size: int = 1,
+        max_size: int | None = None,
+        factor: int = 2,
+        tolerance: float = 0.25,
+        lag: int = 2,
+        collate: Callable[[list[Any]], Any] | None = None,
+        drop_last: bool = False,
+    ) -> Loader:
+        """Batches whose size follows the training step time: starting at ``initial_size``,
+        multiplied by ``factor`` after a step faster than ``target_step_s`` (less the
+        ``tolerance`` fraction), divided by it after a slower one, within ``[min_size,
+        max_size]``. The step time of a batch is what :meth:`record_step_time` reports, else
+        the time until the consumer asks for the next batch. Batch ``j`` uses the step time of
+        batch ``j - 1 - lag``, so the sizes depend on the step times only (deterministic, and
+        exact on resume); ``lag`` batches are prepared ahead. The consumer must receive these
+        batches as they are (no ``unbatch`` or ``filter`` after). See
+        :mod:`aioloader._run.stages.adaptive_batch`."""
+        spec = adaptive_batch_spec(
+            initial_size, target_step_s, min_size, max_size, factor, tolerance, lag, collate, drop_last
+        )
+        return self._then(spec)
+
+    def record_step_time(self, seconds: float) -> None:
+        """Report how long the training step on the last batch took (for
+        :meth:`adaptive_batch`; without it the loader measures the time until the next request).
+        Once per batch, before asking for the next one."""
+        sizer = self._step_sizer()
+        if sizer is None:
+            raise TypeError("record_step_time needs an adaptive_batch stage in the pipeline")
+        sizer.record(seconds)
+
+    def _step_sizer(self) -> StepSizer | None:
+        """The adaptive batch stage's step times and sizes (None without that stage)."""
+        for spec in self._pipeline.stages:
+            if isinstance(spec, AdaptiveBatchSpec):
+                return self._runtime.step_sizer(spec)
+        return None
+
     def bucket(
         self,
         boundaries: Sequence[int],
-        /,
         *,
         batch_size: int | Sequence[int],
         length: Callable[[Any], int] = len,
@@ -267,7 +337,8 @@ class Loader(Closing):
     ) -> Loader:
         """Batches of items of similar length: bucket ``i`` holds lengths in
         ``[boundaries[i-1], boundaries[i])`` and is emitted when it holds ``batch_size`` items
-        (an int, or one per bucket). See :mod:`aioloader._run.stages.bucket`."""
+        (an int, or one per bucket). ``collate`` defaults to :func:`al.collate.pad`. See
+        :mod:`aioloader._run.stages.bucket`."""
         from aioloader._run.stages.bucket import bucket_spec
 
         return self._then(bucket_spec(boundaries, batch_size, length, collate, drop_last))
@@ -275,7 +346,6 @@ class Loader(Closing):
     def pack(
         self,
         seq_len: int,
-        /,
         *,
         batch_size: int = 1,
         field: str = "input_ids",
@@ -292,7 +362,6 @@ class Loader(Closing):
     def validate(
         self,
         check: Callable[[Any], Any] | Sequence[Callable[[Any], Any]],
-        /,
         *,
         on_error: str = "raise",
         max_failures: int | float = 0,
@@ -304,7 +373,7 @@ class Loader(Closing):
 
         return self._then(validate_spec(check, on_error, max_failures))
 
-    def shuffle(self, buffer_size: int, /, *, seed: int | None = None) -> Loader:
+    def shuffle(self, buffer_size: int, *, seed: int | None = None) -> Loader:
         """A seeded shuffle buffer (reservoir) of ``buffer_size`` items: works on endless
         streams in constant memory; its state (for ``state_dict``) is keys, not payloads.
         ``seed`` defaults to the source's seed; the order changes with the epoch."""
@@ -313,7 +382,7 @@ class Loader(Closing):
             check_positive_int(seed, "seed", minimum=0)
         return self._then(ShuffleSpec("shuffle", buffer_size, seed))
 
-    def prefetch(self, n: int, /) -> Loader:
+    def prefetch(self, n: int) -> Loader:
         """Keep up to ``n`` outputs of the previous stage ready ahead of the consumer."""
         check_positive_int(n, "n")
         return self._then(PrefetchSpec("prefetch", n))
@@ -321,7 +390,6 @@ class Loader(Closing):
     def to_device(
         self,
         device: Any,
-        /,
         *,
         non_blocking: bool = True,
         normalize: bool = False,
@@ -472,7 +540,7 @@ class Loader(Closing):
         return run
 
     def __iter__(self) -> Iterator[Any]:
-        return self._iterate()
+        return close_at_exit(self._iterate())
 
     def _iterate(self) -> Iterator[Any]:
         epoch, resume = self._start_epoch()
@@ -482,15 +550,19 @@ class Loader(Closing):
             loop_thread, lambda handoff: self._make_sync_run(epoch, resume, handoff, holder)
         )
         observer = make_observer(self._pipeline.options.extras, self._length(), f"epoch {epoch}")
+        sizer = self._step_sizer()
         try:
             asked = perf_counter()
             for block in blocks:
                 run = holder[0]
                 run.consumer_wait_s += perf_counter() - asked
+                values = _hand_out(run, block)
+                if sizer is not None:
+                    values = _timed_steps(values, sizer)
                 if observer is None:
-                    yield from _hand_out(run, block)
+                    yield from values
                 else:
-                    yield from observer.hand_out(_hand_out(run, block), block.keys)
+                    yield from observer.hand_out(values, block.keys)
                 asked = perf_counter()
             if holder and not holder[0].cancelled:  # a close() mid-epoch leaves it incomplete
                 holder[0].completed = True
@@ -509,6 +581,7 @@ class Loader(Closing):
         epoch, resume = self._start_epoch()
         run = self._make_run(epoch, resume)
         observer = make_observer(self._pipeline.options.extras, self._length(), f"epoch {epoch}")
+        sizer = self._step_sizer()
         try:
             run.start()
             while True:
@@ -521,6 +594,8 @@ class Loader(Closing):
                 finally:
                     run.consumer_wait_s += perf_counter() - asked
                 values = _hand_out(run, block)
+                if sizer is not None:
+                    values = _timed_steps(values, sizer)
                 for value in values if observer is None else observer.hand_out(values, block.keys):
                     yield value
         finally:
@@ -600,6 +675,9 @@ class Loader(Closing):
                     "failures": {},
                 }
         state.update(where)
+        sizer = self._step_sizer()
+        if sizer is not None:
+            state["adaptive"] = sizer.state()
         return seal(state)
 
     def load_state_dict(self, state: dict[str, Any] | list[dict[str, Any]]) -> None:
@@ -630,6 +708,11 @@ class Loader(Closing):
                         f"{blocker}, so another rank's position does not say where this rank is: "
                         "load this rank's own state (or the list of every rank's states)"
                     )
+        sizer = self._step_sizer()
+        if sizer is not None:
+            if not isinstance(state, dict) or "adaptive" not in state:
+                raise ValueError("the state has no 'adaptive' field (batch sizes) for adaptive_batch")
+            sizer.restore(state["adaptive"])
         self._runtime.pending_resume = resume
         self._runtime.next_epoch = resume.epoch
 
@@ -697,6 +780,24 @@ def _hand_out(run: Run, block: Any) -> Iterator[Any]:
     for count, value in enumerate(values, 1):
         run.current_count = count
         yield value
+
+
+def _one_to_one(spec: StageSpec) -> bool:
+    """Whether ``spec`` hands on each item, in order, as one item."""
+    if isinstance(spec, MapSpec):
+        return spec.on_error == "raise" and spec.ordered
+    return isinstance(spec, (PrefetchSpec, DeviceSpec))
+
+
+def _timed_steps(values: Iterator[Any], sizer: StepSizer) -> Iterator[Any]:
+    """Batches handed out one by one, each one's step ending when the consumer asks again or
+    stops (the sizes after a break wait for that step)."""
+    for value in values:
+        sizer.handed_out()
+        try:
+            yield value
+        finally:
+            sizer.step_done()
 
 
 def describe_stage(spec: StageSpec) -> dict[str, Any]:

@@ -18,13 +18,15 @@ import torch
 
 WORKLOADS = [
     "tiny", "jpeg", "h5", "h5_shuffle", "padding", "text", "memory", "configs", "service", "remote", "gil", "tokenizer",
+    "order_scale",
 ]
+EXTRA = ["ray"]  # not in "all": it needs Ray (aioloader[ray]) and root for its network namespace
 LATEST = Path(__file__).resolve().parent / "results" / "latest.md"
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench")
-    parser.add_argument("--workload", default="all", choices=[*WORKLOADS, "all"])
+    parser.add_argument("--workload", default="all", choices=[*WORKLOADS, *EXTRA, "all"])
     parser.add_argument("--quick", action="store_true", help="smaller data, one round")
     parser.add_argument(
         "--output", help="also write the report here (default for 'all': bench/results/latest.md)"

@@ -1,8 +1,8 @@
 """Seed example 1: basic image loading with DataLoaderFactory.
 
 Makes 96 small JPEGs in 4 class folders, then loads them as the seed's first usage example
-does: a DataLoaderConfig, ``DataLoaderFactory.create_dataloader("image", path, config,
-image_size=...)``, and a loop over (images, labels) batches.
+does: an ``ImageDataset``, a DataLoaderConfig, ``DataLoaderFactory.create_dataloader(dataset,
+config)``, and a loop over (images, labels) batches.
 
     python examples/basic_images.py
 """
@@ -16,7 +16,7 @@ from pathlib import Path
 from _data import make_images
 
 import aioloader as al
-from aioloader import DataLoaderConfig, DataLoaderFactory
+from aioloader import DataLoaderConfig, DataLoaderFactory, ImageDataset, LoadingMode
 
 
 def main() -> int:
@@ -27,7 +27,8 @@ def main() -> int:
             config = DataLoaderConfig(
                 batch_size=16, num_workers=2, pin_memory=True, shuffle=True, generator_seed=0
             )
-        image_loader = DataLoaderFactory.create_dataloader("image", str(path), config, image_size=(64, 64))
+        dataset = ImageDataset(data_path=str(path), image_size=(64, 64), loading_mode=LoadingMode.LAZY)
+        image_loader = DataLoaderFactory.create_dataloader(dataset, config)
         with image_loader:
             print(f"{len(image_loader.dataset)} images, {len(image_loader)} batches per epoch")
             for epoch in range(2):

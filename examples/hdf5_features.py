@@ -22,13 +22,13 @@ def main() -> int:
         config = DataLoaderConfig(
             batch_size=256, num_workers=2, pin_memory=False, shuffle=True, generator_seed=0
         )
-        hdf5_loader = DataLoaderFactory.create_hdf5_dataloader(str(path), "features", config)
+        hdf5_loader = DataLoaderFactory.create_hdf5_dataloader(str(path), config, dataset_name="features")
         with hdf5_loader:
             shapes = [tuple(batch.shape) for batch in hdf5_loader]
             rows = sum(shape[0] for shape in shapes)
             print(f"features: {rows} rows in {len(hdf5_loader)} batches of {shapes[0]}")
         labelled = DataLoaderFactory.create_hdf5_dataloader(
-            str(path), "features", config, LoadingMode.EAGER, label_name="labels"
+            str(path), config, dataset_name="features", loading_mode=LoadingMode.EAGER, label_name="labels"
         )
         with labelled:
             features, labels = next(iter(labelled))

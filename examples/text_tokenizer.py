@@ -24,7 +24,9 @@ def main() -> int:
         config = DataLoaderConfig(
             batch_size=64, num_workers=2, pin_memory=False, shuffle=True, generator_seed=0
         )
-        text_loader = DataLoaderFactory.create_text_dataloader(str(path), tokenizer, config, max_length=32)
+        text_loader = DataLoaderFactory.create_text_dataloader(
+            str(path), config, tokenizer=tokenizer, max_length=32
+        )
         with text_loader:
             tokens = 0
             for batch in text_loader:
@@ -34,7 +36,7 @@ def main() -> int:
             )
         # Streaming: the file read front to back in constant memory (a reservoir shuffles it).
         streaming = DataLoaderFactory.create_text_dataloader(
-            str(path), tokenizer, config, max_length=32, loading_mode=LoadingMode.STREAMING
+            str(path), config, tokenizer=tokenizer, max_length=32, loading_mode=LoadingMode.STREAMING
         )
         with streaming:
             lines = sum(len(batch["input_ids"]) for batch in streaming)

@@ -72,6 +72,22 @@ def test_batch_by_tokens_default_collate_and_length_function() -> None:
     assert [b["ids"].shape for b in batches] == [(2, 2), (2, 4)]
 
 
+def test_length_aware_batching_pads_variable_lengths_by_default() -> None:
+    """``batch_by_tokens`` and ``bucket`` exist for variable-length items: with no collate they
+    pad (``al.collate.pad``) where stacking would fail."""
+    docs = [list(range(n)) for n in (1, 3, 2, 5, 4)]
+    by_tokens = run(al.Loader.from_source(docs).batch_by_tokens(10))
+    assert [tuple(b.values.shape) for b in by_tokens] == [(3, 3), (2, 5)]
+    assert [b.lengths.tolist() for b in by_tokens] == [[1, 3, 2], [5, 4]]
+    assert by_tokens[0].values[0].tolist() == [0, 0, 0] and by_tokens[0].mask[0].tolist() == [True, False, False]
+    tensors = [torch.arange(n) for n in (2, 3, 6, 7)]
+    bucketed = run(al.Loader.from_source(tensors).bucket([5], batch_size=2))
+    assert [b.lengths.tolist() for b in bucketed] == [[2, 3], [6, 7]]
+    records = [{"input_ids": list(range(n)), "label": n} for n in (2, 4)]
+    (batch,) = run(al.Loader.from_source(records).batch_by_tokens(100))
+    assert batch["input_ids"].shape == (2, 4) and batch["label"].tolist() == [2, 4]
+
+
 def test_batch_by_tokens_argument_and_length_errors() -> None:
     loader = al.Loader.from_source([[1]])
     with pytest.raises(ValueError, match="max_tokens"):

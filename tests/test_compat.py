@@ -208,7 +208,7 @@ def seed_config() -> al.DataLoaderConfig:
 
 def test_seed_example_1_basic_image_loading(data, seed_config):
     image_loader = al.DataLoaderFactory.create_dataloader(
-        "image", str(data["images"]), seed_config, image_size=(224, 224)
+        "image", seed_config, data_path=str(data["images"]), image_size=(224, 224)
     )
     with image_loader:
         batches = list(image_loader)
@@ -222,7 +222,7 @@ def test_seed_example_1_basic_image_loading(data, seed_config):
 def test_seed_example_2_text_loading_with_tokenizer(data, seed_config):
     tokenizer = WordTokenizer()
     text_loader = al.DataLoaderFactory.create_text_dataloader(
-        str(data["text"]), tokenizer, seed_config, max_length=512
+        str(data["text"]), seed_config, tokenizer=tokenizer, max_length=512
     )
     with text_loader:
         batches = list(text_loader)
@@ -232,7 +232,9 @@ def test_seed_example_2_text_loading_with_tokenizer(data, seed_config):
 
 
 def test_seed_example_3_hdf5_loading(data, seed_config):
-    hdf5_loader = al.DataLoaderFactory.create_hdf5_dataloader(str(data["h5"]), "features", seed_config)
+    hdf5_loader = al.DataLoaderFactory.create_hdf5_dataloader(
+        str(data["h5"]), seed_config, dataset_name="features"
+    )
     with hdf5_loader:
         rows = torch.cat(list(hdf5_loader))
     with h5py.File(data["h5"]) as f:
@@ -243,7 +245,10 @@ def test_seed_example_3_hdf5_loading(data, seed_config):
 
 def test_seed_example_4_performance_monitoring(data, seed_config):
     image_loader = al.DataLoaderFactory.create_dataloader(
-        "image", str(data["images"]), dataclasses.replace(seed_config, batch_size=4), image_size=(32, 32)
+        "image",
+        dataclasses.replace(seed_config, batch_size=4),
+        data_path=str(data["images"]),
+        image_size=(32, 32),
     )
     monitor = al.DataLoaderPerformanceMonitor()
     monitor.start()
@@ -475,7 +480,7 @@ def test_loader_arguments_are_checked(data):
     with pytest.raises(TypeError, match="config"):
         al.EfficientDataLoader(dataset, {"batch_size": 4})
     with pytest.raises(ValueError, match="dataset must be"):
-        al.DataLoaderFactory.create_dataloader("video", data["root"])
+        al.DataLoaderFactory.create_dataloader("video", data_path=data["root"])
     with pytest.raises(ValueError, match="data_path"):
         al.DataLoaderFactory.create_dataloader("image")
 

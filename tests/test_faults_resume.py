@@ -305,6 +305,8 @@ def test_a_state_saved_before_states_had_a_digest_still_resumes_exactly():
     assert _batches(loader) == full[3:]
     with _pipeline() as loader, pytest.raises(ValueError, match=r"state\['digest'\] must be"):
         loader.load_state_dict({**legacy, "format": FORMAT})
+    with _pipeline() as loader, pytest.raises(ValueError, match="has no digest, but the state carries one"):
+        loader.load_state_dict({**state, "format": "aioloader.state/1"})  # a sealed state passed off as old
 
 
 def test_a_digest_survives_json_and_the_state_of_a_loaded_state():

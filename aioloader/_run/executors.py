@@ -1,5 +1,6 @@
 """Where a map stage's function runs: inline on the loop, in a thread pool, or on the loop as a
-coroutine. Other kinds (the process pool of ``workers/``) are listed in ``_FACTORIES``.
+coroutine. Other kinds (the process pool of ``workers/``, Ray actors of ``ray/``) are listed in
+``_FACTORIES``.
 
 An executor runs a *chunk* (a list of values) and returns ``(results, failures, busy_s)`` where
 ``failures`` lists ``(index, exception)`` for the items whose function raised; the result at a
@@ -242,8 +243,15 @@ def _process_executor(spec: Any, runtime: Any) -> Executor:
     return make_process_executor(spec, runtime)
 
 
+def _ray_executor(spec: Any, runtime: Any) -> Executor:
+    # Imported when first used: Ray is an optional extra (aioloader[ray]).
+    from aioloader.ray.executor import make_ray_executor
+
+    return make_ray_executor(spec, runtime)
+
+
 # Every executor kind beyond inline, thread and async, built as ``factory(spec, runtime)``.
-_FACTORIES: dict[str, ExecutorFactory] = {"process": _process_executor}
+_FACTORIES: dict[str, ExecutorFactory] = {"process": _process_executor, "ray": _ray_executor}
 
 
 def register_executor(kind: str, factory: ExecutorFactory) -> None:

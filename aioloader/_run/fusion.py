@@ -31,7 +31,7 @@ from aioloader.errors import annotate, stopped_early
 
 __all__ = ["MapThenCollate", "fuse_map_batch", "members", "pooled_per_item"]
 
-_POOLED = ("thread", "process", "auto")
+_POOLED = ("thread", "process", "ray", "auto")
 
 
 def members(values: Sequence[Any]) -> list[Any]:

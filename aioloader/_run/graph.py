@@ -38,10 +38,11 @@ from aioloader._spec import (
 )
 from aioloader.monitor.observe import RunMonitor, run_stats
 from aioloader.monitor.stats import ErrorLog, StageStats
-from aioloader.order.orders import resolve_order
+from aioloader.order.orders import order_sequence, resolve_order
 from aioloader.order.reservoir import ReservoirState
 from aioloader.order.resume import ResumePoint, remaining_order
-from aioloader.order.sharding import RankInfo, resolve_rank, shard_boundaries, shard_keys
+from aioloader.order.sequence import KeySequence
+from aioloader.order.sharding import RankInfo, resolve_rank, shard_sequence
 from aioloader.sources._adapt import AdaptedSource, AsyncIterableSource, IndexableSource, ShardStreamSource
 
 # Channel depth in blocks: sample blocks are small and cheap stages pay a task wake-up per
@@ -89,27 +90,18 @@ def block_size_for(pipeline: Pipeline) -> int:
 
 def epoch_keys(
     pipeline: Pipeline, epoch: int, rank: RankInfo, elastic: list[dict[str, Any]] | None = None
-) -> tuple[Any, Any]:
-    """This rank's keys for ``epoch`` of an indexable source, in order (the source's key order,
-    less what earlier generations of ranks delivered on an elastic resume, sharded), and the
-    offsets where reads should start a new block (chunk windows), or None."""
+) -> KeySequence:
+    """This rank's keys for ``epoch`` of an indexable source, by position: the source's key
+    order, less what earlier generations of ranks delivered on an elastic resume, sharded. No
+    order is built; its ``cuts`` say where reads should start a new block (chunk windows)."""
     spec, source = pipeline.source_spec, pipeline.source
     if not isinstance(source, IndexableSource):
         raise TypeError("epoch_keys needs an indexable source")
     order = spec.order if spec.order is not None else resolve_order(spec.shuffle, source.obj)
-    windows = getattr(order, "keys_and_windows", None)
-    starts = None
-    if windows is not None and not elastic:
-        keys, starts = windows(source.length, spec.seed, epoch)
-    else:
-        keys = order.keys(source.length, spec.seed, epoch)
+    keys = order_sequence(order, source.length, spec.seed, epoch)
     if elastic:
         keys = remaining_order(keys, elastic)
-    n = len(keys)
-    keys = shard_keys(keys, rank, spec.shard_policy)
-    if starts is not None:
-        starts = shard_boundaries(starts, n, rank, spec.shard_policy)
-    return keys, starts
+    return shard_sequence(keys, rank, spec.shard_policy)
 
 
 def read_policy(stages: Sequence[StageSpec], source: Any = None) -> tuple[str, int | float]:
@@ -194,12 +186,10 @@ class Run:
         expected: int | None = None
         start, prefix = (self.resume.position, self.resume.prefix) if self.resume else (0, [])
         if isinstance(source, IndexableSource):
-            keys, starts = epoch_keys(
-                pipeline, self.epoch, self.rank, self.resume.elastic if self.resume else None
-            )
+            keys = epoch_keys(pipeline, self.epoch, self.rank, self.resume.elastic if self.resume else None)
             expected = len(keys)
             self.epoch_length = expected
-            self.stages.append(KeySource(keys, block, start=start, prefix=prefix, block_starts=starts))
+            self.stages.append(KeySource(keys, block, start=start, prefix=prefix))
             specs: list[StageSpec] = fuse_read(
                 source, [read_spec(source, pipeline.stages), *fuse_map_batch(pipeline.stages)]
             )

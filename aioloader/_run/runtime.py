@@ -25,6 +25,7 @@ class Runtime:
         self.last_run: Run | None = None
         self.pending_resume: Any = None  # a ResumePoint for the next run (load_state_dict)
         self._loop_thread: LoopThread | None = None
+        self._step_sizer: Any = None
         self._active: dict[Run, asyncio.AbstractEventLoop] = {}
         self._finished_events: dict[Run, threading.Event] = {}
         # reentrant: close() may run from a GC finaliser in a thread that holds the lock
@@ -77,6 +78,16 @@ class Runtime:
             if old is None:
                 self.resources[name] = factory()
             return self.resources[name]
+
+    def step_sizer(self, spec: Any) -> Any:
+        """The :class:`~aioloader._run.stages.adaptive_batch.StepSizer` of an adaptive batch
+        stage: made once, it lives across epochs as the epoch counter does."""
+        with self._lock:
+            if self._step_sizer is None:
+                from aioloader._run.stages.adaptive_batch import StepSizer
+
+                self._step_sizer = StepSizer(spec)
+            return self._step_sizer
 
     def register(self, run: Run, finished: threading.Event | None = None) -> None:
         self.last_run = run

@@ -53,6 +53,7 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader, DistributedSampler, IterableDataset, get_worker_info
 
+from aioloader._exit import close_at_exit
 from aioloader._spec import is_picklable
 from aioloader.collate import stack
 from aioloader.compat.config import DataLoaderConfig, optimal_num_workers
@@ -338,7 +339,7 @@ class EfficientDataLoader:
         if self._closed:
             raise RuntimeError("EfficientDataLoader is closed")
         self._prepare_iteration()
-        return self._iterate()
+        return close_at_exit(self._iterate())
 
     def _iterate(self) -> Iterator[Any]:
         started, batches, samples = self._begin_epoch()

@@ -32,15 +32,17 @@ class DataLoaderFactory:
     @staticmethod
     def create_dataloader(
         dataset: Any,
-        data_path: str | os.PathLike[str] | None = None,
         config: DataLoaderConfig | None = None,
         *,
+        data_path: str | os.PathLike[str] | None = None,
         backend: str = "aio",
         **dataset_kwargs: Any,
     ) -> EfficientDataLoader:
-        """A loader over ``dataset``: a dataset object, or a type name ("image", "text",
-        "hdf5", "memory_efficient") built on ``data_path`` with ``dataset_kwargs``
-        (e.g. ``image_size=(224, 224)``)."""
+        """A loader over ``dataset`` as ``config`` says (the seed's ``create_dataloader(dataset,
+        config)``). ``dataset`` is a dataset object, or a type name ("image", "text", "hdf5",
+        "memory_efficient") built on ``data_path`` with ``dataset_kwargs``
+        (e.g. ``create_dataloader("image", config, data_path="train", image_size=(224, 224))``)."""
+        _check_config(config)
         if isinstance(dataset, str):
             kind = _ALIASES.get(dataset, dataset)
             if kind not in DATASET_TYPES:
@@ -63,32 +65,48 @@ class DataLoaderFactory:
     ) -> EfficientDataLoader:
         """An :class:`ImageDataset` loader (``image_size``, ``transform``, ``loading_mode``,
         ``cache_size`` in ``dataset_kwargs``)."""
+        _check_config(config)
         return EfficientDataLoader(ImageDataset(data_path, **dataset_kwargs), config, backend=backend)
 
     @staticmethod
     def create_text_dataloader(
         data_path: str | os.PathLike[str],
-        tokenizer: Any = None,
         config: DataLoaderConfig | None = None,
+        *,
+        tokenizer: Any = None,
         max_length: int = 512,
         loading_mode: LoadingMode | str = LoadingMode.LAZY,
-        *,
         backend: str = "aio",
     ) -> EfficientDataLoader:
-        """A :class:`TextDataset` loader: lines tokenized and padded to ``max_length``."""
+        """A :class:`TextDataset` loader (the seed's ``create_text_dataloader(path, config,
+        max_length=512)``): lines tokenized by ``tokenizer`` (characters without one) and padded
+        to ``max_length``."""
+        _check_config(config)
         dataset = TextDataset(data_path, tokenizer, max_length=max_length, loading_mode=loading_mode)
         return EfficientDataLoader(dataset, config, backend=backend)
 
     @staticmethod
     def create_hdf5_dataloader(
         data_path: str | os.PathLike[str],
-        dataset_name: str = "data",
         config: DataLoaderConfig | None = None,
-        loading_mode: LoadingMode | str = LoadingMode.LAZY,
         *,
-        backend: str = "aio",
+        dataset_name: str = "data",
+        loading_mode: LoadingMode | str = LoadingMode.LAZY,
         label_name: str | None = None,
+        backend: str = "aio",
     ) -> EfficientDataLoader:
-        """An :class:`HDF5Dataset` loader over ``dataset_name`` (and ``label_name``)."""
+        """An :class:`HDF5Dataset` loader over ``dataset_name`` (and ``label_name``): the seed's
+        ``create_hdf5_dataloader(path, config, dataset_name="features")``."""
+        _check_config(config)
         dataset = HDF5Dataset(data_path, dataset_name, loading_mode, label_name=label_name)
         return EfficientDataLoader(dataset, config, backend=backend)
+
+
+def _check_config(config: Any) -> None:
+    """``config`` is the second argument of every factory method, as in the seed: a path or a
+    tokenizer there is the argument order of an older aioloader, named in the message."""
+    if config is not None and not isinstance(config, DataLoaderConfig):
+        raise TypeError(
+            f"config (the second argument) must be a DataLoaderConfig, got {type(config).__name__}; "
+            "give data_path=, tokenizer= and dataset_name= by name"
+        )

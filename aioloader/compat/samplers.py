@@ -22,7 +22,9 @@ from torch.utils.data import (
 )
 
 from aioloader.order import Weighted
+from aioloader.order.orders import order_sequence
 from aioloader.order.permutation import index_dtype
+from aioloader.order.sequence import KeySequence
 
 __all__ = ["is_key_order", "key_order", "SamplerOrder", "OrderSampler"]
 
@@ -75,7 +77,9 @@ def key_order(sampler: Any, n: int) -> Any:
 
 class OrderSampler(Sampler[int]):
     """An ``al.order`` sampler as a torch ``Sampler``: epoch ``e`` yields ``order.keys(n, seed,
-    e)``. Each iteration moves to the next epoch; ``set_epoch`` chooses the next one."""
+    e)``, computed a block at a time for the orders that are functions of the position (a
+    permutation of 10^9 indices is never built). Each iteration moves to the next epoch;
+    ``set_epoch`` chooses the next one."""
 
     def __init__(self, order: Any, n: int, seed: int) -> None:
         self.order = order
@@ -87,10 +91,15 @@ class OrderSampler(Sampler[int]):
         self.epoch = int(epoch)
 
     def __iter__(self) -> Iterator[int]:
-        keys = self.order.keys(self.n, self.seed, self.epoch)
+        keys = order_sequence(self.order, self.n, self.seed, self.epoch)
         self.epoch += 1
-        return iter(keys.tolist())
+        return _blocks(keys)
 
     def __len__(self) -> int:
         count = getattr(self.order, "count", None)
         return self.n if count is None else int(count(self.n))
+
+
+def _blocks(keys: KeySequence, block: int = 8192) -> Iterator[int]:
+    for start in range(0, len(keys), block):
+        yield from keys.take(start, min(start + block, len(keys))).tolist()

@@ -70,6 +70,16 @@ def render(stats: dict[str, Any]) -> str:
     for stage in stats["stages"]:
         lines.append(_row(_stage_cells(stage, stats["bottleneck"])))
     for stage in stats["stages"]:
+        actors = stage.get("actors")
+        if actors:  # a Ray stage (aioloader.ray)
+            nodes = {a["node"] for a in actors if a["node"]}
+            busy = sum(a["busy_s"] for a in actors)
+            replaced = sum(a["replaced"] for a in actors)
+            lines.append(
+                f"{stage['name']}: {len(actors)} Ray actor(s) on {len(nodes)} node(s), busy {busy:.2f}s"
+                + (f", {replaced} replaced" if replaced else "")
+            )
+    for stage in stats["stages"]:
         if stage.get("reads"):
             lines.append(
                 f"{stage['reads']}: runs in the workers of {stage['name']} (counted in its busy time)"

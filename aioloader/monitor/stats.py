@@ -42,6 +42,7 @@ class StageStats:
     placement: dict[str, Any] | None = None  # what executor="auto" measured and chose
     fused: str | None = None  # the batch stage this map stage runs with (aioloader._run.fusion)
     reads: str | None = None  # the read stage this map stage's workers run (aioloader._run.read_fusion)
+    describe_workers: Any = None  # () -> a list of dicts: a Ray stage's actors (aioloader.ray)
 
     def snapshot(self, now: float, run_elapsed: float | None = None) -> dict[str, Any]:
         """``run_elapsed``: the run's duration; a stage that finished early was not limiting
@@ -49,7 +50,7 @@ class StageStats:
         elapsed = max((self.finished or now) - self.started, 1e-9)
         wait_in = self.input.get_wait_s if self.input is not None else 0.0
         wait_out = self.output.put_wait_s if self.output is not None else 0.0
-        return {
+        snapshot = {
             "name": self.name,
             "executor": self.executor,
             "workers": self.workers,
@@ -69,6 +70,9 @@ class StageStats:
             "queue_max": self.output.occupancy_max if self.output is not None else 0,
             "queue_capacity": self.output.capacity if self.output is not None else 0,
         }
+        if self.describe_workers is not None:
+            snapshot["actors"] = self.describe_workers()
+        return snapshot
 
 
 class ErrorLog:

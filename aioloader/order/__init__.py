@@ -1,10 +1,20 @@
 """Ordering on keys, before any payload is read: key orders (permutation, chunk shuffle,
-samplers), rank sharding, the shuffle buffer, resume state and a shuffle-quality measure."""
+samplers) as functions of the position, rank sharding, the shuffle buffer, resume state and a
+shuffle-quality measure."""
 
-from aioloader.order.orders import Chunks, ClassBalanced, KeyOrder, Permutation, Sequential, Weighted
-from aioloader.order.permutation import epoch_permutation, index_dtype
+from aioloader.order.orders import (
+    Chunks,
+    ClassBalanced,
+    KeyOrder,
+    Permutation,
+    Sequential,
+    Weighted,
+    order_sequence,
+)
+from aioloader.order.permutation import Bijection, epoch_permutation, index_dtype
 from aioloader.order.quality import neighbour_rate, quality
-from aioloader.order.sharding import RankInfo, resolve_rank, shard_keys
+from aioloader.order.sequence import KeySequence
+from aioloader.order.sharding import RankInfo, resolve_rank, shard_keys, shard_sequence
 
 __all__ = [
     "KeyOrder",
@@ -13,6 +23,9 @@ __all__ = [
     "Chunks",
     "Weighted",
     "ClassBalanced",
+    "KeySequence",
+    "order_sequence",
+    "Bijection",
     "quality",
     "neighbour_rate",
     "epoch_permutation",
@@ -20,4 +33,5 @@ __all__ = [
     "RankInfo",
     "resolve_rank",
     "shard_keys",
+    "shard_sequence",
 ]

@@ -5,7 +5,14 @@ payload is read; it is a pure function of its inputs, which is what makes runs d
 shardable and resumable by position. ``shuffle=False`` is :class:`Sequential`, ``True`` is
 :class:`Permutation`, ``"chunks"`` is :class:`Chunks` sized from the source's chunk layout.
 Samplers (:class:`Weighted`, :class:`ClassBalanced`) are orders too, so they shard and resume
-the same way. Keys are held in the smallest unsigned dtype (100M keys in 400 MB).
+the same way.
+
+``sequence(n, seed, epoch)`` gives the order as a function of the position
+(:class:`~aioloader.order.sequence.KeySequence`): what a run uses. :class:`Sequential`,
+:class:`Permutation` and :class:`Chunks` compute any block of keys in time and memory that do
+not grow with ``n`` (10^10 keys start as fast as 10^3); the samplers draw their keys as one
+array, held in the smallest unsigned dtype. ``keys(n, seed, epoch)`` is the whole order as an
+array, for small ``n`` and for other code that wants one.
 """
 
 from __future__ import annotations
@@ -17,9 +24,20 @@ from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
-from aioloader.order.permutation import epoch_permutation, epoch_rng, index_dtype
+from aioloader.order.chunk_order import ChunkKeys
+from aioloader.order.permutation import epoch_rng, index_dtype
+from aioloader.order.sequence import ArrayKeys, KeySequence, PermutedKeys, RangeKeys
 
-__all__ = ["KeyOrder", "Sequential", "Permutation", "Chunks", "Weighted", "ClassBalanced", "resolve_order"]
+__all__ = [
+    "KeyOrder",
+    "Sequential",
+    "Permutation",
+    "Chunks",
+    "Weighted",
+    "ClassBalanced",
+    "resolve_order",
+    "order_sequence",
+]
 
 _DEFAULT_CHUNK = 256
 _DEFAULT_WINDOW = 4
@@ -28,7 +46,9 @@ _DEFAULT_WINDOW = 4
 @runtime_checkable
 class KeyOrder(Protocol):
     """``keys(n, seed, epoch)``: this epoch's keys in order; ``describe()``: a JSON-able
-    fingerprint, compared when a state is loaded."""
+    fingerprint, compared when a state is loaded. An order may also offer ``sequence(n, seed,
+    epoch)`` (a :class:`~aioloader.order.sequence.KeySequence`: its keys by position), which a
+    run then uses instead of ``keys``; ``count(n)``: how many keys it yields when not ``n``."""
 
     def keys(self, n: int, seed: int, epoch: int) -> np.ndarray: ...
 
@@ -41,8 +61,22 @@ def order_count(order: Any, n: int) -> int:
     return n if count is None else count(n)
 
 
+def order_sequence(order: Any, n: int, seed: int, epoch: int) -> KeySequence:
+    """``order``'s keys for this epoch by position: its ``sequence`` when it has one, else its
+    ``keys`` array (an order written before sequences, a torch sampler)."""
+    sequence = getattr(order, "sequence", None)
+    if sequence is not None:
+        return sequence(n, seed, epoch)
+    return ArrayKeys(np.asarray(order.keys(n, seed, epoch)))
+
+
 @dataclass(frozen=True)
 class Sequential:
+    """The source order. Memory: none (a key is its position)."""
+
+    def sequence(self, n: int, seed: int, epoch: int) -> KeySequence:
+        return RangeKeys(n)
+
     def keys(self, n: int, seed: int, epoch: int) -> np.ndarray:
         return np.arange(n, dtype=index_dtype(n))
 
@@ -52,11 +86,18 @@ class Sequential:
 
 @dataclass(frozen=True)
 class Permutation:
+    """A full permutation per (seed, epoch): a keyed bijection of ``range(n)`` (see
+    :class:`~aioloader.order.permutation.Bijection`). Memory: a few words, whatever ``n``."""
+
+    def sequence(self, n: int, seed: int, epoch: int) -> KeySequence:
+        return PermutedKeys(n, seed, epoch)
+
     def keys(self, n: int, seed: int, epoch: int) -> np.ndarray:
-        return epoch_permutation(n, seed, epoch)
+        return self.sequence(n, seed, epoch).take(0, n)
 
     def describe(self) -> dict[str, Any]:
-        return {"order": "permutation"}
+        # "bijection": states saved with the earlier array permutation name another order
+        return {"order": "permutation", "keys": "bijection"}
 
 
 @dataclass(frozen=True)
@@ -67,6 +108,10 @@ class Chunks:
     permuted order; each run of ``window`` consecutive chunks in that order is read together
     and its keys permuted, so every read is of whole chunks and samples from ``window``
     chunks mix. ``window`` trades mixing for memory (see :func:`aioloader.order.quality`).
+
+    Memory: chunks of one size (``chunk_size``; a source's ``chunk_rows``) need a few words
+    whatever ``n``; explicit ``bounds`` are held as given, plus a table of window starts (one
+    entry per window) per epoch. A run holds the keys of at most a few windows at a time.
     """
 
     bounds: tuple[int, ...] | None = None
@@ -87,41 +132,40 @@ class Chunks:
             return bounds
         return np.append(np.arange(0, n, self.chunk_size, dtype=np.int64), n) if n else np.zeros(1, np.int64)
 
+    def sequence(self, n: int, seed: int, epoch: int) -> ChunkKeys:
+        if self.bounds is not None:
+            return ChunkKeys(n, seed, epoch, window=self.window, bounds=self.chunk_bounds(n))
+        return ChunkKeys(n, seed, epoch, window=self.window, chunk_size=self.chunk_size)
+
     def keys(self, n: int, seed: int, epoch: int) -> np.ndarray:
-        return self.keys_and_windows(n, seed, epoch)[0]
+        return self.sequence(n, seed, epoch).take(0, n)
 
     def keys_and_windows(self, n: int, seed: int, epoch: int) -> tuple[np.ndarray, np.ndarray]:
         """The keys, and the offsets in them where each window (one read) starts."""
-        bounds = self.chunk_bounds(n)
-        starts, stops = bounds[:-1], bounds[1:]
-        rng = epoch_rng(seed, epoch, 0xC4)
-        chunk_order = rng.permutation(len(starts))
-        out = np.empty(n, dtype=index_dtype(n))
-        window_starts = []
-        pos = 0
-        for first in range(0, len(chunk_order), self.window):
-            group = chunk_order[first : first + self.window]
-            keys = np.concatenate([np.arange(starts[c], stops[c]) for c in group])
-            rng.shuffle(keys)
-            window_starts.append(pos)
-            out[pos : pos + len(keys)] = keys
-            pos += len(keys)
-        return out, np.asarray(window_starts, dtype=np.int64)
+        sequence = self.sequence(n, seed, epoch)
+        return sequence.take(0, n), sequence.all_window_starts()
 
     def window_keys(self, n: int) -> int:
         """Keys in one window of the largest chunks: the read block size for this order."""
+        if self.bounds is None:  # chunks of one size, the last one shorter
+            return max(1, n) if -(-n // self.chunk_size) <= self.window else self.window * self.chunk_size
         sizes = np.diff(self.chunk_bounds(n))
         return int(np.sort(sizes)[-self.window :].sum()) if len(sizes) else 1
 
     def describe(self) -> dict[str, Any]:
         chunks = None if self.bounds is None else len(self.bounds) - 1
-        return {"order": "chunks", "chunk_size": self.chunk_size, "chunks": chunks, "window": self.window}
+        described = {"order": "chunks", "chunk_size": self.chunk_size, "chunks": chunks, "window": self.window}
+        return {**described, "keys": "bijection"}  # as Permutation's
 
 
 @dataclass(frozen=True)
 class Weighted:
     """``num_samples`` keys drawn with probability proportional to ``weights`` (like torch's
-    WeightedRandomSampler), with or without replacement."""
+    WeightedRandomSampler), with or without replacement.
+
+    Memory: the weights (8 bytes a key) and each epoch's draws, built as one array when the
+    epoch starts (4 bytes a sample up to 2^32 keys, 8 beyond; more while ``numpy`` draws them):
+    a draw is not a function of its position, so this order is not for 10^9 keys."""
 
     weights: Sequence[float] | np.ndarray
     num_samples: int | None = None
@@ -163,7 +207,11 @@ class Weighted:
 class ClassBalanced:
     """Each class equally often: ``labels[key]`` gives a key's class; each draw picks a class
     uniformly, then a key of that class (with replacement across epochs, cycling a per-class
-    permutation within one, so small classes repeat only once exhausted)."""
+    permutation within one, so small classes repeat only once exhausted).
+
+    Memory: the labels, plus per epoch a permutation of every class's keys and the drawn
+    samples, built as arrays when the epoch starts (about 8 bytes a key and 12 a sample): the
+    draws are not a function of their position, so this order is not for 10^9 keys."""
 
     labels: Sequence[int] | np.ndarray
     num_samples: int | None = None
@@ -210,11 +258,17 @@ def resolve_order(shuffle: Any, source: Any, chunk_window: int | None = None) ->
         return Permutation()
     if shuffle == "chunks":
         window = _DEFAULT_WINDOW if chunk_window is None else chunk_window
-        bounds = _source_chunk_bounds(source)
-        return Chunks(bounds=bounds, window=window)
+        rows = getattr(source, "chunk_rows", None)
+        if not _has_chunk_list(source) and isinstance(rows, numbers.Integral) and rows > 0:
+            return Chunks(chunk_size=int(rows), window=window)  # one size: no list of chunks
+        return Chunks(bounds=_source_chunk_bounds(source), window=window)
     if isinstance(shuffle, KeyOrder):
         return shuffle
     raise ValueError(f"shuffle must be False, True, 'chunks' or an al.order sampler, got {shuffle!r}")
+
+
+def _has_chunk_list(source: Any) -> bool:
+    return any(callable(getattr(source, name, None)) for name in ("chunk_bounds", "chunks"))
 
 
 def _source_chunk_bounds(source: Any) -> tuple[int, ...] | None:

@@ -39,7 +39,8 @@ from typing import Any
 
 import numpy as np
 
-from aioloader.order.sharding import RankInfo, shard_count
+from aioloader.order.elastic import RemainingKeys
+from aioloader.order.sequence import KeySequence
 
 FORMAT = "aioloader.state/2"
 _UNSEALED_FORMAT = "aioloader.state/1"  # saved before states carried a digest
@@ -116,6 +117,11 @@ def check_digest(state: dict[str, Any]) -> None:
     """``ValueError`` naming each field of ``state`` that its digest does not fit (edited,
     added or removed since :func:`seal`); a pre-digest state (format 1) has none to check."""
     if state.get("format") == _UNSEALED_FORMAT:
+        if DIGEST in state:  # only a sealed state has a digest: its format was edited
+            raise ValueError(
+                f"state['format'] is {_UNSEALED_FORMAT!r}, which has no digest, but the state carries "
+                f"one: the state was edited (saved as {FORMAT!r})"
+            )
         return
     digest = state.get(DIGEST)
     if not isinstance(digest, dict) or not all(isinstance(h, str) for h in digest.values()):
@@ -355,18 +361,11 @@ def parse_elastic(states: Sequence[dict[str, Any]], fingerprint: dict[str, Any])
     return ResumePoint(epoch=epoch, position=0, elastic=[*elastic, generation])
 
 
-def remaining_order(order: np.ndarray, generations: list[dict[str, Any]]) -> np.ndarray:
-    """``order`` without the keys each generation of ranks delivered (or its sharding dropped).
-    A position of ``None`` is a rank that delivered its whole share."""
+def remaining_order(order: KeySequence, generations: list[dict[str, Any]]) -> KeySequence:
+    """``order`` without the keys each generation of ranks delivered (or its sharding dropped),
+    by position, never built (:class:`~aioloader.order.elastic.RemainingKeys`). A position of
+    ``None`` is a rank that delivered its whole share."""
     for generation in generations:
         world, policy = int(generation["world_size"]), generation["policy"]
-        n = len(order)
-        taken = np.zeros(n, dtype=bool)
-        if policy == "drop":
-            taken[(n // world) * world :] = True  # never assigned in that generation
-        for rank, position in enumerate(generation["positions"]):
-            count = shard_count(n, RankInfo(rank, world), policy) if position is None else int(position)
-            positions = rank + world * np.arange(count, dtype=np.int64)
-            taken[positions % n if n else positions] = True
-        order = order[~taken]
+        order = RemainingKeys(order, world, policy, generation["positions"])
     return order

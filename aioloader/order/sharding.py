@@ -5,6 +5,10 @@
   rank gets the same number of keys.
 - ``"pad"``: the order is extended cyclically from its start until it divides evenly; only that
   padding repeats keys.
+
+:class:`ShardedKeys` is a rank's share of a key sequence by position (rank r's i-th key is the
+order's key at ``r + W * i``), so sharding never builds the order either; :func:`shard_keys`
+does the same on an array.
 """
 
 from __future__ import annotations
@@ -13,6 +17,8 @@ import os
 from dataclasses import dataclass
 
 import numpy as np
+
+from aioloader.order.sequence import NO_CUTS, KeySequence
 
 
 @dataclass(frozen=True, slots=True)
@@ -120,12 +126,47 @@ def shard_count(n: int, info: RankInfo, policy: str) -> int:
     return -(-n // world) if n else 0
 
 
-def shard_boundaries(starts: np.ndarray, n: int, info: RankInfo, policy: str) -> np.ndarray:
-    """Offsets in this rank's share where the global ``starts`` (block boundaries of the
-    unsharded order of ``n`` keys) fall, so a rank's reads stay within one global block."""
-    world, rank = info.world_size, info.rank
-    if world == 1:
-        return starts
-    local = -(-(starts - rank) // world)  # first local index whose global position >= start
-    count = shard_count(n, info, policy)
-    return np.unique(np.clip(local, 0, count))
+def shard_sequence(keys: KeySequence, info: RankInfo, policy: str) -> KeySequence:
+    """This rank's share of ``keys`` (a sequence in epoch order), by position."""
+    if policy not in ("drop", "pad", "uneven"):
+        raise ValueError(f"shard_policy must be 'drop', 'pad' or 'uneven', got {policy!r}")
+    return keys if info.world_size == 1 else ShardedKeys(keys, info, policy)
+
+
+class ShardedKeys:
+    """Rank ``r`` of ``W``'s keys of a sequence: its i-th key is the one at position ``r + W*i``
+    (``"pad"``: modulo the length, the padding wraps to the start)."""
+
+    def __init__(self, keys: KeySequence, info: RankInfo, policy: str) -> None:
+        self._keys = keys
+        self._n = len(keys)
+        self._rank, self._world = info.rank, info.world_size
+        self._count = shard_count(self._n, info, policy)
+
+    def __len__(self) -> int:
+        return self._count
+
+    def _global(self, local: np.ndarray) -> np.ndarray:
+        positions = self._rank + self._world * np.asarray(local, dtype=np.int64)
+        if len(positions) and int(positions.max()) >= self._n:
+            positions %= self._n  # "pad": past the end, the order starts again
+        return positions
+
+    def at(self, positions: np.ndarray) -> np.ndarray:
+        return self._keys.at(self._global(positions))
+
+    def take(self, start: int, stop: int) -> np.ndarray:
+        return self._keys.at(self._global(np.arange(start, stop, dtype=np.int64)))
+
+    def cuts(self, start: int, stop: int) -> np.ndarray:
+        """The order's cuts, moved to this rank's positions: the first of its positions at or
+        after each one, so a rank's reads stay within one block of the order's."""
+        if stop - start < 2:
+            return NO_CUTS
+        first = self._rank + self._world * start
+        cuts = self._keys.cuts(first, min(self._n, self._rank + self._world * (stop - 1) + 1))
+        if not len(cuts):
+            return NO_CUTS
+        local = np.unique(-(-(cuts - self._rank) // self._world))
+        return local[(local > start) & (local < stop)]
+

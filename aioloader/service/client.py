@@ -486,7 +486,6 @@ def _stop_thread(holder: list[LoopThread | None]) -> None:
 
 def connect(
     address: str | tuple[str, int],
-    /,
     *,
     token: str | bytes,
     rank: int | None = None,

@@ -615,7 +615,6 @@ def _peer_name(writer: asyncio.StreamWriter) -> str:
 
 def serve(
     loader: Loader,
-    /,
     *,
     host: str = "127.0.0.1",
     port: int = 0,

@@ -25,7 +25,7 @@ class Compose:
     """Apply ``transforms`` in order; random when any of them is (each gets the same
     generator in turn, so the draws are sequential and reproducible)."""
 
-    def __init__(self, transforms: Sequence[Callable[..., Any]], /) -> None:
+    def __init__(self, transforms: Sequence[Callable[..., Any]]) -> None:
         if isinstance(transforms, (str, bytes)) or not isinstance(transforms, Sequence):
             raise TypeError(f"transforms must be a list of callables, got {transforms!r}")
         for t in transforms:
@@ -49,7 +49,7 @@ class OnField:
     """Apply ``transform`` to one field of a sample (``sample[field]`` of a tuple, list or
     mapping), keeping the other fields: ``OnField(Resize(224), 0)`` on ``(image, label)``."""
 
-    def __init__(self, transform: Callable[..., Any], field: Hashable, /) -> None:
+    def __init__(self, transform: Callable[..., Any], field: Hashable) -> None:
         if not callable(transform):
             raise TypeError(f"transform must be callable, got {transform!r}")
         self.transform = transform

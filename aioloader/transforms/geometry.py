@@ -40,7 +40,7 @@ class Resize:
 
     random = False
 
-    def __init__(self, size: int | tuple[int, int], /, *, interpolation: str = "bilinear") -> None:
+    def __init__(self, size: int | tuple[int, int], *, interpolation: str = "bilinear") -> None:
         if isinstance(size, numbers.Integral) and not isinstance(size, bool):
             if size <= 0:
                 raise ValueError(f"size must be > 0, got {size}")
@@ -72,7 +72,7 @@ class CenterCrop:
 
     random = False
 
-    def __init__(self, size: int | tuple[int, int], /) -> None:
+    def __init__(self, size: int | tuple[int, int]) -> None:
         self.size = _size_pair(size, "size")
 
     def __call__(self, sample: Any) -> Any:
@@ -99,7 +99,6 @@ class RandomResizedCrop:
     def __init__(
         self,
         size: int | tuple[int, int],
-        /,
         *,
         scale: tuple[float, float] = (0.08, 1.0),
         ratio: tuple[float, float] = (3 / 4, 4 / 3),

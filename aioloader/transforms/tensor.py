@@ -49,7 +49,7 @@ class Normalize:
 
     random = False
 
-    def __init__(self, mean: Sequence[float], std: Sequence[float], /) -> None:
+    def __init__(self, mean: Sequence[float], std: Sequence[float]) -> None:
         mean_t = torch.as_tensor(mean, dtype=torch.float32).reshape(-1)
         std_t = torch.as_tensor(std, dtype=torch.float32).reshape(-1)
         if mean_t.numel() != std_t.numel():

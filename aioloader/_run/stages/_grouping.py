@@ -1,6 +1,9 @@
 """What the length-aware batching stages share (``batch_by_tokens``, ``bucket``, ``pack``): the
 length function's checks, collation annotated with the members' keys, one batch per block,
-and a ``length`` for ``len(loader)`` that says the count is not known."""
+and a ``length`` for ``len(loader)`` that says the count is not known.
+
+Their items have different lengths by design, so the default collate pads (:func:`al.collate.pad`)
+where ``.batch`` stacks."""
 
 from __future__ import annotations
 
@@ -10,7 +13,7 @@ from typing import Any
 
 from aioloader._run.channel import Channel
 from aioloader._run.stages.batch import emit_batch
-from aioloader.collate import stack
+from aioloader.collate import pad
 from aioloader.errors import annotate
 from aioloader.monitor.stats import StageStats
 
@@ -25,7 +28,7 @@ class GroupStage:
 
     def __init__(self, name: str, collate: Callable[[list[Any]], Any] | None) -> None:
         self.name = name
-        self._collate: Callable[[list[Any]], Any] = collate or stack
+        self._collate: Callable[[list[Any]], Any] = collate or pad
         self.input: Channel
         self.output: Channel
         self.stats = StageStats(name)

@@ -365,7 +365,6 @@ def _normalization(normalize: Any, dtype: Any, mean: Any, std: Any, channel_dim:
 
 def device_spec(
     device: Any,
-    /,
     *,
     non_blocking: bool = True,
     normalize: bool = False,

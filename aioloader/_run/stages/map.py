@@ -138,6 +138,7 @@ class MapStage:
         self.stats = StageStats(spec.name, workers=self._executor.workers, executor=kind)
         self.stats.fused = spec.fused_batch
         self.stats.reads = getattr(spec.reads, "stage", None)
+        self.stats.describe_workers = getattr(self._executor, "describe", None)  # a Ray stage's actors
         if spec.executor == "auto":  # a decision from an earlier epoch: show what decided it
             self.stats.placement = decisions.placement(spec.name)
 
@@ -517,7 +518,7 @@ class MapStage:
             return chunk.values
         if self._collates_here():  # (keys, members, True): fn's results, uncollated
             return [(keys, members, True) for keys, members in zip(chunk.keys, chunk.values, strict=True)]
-        if self.spec.fused_batch is not None and self._executor.kind == "process":
+        if self.spec.fused_batch is not None and self._executor.kind in ("process", "ray"):
             return [
                 (keys, members, False, batch_seed(self._seed, self._epoch, self._rank, seqs[0]))
                 for keys, members, seqs in zip(chunk.keys, chunk.values, chunk.seqs, strict=True)

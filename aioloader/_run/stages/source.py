@@ -27,32 +27,39 @@ from aioloader._run.failures import FailurePolicy
 from aioloader._run.threads import DaemonThreadPool
 from aioloader.errors import DataNotFoundError, annotate
 from aioloader.monitor.stats import StageStats
+from aioloader.order.sequence import KeySequence
 from aioloader.order.sharding import RankInfo
 from aioloader.order.stream_shard import RoundSharder
 from aioloader.sources._modes import ReadFailure
 
 _PULL_INLINE_UNDER_S = 0.002
 _MAX_BLOCK_S = 0.005
+# Keys computed per call of the order: enough to spread numpy's per-call cost over many blocks,
+# few enough that the first batch does not wait for them.
+_KEY_RUN = 4096
+_NO_KEYS = np.zeros(0, dtype=np.int64)
 
 
 class KeySource:
     """Blocks of keys in epoch order, from position ``start``; a resumed run first sends the
-    ``prefix`` positions (the shuffle buffer's content when the state was taken)."""
+    ``prefix`` positions (the shuffle buffer's content when the state was taken).
+
+    ``keys`` is the rank's :class:`~aioloader.order.sequence.KeySequence`: keys are computed a
+    run of positions at a time, never for the whole epoch. Blocks hold ``block_size`` keys and
+    end early where the sequence cuts (a chunk window ends), so a read covers one window."""
 
     def __init__(
         self,
-        keys: np.ndarray,
+        keys: KeySequence,
         block_size: int,
         name: str = "source",
         *,
         start: int = 0,
         prefix: list[int] = (),
-        block_starts: np.ndarray | None = None,
     ) -> None:
         self.name = name
         self._keys = keys
         self._block_size = block_size
-        self._block_starts = block_starts
         self._start = start
         self._prefix = list(prefix)
         self.output: Channel
@@ -62,26 +69,31 @@ class KeySource:
         keys, size = self._keys, self._block_size
         for first in range(0, len(self._prefix), size):
             seqs = self._prefix[first : first + size]
-            block_keys = keys[seqs].tolist()
+            block_keys = keys.at(np.asarray(seqs, dtype=np.int64)).tolist()
             self.stats.items_out += len(block_keys)
             await self.output.put(Block(block_keys, seqs, list(block_keys)))
+        run_start, run_keys = 0, _NO_KEYS  # keys computed ahead, from position run_start
         for start, stop in self._spans(len(keys), size):
-            block_keys = keys[start:stop].tolist()
+            if stop > run_start + len(run_keys):
+                run_start = start
+                run_keys = keys.take(start, min(len(keys), start + max(stop - start, _KEY_RUN)))
+            block_keys = run_keys[start - run_start : stop - run_start].tolist()
             seqs = list(range(start, stop))
             self.stats.items_out += len(block_keys)
             await self.output.put(Block(block_keys, seqs, list(block_keys)))
         self.output.close()
 
-    def _spans(self, n: int, size: int) -> list[tuple[int, int]]:
-        """Block spans from the start position: fixed ``size``, or cut at ``block_starts``
-        (chunk windows: one read per window), a window longer than ``size`` split in parts."""
-        if self._block_starts is None:
-            return [(s, min(s + size, n)) for s in range(self._start, n, size)]
-        cuts = sorted({self._start, n, *(int(b) for b in self._block_starts if self._start < b < n)})
-        spans = []
-        for begin, end in itertools.pairwise(cuts):
-            spans.extend((s, min(s + size, end)) for s in range(begin, end, size))
-        return spans
+    def _spans(self, n: int, size: int) -> Iterator[tuple[int, int]]:
+        """Block spans from the start position: ``size`` keys, cut where the sequence cuts
+        (chunk windows: one read per window)."""
+        begin = self._start
+        while begin < n:
+            end = min(begin + size, n)
+            cuts = self._keys.cuts(begin, end)
+            if len(cuts):
+                end = int(cuts[0])
+            yield begin, end
+            begin = end
 
 
 class _PullFailed(Exception):

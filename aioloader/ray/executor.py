@@ -1,0 +1,172 @@
+"""The ``executor="ray"`` kind of a map stage: chunks run on a pool of Ray actors.
+
+It is the process executor (:class:`aioloader.workers.executor.ProcessExecutor`) on another pool:
+the same chunking, the same crash policy (a chunk whose actor died is redone item by item on a
+replacement, each item at most :data:`~aioloader.workers.executor.MAX_ATTEMPTS` times; a fused
+batch first whole, with its seed), the same timeouts (the actor is killed, the stage's
+``timeout``/``retries`` apply) and the same handling of values that do not pickle. Only the pool
+differs: :class:`aioloader.ray.pool.ActorPool`, a Loader resource kept across epochs until
+``loader.close()``.
+
+Chunks aim at :data:`TARGET_TASK_S` (50 ms): a call to an actor costs about a millisecond of
+round trip on one machine, more across nodes, and the driver's share of each call is what the
+trainer pays.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from aioloader._spec import MapSpec, check_callable, fn_name
+from aioloader.errors import WorkerCrashError
+from aioloader.workers.executor import MAX_ATTEMPTS, START_TIMEOUT_S, ProcessExecutor
+
+TARGET_TASK_S = 0.050
+QUEUED_PER_ACTOR = 1  # chunks waiting at an actor behind the one it runs
+DEFAULT_OPTIONS: dict[str, Any] = {"num_cpus": 1}
+_REFUSED_OPTIONS = {
+    "lifetime": "actors are owned by the driver, so a trainer that dies leaves none behind",
+    "name": "the pool names its actors",
+    "namespace": "the pool names its actors",
+    "max_restarts": "the pool replaces a dead actor itself (and redoes its chunk)",
+    "max_task_retries": "the pool redoes a dead actor's chunk itself",
+}
+
+INSTALL_HINT = "executor='ray' needs Ray: pip install aioloader[ray]"
+
+
+def require_ray() -> Any:
+    """The ``ray`` module, or an ImportError that says how to get it."""
+    try:
+        import ray
+    except ImportError as exc:
+        raise ImportError(INSTALL_HINT) from exc
+    return ray
+
+
+@dataclass(frozen=True, slots=True)
+class RayMapSpec(MapSpec):
+    """A map spec for ``executor="ray"``: ``worker_init(worker_id)`` per actor, and the actors'
+    Ray options (``num_cpus``, ``resources``, ``scheduling_strategy``, ``runtime_env``...)."""
+
+    worker_init: Callable[[int], None] | None = None
+    ray_options: tuple[tuple[str, Any], ...] = ()
+
+    @property
+    def actor_options(self) -> dict[str, Any]:
+        return {**DEFAULT_OPTIONS, **dict(self.ray_options)}
+
+
+def ray_map_spec(
+    spec: MapSpec, worker_init: Callable[[int], None] | None, ray_options: dict[str, Any] | None
+) -> RayMapSpec:
+    """Check at build time what the actors need: Ray, serialisable ``fn`` and ``worker_init``,
+    and actor options Ray accepts (checked without connecting to a cluster)."""
+    ray = require_ray()
+    from ray import cloudpickle
+
+    if ray_options is None:
+        ray_options = {}
+    if not isinstance(ray_options, dict) or not all(isinstance(k, str) for k in ray_options):
+        raise TypeError(f"ray_options must be a dict of Ray actor options, got {ray_options!r}")
+    for key, why in _REFUSED_OPTIONS.items():
+        if key in ray_options:
+            raise ValueError(f"ray_options: {key!r} cannot be set ({why})")
+    if worker_init is not None:
+        check_callable(worker_init, "worker_init")
+    for argument, obj in (("fn", spec.fn), ("worker_init", worker_init)):
+        try:
+            cloudpickle.dumps(obj)
+        except Exception as exc:
+            raise TypeError(
+                f"{argument} {fn_name(obj)!r} cannot be sent to Ray actors: it cannot be pickled "
+                f"({type(exc).__name__}: {exc})"
+            ) from exc
+    from aioloader.ray._actor import MapActor
+
+    options = {**DEFAULT_OPTIONS, **ray_options}
+    try:
+        ray.remote(MapActor).options(**options)
+    except Exception as exc:
+        raise ValueError(f"ray_options: {exc}") from exc
+    fields = {f.name: getattr(spec, f.name) for f in dataclasses.fields(MapSpec)}
+    return RayMapSpec(**fields, worker_init=worker_init, ray_options=tuple(sorted(ray_options.items())))
+
+
+def connect() -> Any:
+    """Ray, connected: to the cluster the user connected to (``ray.init(address=...)``), else
+    as ``ray.init()`` does (``RAY_ADDRESS``, or a local cluster), as Ray Data does."""
+    ray = require_ray()
+    if not ray.is_initialized():
+        ray.init()
+    return ray
+
+
+def default_actors(options: dict[str, Any]) -> int:
+    """One actor per ``num_cpus`` of the cluster's CPUs (at least 1)."""
+    ray = connect()
+    cpus = ray.cluster_resources().get("CPU", 1.0)
+    per_actor = options.get("num_cpus") or 1
+    return max(1, int(cpus // per_actor))
+
+
+class RayExecutor(ProcessExecutor):
+    """Submits a run's chunks to the stage's actor pool; the pool outlives the run."""
+
+    kind = "ray"
+    target_task_s = TARGET_TASK_S
+    coalesce = True
+
+    def __init__(self, spec: MapSpec, runtime: Any) -> None:
+        self._spec = spec
+        self._runtime = runtime
+        self._options = getattr(spec, "actor_options", dict(DEFAULT_OPTIONS))
+        connect()
+        self.workers = spec.concurrency or default_actors(self._options)
+        # under a timeout an actor holds one chunk, so its deadline counts from its start
+        self._per_actor = 1 if spec.timeout is not None else 1 + QUEUED_PER_ACTOR
+        self.in_flight = self.workers * self._per_actor
+        self._pool: Any = None
+
+    def _pool_for(self, work: Callable[[list[Any]], Any]) -> Any:
+        if self._pool is None:
+            from aioloader.ray.pool import ActorPool
+
+            def start() -> ActorPool:
+                timeout = self._spec.timeout
+                return ActorPool(
+                    work,
+                    actors=self.workers,
+                    worker_init=getattr(self._spec, "worker_init", None),
+                    name=self._spec.name,
+                    options=self._options,
+                    per_actor=self._per_actor,
+                    start_timeout=None if timeout is None else max(START_TIMEOUT_S, timeout),
+                )
+
+            if self._runtime is None:
+                self._pool = start()
+            else:
+                key = f"ray-pool:{self._spec.name}:{self._per_actor}"
+                self._pool = self._runtime.resource(key, start, usable=lambda pool: pool.broken is None)
+        return self._pool
+
+    def describe(self) -> list[dict[str, Any]]:
+        """The stage's actors (see :meth:`aioloader.ray.pool.ActorPool.describe`)."""
+        return [] if self._pool is None else self._pool.describe()
+
+    def _crash_error(self, detail: str, key: Any = None, times: int = MAX_ATTEMPTS) -> WorkerCrashError:
+        return WorkerCrashError(
+            f"stage {self._spec.name!r}: a Ray actor died each of the {times} times it ran this "
+            f"sample (last: {detail}); giving up on it",
+            stage=self._spec.name,
+            key=key,
+        )
+
+
+def make_ray_executor(spec: MapSpec, runtime: Any) -> RayExecutor:
+    """The factory registered for ``executor="ray"``: ``factory(spec, runtime)``."""
+    return RayExecutor(spec, runtime)

@@ -1,0 +1,376 @@
+"""A map stage's pool of Ray actors, with the process pool's interface and outcomes.
+
+:meth:`ActorPool.submit` takes a chunk as :mod:`aioloader.workers.wire` packs it and returns a
+``concurrent.futures.Future`` of an :class:`~aioloader.workers.pool.Outcome`, as
+:meth:`aioloader.workers.pool.ProcessPool.submit` does, so the process executor's policy (redo
+a dead worker's chunk item by item, find the values a worker cannot unpickle) applies unchanged.
+
+Each slot holds one actor. A slot takes work once its actor answered ``ready()`` (``fn`` and
+``worker_init`` are in place), and at most ``per_actor`` chunks at a time: two, so an actor
+starts its next chunk without waiting for the driver; one under a ``timeout``, so a chunk's
+deadline counts from when its actor starts it. Results come back through Ray's object store
+and resolve the futures from Ray's own threads: the driver's event loop never blocks on Ray.
+
+An actor that dies (``ray.kill``, its node removed, its process killed) fails each chunk it held
+as a "crash"; a chunk past its deadline is a "timeout" and its actor is killed (Ray cannot stop
+a running call otherwise). Either way the slot gets a new actor. A pool whose actors fail to
+start :data:`MAX_START_FAILURES` times in a row, or whose ``worker_init`` raised, is broken: every
+chunk fails with that error. :meth:`ActorPool.close` kills every actor (never the cluster).
+Actors are owned by the driver, not detached: when the trainer dies, Ray ends them.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+import uuid
+from collections import deque
+from collections.abc import Callable
+from concurrent.futures import Future, InvalidStateError
+from typing import Any
+
+from aioloader.errors import WorkerCrashError
+from aioloader.workers import wire
+from aioloader.workers.pool import Outcome
+
+MAX_START_FAILURES = 3  # actors dying before they are ready, in a row: the pool is broken
+
+
+class _Task:
+    __slots__ = ("buffers", "deadline", "future", "head", "timeout")
+
+    def __init__(self, payload: wire.Payload, timeout: float | None) -> None:
+        import numpy as np
+
+        self.head = payload.head
+        # numpy views travel out of band through the object store, without a copy here
+        self.buffers = [np.frombuffer(buffer, dtype=np.uint8) for buffer in payload.buffers]
+        self.timeout = timeout
+        self.deadline: float | None = None
+        self.future: Future[Outcome] = Future()
+
+    def finish(self, outcome: Outcome) -> bool:
+        try:
+            self.future.set_result(outcome)
+        except InvalidStateError:  # cancelled (by its awaiter) or already finished
+            return False
+        return True
+
+
+class _Slot:
+    def __init__(self, index: int) -> None:
+        self.index = index
+        self.actor: Any = None
+        self.name = ""
+        self.generation = 0
+        self.state = "starting"  # -> "ready"; "dead" (between a death and its replacement)
+        self.node: str | None = None
+        self.pid: int | None = None
+        self.tasks: set[_Task] = set()
+        self.busy_s = 0.0
+        self.chunks = 0
+        self.replaced = 0
+
+
+class ActorPool:
+    """``actors`` Ray actors running ``work`` on chunks; closed by the Loader (or its executor)."""
+
+    def __init__(
+        self,
+        work: Callable[[list[Any]], Any],
+        *,
+        actors: int,
+        worker_init: Callable[[int], None] | None,
+        name: str,
+        options: dict[str, Any],
+        per_actor: int,
+        start_timeout: float | None,
+    ) -> None:
+        import ray
+
+        from aioloader.ray._actor import MapActor
+
+        self._ray = ray
+        self.name = name
+        self._per_actor = per_actor
+        self._start_timeout = start_timeout
+        self._tag = f"aioloader:{name}:{uuid.uuid4().hex[:8]}"
+        self._options = options
+        self._actor_class = ray.remote(MapActor)
+        self._shipped = ray.put((work, worker_init))  # fn and worker_init, once per pool
+        self._lock = threading.RLock()
+        self._pending: deque[_Task] = deque()
+        self._closed = False
+        self._broken: BaseException | None = None
+        self._start_failures = 0
+        self._wake = threading.Condition(self._lock)
+        self._events: deque[Callable[[], None]] = deque()  # from Ray's threads, run by ours
+        self._doomed: list[Any] = []  # actors to kill, by the pool's thread outside the lock
+        self._to_start: list[tuple[_Slot, int]] = []  # slots whose actor that thread makes
+        # what to check when: a task's end, or (slot, generation) for an actor's start
+        self._deadlines: dict[Any, tuple[float, _Slot, int, _Task | None]] = {}
+        self._slots = [_Slot(i) for i in range(actors)]
+        # Ray's callbacks must not block or call into Ray: they hand their event to this thread
+        self._thread = threading.Thread(target=self._serve, name=f"aioloader-ray-{name}", daemon=True)
+        self._thread.start()
+        with self._lock:
+            for slot in self._slots:
+                self._spawn(slot)
+
+    # -- public ---------------------------------------------------------------------------
+    @property
+    def broken(self) -> BaseException | None:
+        return self._broken
+
+    def submit(
+        self, payload: wire.Payload, timeout: float | None = None, label: Any = None
+    ) -> Future[Outcome]:
+        """Queue a chunk; ``timeout`` in seconds from the moment an actor is given it. ``label``
+        (the chunk's keys, which the process pool's stall reports name) is not used here."""
+        task = _Task(payload, timeout)
+        with self._lock:
+            if self._closed:
+                task.finish(Outcome("error", RuntimeError(f"the Ray actor pool of {self.name!r} is closed")))
+            elif self._broken is not None:
+                task.finish(Outcome("error", self._broken))
+            else:
+                self._pending.append(task)
+                self._dispatch()
+        return task.future
+
+    def describe(self) -> list[dict[str, Any]]:
+        """Each actor: its name, node, pid, state, busy seconds, chunks run, replacements."""
+        with self._lock:
+            return [
+                {
+                    "actor": slot.name,
+                    "node": slot.node,
+                    "pid": slot.pid,
+                    "state": slot.state,
+                    "busy_s": slot.busy_s,
+                    "chunks": slot.chunks,
+                    "replaced": slot.replaced,
+                }
+                for slot in self._slots
+            ]
+
+    def close(self) -> None:
+        """Kill every actor and fail what is queued or running; idempotent."""
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            tasks = [*self._pending, *(t for slot in self._slots for t in slot.tasks)]
+            self._pending.clear()
+            actors = [slot.actor for slot in self._slots if slot.actor is not None and slot.state != "dead"]
+            for slot in self._slots:
+                slot.tasks.clear()
+                slot.state = "dead"
+            self._wake.notify_all()
+        closed = RuntimeError(f"the Ray actor pool of {self.name!r} is closed")
+        for task in tasks:
+            task.finish(Outcome("error", closed))
+        if self._ray.is_initialized():  # a user who shut Ray down first has ended them already
+            for actor in actors:
+                self._kill(actor)
+        if self._thread is not threading.current_thread():
+            self._thread.join(2.0)
+
+    # -- actors (under the lock) ----------------------------------------------------------
+    def _spawn(self, slot: _Slot) -> None:
+        """Give the slot a new actor: made by the pool's thread, outside the lock (creating a
+        named actor waits for the cluster's control store, which can take seconds while it
+        declares a node dead)."""
+        slot.generation += 1
+        slot.state = "starting"
+        slot.actor = slot.node = slot.pid = None
+        slot.name = f"{self._tag}:{slot.index}:{slot.generation}"
+        self._to_start.append((slot, slot.generation))
+        if self._start_timeout is not None:
+            self._watch(slot, slot.generation, time.monotonic() + self._start_timeout)
+        self._wake.notify_all()
+
+    def _create(self, slot: _Slot, generation: int) -> None:
+        """The pool's thread, outside the lock: create the slot's actor and ask it ``ready()``."""
+        actor = self._actor_class.options(name=slot.name, **self._options).remote(self._shipped, slot.index)
+        ready = actor.ready.remote()
+        with self._lock:
+            if self._closed or slot.generation != generation:
+                self._doomed.append(actor)
+                return
+            slot.actor = actor
+            self._when_done(ready, lambda done: self._on_ready(slot, generation, done))
+
+    def _on_ready(self, slot: _Slot, generation: int, done: Future[Any]) -> None:
+        with self._lock:
+            self._deadlines.pop((slot, generation), None)
+            if self._closed or slot.generation != generation or slot.state != "starting":
+                return
+            try:
+                kind, value = done.result()
+            except Exception as exc:  # it died before it was ready
+                self._start_failed(
+                    slot, f"actor {slot.name} died while starting ({type(exc).__name__}: {exc})"
+                )
+                return
+            if kind == "init_error":
+                self._doomed.append(slot.actor)
+                self._break(value)
+                return
+            self._start_failures = 0
+            slot.state = "ready"
+            slot.node, slot.pid = value
+            self._dispatch()
+
+    def _start_failed(self, slot: _Slot, detail: str, *, kill: bool = True) -> None:
+        self._start_failures += 1
+        if self._start_failures >= MAX_START_FAILURES:
+            self._break(
+                WorkerCrashError(
+                    f"stage {self.name!r}: {self._start_failures} Ray actors in a row failed to start "
+                    f"(last: {detail})",
+                    stage=self.name,
+                )
+            )
+            return
+        self._replace(slot, kill=kill)
+
+    def _replace(self, slot: _Slot, *, kill: bool = True) -> None:
+        """The slot's actor is dead (``kill`` False) or must die: its other chunks fail as
+        crashes, and a new actor starts in its place. The kill is left to the pool's thread,
+        outside the lock: ``ray.kill`` of an actor on a lost node can block for seconds."""
+        old = slot.actor
+        slot.state = "dead"
+        slot.replaced += 1
+        orphans, slot.tasks = slot.tasks, set()
+        for task in orphans:  # now, not when (or if) Ray reports each of them
+            self._deadlines.pop(task, None)
+            task.finish(Outcome("crash", f"Ray actor {slot.name} died"))
+        if kill and old is not None:
+            self._doomed.append(old)
+            self._wake.notify_all()
+        if not self._closed and self._broken is None:
+            self._spawn(slot)
+
+    def _kill(self, actor: Any) -> None:
+        try:
+            self._ray.kill(actor, no_restart=True)
+        except Exception:  # already gone, or Ray itself is down: nothing is left to stop
+            pass
+
+    def _break(self, error: BaseException) -> None:
+        self._broken = error
+        tasks = list(self._pending)
+        self._pending.clear()
+        for task in tasks:
+            task.finish(Outcome("error", error))
+
+    # -- chunks (under the lock) ----------------------------------------------------------
+    def _dispatch(self) -> None:
+        for slot in self._slots:
+            while self._pending and slot.state == "ready" and len(slot.tasks) < self._per_actor:
+                task = self._pending.popleft()
+                if task.future.done():  # cancelled while queued
+                    continue
+                self._start(slot, task)
+
+    def _start(self, slot: _Slot, task: _Task) -> None:
+        slot.tasks.add(task)
+        ref = slot.actor.run.remote(task.head, task.buffers)
+        generation = slot.generation
+        if task.timeout is not None:
+            task.deadline = time.monotonic() + task.timeout
+            self._watch(slot, generation, task.deadline, task)
+        self._when_done(ref, lambda done: self._on_done(slot, generation, task, done))
+
+    def _on_done(self, slot: _Slot, generation: int, task: _Task, done: Future[Any]) -> None:
+        with self._lock:
+            slot.tasks.discard(task)
+            self._deadlines.pop(task, None)
+            if self._closed:
+                return
+            try:
+                kind, value = done.result()
+            except self._ray.exceptions.RayError as exc:
+                outcome = self._failure(slot, generation, exc)
+            except Exception as exc:  # not Ray's (a cancelled future): the chunk's error
+                outcome = Outcome("error", exc)
+            else:
+                if kind == "ok":
+                    slot.busy_s += value[2]
+                    slot.chunks += 1
+                outcome = Outcome(kind, value)
+            task.finish(outcome)
+            self._dispatch()
+
+    def _failure(self, slot: _Slot, generation: int, exc: BaseException) -> Outcome:
+        exceptions = self._ray.exceptions
+        lost = (exceptions.RayActorError, exceptions.ObjectLostError, exceptions.NodeDiedError,
+                exceptions.WorkerCrashedError, exceptions.LocalRayletDiedError)  # fmt: skip
+        if isinstance(exc, lost):
+            if slot.generation == generation and slot.state != "dead":
+                self._replace(slot, kill=False)
+            return Outcome("crash", f"Ray actor {slot.name} died ({type(exc).__name__})")
+        return Outcome("error", exc)
+
+    # -- the pool's thread: Ray's completions and the deadlines ----------------------------
+    def _when_done(self, ref: Any, handler: Callable[[Future[Any]], None]) -> None:
+        def post(done: Future[Any]) -> None:
+            with self._lock:
+                self._events.append(lambda: handler(done))
+                self._wake.notify_all()
+
+        ref.future().add_done_callback(post)
+
+    def _watch(self, slot: _Slot, generation: int, deadline: float, task: _Task | None = None) -> None:
+        """Check at ``deadline`` that the slot's actor started (``task`` None) or finished ``task``."""
+        self._deadlines[task if task is not None else (slot, generation)] = (deadline, slot, generation, task)
+        self._wake.notify_all()
+
+    def _serve(self) -> None:
+        while True:
+            with self._lock:
+                while not (self._closed or self._events or self._doomed or self._to_start or self._due()):
+                    soonest = min((d[0] for d in self._deadlines.values()), default=None)
+                    self._wake.wait(None if soonest is None else max(0.0, soonest - time.monotonic()))
+                closed = self._closed
+                if not closed:
+                    while self._events:
+                        self._events.popleft()()
+                    for key in self._due():
+                        _, slot, generation, task = self._deadlines.pop(key)
+                        self._expire(slot, generation, task)
+                self._events.clear()
+                doomed, self._doomed = self._doomed, []
+                to_start, self._to_start = ([], []) if closed else (self._to_start, [])
+            for actor in doomed:
+                self._kill(actor)
+            if closed:
+                break
+            for slot, generation in to_start:
+                try:
+                    self._create(slot, generation)
+                except Exception as exc:  # Ray refused it (the cluster is gone, bad options)
+                    with self._lock:
+                        if slot.generation == generation:
+                            self._start_failed(
+                                slot, f"actor {slot.name} could not be created ({exc})", kill=False
+                            )
+
+    def _due(self) -> list[Any]:
+        now = time.monotonic()
+        return [key for key, d in self._deadlines.items() if d[0] <= now]
+
+    def _expire(self, slot: _Slot, generation: int, task: _Task | None) -> None:
+        if slot.generation != generation or slot.state == "dead":
+            return
+        if task is None:  # the start deadline
+            if slot.state == "starting":
+                self._start_failed(slot, f"actor {slot.name} was not ready after {self._start_timeout}s")
+            return
+        if task not in slot.tasks:
+            return
+        slot.tasks.discard(task)
+        task.finish(Outcome("timeout"))
+        self._replace(slot)
+        self._dispatch()

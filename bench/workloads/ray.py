@@ -1,0 +1,200 @@
+"""Map stages on Ray: JPEG decode + resize 224, batch 32, on a two-node simulated cluster.
+
+Side by side in one run: ``executor="process"`` on this machine (2 workers), ``executor="ray"``
+(2 actors, one per node), and Ray Data as the anchor (``from_items`` of the shuffled paths +
+``map_batches`` reading and decoding + ``iter_torch_batches``), all with the same decode
+function as the jpeg workload and its images. Reported beside the harness's numbers: the
+driver's own CPU per sample (this process only: what the trainer pays; Ray's core-worker
+threads in it count, the cluster's processes do not). Peak memory is the tree's PSS, the
+simulated cluster included (its raylets, object stores and workers are children of this
+process); the cluster runs through every row, so its idle processes count in the process
+executor's row too.
+
+Ray must never bind this machine's external address nor probe a public DNS server, so this
+workload re-executes itself inside a private network namespace with only loopback
+(``unshare -n``, ``ip link set lo up``; root needed), with ``RAY_USAGE_STATS_ENABLED=0`` and no
+dashboard. Not part of ``--workload all``.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import shlex
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any
+
+import psutil
+import torch
+
+import aioloader as al
+from aioloader.transforms import decode_image
+from bench.harness import Result, measure_once, table
+from bench.workloads.jpeg import BATCH, SIZE, make_images
+
+REPO = Path(__file__).resolve().parents[2]
+_INSIDE = "AIOLOADER_RAY_NETNS"
+NODE = {"num_cpus": 1, "object_store_memory": 200 * 2**20}
+
+
+def run(quick: bool = False) -> str:
+    if os.environ.get(_INSIDE) != "1":
+        return _in_namespace(quick)
+    return _run(quick)
+
+
+def _in_namespace(quick: bool) -> str:
+    inner = [sys.executable, "-m", "bench.workloads.ray", *(["--quick"] if quick else [])]
+    env = {**os.environ, _INSIDE: "1", "RAY_USAGE_STATS_ENABLED": "0"}
+    env.pop("RAY_ADDRESS", None)
+    done = subprocess.run(
+        ["unshare", "-n", "sh", "-c", "ip link set lo up && exec " + shlex.join(inner)],
+        capture_output=True, text=True, cwd=REPO, env=env, timeout=3600,
+    )  # fmt: skip
+    if done.returncode != 0:
+        raise RuntimeError(
+            f"the ray workload failed in its network namespace:\n{done.stdout}\n{done.stderr[-4000:]}"
+        )
+    return done.stdout.strip()
+
+
+class ReadDecodeBatch:
+    """Ray Data's ``map_batches`` function: read and decode a batch of paths (as our actors do
+    with read fusion), returning numpy columns."""
+
+    def __init__(self) -> None:
+        self.decode = decode_image(size=SIZE)
+
+    def __call__(self, batch: dict[str, Any]) -> dict[str, Any]:
+        import numpy as np
+
+        images = np.empty((len(batch["path"]), 3, SIZE, SIZE), dtype=np.uint8)
+        for i, path in enumerate(batch["path"]):
+            with open(path, "rb") as f:
+                images[i] = self.decode(f.read()).numpy()
+        return {"image": images, "label": batch["label"]}
+
+
+def _driver_cpu(make: Callable[[], Iterable[Any]]) -> Callable[[], Iterable[Any]]:
+    """``make`` whose iteration leaves this process's CPU seconds in ``_DRIVER[0]``."""
+
+    def wrapped() -> Iterable[Any]:
+        me = psutil.Process()
+        before = me.cpu_times()
+        try:
+            yield from make()
+        finally:
+            after = me.cpu_times()
+            _DRIVER[0] = (after.user - before.user) + (after.system - before.system)
+
+    return wrapped
+
+
+_DRIVER = [0.0]
+
+
+def _measure(name: str, make: Callable[[], Iterable[Any]], rounds: int) -> tuple[Result, float]:
+    best: tuple[Result, float] | None = None
+    for _ in range(rounds):
+        result = measure_once(name, _driver_cpu(make))
+        per_sample = _DRIVER[0] / max(result.samples, 1)
+        print(
+            f"{name}: {result.samples_per_s:,.0f} samples/s, driver {per_sample * 1e6:,.0f} us/sample",
+            file=sys.stderr,
+        )
+        if best is None or result.samples_per_s > best[0].samples_per_s:
+            best = (result, per_sample)
+    assert best is not None
+    return best
+
+
+def _run(quick: bool) -> str:
+    import ray
+    from ray.cluster_utils import Cluster
+
+    n = 320 if quick else 1504
+    rounds = 1 if quick else 2
+    root = make_images(n)
+    source = al.sources.ImageFolder(root)
+    decode = decode_image(size=SIZE)
+    head = {**NODE, "include_dashboard": False}
+    cluster = Cluster(initialize_head=True, head_node_args=head)
+    process = ray_loader = None
+    try:
+        cluster.add_node(**NODE)
+        cluster.wait_for_nodes()
+        ray.init(address=cluster.address, include_dashboard=False, log_to_driver=False)
+        ray.data.DataContext.get_current().enable_progress_bars = False
+        process = (
+            al.Loader.from_source(source, shuffle=True, seed=0)
+            .map(decode, executor="process", concurrency=2)
+            .batch(BATCH)
+        )
+        ray_loader = (
+            al.Loader.from_source(source, shuffle=True, seed=0)
+            .map(decode, executor="ray", concurrency=2, ray_options={"scheduling_strategy": "SPREAD"})
+            .batch(BATCH)
+        )
+        items = [
+            {"path": str(source.root / f), "label": t}
+            for f, t in zip(source.files, source.targets, strict=True)
+        ]
+        # shuffled here, as keys, like the loaders: Ray Data's random_shuffle needs CPUs for its
+        # tasks while the map actors hold both of this cluster's
+        random.Random(0).shuffle(items)
+
+        def ray_data() -> Iterable[Any]:
+            dataset = ray.data.from_items(items).map_batches(
+                ReadDecodeBatch, batch_size=BATCH, concurrency=2, num_cpus=1
+            )
+            for batch in dataset.iter_torch_batches(batch_size=BATCH):
+                yield batch["image"]
+
+        measured = []
+        # one at a time, each closed after it: Ray Data needs the CPUs our actors hold
+        for name, loader in (
+            ("aioloader executor=process (2 workers, this machine)", process),
+            ("aioloader executor=ray (2 actors, 2 nodes)", ray_loader),
+        ):
+            epoch = iter(loader)  # the pool or the actors started before they are measured
+            next(epoch)
+            epoch.close()
+            measured.append(_measure(name, lambda loader=loader: iter(loader), rounds))
+            loader.close()
+        measured.append(_measure("Ray Data map_batches + iter_torch_batches", ray_data, rounds))
+    finally:
+        for loader in (process, ray_loader):
+            if loader is not None:
+                loader.close()
+        ray.shutdown()
+        cluster.shutdown()
+    results = [r for r, _ in measured]
+    (proc_r, proc_cpu), (ray_r, ray_cpu), (data_r, _) = measured
+    lines = [
+        table(
+            f"ray: {n:,} JPEGs 320x240, decode + resize {SIZE}, batch {BATCH}, "
+            "two simulated nodes of 1 CPU on this machine",
+            results,
+            [proc_r.name],
+        ),
+        "",
+        "| loader | driver CPU per sample (us) |",
+        "|---|---|",
+        *(f"| {r.name} | {cpu * 1e6:,.0f} |" for r, cpu in measured),
+        "",
+        f"executor=ray / executor=process: **{ray_r.samples_per_s / proc_r.samples_per_s:.2f}x** "
+        f"(target >= 0.9); / Ray Data: **{ray_r.samples_per_s / data_r.samples_per_s:.2f}x** (target >= 1); "
+        f"driver CPU per sample, ray / process: **{ray_cpu / max(proc_cpu, 1e-12):.2f}** (target <= 0.5)",
+    ]
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    started = time.perf_counter()
+    torch.set_num_threads(1)
+    print(run(quick="--quick" in sys.argv[1:]))
+    print(f"\n(ray workload: {time.perf_counter() - started:.0f}s)", file=sys.stderr)

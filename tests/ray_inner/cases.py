@@ -1,0 +1,248 @@
+"""``executor="ray"`` on a real two-node Ray cluster (``conftest.cluster``): the same batches as
+``executor="process"``, every key once, through an actor killed with ``ray.kill``, a node
+removed mid-epoch, a hung sample under ``timeout``, ``close()`` and a trainer that dies.
+
+Run by ``tests/test_ray.py`` inside ``unshare -n`` (loopback only); the file name keeps the main
+run from collecting it."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import ray
+import torch
+from PIL import Image
+
+import aioloader as al
+from aioloader.transforms import decode_image
+from tests.ray_inner.conftest import NODE
+
+ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])  # actors need not import tests/
+
+N = 96
+SPREAD = {"scheduling_strategy": "SPREAD"}
+
+
+def square(x: int) -> np.ndarray:
+    return np.full(4, x * x, dtype=np.int64)
+
+
+def slow_square(x: int) -> np.ndarray:
+    time.sleep(0.02)
+    return square(x)
+
+
+class HangOn:
+    """``square``, but sample ``key`` sleeps far past any timeout."""
+
+    def __init__(self, key: int) -> None:
+        self.key = key
+
+    def __call__(self, x: int) -> np.ndarray:
+        if x == self.key:
+            time.sleep(120)
+        return square(x)
+
+
+def fails_on_5(x: int) -> np.ndarray:
+    if x % 10 == 5:
+        raise ValueError(f"bad sample {x}")
+    return square(x)
+
+
+def _loader(fn, executor: str, *, batch: int = 8, **options) -> al.Loader:
+    options.setdefault("concurrency", 2)
+    if executor == "ray":
+        options.setdefault("ray_options", SPREAD)
+    return (
+        al.Loader.from_source(list(range(N)), shuffle=True, seed=3)
+        .map(fn, executor=executor, **options)
+        .batch(batch)
+    )
+
+
+def _run(loader: al.Loader) -> list[np.ndarray]:
+    return [b.numpy().copy() for b in loader]
+
+
+def _actors_gone(names: list[str], within_s: float = 20.0) -> bool:
+    deadline = time.monotonic() + within_s
+    while time.monotonic() < deadline:
+        alive = []
+        for name in names:
+            try:
+                ray.get_actor(name)
+                alive.append(name)
+            except ValueError:
+                pass
+        if not alive:
+            return True
+        time.sleep(0.2)
+    return False
+
+
+def _actors(loader: al.Loader, stage: str) -> list[dict]:
+    (entry,) = [s for s in loader.stats()["stages"] if s["name"] == stage]
+    return entry["actors"]
+
+
+@pytest.fixture(scope="module")
+def expected() -> list[np.ndarray]:
+    """The batches of the process executor: what every Ray run must give."""
+    with _loader(square, "process") as loader:
+        return _run(loader)
+
+
+def _same(got: list[np.ndarray], expected: list[np.ndarray]) -> None:
+    assert len(got) == len(expected)
+    for a, b in zip(got, expected, strict=True):
+        np.testing.assert_array_equal(a, b)
+    keys = sorted(int(v) for b in got for v in b[:, 0])
+    assert keys == sorted({k * k for k in range(N)}), "a sample lost or doubled"
+
+
+def test_same_batches_as_process_on_two_nodes(cluster, expected) -> None:
+    loader = _loader(square, "ray")
+    with loader:
+        got = _run(loader)
+        stats = loader.stats()
+        (stage,) = [s for s in stats["stages"] if s["executor"] == "ray"]
+        names = [a["actor"] for a in stage["actors"]]
+        assert stage["fused"] is not None  # map + collate in the actor
+        assert len({a["node"] for a in stage["actors"]}) == 2  # one actor on each node
+        assert sum(a["chunks"] for a in stage["actors"]) > 0, stage["actors"]
+        assert stats["bottleneck"] is not None
+        assert "map(square): 2 Ray actor(s) on " in loader.report()
+        again = _run(loader)  # second epoch: the same actors, a new order
+    _same(got, expected)
+    assert not all(np.array_equal(a, b) for a, b in zip(again, got, strict=True))
+    assert _actors_gone(names), "close() left actors alive"
+
+
+def test_skip_policy_as_threads(cluster) -> None:
+    options = {"on_error": "skip", "max_failures": 20}
+    with _loader(fails_on_5, "thread", **options) as loader:
+        expected = _run(loader)
+    with _loader(fails_on_5, "ray", **options) as loader:
+        got = _run(loader)
+        errors = loader.stats()["errors"]
+    assert len(got) == len(expected)
+    for a, b in zip(got, expected, strict=True):
+        np.testing.assert_array_equal(a, b)
+    assert sorted(e["key"] for e in errors) == [k for k in range(N) if k % 10 == 5]
+    with (
+        _loader(fails_on_5, "ray", on_error="skip", max_failures=2) as loader,
+        pytest.raises(al.errors.TooManyFailures),
+    ):
+        _run(loader)
+
+
+def test_worker_init_and_read_fusion(cluster, tmp_path: Path) -> None:
+    rng = np.random.default_rng(0)
+    for i in range(24):
+        folder = tmp_path / f"c{i % 2}"
+        folder.mkdir(exist_ok=True)
+        Image.fromarray(rng.integers(0, 256, (10, 14, 3), dtype=np.uint8)).save(folder / f"{i:02d}.jpg")
+
+    def run(executor: str) -> list:
+        options = {"ray_options": SPREAD} if executor == "ray" else {}
+        loader = (
+            al.Loader.from_source(al.sources.ImageFolder(tmp_path), shuffle=True, seed=1)
+            .map(decode_image(size=8), executor=executor, concurrency=2, worker_init=print, **options)
+            .batch(4)
+        )
+        with loader:
+            out = [(x.clone(), y.tolist()) for x, y in loader]
+            (stage,) = [s for s in loader.stats()["stages"] if s["name"].startswith("map")]
+            assert stage["reads"] == "read", stage  # the actors read the files
+        return out
+
+    got, expected = run("ray"), run("process")
+    assert len(got) == len(expected) == 6
+    for (a, la), (b, lb) in zip(got, expected, strict=True):
+        assert torch.equal(a, b) and la == lb
+
+
+def test_actor_killed_mid_epoch(cluster, expected) -> None:
+    loader = _loader(slow_square, "ray", batch=4)
+    with loader:
+        got = []
+        for i, b in enumerate(loader):
+            got.append(b.numpy().copy())
+            if i == 3:
+                victim = _actors(loader, "map(slow_square)")[0]["actor"]
+                ray.kill(ray.get_actor(victim))
+        actors = _actors(loader, "map(slow_square)")
+    assert sum(a["replaced"] for a in actors) >= 1
+    _same([np.concatenate(got[i : i + 2]) for i in range(0, len(got), 2)], expected)
+
+
+def test_node_removed_mid_epoch(cluster, expected) -> None:
+    cluster.add_node(**NODE)  # room for the replacement; the cluster keeps two nodes after
+    cluster.wait_for_nodes()
+    head_id = ray.get_runtime_context().get_node_id()
+    removed = None
+    with _loader(slow_square, "ray", batch=4) as loader:
+        got = []
+        for i, b in enumerate(loader):
+            got.append(b.numpy().copy())
+            if i == 3:
+                nodes = {a["node"] for a in _actors(loader, "map(slow_square)")} - {head_id}
+                removed = next(n for n in cluster.list_all_nodes() if n.node_id in nodes)
+                cluster.remove_node(removed, allow_graceful=False)
+        actors = _actors(loader, "map(slow_square)")
+    assert removed is not None
+    assert sum(a["replaced"] for a in actors) >= 1
+    assert removed.node_id not in {a["node"] for a in actors}
+    _same([np.concatenate(got[i : i + 2]) for i in range(0, len(got), 2)], expected)
+
+
+def test_hung_sample_times_out(cluster) -> None:
+    hang = HangOn(7)
+    loader = _loader(hang, "ray", timeout=2.0, on_error="skip", max_failures=1)
+    with loader:
+        got = _run(loader)
+        errors = loader.stats()["errors"]
+    assert [e["key"] for e in errors] == [7] and errors[0]["type"] == "StageTimeoutError"
+    assert sorted(int(v) for b in got for v in b[:, 0]) == sorted(k * k for k in range(N) if k != 7)
+    with _loader(hang, "ray", timeout=2.0) as loader, pytest.raises(al.errors.StageTimeoutError) as info:
+        _run(loader)
+    assert info.value.key == 7
+
+
+DRIVER = """
+import sys, time, ray
+import aioloader as al
+sys.path.insert(0, {repo!r})
+from tests.ray_inner.cases import slow_square, SPREAD
+ray.init(address={address!r}, namespace="aioloader-tests", log_to_driver=False)  # named actors are per namespace
+loader = al.Loader.from_source(list(range(10_000))).map(slow_square, executor="ray", concurrency=2, ray_options=SPREAD).batch(4)
+it = iter(loader)
+next(it)
+names = [a["actor"] for s in loader.stats()["stages"] for a in s.get("actors", [])]
+print(",".join(names), flush=True)
+time.sleep(60)
+"""
+
+
+def test_dead_trainer_leaves_no_actor(cluster) -> None:
+    repo = str(Path(__file__).resolve().parents[2])
+    script = DRIVER.format(repo=repo, address=cluster.address)
+    proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True, cwd=repo)
+    try:
+        line = proc.stdout.readline().strip()
+        names = line.split(",")
+        assert len(names) == 2 and all(n.startswith("aioloader:") for n in names), line
+        assert not _actors_gone(names, within_s=0.5)  # alive while the driver lives
+    finally:
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(10)
+        proc.stdout.close()
+    assert _actors_gone(names), "actors outlived their driver"

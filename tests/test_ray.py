@@ -1,0 +1,86 @@
+"""``executor="ray"``: build-time checks here; the cluster cases (``tests/ray_inner/cases.py``)
+in a child pytest inside a private network namespace with only loopback (``unshare -n``), so
+Ray never binds this machine's external address nor probes a public DNS server. Ray is never
+initialised in this process."""
+
+from __future__ import annotations
+
+import os
+import shlex
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import aioloader as al
+from tests.conftest import run_with_repo
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def square(x: int) -> int:
+    return x * x
+
+
+def test_without_ray_the_error_says_how_to_get_it(tmp_path: Path) -> None:
+    code = (
+        "import sys; sys.modules['ray'] = None\n"  # what an environment without Ray sees
+        "import aioloader as al\n"
+        "try:\n"
+        "    al.Loader.from_source([1]).map(abs, executor='ray')\n"
+        "except ImportError as exc:\n"
+        "    print('ImportError:', exc)\n"
+    )
+    done = run_with_repo([sys.executable, "-c", code], cwd=tmp_path)
+    assert "ImportError: executor='ray' needs Ray: pip install aioloader[ray]" in done.stdout, done.stderr
+
+
+def test_ray_options_are_checked_at_build_time() -> None:
+    pytest.importorskip("ray")
+    source = al.Loader.from_source([1, 2])
+    with pytest.raises(ValueError, match="ray_options is only used with executor='ray'"):
+        source.map(square, executor="thread", ray_options={"num_cpus": 1})
+    with pytest.raises(ValueError, match="ray_options: 'lifetime' cannot be set"):
+        source.map(square, executor="ray", ray_options={"lifetime": "detached"})
+    with pytest.raises(ValueError, match="ray_options"):
+        source.map(square, executor="ray", ray_options={"num_cpu": 1})  # a typo
+    with pytest.raises(TypeError, match="ray_options must be a dict"):
+        source.map(square, executor="ray", ray_options=[("num_cpus", 1)])
+    spec = source.map(
+        square, executor="ray", worker_init=print, ray_options={"num_cpus": 0.5}
+    )._pipeline.stages[-1]
+    assert spec.actor_options == {"num_cpus": 0.5} and spec.worker_init is print
+
+
+def _namespace_problem() -> str | None:
+    """Why a loopback-only network namespace cannot be made here, or None."""
+    if shutil.which("unshare") is None or shutil.which("ip") is None:
+        return "unshare or ip is not installed"
+    probe = subprocess.run(
+        ["unshare", "-n", "sh", "-c", "ip link set lo up"], capture_output=True, text=True, timeout=30
+    )
+    if probe.returncode != 0:
+        return f"cannot make a private network namespace (unshare -n): {probe.stderr.strip()}"
+    return None
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(900)
+def test_on_a_two_node_ray_cluster() -> None:
+    pytest.importorskip("ray")
+    problem = _namespace_problem()
+    if problem is not None:
+        pytest.skip(f"the Ray cluster tests need a loopback-only network namespace: {problem}")
+    env = {**os.environ, "AIOLOADER_RAY_NETNS": "1", "RAY_USAGE_STATS_ENABLED": "0", "PYTHONPATH": str(REPO)}
+    env.pop("RAY_ADDRESS", None)
+    # each case gets 240 s: starting actors (importing torch in each) took 40-120 s on a loaded 2-core machine
+    inner = [sys.executable, "-m", "pytest", "tests/ray_inner/cases.py", "-q", "-x", "-p", "no:cacheprovider",
+             "-o", "timeout=240"]  # fmt: skip
+    command = "ip link set lo up && exec " + shlex.join(inner)
+    done = subprocess.run(
+        ["unshare", "-n", "sh", "-c", command], capture_output=True, text=True, timeout=880, cwd=REPO, env=env
+    )
+    assert done.returncode == 0, done.stdout[-6000:] + done.stderr[-3000:]
+    assert " passed" in done.stdout and "skipped" not in done.stdout, done.stdout[-2000:]
