@@ -172,12 +172,9 @@ class Loader(Closing):
         ``resources``, ``scheduling_strategy``...), ``worker_init(worker_id)`` runs in each
         actor. Needs ``pip install aioloader[ray]``; see :mod:`aioloader.ray`.
 
-        ``executor="auto"`` measures ``fn`` on the first blocks: cheap functions stay inline,
-        ones that run faster in two threads than inline (they release the GIL) go to threads,
-        and the others to processes when they pay for their start-up on the epoch's work (and
-        are picklable), else inline; never threads for a function that holds the GIL. A stage
-        is placed again when its measured rate says it was wrong, from the next epoch; the
-        output is the same wherever it runs (see :mod:`aioloader.monitor.autotune`). ``concurrency="auto"`` tunes the chunks in
+        ``executor="auto"`` measures ``fn`` on the first block: cheap functions stay inline,
+        GIL-releasing ones go to threads, GIL-holding CPU-heavy picklable ones to processes
+        (see :mod:`aioloader.monitor.autotune`). ``concurrency="auto"`` tunes the chunks in
         flight and the output queue depth while running (hill-climbing on throughput within the
         cores and the memory budget); ``stats()["autotune"]`` shows what it chose.
 

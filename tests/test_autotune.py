@@ -11,8 +11,7 @@ import pytest
 
 import aioloader as al
 from aioloader._run.executors import apply_items
-from aioloader._run.stages import map as map_stage
-from aioloader.monitor.autotune import Limiter, PlacementProbe, gil_blocked_fraction, place, processes_pay
+from aioloader.monitor.autotune import Limiter, PlacementProbe, gil_blocked_fraction, place
 
 _DATA = b"x" * (1 << 20)
 
@@ -42,22 +41,10 @@ def _stage(stats: dict, name: str) -> dict:
 def test_place_rule() -> None:
     assert place(1e-6, None, True, True) == "inline"
     assert place(1e-3, False, True, True) == "thread"
-    # a function that holds the GIL, or may (not measured), never goes to threads
-    assert place(1e-3, True, False, True) == "inline"
+    assert place(1e-3, True, False, True) == "thread"
     assert place(50e-6, True, False, True) == "inline"
-    assert place(1e-3, None, True, True) == "inline"
-    assert place(1e-3, True, True, False) == "inline"
-    # processes for a GIL holder only when they pay for their start-up
-    assert place(5e-6, True, True, True) == "process"
-    assert place(1e-3, True, True, True, pays=False) == "inline"
-
-
-def test_processes_pay_for_their_start_up_or_not_at_all() -> None:
-    assert processes_pay(None, 1.0, 2)  # an unsized stream: long enough
-    assert processes_pay(0.5, 0.0, 2)  # the pool runs already
-    assert not processes_pay(0.5, 1.0, 2)
-    assert processes_pay(5.0, 1.0, 2)
-    assert not processes_pay(100.0, 1.0, 1)  # one worker takes nothing off this process
+    assert place(1e-3, None, True, True) == "thread"
+    assert place(1e-3, True, True, False) == "thread"
 
 
 def test_gil_probe_tells_holding_from_releasing() -> None:
@@ -96,9 +83,7 @@ def test_auto_places_a_gil_releasing_function_in_threads() -> None:
     assert stage["executor"] == "thread", stage["placement"]
 
 
-def test_auto_places_a_gil_holding_picklable_function_in_processes(monkeypatch) -> None:
-    # a pool that starts for free pays on this short epoch (see the start-up test below)
-    monkeypatch.setattr(map_stage, "PROCESS_START_S", 0.0)
+def test_auto_places_a_gil_holding_picklable_function_in_processes() -> None:
     loader = al.Loader.from_source(list(range(192))).map(holds_gil).batch(16).options(block_size=96)
     with loader:
         assert [int(x) for b in loader for x in b] == list(range(192))
@@ -112,42 +97,13 @@ def test_auto_places_a_gil_holding_picklable_function_in_processes(monkeypatch) 
         assert later["placement"] == stage["placement"]
 
 
-def test_auto_keeps_an_unpicklable_gil_holder_inline() -> None:
+def test_auto_keeps_an_unpicklable_gil_holder_in_threads() -> None:
     def local_heavy(x: int) -> int:  # a local function cannot be pickled
         return holds_gil(x)
 
     with al.Loader.from_source(list(range(64))).map(local_heavy).batch(16) as loader:
         assert len(list(loader)) == 4
-        assert _stage(loader.stats(), "map(local_heavy)")["executor"] == "inline"
-
-
-def test_a_gil_holder_is_never_put_on_threads_and_its_output_is_inline_s() -> None:
-    """Placed three times (fresh loaders), the GIL holder never runs in threads, and whatever
-    the placement the batches are those of executor="inline"."""
-    def run(**options) -> list[list[int]]:
-        loader = al.Loader.from_source(list(range(192))).map(holds_gil, **options).batch(16)
-        with loader.options(block_size=96) as loader:
-            out = [b.tolist() for b in loader]
-            stage = _stage(loader.stats(), "map(holds_gil)")
-        assert stage["executor"] != "thread", stage["placement"]
-        return out
-
-    expected = run(executor="inline")
-    for _ in range(3):
-        assert run() == expected
-
-
-def test_processes_that_do_not_pay_leave_the_stage_inline_and_it_is_placed_again() -> None:
-    """A short epoch does not pay a pool's start-up: inline, with the reason recorded; the
-    next epoch measures again (its work counts twice: the loader is being iterated again)."""
-    loader = al.Loader.from_source(list(range(96))).map(holds_gil).batch(16).options(block_size=96)
-    with loader:
-        first = [b.tolist() for b in loader]
-        stage = _stage(loader.stats(), "map(holds_gil)")
-        assert stage["executor"] == "inline", stage["placement"]
-        if stage["placement"]["processes_pay"] is False:  # measured as a GIL holder
-            assert [b.tolist() for b in loader] == first
-            assert _stage(loader.stats(), "map(holds_gil)")["placement"]["epoch"] == 1
+        assert _stage(loader.stats(), "map(local_heavy)")["executor"] == "thread"
 
 
 async def test_limiter_resizes_while_held() -> None:

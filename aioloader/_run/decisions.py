@@ -13,7 +13,6 @@ class Decisions:
     executors: dict[str, str] = field(default_factory=dict)  # stage name -> executor kind
     placements: dict[str, dict[str, Any] | None] = field(default_factory=dict)  # what decided it
     one_shot_started: bool = False  # a one-shot iterator source was iterated by an earlier run
-    placed: dict[str, int] = field(default_factory=dict)  # stage name -> placements made so far
 
     def executor(self, stage: str) -> str | None:
         return self.executors.get(stage)
@@ -21,10 +20,6 @@ class Decisions:
     def decide(self, stage: str, kind: str, placement: dict[str, Any] | None) -> None:
         self.executors[stage] = kind
         self.placements[stage] = placement
-        self.placed[stage] = self.placed.get(stage, 0) + 1
-
-    def times_placed(self, stage: str) -> int:
-        return self.placed.get(stage, 0)
 
     def placement(self, stage: str) -> dict[str, Any] | None:
         return self.placements.get(stage)

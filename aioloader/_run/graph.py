@@ -289,7 +289,6 @@ class Run:
                 errors=self.errors,
                 decisions=decisions,
                 expected_items=expected,
-                epoch_samples=self.epoch_length,
                 epoch=self.epoch,
                 seed=self.seed,
                 rank=self.rank.rank,

@@ -2,33 +2,19 @@
 flight (``concurrency="auto"``).
 
 **Placement.** :class:`PlacementProbe` stands in for the executor on a stage's first block. It
-times the first items inline. A function cheaper than :data:`INLINE_BELOW_S` per item stays inline
+times the first item inline. A function cheaper than :data:`INLINE_BELOW_S` per item stays inline
 (a hand-off to a pool costs more than the work). Otherwise it runs the next ~:data:`PROBE_S` of
-items as a few readings of :func:`thread_speedup`: a third inline, the rest in two threads at
-once, the threads' rate over inline's. A function that holds the GIL reads about 1 (the threads
-take turns), one that releases it (Pillow decode, numpy, hashing, I/O) up to 2, and one that lets
-go briefly and often (a Python tokenizer ending in ``torch.tensor``) like a holder, since that is
-how it runs in threads. Each reading compares the machine with itself a moment earlier, so load
-does not fool it as much; readings are carried over from block to block (the stage joins blocks
-of a few values up to ~40 ms of work for one) until they add up to :data:`_PROBES` x
-:data:`_MIN_PROBE_SWITCHES` switch intervals. Threads pay from :data:`THREADS_PAY` (the readings'
-mean weighted by their length), and only when :func:`gil_blocked_fraction` (a
-thread spinning beside the function is not blocked by it) agrees: one noisy reading alone must not
-put a GIL holder on threads.
-Threads pay -> threads; otherwise (the GIL is held) -> processes when the work pickles and they
-pay (below), inline otherwise: never threads, where a GIL holder runs no faster than inline and slows the loop.
-Not known (too little work for a reading, or readings a loaded machine made meaningless) ->
-inline: a wrong guess must never be threads for a GIL holder. The rest of the block runs in a
-thread; every result is kept, nothing runs twice.
-
-**Processes pay** when the work they would take off this process outweighs starting them:
-``work_s * (1 - 1 / speedup) > start_s``, with ``work_s`` the work left in the epoch times the
-epochs run so far plus one (a loader iterated again is likely iterated more), ``speedup`` the
-workers the cores can run, and ``start_s`` :data:`PROCESS_START_S` (0 once the stage's pool
-runs). A stage left inline for that reason is placed again next epoch. **Re-deciding**: a stage
-put on threads whose measured capacity (workers x items / busy seconds) is not above inline's
-(1 / cost) is placed inline (or in processes when they pay) from the next epoch. Placement never
-changes the data: every executor gives the same output in the same order.
+items in a thread while the loop thread spins, and measures how long the spinning thread was
+*blocked* (neither on a core nor waiting for one, from ``/proc/thread-self/schedstat``) per
+second of CPU the worker thread used: a function that holds the GIL blocks the spinner for as
+long as it runs, one that releases it (Pillow decode, numpy, hashing, I/O) not at all. Scheduler
+waits are not blocking, so a busy machine does not fool it (blocked share of wall time on 2 busy
+cores: pure-Python loop 0.08-0.49, diluted when the worker waits for a core, hence per worker CPU
+second; sha256, sleep, numpy matmul and JPEG decode -0.04-0.05). Off Linux it falls back to the
+spinner's loss of speed.
+GIL-releasing -> threads; GIL-holding -> processes when the work pickles (else threads when an
+item blocks the loop longer than :data:`THREAD_ABOVE_S`, inline otherwise). The rest of the block
+runs in a thread; every result is kept, nothing runs twice.
 
 **Concurrency.** :class:`Tuner` hill-climbs each tuned stage's in-flight limit on the delivered
 samples/s, measured over windows of the run's timeline ticks: step, keep the step if the rate rose
@@ -60,27 +46,21 @@ __all__ = [
     "INLINE_BELOW_S",
     "THREAD_ABOVE_S",
     "Limiter",
-    "PROCESS_START_S",
-    "THREADS_PAY",
     "PlacementProbe",
     "Tuner",
-    "processes_pay",
     "gil_blocked_fraction",
     "place",
 ]
 
-# per item: cheaper than a pool hand-off; processes batch items into ~10 ms tasks, so a 5 us
-# GIL-bound function still gains from them (bench gil workload)
-INLINE_BELOW_S = 2e-6
+INLINE_BELOW_S = (
+    10e-6  # per item: cheaper than a pool hand-off (text tokenising, ~15 us, gains from processes)
+)
 THREAD_ABOVE_S = 200e-6  # per item: slower than this blocks the loop too long; leave it
 PROBE_S = 0.06  # how long the GIL probe runs the function in a thread, in all
-# Starting a pool: spawn and import torch in each worker, in parallel (0.5-1.5 s on 2 cores;
-# the workers' start-up also takes the cores from the inline work meanwhile).
-PROCESS_START_S = 1.0
-_PROCESS_EFFICIENCY = 0.8  # of the ideal speed-up that processes reach (the parent's own work)
-THREADS_PAY = 1.3  # two threads' rate over inline's that puts (and keeps) a stage on threads
 _PROBES = 3  # the GIL probe is split in this many readings
 HOLDS_GIL_ABOVE = 0.25  # spinner blocked per worker CPU second that means the GIL is held
+_LONG_BLOCK = 0.2  # of the switch interval: the spinner's mean block when the worker holds the GIL
+_MOSTLY_HELD = 0.5  # blocked per worker CPU second that means the GIL is held, even in short stints
 _COST_ITEMS = 8  # the cost of an item is the median of this many calls, at most
 _COST_BUDGET_S = 0.005  # ... or of as many as fit in this time (two at least)
 _MIN_WORKER_CPU_S = 0.001  # a worker that used less CPU than this waited (I/O)
@@ -92,6 +72,7 @@ _MIN_PROBE_SWITCHES = 4  # the shortest GIL reading, in switch intervals (a shor
 # a switch interval): with 0.5 s, the demo's first epoch stalled 0.6 s on a batch of JPEGs.
 _SPIN_CAP_S = 0.1
 _SCHEDSTAT = "/proc/thread-self/schedstat"
+_STATUS = "/proc/thread-self/status"
 
 ChunkResult = tuple[list[Any], list[tuple[int, BaseException]], float]
 
@@ -106,6 +87,18 @@ def _schedstat() -> tuple[float, float] | None:
     except (OSError, ValueError):
         return None
     return int(on_cpu) / 1e9, int(waiting) / 1e9
+
+
+def _voluntary_switches() -> int:
+    """How many times the calling thread went to sleep (blocked), or 0 when unknown."""
+    try:
+        with open(_STATUS) as f:
+            for line in f:
+                if line.startswith("voluntary_ctxt_switches"):
+                    return int(line.split()[1])
+    except (OSError, ValueError):
+        pass
+    return 0
 
 
 def _spin(end: float, done: list[bool]) -> int:
@@ -137,10 +130,7 @@ def gil_blocked_fraction(
 ) -> tuple[ChunkResult, float]:
     """Run ``work(values)`` in a thread while this thread spins; return its result and how long
     this thread was blocked per second the worker spent on a core (about 1 when ``work`` holds
-    the GIL, about 0 when it releases it).
-
-    A function that releases the GIL briefly and often reads as releasing here yet runs like a
-    holder in threads, so the placement probe also asks :func:`thread_speedup`."""
+    the GIL, about 0 when it releases it)."""
     outcome: list[Any] = []
     done = [False]
 
@@ -165,6 +155,7 @@ def gil_blocked_fraction(
     solo_started = perf_counter()
     solo_rate = _spin(solo_started + 0.002, [False]) / max(perf_counter() - solo_started, 1e-9)
     before = _schedstat()
+    sleeps = _voluntary_switches()
     cpu_before = time.thread_time()
     started = perf_counter()
     worker_before = _clock_seconds(clock)
@@ -173,6 +164,7 @@ def gil_blocked_fraction(
     worker_after = _clock_seconds(clock) if not done[0] else None  # still running: its share so far
     wall = max(perf_counter() - started, 1e-9)
     on_cpu = time.thread_time() - cpu_before
+    sleeps = _voluntary_switches() - sleeps
     after = _schedstat()
     thread.join()
     if before is not None and after is not None:
@@ -189,9 +181,15 @@ def gil_blocked_fraction(
         # A worker that hardly ran waited on I/O (it released the GIL); its wall time would not
         # tell, as a loaded machine keeps runnable threads waiting for a core.
         blocked = 0.0 if cpu < _MIN_WORKER_CPU_S else blocked_s / cpu
-        # Short blocks are read as they are (no longer zeroed): on a loaded machine a pure-Python
-        # function's hand-overs are short too (0.7-1.7 ms each, 0.5-0.8 blocked per CPU second
-        # with the spinner on a third of a core), and zeroing them put it on threads.
+        # A thread that takes the GIL from the spinner keeps it a whole switch interval (it runs
+        # Python); one that releases it hands it back at once. Short blocks, however many (a
+        # loaded machine makes each hand-over slow), are not the GIL being held, unless they
+        # add up to most of the worker's CPU time: Python that lets go now and then (a
+        # tokenizer whose batch ends in a torch call: 0.6 ms blocks, 1.0 blocked per CPU second;
+        # JPEG decoding: 0.17-0.24).
+        short = sleeps and blocked_s / sleeps < _LONG_BLOCK * sys.getswitchinterval()
+        if short and blocked < _MOSTLY_HELD:
+            blocked = 0.0
     else:  # no scheduler statistics: the spinner's loss of speed, mapped to the same scale
         blocked = max(0.0, 1.0 - spins / wall / solo_rate) if solo_rate else 0.0
         blocked = blocked if blocked > 0.3 else 0.0
@@ -201,74 +199,10 @@ def gil_blocked_fraction(
     return result, max(0.0, blocked)
 
 
-def thread_speedup(
-    work: Callable[[list[Any]], ChunkResult], values: list[Any]
-) -> tuple[ChunkResult, float, float]:
-    """Run a third of ``values`` inline, then the rest in two threads at once; return the
-    result, the threads' rate over the inline rate, and the time it all took.
-
-    Two threads of a function that holds the GIL take turns (about 1x, less with the hand-overs);
-    two of one that releases it run side by side (up to 2x with two free cores); one that
-    releases the GIL briefly and often (a Python tokenizer ending in ``torch.tensor``) runs like
-    a holder. The inline part is timed right before, so a machine whose load changes from one
-    moment to the next is compared with itself."""
-    cut = max(1, len(values) // 3)
-    started = perf_counter()
-    head = work(values[:cut])
-    inline_s = perf_counter() - started
-    rest = values[cut:]
-    halves = [rest[: len(rest) // 2], rest[len(rest) // 2 :]]
-    outcome: list[Any] = [None, None]
-    ready = threading.Barrier(3)
-
-    def target(i: int) -> None:
-        ready.wait()
-        try:
-            outcome[i] = work(halves[i])
-        except BaseException as exc:  # re-raised in the caller
-            outcome[i] = exc
-
-    threads = [
-        threading.Thread(target=target, args=(i,), name=f"aioloader-thread-trial-{i}", daemon=True) for i in (0, 1)
-    ]
-    for thread in threads:
-        thread.start()
-    ready.wait()  # both threads exist: their start-up is not the function's
-    trial_started = perf_counter()
-    for thread in threads:
-        thread.join()
-    threads_s = perf_counter() - trial_started
-    for part in outcome:
-        if isinstance(part, BaseException):
-            raise part
-    speedup = (len(rest) / max(threads_s, 1e-9)) / (cut / max(inline_s, 1e-9))
-    return _merge([head, *outcome]), speedup, perf_counter() - started
-
-
-def processes_pay(work_s: float | None, start_s: float, workers: int) -> bool:
-    """Whether ``workers`` processes pay for themselves on ``work_s`` seconds of inline work,
-    ``start_s`` being what starting them costs (0 when they run already). ``work_s`` None: not
-    known (an unsized stream), taken as long enough."""
-    if work_s is None:
-        return True
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    speedup = max(1.0, _PROCESS_EFFICIENCY * min(workers, cores))
-    return work_s * (1.0 - 1.0 / speedup) > start_s
-
-
 def place(
-    cost_s: float,
-    holds_gil: bool | None,
-    picklable: bool,
-    can_process: bool,
-    reads_keys: bool = False,
-    *,
-    pays: bool = True,
+    cost_s: float, holds_gil: bool | None, picklable: bool, can_process: bool, reads_keys: bool = False
 ) -> str:
     """The executor for a function costing ``cost_s`` per item: "inline", "thread" or "process".
-
-    ``holds_gil`` None: not measured. ``pays``: processes would pay for their start-up
-    (:func:`processes_pay`). A function that holds the GIL, or may, never goes to threads.
 
     ``reads_keys``: the stage's tasks carry keys and its workers read their own items
     (:mod:`aioloader._run.read_fusion`; ``cost_s`` is then ``fn``'s alone). Such a stage never
@@ -281,11 +215,13 @@ def place(
         return "process" if processes and cost_s > THREAD_ABOVE_S else "thread"
     if cost_s < INLINE_BELOW_S:
         return "inline"
-    if holds_gil is False:
+    if holds_gil is None:  # not measured (too little work in the first block): by cost only
+        return "thread" if cost_s > THREAD_ABOVE_S else "inline"
+    if not holds_gil:
         return "thread"
-    if holds_gil and processes and pays:
+    if processes:
         return "process"
-    return "inline"
+    return "thread" if cost_s > THREAD_ABOVE_S else "inline"
 
 
 def _merge(parts: list[ChunkResult]) -> ChunkResult:
@@ -321,127 +257,69 @@ class PlacementProbe:
     kind = "auto"
     workers = 1
 
-    def __init__(
-        self,
-        work: Any,
-        *,
-        can_process: bool,
-        reads: Any = None,
-        pays: Callable[[float], bool] | None = None,
-    ) -> None:
+    def __init__(self, work: Any, *, can_process: bool, reads: Any = None) -> None:
         """``reads``: the stage's :class:`~aioloader._run.read_fusion.NamedRead` when its work
-        reads its own items; the reads' time is taken out of the cost. ``pays(cost_s)``:
-        whether processes would pay for their start-up at that cost per item (default: yes)."""
+        reads its own items; the reads' time is taken out of the cost."""
         self._work = work
         self._can_process = can_process
         self._reads = reads
-        self._pays = pays
         self.decision = "inline"
         self.cost_s = 0.0
-        self.speedup: float | None = None  # two threads' rate over inline's
-        self.blocked: float | None = None  # the spinner's blocked share
-        self.decided = False
-        self._costed = False
-        self._times: list[float] = []  # the timed calls
-        self._readings: list[tuple[float, float, float]] = []  # (seconds, speedup, blocked)
-        self.pays: bool | None = None
+        self.blocked: float | None = None
         self.calls: list[Future[ChunkResult]] = []  # work still in a probe thread (see MapStage.drain)
 
     def _place(self, holds_gil: bool | None) -> str:
         # Pickling is checked only when processes would be chosen: the work may hold the whole
         # dataset (a read stage over a torch Dataset of 1M strings spent 0.28 s pickling it).
         reads_keys = self._reads is not None
-        self.pays = None  # asked only where it decides: a function that may go to processes
-        if holds_gil and not reads_keys and self.cost_s >= INLINE_BELOW_S:
-            self.pays = True if self._pays is None else self._pays(self.cost_s)
-        pays = self.pays is not False
-        decision = place(self.cost_s, holds_gil, True, self._can_process, reads_keys, pays=pays)
+        decision = place(self.cost_s, holds_gil, True, self._can_process, reads_keys)
         if decision == "process" and not is_picklable(self._work):
-            decision = place(self.cost_s, holds_gil, False, self._can_process, reads_keys, pays=pays)
+            decision = place(self.cost_s, holds_gil, False, self._can_process, reads_keys)
         return decision
 
     async def run(
         self, work: Callable[[list[Any]], ChunkResult], values: list[Any], timeout: float | None
     ) -> ChunkResult:
-        """One block of the stage while it is being placed: the cost first, then readings,
-        carried over from block to block until :attr:`decided` (a fused stage's block is one
-        batch, too little for a reading alone; blocks are never held back to gather more)."""
+        # Items one by one: the first calls may pay a warm-up (torch's first ops on a thread:
+        # 960 us, then 230 us, for a 90 us function, which sent it to threads or processes at
+        # a third of its inline speed or less), so the cost is the median of up to
+        # _COST_ITEMS calls, as many as fit in _COST_BUDGET_S (at least two).
         parts = []
-        head = 0
-        if not self._costed:
-            # Items one by one: the first calls may pay a warm-up (torch's first ops on a
-            # thread: 960 us, then 230 us, for a 90 us function, which sent it to threads or
-            # processes at a third of its inline speed or less), so the cost is the lower
-            # median of up to _COST_ITEMS calls, as many as fit in _COST_BUDGET_S (two at least).
-            ends = perf_counter() + _COST_BUDGET_S
-            while head < len(values) and not self._costed:
-                read_before = self._read_seconds()
-                parts.append(work(values[head : head + 1]))
-                self._times.append(max(0.0, parts[-1][2] - (self._read_seconds() - read_before)))
-                head += 1
-                enough = len(self._times) >= _COST_ITEMS or perf_counter() > ends
-                self._costed = len(self._times) >= 2 and enough
-            times = sorted(self._times)
-            self.cost_s = times[(len(times) - 1) // 2]  # the lower median: two calls give the smaller
-            if self._costed and self.cost_s < INLINE_BELOW_S:  # too cheap to move
-                self._decide()
-        rest = values[head:]
-        if self.decided or not self._costed:
-            if len(rest):  # rest may be an array
-                parts.append(work(rest))
-            return _merge(parts)
-        start = 0
-        spent = 0.0
-        while start < len(rest) and not self.decided and spent < PROBE_S:
-            # two views of one question, both needed for threads: does the function block a
-            # Python thread beside it (it holds the GIL), and do two threads of it go faster
-            # than inline (one that lets go briefly and often does not)
-            step = max(1, min(len(rest) // 4, int(PROBE_S / _PROBES / 2 / max(self.cost_s, 1e-9))))
-            probed, gil = gil_blocked_fraction(work, rest[start : start + step])
-            parts.append(probed)
-            start += step
-            pair = rest[start : start + max(3, step)]  # one value inline, two in threads at least
-            start += len(pair)
-            if len(pair) < 3:
-                parts.append(work(pair))
+        times = []
+        ends = perf_counter() + _COST_BUDGET_S
+        for index in range(min(len(values), _COST_ITEMS)):
+            read_before = self._read_seconds()
+            parts.append(work(values[index : index + 1]))
+            times.append(max(0.0, parts[-1][2] - (self._read_seconds() - read_before)))
+            if index >= 1 and perf_counter() > ends:
                 break
-            probed, speedup, took = thread_speedup(work, pair)
+        head = len(parts)
+        times.sort()
+        self.cost_s = times[(len(times) - 1) // 2]  # the lower median: two calls give the smaller
+        first = _merge(parts)
+        rest = values[head:]
+        shortest = _MIN_PROBE_SWITCHES * sys.getswitchinterval()
+        if self.cost_s < INLINE_BELOW_S or self.cost_s * len(rest) < shortest:
+            # Too cheap to move, or too little work in the block for a GIL reading that means
+            # anything: placed by cost alone (a cheap function stays inline).
+            self.decision = self._place(None)
+            return _merge([first, work(rest)]) if len(rest) else first  # rest may be an array
+        count = max(1, min(len(rest), int(PROBE_S / max(self.cost_s, 1e-9))))
+        parts = [first]
+        readings = []
+        step = max(1, -(-count // _PROBES), int(shortest / max(self.cost_s, 1e-9)))
+        for start in range(0, count, step):  # a few short probes: the median resists a hiccup
+            probed, blocked = gil_blocked_fraction(work, rest[start : min(count, start + step)])
             parts.append(probed)
-            spent += took
-            self._readings.append((took, speedup, gil))
-            if sum(r[0] for r in self._readings) >= _PROBES * _MIN_PROBE_SWITCHES * sys.getswitchinterval():
-                self._decide()
-        if len(rest) > start:
-            call = _in_thread(work, rest[start:])
+            readings.append(blocked)
+        self.blocked = sorted(readings)[len(readings) // 2]
+        holds_gil = self.blocked > HOLDS_GIL_ABOVE
+        self.decision = self._place(holds_gil)
+        if len(rest) > count:
+            call = _in_thread(work, rest[count:])
             self.calls.append(call)
             parts.append(await asyncio.wrap_future(call))
         return _merge(parts)
-
-    def _decide(self) -> None:
-        """Place the stage on what was measured (readings weighted by their length)."""
-        holds_gil = None
-        if self._readings and self.cost_s >= INLINE_BELOW_S:
-            total = sum(took for took, _, _ in self._readings)
-            self.speedup = sum(took * speedup for took, speedup, _ in self._readings) / total
-            self.blocked = sum(took * gil for took, _, gil in self._readings) / total
-            holds_gil = self.blocked > HOLDS_GIL_ABOVE or self.speedup < THREADS_PAY
-        self.decision = self._place(holds_gil)
-        self.decided = True
-
-    def finish(self) -> str:
-        """The decision, made now on what was measured if it was not made yet."""
-        if not self.decided:
-            self._decide()
-        return self.decision
-
-    @property
-    def costed(self) -> bool:
-        """The cost per item is measured (:attr:`cost_s` is final)."""
-        return self._costed
-
-    @property
-    def readings(self) -> int:
-        return len(self._readings)
 
     def _read_seconds(self) -> float:
         return 0.0 if self._reads is None else self._reads.seconds_here()
@@ -450,10 +328,7 @@ class PlacementProbe:
         return {
             "decision": self.decision,
             "cost_us": round(self.cost_s * 1e6, 1),
-            "threads_speedup": None if self.speedup is None else round(self.speedup, 2),
             "gil_blocked": None if self.blocked is None else round(self.blocked, 2),
-            "readings": self.readings,
-            "processes_pay": self.pays,
         }
 
     def close(self) -> None:

@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import math
+import sys
 from collections import deque
 from time import perf_counter
 from typing import Any
@@ -37,16 +39,9 @@ from aioloader._run.executors import (
 from aioloader._run.failures import FailurePolicy
 from aioloader._run.fusion import batch_seed, is_pure_collate
 from aioloader._run.read_fusion import read_then_apply
-from aioloader._spec import MapSpec, is_picklable
+from aioloader._spec import MapSpec
 from aioloader.errors import StageTimeoutError
-from aioloader.monitor.autotune import (
-    PROCESS_START_S,
-    THREADS_PAY,
-    Limiter,
-    PlacementProbe,
-    place,
-    processes_pay,
-)
+from aioloader.monitor.autotune import PROBE_S, THREAD_ABOVE_S, Limiter, PlacementProbe
 from aioloader.monitor.stats import ErrorLog, StageStats
 from aioloader.order.sample_rng import WithRng
 
@@ -55,12 +50,8 @@ _MAX_CHUNK = 1024
 _MAX_COALESCE_DEPTH = 64  # blocks a coalescing stage may ask its input channel to hold
 _AUTO_THREAD_ABOVE_S = 200e-6  # per item: slower than this blocks the loop, so use threads
 _BACKOFF_S = 0.05
-_MAX_PROBE_S = 0.5  # placing a stage stops measuring after this long (a loaded machine)
-_READING_WORK_S = 0.04  # work a placement reading takes at least (several GIL switch intervals)
-_READING_VALUES = 4  # one beside a spinning thread, one inline, two in two threads
-_PROBE_INPUT_DEPTH = 8  # blocks the input may hold while a costly function is being placed
-_GROW_INPUT_ABOVE_S = 20e-6  # per value: costly enough for the input to hold more blocks
-_MIN_CHECKED_VALUES = 16  # values run in threads before their measured rate can move the stage
+_PROBE_SWITCHES = 5  # a GIL reading needs this many switch intervals of work (see autotune)
+_MAX_PROBE_BLOCKS = 64  # blocks a second placement probe may gather
 
 
 class _InlineExecutor:
@@ -89,7 +80,6 @@ class MapStage:
         errors: ErrorLog,
         decisions: Decisions,
         expected_items: int | None = None,
-        epoch_samples: int | None = None,
         executor: Executor | None = None,
         epoch: int = 0,
         seed: int = 0,
@@ -97,12 +87,8 @@ class MapStage:
         runtime: Any = None,
     ) -> None:
         """``runtime``: the Loader's Runtime, given to plug-in executors (the process pool
-        is one of its resources, so it outlives the run). ``epoch_samples``: the samples of the
-        epoch, when known (what ``executor="auto"`` weighs a process pool's start-up against)."""
+        is one of its resources, so it outlives the run)."""
         self.spec = spec
-        self._epoch_samples = epoch_samples
-        self._values_in = 0  # values given to the executor (a fused stage's are batches)
-        self._thread_mark: tuple[float, int] | None = None  # (busy_s, values) when auto chose threads
         self._runtime = runtime
         self._epoch = epoch
         self._seed = seed
@@ -148,13 +134,8 @@ class MapStage:
         if spec.is_async:
             return "async"
         if spec.executor == "auto":
-            # A decision made in an earlier epoch sticks, but for inline because processes did
-            # not pay yet: with each epoch the work they would take grows, so measure again.
-            kind = self._decisions.executor(spec.name)
-            placement = self._decisions.placement(spec.name) or {}
-            if kind == "inline" and placement.get("processes_pay") is False:
-                kind = None
-            return kind or ("auto" if spec.timeout is None else "thread")
+            # A decision made in an earlier epoch sticks; otherwise start inline and measure.
+            return self._decisions.executor(spec.name) or ("auto" if spec.timeout is None else "thread")
         return spec.executor
 
     def _make_executor(self, kind: str) -> Executor:
@@ -208,37 +189,12 @@ class MapStage:
                 await self._forward(await self._process(block))
         else:
             await self._run_concurrent()
-            self._check_threads()
         self.output.close()
 
-    def _check_threads(self) -> None:
-        """executor="auto" put the stage on threads: if their measured capacity (workers x
-        values / busy seconds) is not above inline's (1 / cost), place it again for the next
-        epoch as a GIL holder (processes when they pay, else inline)."""
-        if self._thread_mark is None or self.spec.executor != "auto" or self._executor.kind != "thread":
-            return
-        placement = self._decisions.placement(self.spec.name) or {}
-        busy = self.stats.busy_s - self._thread_mark[0]
-        values = self._values_in - self._thread_mark[1]
-        cost = placement.get("cost_us", 0.0) * 1e-6
-        if values < _MIN_CHECKED_VALUES or busy <= 0 or cost <= 0:
-            return
-        measured = self._executor.workers * values / busy * cost
-        if measured >= THREADS_PAY:
-            return
-        pays = self._processes_pay(cost)
-        kind = place(cost, True, is_picklable(self._work), self._runtime is not None, pays=pays)
-        self._decisions.decide(
-            self.spec.name,
-            kind,
-            {**placement, "decision": kind, "threads_measured": round(measured, 2), "processes_pay": pays},
-        )
-
     async def _probe_inline(self) -> bool:
-        """executor="auto" for a sync function: measure it on the first blocks and choose
-        inline, thread or process (:class:`~aioloader.monitor.autotune.PlacementProbe`, fed
-        block by block until it has measured enough; a block function keeps the inline-cost
-        rule)."""
+        """executor="auto" for a sync function: measure it on the first block and choose
+        inline, thread or process (:class:`~aioloader.monitor.autotune.PlacementProbe`; a
+        block function keeps the inline-cost rule)."""
         try:
             block = await self.input.get()
         except EndOfChannel:
@@ -247,72 +203,58 @@ class MapStage:
         if not self.spec.per_block:
             probe = self._placement_probe()
             self._executor = probe
-        started = perf_counter()
-        while True:
-            await self._forward(await self._process(block))
-            if probe is None or probe.decided or perf_counter() - started > _MAX_PROBE_S:
-                break
-            gathered = await self._gather(probe)
-            if gathered is None:
-                break
-            block = gathered
+        await self._forward(await self._process(block))
+        if probe is not None and probe.blocked is None and probe.cost_s > THREAD_ABOVE_S:
+            # costly, but the block was too short for a GIL reading (a fused stage's one batch)
+            probe = await self._probe_more(probe)
         if probe is not None:
-            kind = probe.finish()
+            kind = probe.decision
             self.stats.placement = {**probe.describe(), "epoch": self._epoch}
         else:
             per_item = self._cost_per_item or 0.0
             kind = "thread" if per_item > _AUTO_THREAD_ABOVE_S else "inline"
         self._decisions.decide(self.spec.name, kind, self.stats.placement)
         self._executor = self._make_executor(kind)
-        if kind == "thread":
-            self._thread_mark = (self.stats.busy_s, self._values_in)
         self.stats.workers = self._executor.workers
         self.stats.executor = kind
         return True
 
-    async def _gather(self, probe: PlacementProbe) -> Block | None:
-        """The next block for ``probe``, joined with the blocks already waiting up to about
-        :data:`_READING_WORK_S` of work (a fused stage's block is one batch: too little for a
-        reading alone). Never waits for more than the next block, so the probe does not pull
-        the source ahead; the input may hold a few more blocks while the probe measures."""
+    def _placement_probe(self) -> PlacementProbe:
+        probe = PlacementProbe(self._work, can_process=self._runtime is not None, reads=self.spec.reads)
+        self._probes.append(probe)
+        return probe
+
+    async def _probe_more(self, first: PlacementProbe) -> PlacementProbe:
+        """The first block was too little work to tell whether the function holds the GIL (a
+        fused stage's block is one batch): probe again on enough of the next blocks.
+
+        The next block alone first: the first may have paid a warm-up (torch's first ops on a
+        fresh loop thread cost several times their later price), and a function that is cheap
+        once warm must not make the probe pull tens of blocks past the channels' bounds."""
         try:
-            blocks = [await self.input.get()]
+            block = await self.input.get()
         except EndOfChannel:
-            return None
-        if not probe.costed or probe.cost_s < _GROW_INPUT_ABOVE_S:
-            return blocks[0]
-        self.input.grow(_PROBE_INPUT_DEPTH)
-        values = len(blocks[0])
-        while len(self.input) > 0 and (values < _READING_VALUES or values * probe.cost_s < _READING_WORK_S):
+            return first
+        again = self._placement_probe()
+        self._executor = again
+        await self._forward(await self._process(block))
+        if again.cost_s <= THREAD_ABOVE_S:  # cheap once warm: placed by cost, nothing more to pull
+            return again
+        first = again
+        enough = PROBE_S + _PROBE_SWITCHES * sys.getswitchinterval()
+        wanted = min(_MAX_PROBE_BLOCKS, max(2, math.ceil(enough / max(first.cost_s, 1e-9)) + 1))
+        blocks = []
+        for _ in range(wanted):
             try:
                 blocks.append(await self.input.get())
             except EndOfChannel:
                 break
-            values += len(blocks[-1])
-        return _join(blocks)
-
-    def _placement_probe(self) -> PlacementProbe:
-        probe = PlacementProbe(
-            self._work, can_process=self._runtime is not None, reads=self.spec.reads, pays=self._processes_pay
-        )
-        self._probes.append(probe)
+        if not blocks:
+            return first
+        probe = self._placement_probe()
+        self._executor = probe
+        await self._forward(await self._process(_join(blocks)))
         return probe
-
-    def _processes_pay(self, cost_s: float) -> bool:
-        """Whether a process pool pays for its start-up at ``cost_s`` per value: the work left in
-        this epoch, times the epochs placed so far plus one, against starting the pool (nothing
-        once it runs)."""
-        from aioloader.workers.executor import default_workers
-
-        resources = getattr(self._runtime, "resources", {})
-        start_s = 0.0 if f"process-pool:{self.spec.name}" in resources else PROCESS_START_S
-        workers = self.spec.concurrency or default_workers()
-        if self._epoch_samples is None:
-            return processes_pay(None, start_s, workers)
-        per_value = self.stats.items_in / max(self._values_in, 1)  # a fused stage's values are batches
-        left = max(0, self._epoch_samples - self.stats.items_in) / max(per_value, 1e-9)
-        epochs = self._decisions.times_placed(self.spec.name) + 1
-        return processes_pay(left * cost_s * epochs, start_s, workers)
 
     # -- concurrency="auto" (driven by aioloader.monitor.autotune.Tuner) -------------------
     def enable_tuning(self, max_workers: int) -> None:
@@ -487,7 +429,6 @@ class MapStage:
         """Run one chunk through the executor and the failure policy."""
         self.stats.items_in += self._samples(chunk)
         values = self._inputs(chunk)
-        self._values_in += len(values)
         CHUNK_KEYS.set(chunk.keys)  # this chunk's task only: each _process is a task of its own
         try:
             results, failures, busy = await self._executor.run(self._work, values, self.spec.timeout)
