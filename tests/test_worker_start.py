@@ -97,3 +97,17 @@ def test_each_worker_starts_with_its_own_global_random_state(tmp_path) -> None:
             time.sleep(0.01)
     first, second = (ast.literal_eval((tmp_path / name).read_text()) for name in ("0", "1"))
     assert all(a != b for a, b in zip(first, second, strict=True))
+
+
+def say(worker_id: int) -> None:
+    print(f"worker {worker_id} ready")
+
+
+def test_a_worker_prints_when_this_process_redirected_stdout(tmp_path, monkeypatch) -> None:
+    """A parent whose ``sys.stdout`` is a file (a log, a test's capture): the forked worker
+    closed that descriptor, and ``print`` in ``worker_init`` failed with EBADF."""
+    with open(tmp_path / "log.txt", "w", buffering=1) as log:  # line-buffered: print writes at once
+        monkeypatch.setattr(sys, "stdout", log)
+        loader = al.Loader.from_source(range(6)).map(abs, executor="process", concurrency=2, worker_init=say)
+        with loader:
+            assert list(loader) == list(range(6))

@@ -200,6 +200,7 @@ def _become_worker(keep: tuple[int, ...], env: dict[str, str] | None) -> None:
         os.closerange(low, fd)
         low = fd + 1
     os.closerange(low, 1 << 20)
+    _standard_streams()
     with contextlib.suppress(ValueError):  # an event loop's wake-up fd: closed above
         signal.set_wakeup_fd(-1)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -211,6 +212,20 @@ def _become_worker(keep: tuple[int, ...], env: dict[str, str] | None) -> None:
         torch = sys.modules.get("torch")
         if torch is not None and env.get("OMP_NUM_THREADS") == "1":
             torch.set_num_threads(1)  # the environment only applies at start-up
+
+
+def _standard_streams() -> None:
+    """``sys.stdout``/``sys.stderr`` on file descriptors 1 and 2, as in a spawned interpreter:
+    the parent's may have been redirected to a file (or a test's capture) whose descriptor the
+    child has just closed, and a ``print`` in ``worker_init`` or ``fn`` then failed with EBADF."""
+    for name, fd in (("stdout", 1), ("stderr", 2)):
+        stream = getattr(sys, name)
+        try:
+            standard = stream is not None and stream.fileno() == fd
+        except (AttributeError, ValueError, OSError):
+            standard = False
+        if not standard:
+            setattr(sys, name, open(fd, "w", buffering=1, closefd=False))  # noqa: SIM115 - the process's own
 
 
 def _fresh_global_rngs() -> None:
