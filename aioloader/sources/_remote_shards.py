@@ -9,6 +9,7 @@ by shard and exact resume, as for :class:`~aioloader.sources.WebDataset`.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any
 
@@ -20,6 +21,30 @@ from aioloader.io.urls import expand_urls
 _MiB = 1 << 20
 
 Report = Callable[[Any, BaseException], None]
+
+
+async def shard_items(
+    items: AsyncIterator[Any], *, skip: int, on_error: str, report: Report | None
+) -> AsyncIterator[tuple[int, Any]]:
+    """One shard's items with their index in it, from index ``skip`` on. A corrupt item ends
+    the shard, reported under ``on_error="skip"`` and raised otherwise. Closes ``items``."""
+    index = 0
+    try:
+        while True:
+            try:
+                item = await anext(items)
+            except StopAsyncIteration:
+                return
+            except DataCorruptionError as exc:
+                if on_error != "skip" or report is None:
+                    raise
+                report(exc.key, exc)
+                return
+            if index >= skip:
+                yield index, item
+            index += 1
+    finally:
+        await items.aclose()
 
 
 class RemoteShards:
@@ -99,23 +124,14 @@ class RemoteShards:
 
                     shard_parts = parts()
                     samples = aiter(self._samples(urls[number], shard_parts))
-                    index = 0
+                    first = skip if number == 0 else 0
                     try:
-                        while True:
-                            try:
-                                sample = await anext(samples)
-                            except StopAsyncIteration:
-                                break
-                            except DataCorruptionError as exc:
-                                if self.on_error != "skip" or report is None:
-                                    raise
-                                report(exc.key, exc)
-                                break
-                            if number > 0 or index >= skip:
+                        async with contextlib.aclosing(
+                            shard_items(samples, skip=first, on_error=self.on_error, report=report)
+                        ) as indexed:
+                            async for index, sample in indexed:
                                 yield number, index, sample
-                            index += 1
                     finally:
-                        await samples.aclose()
                         await shard_parts.aclose()
                     if pending is None:  # a skipped shard: drop its remaining parts
                         while (item := await prefetcher.next_part()) is not None:

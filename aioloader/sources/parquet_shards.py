@@ -19,7 +19,7 @@ from typing import Any
 
 from aioloader.errors import DataCorruptionError
 from aioloader.io.store import ObjectStore
-from aioloader.sources._remote_shards import RemoteShards, Report
+from aioloader.sources._remote_shards import RemoteShards, Report, shard_items
 
 _READ_TIMEOUT_S = 600.0  # a backstop: each read has its own deadline and retries
 
@@ -149,22 +149,11 @@ class ParquetShards(RemoteShards):
             for number, shard in enumerate(shards):
                 url = self.urls[shard]
                 rows = aiter(self._shard_rows(store, url))
-                index = 0
-                try:
-                    while True:
-                        try:
-                            row = await anext(rows)
-                        except StopAsyncIteration:
-                            break
-                        except DataCorruptionError as exc:
-                            if self.on_error != "skip" or report is None:
-                                raise
-                            report(exc.key, exc)
-                            break
-                        if number > 0 or index >= skip:
-                            yield number, index, row
-                        index += 1
-                finally:
-                    await rows.aclose()
+                first = skip if number == 0 else 0
+                async with contextlib.aclosing(
+                    shard_items(rows, skip=first, on_error=self.on_error, report=report)
+                ) as indexed:
+                    async for index, row in indexed:
+                        yield number, index, row
         finally:
             await store.aclose()
