@@ -54,6 +54,27 @@ def test_ray_options_are_checked_at_build_time() -> None:
     assert spec.actor_options == {"num_cpus": 0.5} and spec.worker_init is print
 
 
+def test_results_are_read_without_a_copy() -> None:
+    """What an actor sends as an array becomes a tensor over the same memory (Ray's read-only
+    view of its object store), writable, keeping that memory alive."""
+    pytest.importorskip("ray")
+    import numpy as np
+
+    from aioloader.ray._actor import tensor_in
+
+    array = np.arange(24, dtype=np.float32).reshape(2, 3, 4)
+    array.flags.writeable = False
+    address = array.ctypes.data
+    tensor = tensor_in(("array", array))
+    del array
+    assert tensor.data_ptr() == address and tensor.shape == (2, 3, 4)
+    tensor += 1
+    assert tensor.flatten().tolist() == list(range(1, 25))
+    strided = np.arange(12).reshape(3, 4)[:, ::2]
+    strided.flags.writeable = False
+    assert tensor_in(("array", strided)).tolist() == strided.tolist()
+
+
 def _namespace_problem() -> str | None:
     """Why a loopback-only network namespace cannot be made here, or None."""
     if shutil.which("unshare") is None or shutil.which("ip") is None:

@@ -137,6 +137,7 @@ class ProcessExecutor:
     kind = "process"
     target_task_s = TARGET_TASK_S
     coalesce = True  # the map stage joins waiting blocks into chunks of ~target_task_s
+    runner = "a worker process"  # what died, in a WorkerCrashError
 
     def __init__(self, spec: MapSpec, runtime: Any) -> None:
         self._spec = spec
@@ -326,7 +327,7 @@ class ProcessExecutor:
 
     def _crash_error(self, detail: str, key: Any = None, times: int = MAX_ATTEMPTS) -> WorkerCrashError:
         return WorkerCrashError(
-            f"stage {self._spec.name!r}: a worker process died each of the {times} times it "
+            f"stage {self._spec.name!r}: {self.runner} died each of the {times} times it "
             f"ran this sample (last: {detail}); giving up on it",
             stage=self._spec.name,
             key=key,

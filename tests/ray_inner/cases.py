@@ -126,6 +126,16 @@ def test_same_batches_as_process_on_two_nodes(cluster, expected) -> None:
     assert _actors_gone(names), "close() left actors alive"
 
 
+def test_kept_batches_are_writable_views(cluster, expected) -> None:
+    """A batch views the driver node's object store (not a copy): kept past its epoch and
+    written in place, it holds what the process executor gives."""
+    with _loader(square, "ray") as loader:
+        kept = list(loader)
+        for batch in kept:
+            batch += 1
+    _same([b.numpy() - 1 for b in kept], expected)
+
+
 def test_skip_policy_as_threads(cluster) -> None:
     options = {"on_error": "skip", "max_failures": 20}
     with _loader(fails_on_5, "thread", **options) as loader:
@@ -184,6 +194,19 @@ def test_actor_killed_mid_epoch(cluster, expected) -> None:
     _same([np.concatenate(got[i : i + 2]) for i in range(0, len(got), 2)], expected)
 
 
+def _worker_node(cluster, loader: al.Loader, head_id: str, within_s: float = 120.0):
+    """The node other than the head where one of the stage's actors runs, once one does (an
+    actor may still be starting: that took up to two minutes on a loaded 2-core machine)."""
+    deadline = time.monotonic() + within_s
+    while True:
+        nodes = {a["node"] for a in _actors(loader, "map(slow_square)")} - {head_id, None}
+        found = [n for n in cluster.list_all_nodes() if n.node_id in nodes]
+        if found or time.monotonic() > deadline:
+            assert found, "no actor became ready on a node other than the head"
+            return found[0]
+        time.sleep(0.2)
+
+
 def test_node_removed_mid_epoch(cluster, expected) -> None:
     cluster.add_node(**NODE)  # room for the replacement; the cluster keeps two nodes after
     cluster.wait_for_nodes()
@@ -194,8 +217,7 @@ def test_node_removed_mid_epoch(cluster, expected) -> None:
         for i, b in enumerate(loader):
             got.append(b.numpy().copy())
             if i == 3:
-                nodes = {a["node"] for a in _actors(loader, "map(slow_square)")} - {head_id}
-                removed = next(n for n in cluster.list_all_nodes() if n.node_id in nodes)
+                removed = _worker_node(cluster, loader, head_id)
                 cluster.remove_node(removed, allow_graceful=False)
         actors = _actors(loader, "map(slow_square)")
     assert removed is not None
