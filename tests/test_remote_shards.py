@@ -307,3 +307,46 @@ def test_indexed_bad_sample_is_named_or_skipped_alone(server):
         errors = loader.stats()["errors"]
     assert got == [i for i in range(SHARDS * PER_SHARD) if i != 12]  # its neighbours are kept
     assert len(errors) == 1 and errors[0]["key"] == 12
+
+
+def _cls(sample: dict) -> int:
+    return int(sample["cls"])
+
+
+def _map_stage(loader: al.Loader) -> dict:
+    (stage,) = [s for s in loader.stats()["stages"] if s["name"].startswith("map")]
+    return stage
+
+
+def test_indexed_shards_are_read_by_worker_processes(server):
+    ds = al.sources.WebDataset(index=server.url("index.json"), retry=FAST_RETRY)
+    with al.Loader.from_source(ds, shuffle=True, seed=3) as loader:
+        expected = _ids(loader)
+    fused = al.Loader.from_source(ds, shuffle=True, seed=3).map(_cls, executor="process", concurrency=2)
+    with fused:
+        assert list(fused) == expected
+        assert _map_stage(fused)["reads"] == "read"  # the workers fetched the byte ranges
+    # threads keep the read stage on the loop; so does a source that skips what it cannot read
+    skipping = al.sources.WebDataset(index=server.url("index.json"), retry=FAST_RETRY, on_error="skip")
+    for source, executor in ((ds, "thread"), (skipping, "process")):
+        with al.Loader.from_source(source).map(_cls, executor=executor, concurrency=2) as loader:
+            assert sorted(loader) == sorted(expected)
+            assert _map_stage(loader)["reads"] is None
+
+
+def test_indexed_bad_sample_read_by_a_worker_names_its_shard(server):
+    name = "train-000001.tar"
+    data = bytearray(server.objects[name])
+    data[2 * 2048 + 10] ^= 0xFF  # the header of sample 2 of shard 1 (key 12)
+    server.objects[name] = bytes(data)
+    ds = al.sources.WebDataset(index=server.url("index.json"), retry=FAST_RETRY)
+    loader = al.Loader.from_source(ds).map(_cls, executor="process", concurrency=2)
+    with loader, pytest.raises(DataCorruptionError, match=r"corrupt tar header .*train-000001\.tar") as info:
+        list(loader)
+    assert info.value.stage == "read"
+    skipped = al.Loader.from_source(ds).map(
+        _cls, executor="process", concurrency=2, on_error="skip", max_failures=1
+    )
+    with skipped:  # its neighbours in the same request are kept
+        assert list(skipped) == [i for i in range(SHARDS * PER_SHARD) if i != 12]
+        assert _map_stage(skipped)["reads"] == "read"

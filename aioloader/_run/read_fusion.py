@@ -21,8 +21,10 @@ the first map's policy): it ends the run, or under ``"skip"`` fails its own samp
 of ``fn`` does not retry it); a worker that dies redoes its items, reads included. ``stats()`` lists no read stage: the map stage's ``reads`` names it, and its busy time
 includes the reads.
 
-Applied only where nothing else can differ: a pooled executor (``"thread"``, ``"process"`` or
-``"auto"``, decided when the pipeline is built, so a pool's work is the same every epoch), a
+Applied only where nothing else can differ: a pooled executor (``"thread"``, ``"process"``,
+``"ray"`` or ``"auto"``, decided when the pipeline is built, so a pool's work is the same every
+epoch; a reader may name the executors it is for, as an indexed ``WebDataset``'s byte-range
+reader names processes and Ray actors, whose tasks are long enough to open connections), a
 per-item sync ``fn``, no random transform (its draws are made from ``(key, sample)`` pairs), and
 no ``timeout`` (the reads would count against ``fn``'s deadline). A source offers it with
 ``worker_reader()``; ``ImageFolder`` does unless a subclass reads its own way. A user's
@@ -137,6 +139,9 @@ def fuse_read(source: IndexableSource, specs: Sequence[StageSpec]) -> list[Stage
     if not isinstance(spec, MapSpec) or not pooled_per_item(spec) or spec.timeout is not None:
         return list(specs)
     reader = source.worker_reader
+    only = getattr(reader, "executors", None)  # a reader for processes and actors only (remote shards)
+    if only is not None and spec.executor not in only:
+        return list(specs)
     if reader is None:  # a user's dataset: only into processes the user asked for
         if spec.executor != "process" or not source.dataset_reader.picklable:
             return list(specs)

@@ -273,6 +273,12 @@ class IndexedShards:
         """Pickled (a worker, ``Loader.in_subprocess``) without any loop's connections."""
         return {**self.__dict__, "_loops": {}}
 
+    def worker_reader(self) -> ShardRanges | None:
+        """What a pool's worker calls to read its task's samples itself (read fusion,
+        :mod:`aioloader._run.read_fusion`): the shards' bytes never pass through the trainer.
+        None under ``on_error="skip"``, whose skipping belongs to the read stage."""
+        return ShardRanges(self) if self.dataset.on_error == "raise" else None
+
     def locate(self, key: int) -> tuple[int, int]:
         """(shard, index in shard) of sample ``key``."""
         if not 0 <= key < self._length:
@@ -399,3 +405,44 @@ class IndexedShards:
         state = self._loops.pop(id(asyncio.get_running_loop()), None)
         if state is not None:
             await state.store.aclose()
+
+
+class ShardRanges:
+    """An indexed :class:`WebDataset`'s samples as a pool worker reads them
+    (``IndexedShards.worker_reader``): keys -> samples, the worker fetching their byte ranges
+    through its own store client (neighbours in a shard joined into one request, as on the
+    loop), closed after each task. Only pools the user asked for (``executor="process"`` or
+    ``"ray"``) use it: a thread's task would open a loop and connections of its own per chunk,
+    where the read stage shares the loop's."""
+
+    executors = ("process", "ray")
+
+    def __init__(self, shards: IndexedShards) -> None:
+        self.shards = shards
+
+    def __call__(self, keys: Sequence[int]) -> list[dict[str, Any]]:
+        async def read_all() -> list[Any]:
+            try:
+                return await asyncio.gather(*(self._read(key) for key in keys), return_exceptions=True)
+            finally:
+                await self.shards.aclose_io()
+
+        items = _run_blocking(read_all)
+        for item in items:
+            if isinstance(item, BaseException):
+                raise item
+        return items
+
+    async def _read(self, key: int) -> dict[str, Any]:
+        try:
+            return await self.shards.aget(key)
+        except Exception as exc:
+            if getattr(exc, "key", None) is None:  # named by its key, as the read stage does
+                try:
+                    exc.key = key  # type: ignore[attr-defined]
+                except (AttributeError, TypeError):
+                    pass
+            raise
+
+    def __repr__(self) -> str:
+        return f"ShardRanges({len(self.shards)} samples in {self.shards.dataset.num_shards} shards)"

@@ -22,6 +22,7 @@ from PIL import Image
 
 import aioloader as al
 from aioloader.transforms import decode_image
+from tests.object_server import ObjectServer
 from tests.ray_inner.conftest import NODE
 
 ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])  # actors need not import tests/
@@ -178,6 +179,33 @@ def test_worker_init_and_read_fusion(cluster, tmp_path: Path) -> None:
     assert len(got) == len(expected) == 6
     for (a, la), (b, lb) in zip(got, expected, strict=True):
         assert torch.equal(a, b) and la == lb
+
+
+def cls_of(sample: dict) -> int:
+    return int(sample["cls"])
+
+
+def test_indexed_shards_read_by_the_actors(cluster, tmp_path: Path) -> None:
+    samples = [{"__key__": f"k{i:04d}", "bin": os.urandom(200 + i), "cls": i} for i in range(40)]
+    al.sources.write_shards(samples, str(tmp_path / "s-%06d.tar"), max_count=10)
+
+    def run(executor: str, url: str) -> list[int]:
+        options = {"ray_options": SPREAD} if executor == "ray" else {}
+        source = al.sources.WebDataset(index=url)
+        loader = al.Loader.from_source(source, shuffle=True, seed=2).map(
+            cls_of, executor=executor, concurrency=2, **options
+        )
+        with loader:
+            out = list(loader)
+            (stage,) = [s for s in loader.stats()["stages"] if s["name"].startswith("map")]
+            assert stage["reads"] == "read", stage  # the actors fetched the byte ranges
+        return out
+
+    with ObjectServer() as server:  # on 127.0.0.1, which the namespace's nodes share
+        for path in tmp_path.iterdir():
+            server.objects[path.name] = path.read_bytes()
+        got, expected = run("ray", server.url("index.json")), run("process", server.url("index.json"))
+    assert got == expected and sorted(got) == list(range(40))
 
 
 def test_actor_killed_mid_epoch(cluster, expected) -> None:
