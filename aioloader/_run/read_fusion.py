@@ -29,7 +29,8 @@ per-item sync ``fn``, no random transform (its draws are made from ``(key, sampl
 no ``timeout`` (the reads would count against ``fn``'s deadline). A source offers it with
 ``worker_reader()``; ``ImageFolder`` does unless a subclass reads its own way. A user's
 map-style dataset (a torch ``Dataset`` whose ``__getitem__`` decodes) is read in the workers of
-an explicit ``executor="process"`` stage, when it can be pickled: it travels to each worker once,
+an explicit ``executor="process"`` stage (or the actors of an ``executor="ray"`` one), when it
+can be pickled: it travels to each worker once,
 with ``fn``, and its ``__getitem__`` runs there, as in torch DataLoader's workers
 (:mod:`aioloader.sources._dataset_reader`).
 """
@@ -142,8 +143,8 @@ def fuse_read(source: IndexableSource, specs: Sequence[StageSpec]) -> list[Stage
     only = getattr(reader, "executors", None)  # a reader for processes and actors only (remote shards)
     if only is not None and spec.executor not in only:
         return list(specs)
-    if reader is None:  # a user's dataset: only into processes the user asked for
-        if spec.executor != "process" or not source.dataset_reader.picklable:
+    if reader is None:  # a user's dataset: only into processes or actors the user asked for
+        if spec.executor not in ("process", "ray") or not source.dataset_reader.picklable:
             return list(specs)
         reader = source.dataset_reader
     reads = NamedRead(reader, read.name)

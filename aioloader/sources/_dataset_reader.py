@@ -11,7 +11,8 @@ Offered for a user's dataset (a torch ``Dataset`` or any class with ``__len__`` 
 ``__getitem__``), not for containers whose items already sit in memory (a list, an array, a
 tensor: a copy per worker would only cost memory), aioloader's own sources (which read their
 own way) or a dataset with an async ``aget`` (its reads belong on the event loop). Only an
-explicit ``executor="process"`` stage uses it, and only when the dataset can be pickled.
+explicit ``executor="process"`` (or ``"ray"``) stage uses it, and only when the dataset can be
+pickled.
 """
 
 from __future__ import annotations

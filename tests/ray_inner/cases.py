@@ -208,6 +208,31 @@ def test_indexed_shards_read_by_the_actors(cluster, tmp_path: Path) -> None:
     assert got == expected and sorted(got) == list(range(40))
 
 
+class PidDataset(torch.utils.data.Dataset):
+    """A user's map-style dataset: each item says which process ran ``__getitem__``."""
+
+    def __len__(self) -> int:
+        return 40
+
+    def __getitem__(self, key: int) -> tuple[int, int]:
+        return key, os.getpid()
+
+
+def key_and_reader(item: tuple[int, int]) -> tuple[int, int]:
+    return item
+
+
+def test_a_users_dataset_is_read_by_the_actors(cluster) -> None:
+    loader = al.Loader.from_source(PidDataset(), shuffle=True, seed=4).map(
+        key_and_reader, executor="ray", concurrency=2, ray_options=SPREAD
+    )
+    with loader:
+        items = list(loader)
+        pids = {a["pid"] for a in _actors(loader, "map(key_and_reader)")}
+    assert sorted(key for key, _ in items) == list(range(40))
+    assert {pid for _, pid in items} <= pids and os.getpid() not in pids
+
+
 def test_actor_killed_mid_epoch(cluster, expected) -> None:
     loader = _loader(slow_square, "ray", batch=4)
     with loader:
