@@ -309,6 +309,7 @@ def test_indexed_bad_sample_is_named_or_skipped_alone(server):
     assert len(errors) == 1 and errors[0]["key"] == 12
 
 
+
 def _cls(sample: dict) -> int:
     return int(sample["cls"])
 
@@ -318,35 +319,35 @@ def _map_stage(loader: al.Loader) -> dict:
     return stage
 
 
-def test_indexed_shards_are_read_by_worker_processes(server):
+def test_indexed_shards_reader_gives_what_the_read_stage_does(server):
+    """What a Ray actor runs to read its keys (read fusion; on a cluster in tests/ray_inner)."""
     ds = al.sources.WebDataset(index=server.url("index.json"), retry=FAST_RETRY)
     with al.Loader.from_source(ds, shuffle=True, seed=3) as loader:
-        expected = _ids(loader)
-    fused = al.Loader.from_source(ds, shuffle=True, seed=3).map(_cls, executor="process", concurrency=2)
-    with fused:
-        assert list(fused) == expected
-        assert _map_stage(fused)["reads"] == "read"  # the workers fetched the byte ranges
-    # threads keep the read stage on the loop; so does a source that skips what it cannot read
+        expected = list(loader)
+    read = ds.__aioloader_source__().worker_reader()
+    keys = [int(s["cls"]) for s in expected[:25]]  # across shards, shuffled
+    before = sum(server.requests[f"train-{i:06d}.tar"] for i in range(SHARDS))
+    assert read(keys) == expected[:25]
+    # one request per shard: the samples of a shard are joined, not fetched one by one
+    assert sum(server.requests[f"train-{i:06d}.tar"] for i in range(SHARDS)) - before <= SHARDS
     skipping = al.sources.WebDataset(index=server.url("index.json"), retry=FAST_RETRY, on_error="skip")
-    for source, executor in ((ds, "thread"), (skipping, "process")):
-        with al.Loader.from_source(source).map(_cls, executor=executor, concurrency=2) as loader:
-            assert sorted(loader) == sorted(expected)
+    assert skipping.__aioloader_source__().worker_reader() is None  # skipping is the read stage's
+
+
+def test_indexed_shards_are_read_on_the_loop_for_processes_and_threads(server):
+    ds = al.sources.WebDataset(index=server.url("index.json"), retry=FAST_RETRY)
+    for executor in ("process", "thread"):
+        with al.Loader.from_source(ds).map(_cls, executor=executor, concurrency=2) as loader:
+            assert list(loader) == list(range(SHARDS * PER_SHARD))
             assert _map_stage(loader)["reads"] is None
 
 
-def test_indexed_bad_sample_read_by_a_worker_names_its_shard(server):
+def test_indexed_shards_reader_names_a_bad_sample_by_its_shard(server):
     name = "train-000001.tar"
     data = bytearray(server.objects[name])
     data[2 * 2048 + 10] ^= 0xFF  # the header of sample 2 of shard 1 (key 12)
     server.objects[name] = bytes(data)
-    ds = al.sources.WebDataset(index=server.url("index.json"), retry=FAST_RETRY)
-    loader = al.Loader.from_source(ds).map(_cls, executor="process", concurrency=2)
-    with loader, pytest.raises(DataCorruptionError, match=r"corrupt tar header .*train-000001\.tar") as info:
-        list(loader)
-    assert info.value.stage == "read"
-    skipped = al.Loader.from_source(ds).map(
-        _cls, executor="process", concurrency=2, on_error="skip", max_failures=1
-    )
-    with skipped:  # its neighbours in the same request are kept
-        assert list(skipped) == [i for i in range(SHARDS * PER_SHARD) if i != 12]
-        assert _map_stage(skipped)["reads"] == "read"
+    read = al.sources.WebDataset(index=server.url("index.json"), retry=FAST_RETRY).__aioloader_source__().worker_reader()
+    assert [int(s["cls"]) for s in read([11, 13, 40])] == [11, 13, 40]
+    with pytest.raises(DataCorruptionError, match=r"corrupt tar header .*train-000001\.tar"):
+        read([11, 12, 13])

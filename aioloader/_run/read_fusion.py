@@ -24,7 +24,7 @@ includes the reads.
 Applied only where nothing else can differ: a pooled executor (``"thread"``, ``"process"``,
 ``"ray"`` or ``"auto"``, decided when the pipeline is built, so a pool's work is the same every
 epoch; a reader may name the executors it is for, as an indexed ``WebDataset``'s byte-range
-reader names processes and Ray actors, whose tasks are long enough to open connections), a
+reader names Ray actors, whose tasks are long enough to hide a request's latency), a
 per-item sync ``fn``, no random transform (its draws are made from ``(key, sample)`` pairs), and
 no ``timeout`` (the reads would count against ``fn``'s deadline). A source offers it with
 ``worker_reader()``; ``ImageFolder`` does unless a subclass reads its own way. A user's
@@ -140,7 +140,7 @@ def fuse_read(source: IndexableSource, specs: Sequence[StageSpec]) -> list[Stage
     if not isinstance(spec, MapSpec) or not pooled_per_item(spec) or spec.timeout is not None:
         return list(specs)
     reader = source.worker_reader
-    only = getattr(reader, "executors", None)  # a reader for processes and actors only (remote shards)
+    only = getattr(reader, "executors", None)  # a reader for some executors only (remote shards: Ray)
     if only is not None and spec.executor not in only:
         return list(specs)
     if reader is None:  # a user's dataset: only into processes or actors the user asked for

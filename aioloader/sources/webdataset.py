@@ -274,7 +274,7 @@ class IndexedShards:
         return {**self.__dict__, "_loops": {}}
 
     def worker_reader(self) -> ShardRanges | None:
-        """What a pool's worker calls to read its task's samples itself (read fusion,
+        """What a Ray actor calls to read its task's samples itself (read fusion,
         :mod:`aioloader._run.read_fusion`): the shards' bytes never pass through the trainer.
         None under ``on_error="skip"``, whose skipping belongs to the read stage."""
         return ShardRanges(self) if self.dataset.on_error == "raise" else None
@@ -408,14 +408,15 @@ class IndexedShards:
 
 
 class ShardRanges:
-    """An indexed :class:`WebDataset`'s samples as a pool worker reads them
-    (``IndexedShards.worker_reader``): keys -> samples, the worker fetching their byte ranges
+    """An indexed :class:`WebDataset`'s samples as a Ray actor reads them
+    (``IndexedShards.worker_reader``): keys -> samples, the actor fetching their byte ranges
     through its own store client (neighbours in a shard joined into one request, as on the
-    loop), closed after each task. Only pools the user asked for (``executor="process"`` or
-    ``"ray"``) use it: a thread's task would open a loop and connections of its own per chunk,
-    where the read stage shares the loop's."""
+    loop), closed after each task, so the shards' bytes never pass through the trainer. Only
+    ``executor="ray"`` stages use it, whose tasks of ~200 ms hide a request's latency: a
+    process's 10 ms tasks, or a thread's, would each wait for their own requests, where the
+    read stage keeps many in flight ahead of the workers."""
 
-    executors = ("process", "ray")
+    executors = ("ray",)
 
     def __init__(self, shards: IndexedShards) -> None:
         self.shards = shards

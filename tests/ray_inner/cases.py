@@ -198,7 +198,8 @@ def test_indexed_shards_read_by_the_actors(cluster, tmp_path: Path) -> None:
         with loader:
             out = list(loader)
             (stage,) = [s for s in loader.stats()["stages"] if s["name"].startswith("map")]
-            assert stage["reads"] == "read", stage  # the actors fetched the byte ranges
+        # the actors fetched the byte ranges; processes leave the reads to the loop
+        assert stage["reads"] == ("read" if executor == "ray" else None), stage
         return out
 
     with ObjectServer() as server:  # on 127.0.0.1, which the namespace's nodes share
