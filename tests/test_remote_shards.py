@@ -351,3 +351,14 @@ def test_indexed_shards_reader_names_a_bad_sample_by_its_shard(server):
     assert [int(s["cls"]) for s in read([11, 13, 40])] == [11, 13, 40]
     with pytest.raises(DataCorruptionError, match=r"corrupt tar header .*train-000001\.tar"):
         read([11, 12, 13])
+
+
+def test_indexed_shards_reader_keeps_max_requests(shard_dir):
+    with ObjectServer(latency_s=0.05) as slow:
+        for name in os.listdir(shard_dir):
+            slow.objects[name] = (shard_dir / name).read_bytes()
+        ds = al.sources.WebDataset(index=slow.url("index.json"), retry=FAST_RETRY, max_requests=2)
+        read = ds.__aioloader_source__().worker_reader()
+        keys = [shard * PER_SHARD for shard in range(SHARDS)]  # one sample in each shard
+        assert [int(s["cls"]) for s in read(keys)] == keys
+        assert slow.max_in_flight <= 2  # 6 without the limit

@@ -30,9 +30,8 @@ no ``timeout`` (the reads would count against ``fn``'s deadline). A source offer
 ``worker_reader()``; ``ImageFolder`` does unless a subclass reads its own way. A user's
 map-style dataset (a torch ``Dataset`` whose ``__getitem__`` decodes) is read in the workers of
 an explicit ``executor="process"`` stage (or the actors of an ``executor="ray"`` one), when it
-can be pickled: it travels to each worker once,
-with ``fn``, and its ``__getitem__`` runs there, as in torch DataLoader's workers
-(:mod:`aioloader.sources._dataset_reader`).
+can be pickled: it travels to each worker once, with ``fn``, and its ``__getitem__`` runs there,
+as in torch DataLoader's workers (:mod:`aioloader.sources._dataset_reader`).
 """
 
 from __future__ import annotations

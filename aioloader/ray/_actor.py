@@ -36,10 +36,10 @@ def _tensor_out(tensor: Any) -> tuple[str, Any]:
 
 def tensor_in(sent: tuple[str, Any]) -> Any:
     """The driver's side of :func:`_tensor_out`: a tensor viewing the array where Ray put it
-    (the driver node's object store), as a process stage's batch views shared memory. Copying
-    it out cost the driver a fresh allocation, its page faults and a memmove per batch, most
-    of its CPU per chunk. The view keeps the object alive until the tensor is gone; writing
-    into it changes only this copy, which nothing else reads (the driver owns the object)."""
+    (the driver node's object store), as a process stage's batch views shared memory: a copy
+    would cost the driver a fresh allocation, its page faults and a memmove per batch. The view
+    keeps the object alive until the tensor is gone; writing into it changes only this copy,
+    which nothing else reads (the driver owns the object)."""
     import torch
 
     kind, value = sent

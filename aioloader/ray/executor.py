@@ -9,9 +9,10 @@ differs: :class:`aioloader.ray.pool.ActorPool`, a Loader resource kept across ep
 ``loader.close()``.
 
 Chunks aim at :data:`TARGET_TASK_S` (200 ms), longer than a process's 10 ms: each actor call
-costs the driver 1-3 ms of CPU (submitting it, pulling its result into the driver node's object
-store, reading it back), so a chunk must carry many samples for that share to stay small; with
-64 actors at 50 ms chunks the driver would spend cores on the calls alone.
+costs the driver 0.5-5 ms of CPU, nearly whatever it carries (submitting it, pulling its result
+into the driver node's object store, reading it back), so a chunk must carry many samples for
+that share to stay small; with 64 actors at 50 ms chunks the driver would spend cores on the
+calls alone (docs/distributed-decoding.md, section 5).
 """
 
 from __future__ import annotations

@@ -422,11 +422,19 @@ class ShardRanges:
         self.shards = shards
 
     def __call__(self, keys: Sequence[int]) -> list[dict[str, Any]]:
+        most = self.shards.dataset.max_requests
+
         async def read_all() -> list[Any]:
+            items: list[Any] = []
             try:
-                return await asyncio.gather(*(self._read(key) for key in keys), return_exceptions=True)
+                # at most max_requests keys at once (so as many requests); a wave's keys start
+                # together, so those of one shard are joined into one request
+                for start in range(0, len(keys), most):
+                    wave = (self._read(key) for key in keys[start : start + most])
+                    items += await asyncio.gather(*wave, return_exceptions=True)
             finally:
                 await self.shards.aclose_io()
+            return items
 
         items = _run_blocking(read_all)
         for item in items:
