@@ -62,15 +62,18 @@ def test_results_are_read_without_a_copy() -> None:
 
     from aioloader.ray._actor import tensor_in
 
-    array = np.arange(24, dtype=np.float32).reshape(2, 3, 4)
+    array = np.arange(2 * 3 * 224 * 224, dtype=np.float32).reshape(2, 3, 224, 224)
     array.flags.writeable = False
     address = array.ctypes.data
     tensor = tensor_in(("array", array))
     del array
-    assert tensor.data_ptr() == address and tensor.shape == (2, 3, 4)
+    assert tensor.data_ptr() == address and tensor.shape == (2, 3, 224, 224)
     tensor += 1
-    assert tensor.flatten().tolist() == list(range(1, 25))
-    strided = np.arange(12).reshape(3, 4)[:, ::2]
+    assert tensor[1, 2, 223, 223].item() == 2 * 3 * 224 * 224
+    small = np.arange(24).reshape(2, 12)  # a copy of its own (it may be Ray's inline memory)
+    small.flags.writeable = False
+    assert tensor_in(("array", small)).data_ptr() != small.ctypes.data
+    strided = np.arange(200_000).reshape(1000, 200)[:, ::2]
     strided.flags.writeable = False
     assert tensor_in(("array", strided)).tolist() == strided.tolist()
 

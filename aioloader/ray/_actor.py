@@ -19,6 +19,10 @@ from typing import Any
 from aioloader.workers._child import _portable
 from aioloader.workers.pool import WORKER_ENV
 
+# Smaller arrays are copied: cheap, and they may sit in Ray's in-process memory store (results
+# of up to 100 KB come back inline) rather than in the object store.
+_VIEW_MIN_BYTES = 64 * 1024
+
 
 def _tensor_out(tensor: Any) -> tuple[str, Any]:
     """How an actor sends a torch tensor: as a numpy array, which Ray writes to the object store
@@ -47,7 +51,7 @@ def tensor_in(sent: tuple[str, Any]) -> Any:
         return pickle.loads(value)
     if value.flags.writeable:
         return torch.from_numpy(value)
-    if not value.flags.c_contiguous or value.nbytes == 0:
+    if not value.flags.c_contiguous or value.nbytes < _VIEW_MIN_BYTES:
         return torch.from_numpy(value.copy())
     return torch.from_numpy(_writable_view(value))
 
