@@ -12,7 +12,7 @@ The bytes never enter the parent, which then spends ~33 us per JPEG, and the sam
 at 0.92-1.00 of the ceiling (``python -m bench --workload jpeg``). Threads read in their workers
 too (0.82 -> 0.87 of the ceiling). ``executor="auto"`` times ``fn`` without the reads (a cold
 first epoch must not decide the placement) and sends a costly one to processes, a cheap one to
-threads, never inline, where the reads would block the loop (:func:`aioloader.monitor.autotune.place`).
+threads, never inline, where the reads would block the loop (:func:`aioloader._run.placement.place`).
 
 What the consumer gets is the same: the same items in the same batches and order, with the same
 keys, so ``state_dict()`` and resume are unchanged. A read failure is named by stage ``"read"``

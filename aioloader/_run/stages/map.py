@@ -38,10 +38,10 @@ from aioloader._run.executors import (
 )
 from aioloader._run.failures import FailurePolicy
 from aioloader._run.fusion import batch_seed, is_pure_collate
+from aioloader._run.placement import PROBE_S, THREAD_ABOVE_S, Limiter, PlacementProbe
 from aioloader._run.read_fusion import read_then_apply
 from aioloader._spec import MapSpec
 from aioloader.errors import StageTimeoutError
-from aioloader.monitor.autotune import PROBE_S, THREAD_ABOVE_S, Limiter, PlacementProbe
 from aioloader.monitor.stats import ErrorLog, StageStats
 from aioloader.order.sample_rng import WithRng
 
@@ -193,7 +193,7 @@ class MapStage:
 
     async def _probe_inline(self) -> bool:
         """executor="auto" for a sync function: measure it on the first block and choose
-        inline, thread or process (:class:`~aioloader.monitor.autotune.PlacementProbe`; a
+        inline, thread or process (:class:`~aioloader._run.placement.PlacementProbe`; a
         block function keeps the inline-cost rule)."""
         try:
             block = await self.input.get()
