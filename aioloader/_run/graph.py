@@ -140,7 +140,7 @@ class Run:
         self.runtime = runtime
         self.errors = ErrorLog()
         self.rank = resolve_rank(pipeline.source_spec.rank, pipeline.source_spec.world_size)
-        self.stages: list[Any] = []
+        self.stages: list[Stage] = []
         self._tasks: list[asyncio.Task[None]] = []
         self._error: BaseException | None = None
         self._closed = False
@@ -213,19 +213,19 @@ class Run:
             runtime=self.runtime,
             resume=self.resume,
         )
-        builds = [spec.upstream_depth() is None for spec in specs]
-        last = max((i for i, builds_one in enumerate(builds) if builds_one), default=-1)
+        # the last spec that builds a stage feeds the consumer (a prefetch after it builds none)
+        feeding = max((i for i, spec in enumerate(specs) if spec.upstream_depth() is None), default=-1)
         for index, spec in enumerate(specs):
             if batched:
                 spec = spec.after_batches()
             batched = (batched or spec.makes_batches) and not spec.unbatches
-            upstream = spec.upstream_depth()
-            if upstream is not None:
-                depths[-1] = upstream
+            sized = spec.upstream_depth()
+            if sized is not None:
+                depths[-1] = sized
                 continue
             if spec.output_depth is not None:
                 depth = spec.output_depth
-            stage = spec.build(replace(ctx, expected_items=expected, feeds_consumer=index == last))
+            stage = spec.build(replace(ctx, expected_items=expected, feeds_consumer=index == feeding))
             if spec.renumbers:
                 self.delivery.attach_reservoir(stage)
             self.stages.append(stage)
