@@ -22,7 +22,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from aioloader._spec import MapSpec, check_callable, fn_name
+from aioloader._run.stages.map import MapSpec
+from aioloader._spec import check_callable, fn_name
 from aioloader.workers.executor import START_TIMEOUT_S, ProcessExecutor
 
 TARGET_TASK_S = 0.200
