@@ -403,14 +403,15 @@ class PlacementProbe:
                 read_before = self._read_seconds()
                 parts.append(work(values[head : head + 1]))
                 self._times.append(max(0.0, parts[-1][2] - (self._read_seconds() - read_before)))
-                if not parts[-1][1]:  # the least of the calls: the first pickling warms up
-                    transfer = transfer_cost(values[head : head + 1], parts[-1][0])
-                    self.transfer_s = min(transfer, self.transfer_s or math.inf)
                 head += 1
                 enough = len(self._times) >= _COST_ITEMS or perf_counter() > ends
                 self._costed = len(self._times) >= 2 and enough
             times = sorted(self._times)
             self.cost_s = times[(len(times) - 1) // 2]  # the lower median: two calls give the smaller
+            costed = _merge(parts)
+            if head and not costed[1]:  # pickled as a task of them would be; twice, the first warms up
+                transfer = min(transfer_cost(values[:head], costed[0]) for _ in range(2))
+                self.transfer_s = min(transfer, self.transfer_s or math.inf)
             if self._costed and self.cost_s < TRIAL_ABOVE_S:
                 # Threads are not tried: a value is too cheap for their hand-off, and
                 # processes take a function whether or not it holds the GIL.
