@@ -35,7 +35,7 @@ from aioloader._run.executors import (
     one_intra_op_thread,
 )
 from aioloader._run.failures import FailurePolicy
-from aioloader._run.fusion import batch_seed, is_pure_collate
+from aioloader._run.fusion import is_pure_collate
 from aioloader._run.read_fusion import read_then_apply
 from aioloader._spec import MapSpec, is_picklable
 from aioloader.errors import StageTimeoutError
@@ -513,7 +513,7 @@ class MapStage:
             return [(keys, members, True) for keys, members in zip(chunk.keys, chunk.values, strict=True)]
         if self.spec.fused_batch is not None and self._executor.kind in ("process", "ray"):
             return [
-                (keys, members, False, batch_seed(self._seed, self._epoch, self._rank, seqs[0]))
+                (keys, members, False, (self._seed, self._epoch, self._rank, seqs[0]))
                 for keys, members, seqs in zip(chunk.keys, chunk.values, chunk.seqs, strict=True)
             ]
         return list(zip(chunk.keys, chunk.values, strict=True))
