@@ -253,13 +253,16 @@ def test_processes_only_when_they_pay() -> None:
 def test_auto_is_stable_and_never_changes_the_output(fn: Callable[[int], int]) -> None:
     """Three fresh loaders each place the stage alike (a GIL holder never on threads), and
     every placement gives the output inline gives."""
-    expected = [fn(x) for x in range(96)]
+    expected = [fn(x) for x in range(192)]
     placed = set()
+    seen = []
     for _ in range(3):
-        with al.Loader.from_source(list(range(96))).map(fn, name="m").batch(16).options(block_size=96) as loader:
+        with al.Loader.from_source(list(range(192))).map(fn, name="m").batch(16).options(block_size=96) as loader:
             assert [int(x) for b in loader for x in b] == expected
-            placed.add(_stage(loader.stats(), "m")["executor"])
-    assert len(placed) == 1, placed
+            stage = _stage(loader.stats(), "m")
+            placed.add(stage["executor"])
+            seen.append(stage["placement"])
+    assert len(placed) == 1, seen
     assert placed != {"thread"} if fn is not releases_gil else placed == {"thread"}
 
 

@@ -59,6 +59,7 @@ _BACKOFF_S = 0.05
 _MAX_PROBE_BLOCKS = 64  # blocks the placement probe may join for one measurement
 _MAX_PROBE_S = 0.5  # placing a stage stops measuring after this long (a loaded machine)
 _MIN_CHECKED_VALUES = 16  # values run where auto placed a stage before its rate can move it
+_EPOCHS_AHEAD = 2  # epochs whose saving pays a process pool's start-up
 _REPLACE_BELOW = 1.1  # threads' measured rate over inline's under which they are left
 
 
@@ -262,9 +263,9 @@ class MapStage:
 
     def _processes_pay(self, cost_s: float, transfer_s: float) -> bool:
         """Whether a process pool pays at ``cost_s`` and ``transfer_s`` (pickling) per value:
-        its expected speedup, and an epoch's inline work saved against starting the pool
-        (nothing once it runs). The whole epoch, not what is left of it: the decision stays
-        for the next epochs, so the start-up is paid once."""
+        its expected speedup, and what it saves on :data:`_EPOCHS_AHEAD` epochs' inline work
+        against starting the pool (nothing once it runs): the decision stays for the next
+        epochs, so the start-up is paid once, and a loader runs several."""
         from aioloader.workers._spawn import fork_allowed
         from aioloader.workers.executor import default_workers
 
@@ -278,7 +279,7 @@ class MapStage:
             return processes_pay(None, start_s, speedup)
         per_value = self.stats.items_in / max(self._values_in, 1)  # a fused stage's values are batches
         values = self._expected_items / max(per_value, 1e-9)
-        return processes_pay(values * cost_s, start_s, speedup)
+        return processes_pay(_EPOCHS_AHEAD * values * cost_s, start_s, speedup)
 
     def check_placement(self) -> None:
         """After a run of a stage that executor="auto" put on threads: if the rate measured
