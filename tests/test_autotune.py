@@ -274,7 +274,7 @@ class ReleasesThenHolds:
         self.calls = itertools.count()
 
     def __call__(self, x: int) -> int:
-        if next(self.calls) < 60:
+        if next(self.calls) < 200:  # more than the probe takes (at most ~170 here)
             time.sleep(0.0003)
         else:
             holds_gil(x)
@@ -283,11 +283,11 @@ class ReleasesThenHolds:
 
 def test_threads_measured_slower_than_inline_are_placed_again() -> None:
     fn = ReleasesThenHolds()
-    loader = al.Loader.from_source(list(range(240))).map(fn, name="m").options(block_size=80)
+    loader = al.Loader.from_source(list(range(400))).map(fn, name="m").options(block_size=200)
     with loader:
-        assert list(loader) == list(range(240))
+        assert list(loader) == list(range(400))
         first = _stage(loader.stats(), "m")
         assert first["executor"] == "thread", first["placement"]
         assert first["placement"]["replaced"] == "thread", first["placement"]
-        assert list(loader) == list(range(240))  # the next epoch runs where it was placed again
+        assert list(loader) == list(range(400))  # the next epoch runs where it was placed again
         assert _stage(loader.stats(), "m")["executor"] in ("inline", "process")

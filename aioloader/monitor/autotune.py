@@ -83,7 +83,8 @@ PROCESS_EFFICIENCY = 0.8  # of the workers' cores a process pool delivers (paren
 FORK_START_S = 0.05
 SPAWN_START_S = 2.0
 _COST_ITEMS = 8  # the cost of an item is the median of this many calls, at most
-_COST_BUDGET_S = 0.005  # ... or of as many as fit in this time (two at least)
+_COST_BUDGET_S = 0.005  # ... or of as many as fit in this time
+_COST_MIN_CALLS = 4  # ... but at least this many (the lower median leaves out two warm-ups)
 _STATUS = "/proc/thread-self/status"
 
 ChunkResult = tuple[list[Any], list[tuple[int, BaseException]], float]
@@ -401,7 +402,9 @@ class PlacementProbe:
             # Items one by one: the first calls may pay a warm-up (torch's first ops on a
             # thread: 960 us, then 230 us, for a 90 us function, which sent it to threads or
             # processes at a third of its inline speed or less), so the cost is the lower
-            # median of up to _COST_ITEMS calls, as many as fit in _COST_BUDGET_S (two at least).
+            # median of up to _COST_ITEMS calls, as many as fit in _COST_BUDGET_S (at least
+            # _COST_MIN_CALLS, from the next blocks if need be: a fused stage's value is a batch,
+            # whose first collates pay torch's warm-up).
             ends = perf_counter() + _COST_BUDGET_S
             while head < len(values) and not self._costed:
                 read_before = self._read_seconds()
@@ -409,7 +412,7 @@ class PlacementProbe:
                 self._times.append(max(0.0, parts[-1][2] - (self._read_seconds() - read_before)))
                 head += 1
                 enough = len(self._times) >= _COST_ITEMS or perf_counter() > ends
-                self._costed = len(self._times) >= 2 and enough
+                self._costed = len(self._times) >= _COST_MIN_CALLS and enough
             times = sorted(self._times)
             self.cost_s = times[(len(times) - 1) // 2]  # the lower median: two calls give the smaller
             costed = _merge(parts)
@@ -468,9 +471,10 @@ class PlacementProbe:
             return place(self.cost_s, holds_gil, True, self._can_process, reads_keys)
         transfer = math.inf if self.transfer_s is None else self.transfer_s
         if self._pays is not None:
-            self.pays = self._pays(self.cost_s, transfer)
+            # the least call: a warm-up or a busy moment must not make processes look paying
+            self.pays = self._pays(min(self._times), transfer)
         else:
-            self.pays = processes_pay(None, 0.0, process_speedup(self.cost_s, transfer, 2))
+            self.pays = processes_pay(None, 0.0, process_speedup(min(self._times), transfer, 2))
         decision = place(self.cost_s, holds_gil, True, self._can_process, pays=self.pays)
         # Pickling is checked only when processes would be chosen: the work may hold the whole
         # dataset (a read stage over a torch Dataset of 1M strings spent 0.28 s pickling it).

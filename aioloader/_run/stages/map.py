@@ -292,6 +292,8 @@ class MapStage:
         The output is the same wherever a stage runs."""
         if self.spec.executor != "auto" or self._executor.kind != "thread" or self._placed_mark is None:
             return
+        if self.spec.reads is not None:  # its threads are for reading, not for the GIL
+            return
         placement = dict(self._decisions.placement(self.spec.name) or {})
         busy = self.stats.busy_s - self._placed_mark[0]
         values = self._values_in - self._placed_mark[1]
