@@ -6,14 +6,15 @@ times a few items inline (the lower median: a warm-up does not count). A functio
 :data:`INLINE_BELOW_S` per item stays inline (a hand-off costs more than the work). One cheaper
 than :data:`TRIAL_ABOVE_S` is not tried in threads (their hand-offs would eat the gain, and
 processes take a function whether or not it holds the GIL). Otherwise :func:`thread_trial` runs
-a few ms of items in two threads at once, :data:`READINGS` times, and reads whether the GIL
-was let go from the order in which the values finish and how often the threads waited for it:
-counts, not rates, so a loaded machine does not read as the GIL (nor the GIL as a loaded
-machine). Threads when the trials, pooled, saw it let go. Otherwise processes when they pay
+a few ms of items in two threads at once, :data:`READINGS` times or more, and reads whether
+the GIL was let go from whether the two threads were ever inside the function together and
+how often a watching thread found the GIL held: spans and counts, not rates, so a loaded
+machine does not read as the GIL (nor the GIL as a loaded machine). Threads when the trials,
+pooled, say it lets go (:func:`lets_go_of_gil`). Otherwise processes when they pay
 (:func:`processes_pay`): the speedup expected from the workers, net of pickling each value and
-result (:func:`transfer_cost`), over :data:`PROCESSES_PAY`, and an epoch's saving over their
-start-up; inline else (threads only for a costly function processes cannot take, see
-:func:`place`). The map stage places a stage again when its measured rate says the decision
+result (:func:`transfer_cost`), over :data:`PROCESSES_PAY`, and the saving on the next epochs
+over their start-up; inline else (threads only for a costly function processes cannot take,
+see :func:`place`). The map stage places a stage again when its measured rate says the decision
 was wrong (``MapStage.check_placement``). Every value runs once; every result is kept.
 :func:`gil_blocked_fraction` (the share of looks at the GIL that find it held, one thread)
 is a diagnostic.
@@ -68,7 +69,7 @@ THREAD_ABOVE_S = 200e-6  # per item: slower than this blocks the loop too long; 
 TRIAL_ABOVE_S = 100e-6  # per item: threads are tried above this cost only
 READING_S = 0.005  # work per thread in one thread trial
 READINGS = 3  # thread trials per placement, pooled
-_TRIAL_SWITCH_S = 0.2  # the GIL's switch interval during a trial: longer than the trial
+_TRIAL_SWITCH_S = 0.2  # the GIL's switch interval during a trial: longer than a trial
 _LOOK_S = 0.0005  # how long the trial's observer sleeps between looks at the GIL
 # the share of a thread's time in the function spent while the other was in it too, over which
 # the GIL was let go (a holder's is about 0)
