@@ -267,27 +267,28 @@ def test_auto_is_stable_and_never_changes_the_output(fn: Callable[[int], int]) -
 
 
 class ReleasesThenHolds:
-    """Sleeps (lets go of the GIL) for its first calls, then spins (holds it) at 3x the cost:
-    placed on threads by its first calls, wrong from then on."""
+    """Sleeps 1 ms (lets go of the GIL) for its first calls, then spins (holds it) about twice
+    as long: placed on threads by its first calls, wrong from then on."""
 
     def __init__(self) -> None:
         self.calls = itertools.count()
 
     def __call__(self, x: int) -> int:
-        if next(self.calls) < 200:  # more than the probe takes (at most ~170 here)
-            time.sleep(0.0003)
+        if next(self.calls) < 100:  # more than the probe takes (at most ~70 here)
+            time.sleep(0.001)
         else:
-            holds_gil(x)
+            for _ in range(3):
+                holds_gil(x)
         return x
 
 
 def test_threads_measured_slower_than_inline_are_placed_again() -> None:
     fn = ReleasesThenHolds()
-    loader = al.Loader.from_source(list(range(400))).map(fn, name="m").options(block_size=200)
+    loader = al.Loader.from_source(list(range(200))).map(fn, name="m").options(block_size=100)
     with loader:
-        assert list(loader) == list(range(400))
+        assert list(loader) == list(range(200))
         first = _stage(loader.stats(), "m")
         assert first["executor"] == "thread", first["placement"]
         assert first["placement"]["replaced"] == "thread", first["placement"]
-        assert list(loader) == list(range(400))  # the next epoch runs where it was placed again
+        assert list(loader) == list(range(200))  # the next epoch runs where it was placed again
         assert _stage(loader.stats(), "m")["executor"] in ("inline", "process")
