@@ -5,6 +5,7 @@ injected faults, corrupt and missing shards, and the indexable mode (an index's 
 from __future__ import annotations
 
 import io
+import json
 import os
 import tarfile
 
@@ -307,3 +308,32 @@ def test_indexed_bad_sample_is_named_or_skipped_alone(server):
         errors = loader.stats()["errors"]
     assert got == [i for i in range(SHARDS * PER_SHARD) if i != 12]  # its neighbours are kept
     assert len(errors) == 1 and errors[0]["key"] == 12
+
+
+def test_scan_index_makes_the_stream_indexable_on_the_next_run(server, shard_dir, tmp_path):
+    scan = tmp_path / "scan" / "index.json"
+    everything = list(range(SHARDS * PER_SHARD))
+    seen = []
+    for rank in range(2):  # each rank scans its own shards into the one file
+        ds = al.sources.WebDataset(_urls(server), retry=FAST_RETRY, scan_index=scan)
+        assert ds.offsets is None and ds.__aioloader_source__() is ds  # not every shard scanned yet
+        loader = al.Loader.from_source(ds, shuffle=True, seed=1, rank=rank, world_size=2, shard_policy="uneven")
+        with loader:
+            seen += list(loader)
+    assert sorted(_ids(seen)) == everything
+    ds = al.sources.WebDataset(_urls(server), retry=FAST_RETRY, scan_index=scan)
+    assert ds.offsets is not None and ds.__aioloader_source__() is not ds  # indexable
+    written = json.loads((shard_dir / "index.json").read_text())["shards"]
+    assert [list(o) for o in ds.offsets] == [s["offsets"] for s in written]  # as write_shards wrote them
+    assert ds.sizes == [s["bytes"] for s in written]
+    with al.Loader.from_source(ds, shuffle=True, seed=1) as loader:
+        again = list(loader)
+    assert sorted(_ids(again)) == everything
+    assert len({i // PER_SHARD for i in _ids(again)[:PER_SHARD]}) > 1  # a global shuffle, by ranged reads
+    content = {int(s["cls"]): s["bin"] for s in seen}
+    assert all(content[int(s["cls"])] == s["bin"] for s in again)
+
+
+def test_scan_index_must_be_a_local_file(server):
+    with pytest.raises(ValueError, match="scan_index must be a local path"):
+        al.sources.WebDataset(_urls(server), scan_index="s3://bucket/index.json")
