@@ -337,3 +337,29 @@ def test_scan_index_makes_the_stream_indexable_on_the_next_run(server, shard_dir
 def test_scan_index_must_be_a_local_file(server):
     with pytest.raises(ValueError, match="scan_index must be a local path"):
         al.sources.WebDataset(_urls(server), scan_index="s3://bucket/index.json")
+
+
+def test_indexed_reads_use_the_cache_and_fill_it_with_whole_shards(server, tmp_path):
+    sizes = [len(server.objects[f"train-{i:06d}.tar"]) for i in range(SHARDS)]
+    cache = {"cache": tmp_path / "c", "cache_bytes": sum(sizes)}
+    index = server.url("index.json")
+
+    def shard_requests() -> int:
+        return sum(n for name, n in server.requests.items() if name.endswith(".tar"))
+
+    chunks = al.sources.WebDataset(index=index, retry=FAST_RETRY, **cache)
+    with al.Loader.from_source(chunks, shuffle="chunks", chunk_window=1, seed=2) as loader:
+        first = list(loader)  # each shard's samples read together: the whole shard, then kept
+        server.requests.clear()
+        again = _ids(loader)
+    assert sorted(_ids(first)) == sorted(again) == list(range(SHARDS * PER_SHARD))
+    assert chunks.cache.used_bytes() == sum(sizes)
+    assert shard_requests() == 0  # the second epoch came from the cache
+    # a global shuffle of single-sample reads after a restart: every read from the cache
+    shuffled = al.sources.WebDataset(index=index, retry=FAST_RETRY, **cache)
+    with al.Loader.from_source(shuffled, shuffle=True, seed=2) as loader:
+        samples = list(loader)
+    assert shard_requests() == 0
+    content = {int(s["cls"]): s["bin"] for s in first}
+    assert sorted(_ids(samples)) == list(range(SHARDS * PER_SHARD))
+    assert all(content[int(s["cls"])] == s["bin"] for s in samples)

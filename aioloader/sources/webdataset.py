@@ -397,9 +397,11 @@ class IndexedShards:
                 found[sample.offset] = sample.fields
 
         async def read(start: int, end: int, members: list[int]) -> None:
-            data = await store.read(url, start, end)
+            data, whole = await self._fetch(store, shard, start, end)
             try:
                 parse(data, start)
+                if whole is not None:  # a sound shard read whole: later reads need no request
+                    await asyncio.to_thread(self.dataset.cache.put, url, [whole])
             except DataCorruptionError as exc:
                 if len(members) == 1:
                     broken[start] = exc
@@ -429,6 +431,26 @@ class IndexedShards:
                         key=(url, local),
                     )
                 )
+
+    async def _fetch(self, store: ObjectStore, shard: int, start: int, end: int) -> tuple[bytes, bytes | None]:
+        """Bytes ``start:end`` of the shard, from the local cache when it holds the shard; and
+        the whole shard when this read covers every sample of it (to be kept in the cache)."""
+        dataset = self.dataset
+        url = dataset.urls[shard]
+        cache = dataset.cache
+        if cache is None:
+            return await store.read(url, start, end), None
+        fd = cache.open(url)
+        if fd is not None:
+            try:
+                return await asyncio.to_thread(os.pread, fd, end - start, start), None
+            finally:
+                os.close(fd)
+        offsets, size = dataset.offsets[shard], dataset.sizes[shard]
+        if size is None or start != int(offsets[0]) or end != int(offsets[-1]):
+            return await store.read(url, start, end), None
+        whole = await store.read(url, 0, size)  # the end-of-archive blocks too: a few KiB more
+        return whole[start:end], whole
 
     async def aclose_io(self) -> None:
         """Close the connections reads on the running loop opened."""
