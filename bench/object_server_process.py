@@ -56,7 +56,10 @@ class ServerProcess:
         context = multiprocessing.get_context("spawn")
         self._conn, child = context.Pipe()
         self._process = context.Process(
-            target=_serve, args=(self._folder, self._names, self._prefix, self._rate, child), name="bench-objserver", daemon=True
+            target=_serve,
+            args=(self._folder, self._names, self._prefix, self._rate, child),
+            name="bench-objserver",
+            daemon=True,
         )
         self._process.start()
         child.close()

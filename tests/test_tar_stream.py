@@ -41,7 +41,9 @@ def test_headers_read_as_tarfile_reads_them(fmt: int) -> None:
     assert seen >= 4
     members = TarParser("mem://shard").feed(data)
     assert [(m.name, m.data) for m in members] == [
-        ("a/x.jpg", b"jpeg"), (f"{_LONG_DIR}/y.cls", b"7"), ("a/z.txt", b"")
+        ("a/x.jpg", b"jpeg"),
+        (f"{_LONG_DIR}/y.cls", b"7"),
+        ("a/z.txt", b""),
     ]
 
 

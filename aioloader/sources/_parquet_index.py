@@ -49,7 +49,9 @@ async def read_footers(dataset: Any) -> tuple[list[int], list[list[int]]]:
             except (OSError, ValueError) as exc:  # pyarrow.ArrowInvalid is a ValueError
                 if isinstance(exc, (ConnectionError, TimeoutError)) or exc.__cause__ is not None:
                     raise
-                raise DataCorruptionError(f"{url}: not a readable Parquet file: {exc}", key=(url, None)) from None
+                raise DataCorruptionError(
+                    f"{url}: not a readable Parquet file: {exc}", key=(url, None)
+                ) from None
             finally:
                 file.abort()
             dataset.check_columns(url, parquet.schema_arrow.names)

@@ -99,13 +99,17 @@ def write(folder: Path, samples: Iterable[dict[str, Any]], shard_bytes: int) -> 
             writer.done()
             writer.merge()
         done.touch()
-    return sorted(str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file() and p.name != ".complete")
+    return sorted(
+        str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file() and p.name != ".complete"
+    )
 
 
 def environment(endpoint: str) -> None:
     """Point both clients at the bench endpoint (placeholder credentials)."""
     os.environ.update(
-        AWS_ACCESS_KEY_ID="bench", AWS_SECRET_ACCESS_KEY="bench", AWS_DEFAULT_REGION="us-east-1",
+        AWS_ACCESS_KEY_ID="bench",
+        AWS_SECRET_ACCESS_KEY="bench",
+        AWS_DEFAULT_REGION="us-east-1",
         S3_ENDPOINT_URL=endpoint,
     )
 
