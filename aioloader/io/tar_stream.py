@@ -99,13 +99,17 @@ class TarParser:
         self.last_name: str | None = None
 
     def feed(self, data: bytes) -> list[Member]:
-        self._buffer += data
         out: list[Member] = []
-        with memoryview(self._buffer) as view:  # released before the buffer is resized
-            used = self._members(view, out)
-        if used:
+        if not self._buffer:  # parse the part where it lies; keep only a member cut at its end
+            with memoryview(data) as view:
+                used = self._members(view, out)
+                self._buffer = bytearray(view[used:])
+        else:
+            self._buffer += data
+            with memoryview(self._buffer) as view:  # released before the buffer is resized
+                used = self._members(view, out)
             del self._buffer[:used]
-            self._pos += used
+        self._pos += used
         return out
 
     def _members(self, view: memoryview, out: list[Member]) -> int:
