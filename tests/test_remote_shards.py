@@ -363,3 +363,11 @@ def test_indexed_reads_use_the_cache_and_fill_it_with_whole_shards(server, tmp_p
     content = {int(s["cls"]): s["bin"] for s in first}
     assert sorted(_ids(samples)) == list(range(SHARDS * PER_SHARD))
     assert all(content[int(s["cls"])] == s["bin"] for s in samples)
+
+
+def test_shard_sizes_are_looked_up_ahead_together(server):
+    server.latency_s = 0.05  # each HEAD a round trip, as in object storage
+    ds = al.sources.WebDataset(_urls(server), retry=FAST_RETRY)
+    with al.Loader.from_source(ds) as loader:
+        assert _ids(loader) == list(range(SHARDS * PER_SHARD))
+    assert server.max_heads_in_flight > 1  # not one HEAD per shard, each waiting for the last
