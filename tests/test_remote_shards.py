@@ -371,3 +371,28 @@ def test_shard_sizes_are_looked_up_ahead_together(server):
     with al.Loader.from_source(ds) as loader:
         assert _ids(loader) == list(range(SHARDS * PER_SHARD))
     assert server.max_heads_in_flight > 1  # not one HEAD per shard, each waiting for the last
+
+
+async def test_the_runs_first_part_is_short(server):
+    from aioloader.io.prefetch import ShardPrefetcher
+    from aioloader.io.store import ObjectStore
+
+    part, first = 8192, 1024
+    names = [f"train-{i:06d}.tar" for i in range(2)]
+    store = ObjectStore(retry=FAST_RETRY)
+    try:
+        async with ShardPrefetcher(
+            store, [server.url(n) for n in names], part_size=part, budget=1 << 20, max_requests=8, first_part=first
+        ) as prefetcher:
+            lengths = []
+            while (entry := await prefetcher.next_part()) is not None:
+                if entry[1] is not None:
+                    lengths.append((entry[0], len(entry[1])))
+                    await prefetcher.release(len(entry[1]))
+    finally:
+        await store.aclose()
+    sizes = [len(server.objects[n]) for n in names]
+    assert sizes[0] > part
+    assert [n for s, n in lengths if s == 0][:2] == [first, part - first]  # 1 KiB, then the part's rest
+    assert next(n for s, n in lengths if s == 1) == part  # later shards: whole parts
+    assert sum(n for s, n in lengths if s == 0) == sizes[0]
