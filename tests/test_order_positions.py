@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 
 import aioloader as al
 from aioloader.order.elastic import RemainingKeys
-from aioloader.order.permutation import Bijection
+from aioloader.order.permutation import Bijection, _Work
 from aioloader.order.sharding import RankInfo, shard_count, shard_keys, shard_sequence
 
 # sizes around powers of two, where the bijection's domain changes, and anything small
@@ -96,6 +96,26 @@ def test_a_range_of_positions_gives_the_keys_of_its_array(n, seed, data):
         got = bijection(span, dtype=dtype)
         assert got.dtype == dtype and np.array_equal(got, expected)
     assert np.array_equal(bijection.inverse(range(0, n), dtype=np.uint32), bijection.inverse(np.arange(n)))
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    n=st.one_of(sizes.filter(lambda n: n > 1), st.integers(2, 2**64 - 1)),
+    seed=st.integers(0, 2**32),
+    data=st.data(),
+)
+def test_a_few_walked_values_take_the_same_rounds_as_python_ints(n, seed, data):
+    """Values past n are walked one by one as Python ints when few: each round gives what the
+    numpy rounds give, over the whole domain the rounds act on, both ways."""
+    bijection = Bijection(n, seed, 2)
+    domain = (1 << bijection._low_bits) * bijection._high
+    values = data.draw(st.lists(st.integers(0, min(domain, 2**64) - 1), min_size=1, max_size=20))
+    array = np.array(values, dtype=np.uint64)
+    ways = ((bijection._encrypt, bijection._encrypt_one), (bijection._decrypt, bijection._decrypt_one))
+    for vector, one in ways:
+        out = np.empty_like(array)
+        vector(array, out, _Work(array.size))
+        assert out.tolist() == [one(v) for v in values]
 
 
 def test_a_long_range_is_evaluated_past_many_pieces_and_walks():

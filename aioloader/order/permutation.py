@@ -26,13 +26,15 @@ def _word(value: int) -> np.ndarray:
     return np.array(value, dtype=np.uint64)
 
 
-_M1 = _word(0xBF58476D1CE4E5B9)  # splitmix64's multipliers: a strong 64-bit avalanche
-_M2 = _word(0x94D049BB133111EB)
+_MULTIPLIERS = (0xBF58476D1CE4E5B9, 0x94D049BB133111EB)  # splitmix64's: a strong 64-bit avalanche
+_M1, _M2 = _word(_MULTIPLIERS[0]), _word(_MULTIPLIERS[1])
 _SHIFT = _word(31)
 _TOP32 = _word(32)
 # positions per pass: its six scratch arrays (64 KB each) stay in the L2 cache and below the
 # 128 KB that glibc's malloc maps afresh, and page faults in, on every allocation
 _PIECE = 8192
+_WALK_ONE_BY_ONE = 32  # fewer values than this to walk: Python ints, not a numpy pass of ~60 calls
+_WORD = (1 << 64) - 1
 
 
 def index_dtype(n: int) -> np.dtype:
@@ -59,7 +61,9 @@ class Bijection:
     encrypt up to twice per key.
     """
 
-    __slots__ = ("_high", "_keys", "_low_bits", "_low_mask", "_low_shift", "_n", "_size", "_top_shift")
+    __slots__ = (
+        "_high", "_key_ints", "_keys", "_low_bits", "_low_mask", "_low_shift", "_n", "_size", "_top_shift",
+    )  # fmt: skip
 
     def __init__(self, n: int, seed: int, epoch: int, *stream: int) -> None:
         if n < 0:
@@ -72,10 +76,9 @@ class Bijection:
         self._low_shift = _word(self._low_bits)
         self._top_shift = _word(64 - self._low_bits)  # F(q): the mix's top low_bits bits
         self._size = _word(self._high)
-        self._keys = [
-            _word(k)
-            for k in np.random.SeedSequence([seed, epoch, *stream, 0xFE15]).generate_state(ROUNDS, np.uint64)
-        ]
+        words = np.random.SeedSequence([seed, epoch, *stream, 0xFE15]).generate_state(ROUNDS, np.uint64)
+        self._keys = [_word(k) for k in words]
+        self._key_ints = [int(k) for k in words]
 
     def __len__(self) -> int:
         return self._n
@@ -84,22 +87,22 @@ class Bijection:
         """The keys at ``positions`` (integers in ``[0, n)``: an array, or a ``range``, which is
         never built as one), as ``dtype`` (uint64 unless told; :func:`index_dtype` of n holds
         every key)."""
-        return self._walk(self._encrypt, positions, np.dtype(dtype))
+        return self._walk(self._encrypt, self._encrypt_one, positions, np.dtype(dtype))
 
     def inverse(self, keys: np.ndarray | range, *, dtype: np.dtype | type = np.uint64) -> np.ndarray:
         """The positions of ``keys`` (integers in ``[0, n)``, an array or a ``range``), as
         ``dtype`` (uint64 unless told)."""
-        return self._walk(self._decrypt, keys, np.dtype(dtype))
+        return self._walk(self._decrypt, self._decrypt_one, keys, np.dtype(dtype))
 
-    def _walk(self, step, values: np.ndarray | range, dtype: np.dtype) -> np.ndarray:
+    def _walk(self, step, step_one, values: np.ndarray | range, dtype: np.dtype) -> np.ndarray:
         """``step`` applied until every value is below n, written into one array of ``dtype``.
 
         The values go through ``step`` in pieces whose scratch arrays are allocated once per
         call and stay in the CPU cache; a range's pieces are made in scratch too, so a call
         allocates its output and nothing else of its size (a fresh array of a large block costs
         more in page faults than the arithmetic on it). The few values that land at or past n
-        are walked together at the end: walked per piece, a handful of values cost as many
-        numpy calls as the piece."""
+        are walked together at the end (walked per piece, a handful of values cost as many
+        numpy calls as the piece), a few of them as Python ints by ``step_one``."""
         flat, shape = self._checked(values)
         if self._n <= 1:  # the only value is 0
             return np.zeros(shape, dtype=dtype)
@@ -119,6 +122,9 @@ class Bijection:
         if walking:
             where = np.concatenate([w for w, _ in walking])
             images = np.concatenate([i for _, i in walking])
+            if images.size < _WALK_ONE_BY_ONE:
+                out[where] = [self._walk_one(step_one, int(image)) for image in images.tolist()]
+                return out.reshape(shape)
             again = np.arange(where.size)
             while again.size:  # each image stays on its value's cycle, which comes back below n
                 moved = np.empty(again.size, dtype=np.uint64)
@@ -127,6 +133,12 @@ class Bijection:
                 again = again[moved >= n]
             out[where] = images
         return out.reshape(shape)
+
+    def _walk_one(self, step_one, value: int) -> int:
+        """``step_one`` applied to ``value`` until it is below n."""
+        while value >= self._n:
+            value = step_one(value)
+        return value
 
     def _checked(self, values: np.ndarray | range) -> tuple[np.ndarray | range, tuple[int, ...]]:
         """``values`` flat (a range of positive step as it is, else a uint64 array) and their
@@ -187,6 +199,37 @@ class Bijection:
                 np.subtract(high, size, out=spare)
                 np.minimum(high, spare, out=high)
         self._join(low, high, out)
+
+    def _round_one(self, i: int, half: int) -> int:
+        """:meth:`_round` on one Python int (the same 64-bit arithmetic, wrapped by masks)."""
+        mixed = ((half ^ self._key_ints[i]) * _MULTIPLIERS[0]) & _WORD
+        mixed ^= mixed >> 31
+        mixed = (mixed * _MULTIPLIERS[1]) & _WORD
+        if i % 2 == 0:
+            return mixed >> (64 - self._low_bits)
+        return (((mixed >> 32) * self._high) & _WORD) >> 32
+
+    def _encrypt_one(self, value: int) -> int:
+        low, high = value & ((1 << self._low_bits) - 1), value >> self._low_bits
+        for i in range(len(self._key_ints)):
+            if i % 2 == 0:
+                low ^= self._round_one(i, high)
+            else:
+                high += self._round_one(i, low)
+                if high >= self._high:
+                    high -= self._high
+        return high << self._low_bits | low
+
+    def _decrypt_one(self, value: int) -> int:
+        low, high = value & ((1 << self._low_bits) - 1), value >> self._low_bits
+        for i in reversed(range(len(self._key_ints))):
+            if i % 2 == 0:
+                low ^= self._round_one(i, high)
+            else:
+                high -= self._round_one(i, low)
+                if high < 0:
+                    high += self._high
+        return high << self._low_bits | low
 
     def _decrypt(self, values: np.ndarray, out: np.ndarray, work: _Work) -> None:
         low, high = self._split(values, work)
