@@ -317,3 +317,17 @@ def test_shuffled_reads_of_long_lines_report_the_line(tmp_path: Path) -> None:
         f.truncate(len(data) - 10)  # the last line cut short
     with pytest.raises(al.DataCorruptionError, match=r"line 6 of .*\(key 5\).*changed since it was indexed"):
         source.__getitems__([0, 5, 2])
+
+
+def test_block_reads_check_their_keys_as_single_reads_do(text_file: Path) -> None:
+    """A list of keys (a run's block) and an array of them are checked alike: negative keys
+    count from the end, a key out of range is named, a non-integer key is refused."""
+    source = al.sources.TextLines(text_file)
+    expected = _lines(text_file)
+    assert source.__getitems__([3, -1, 0]) == [expected[3], expected[-1], expected[0]]
+    assert source.__getitems__(np.array([-300, 299])) == [expected[0], expected[299]]
+    for keys in ([0, 300], np.array([0, 300]), [-301, 2]):
+        with pytest.raises(IndexError, match=r"index (300|-301) out of range for 300 items"):
+            source.__getitems__(keys)
+    with pytest.raises(TypeError, match="indices must be integers"):
+        source.__getitems__([1.5, 2])
