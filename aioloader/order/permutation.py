@@ -34,7 +34,7 @@ _TOP32 = _word(32)
 # 128 KB that glibc's malloc maps afresh, and page faults in, on every allocation
 _PIECE = 8192
 _WALK_ONE_BY_ONE = 32  # fewer values than this to walk: Python ints, not a numpy pass of ~60 calls
-_WORD = (1 << 64) - 1
+_MASK64 = (1 << 64) - 1
 
 
 def index_dtype(n: int) -> np.dtype:
@@ -202,12 +202,12 @@ class Bijection:
 
     def _round_one(self, i: int, half: int) -> int:
         """:meth:`_round` on one Python int (the same 64-bit arithmetic, wrapped by masks)."""
-        mixed = ((half ^ self._key_ints[i]) * _MULTIPLIERS[0]) & _WORD
+        mixed = ((half ^ self._key_ints[i]) * _MULTIPLIERS[0]) & _MASK64
         mixed ^= mixed >> 31
-        mixed = (mixed * _MULTIPLIERS[1]) & _WORD
+        mixed = (mixed * _MULTIPLIERS[1]) & _MASK64
         if i % 2 == 0:
             return mixed >> (64 - self._low_bits)
-        return (((mixed >> 32) * self._high) & _WORD) >> 32
+        return (((mixed >> 32) * self._high) & _MASK64) >> 32
 
     def _encrypt_one(self, value: int) -> int:
         low, high = value & ((1 << self._low_bits) - 1), value >> self._low_bits
