@@ -24,7 +24,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from aioloader._run.executors import CHUNK_KEYS, FAILED, ChunkResult, ChunkTimeout
-from aioloader._spec import InteractiveMainError, MapSpec, check_callable, fn_name, pickle_error
+from aioloader._run.stages.map import MapSpec
+from aioloader._spec import InteractiveMainError, check_callable, fn_name, pickle_error
 from aioloader.errors import WorkerCrashError, annotate
 from aioloader.workers import shm, wire
 from aioloader.workers.pool import Outcome, ProcessPool
