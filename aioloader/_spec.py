@@ -159,6 +159,10 @@ class MapSpec(StageSpec):
     # set when the run is built: fn's results are whole batches (it follows a batching stage,
     # or a batch is fused into it), used and dropped as a unit (aioloader.workers.shm)
     on_batches: bool = False
+    # the stall watch (aioloader._run.stall; the process pool's own for executor="process"):
+    # seconds, "auto" or None, and "warn" or "raise"
+    stall_after: float | str | None = "auto"
+    on_stall: str = "warn"
 
 
 @dataclass(frozen=True, slots=True)

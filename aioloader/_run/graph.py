@@ -19,6 +19,7 @@ from aioloader._run.channel import Channel, EndOfChannel
 from aioloader._run.decisions import Decisions
 from aioloader._run.failures import FailurePolicy
 from aioloader._run.fusion import fuse_map_batch
+from aioloader._run.interrupt import interrupted
 from aioloader._run.read_fusion import fuse_read
 from aioloader._run.stages.batch import BatchStage
 from aioloader._run.stages.filter import FilterStage
@@ -468,6 +469,8 @@ class Run:
                 close = getattr(stage, "close", None)
                 if close is not None:
                     close()
+            if interrupted():  # Ctrl-C under asyncio.run: calls blocked in threads are not waited for
+                self.drain_s = 0.0
             drains = [stage.drain(self.drain_s) for stage in self.stages if hasattr(stage, "drain")]
             closers = [closer() for closer in self._io_closers]
             try:

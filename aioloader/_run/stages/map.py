@@ -27,6 +27,7 @@ from aioloader._run.executors import (
     FAILED,
     AsyncExecutor,
     ChunkResult,
+    ChunkStalled,
     ChunkTimeout,
     Executor,
     ThreadExecutor,
@@ -39,8 +40,9 @@ from aioloader._run.executors import (
 from aioloader._run.failures import FailurePolicy
 from aioloader._run.fusion import batch_seed, is_pure_collate
 from aioloader._run.read_fusion import read_then_apply
+from aioloader._run.stall import StallWatch
 from aioloader._spec import MapSpec
-from aioloader.errors import StageTimeoutError
+from aioloader.errors import StageStalledError, StageTimeoutError
 from aioloader.monitor.autotune import PROBE_S, THREAD_ABOVE_S, Limiter, PlacementProbe
 from aioloader.monitor.stats import ErrorLog, StageStats
 from aioloader.order.sample_rng import WithRng
@@ -107,6 +109,8 @@ class MapStage:
         self._tune_max: int | None = None  # concurrency="auto": the pool size, set by the tuner
         self._limiter: Limiter | None = None  # the in-flight limit while running concurrently
         self._window: Channel | None = None
+        # calls in this process (threads, inline) past stall_after are reported (a thread's given up)
+        self._stall = StallWatch(spec.name, stall_after=spec.stall_after, on_stall=spec.on_stall)
         if spec.per_block:
             self._work = functools.partial(apply_block, spec.fn, item_fn=spec.item_fn)
         elif spec.is_async:
@@ -145,7 +149,7 @@ class MapStage:
         if kind == "thread" and self._tune_max is not None:
             workers = max(workers, self._tune_max)  # threads are made lazily: size for the budget
         if kind == "thread":
-            executor: Executor = ThreadExecutor(workers, self.spec.name)
+            executor: Executor = ThreadExecutor(workers, self.spec.name, watch=self._stall)
         elif kind == "async":
             executor = AsyncExecutor(workers)
         else:
@@ -165,6 +169,7 @@ class MapStage:
             calls.extend(getattr(executor, "calls", ()))
         self._owned.clear()
         self._probes.clear()
+        self._stall.close()
         self._leftover.extend(call for call in calls if not call.done())
 
     async def drain(self, timeout: float) -> None:
@@ -430,12 +435,22 @@ class MapStage:
         self.stats.items_in += self._samples(chunk)
         values = self._inputs(chunk)
         CHUNK_KEYS.set(chunk.keys)  # this chunk's task only: each _process is a task of its own
+        work = self._work
+        if self._executor.kind in ("inline", "auto"):  # on the loop (threads: the executor's watch)
+            work = self._stall.watched(work, chunk.keys)
         try:
-            results, failures, busy = await self._executor.run(self._work, values, self.spec.timeout)
+            results, failures, busy = await self._executor.run(work, values, self.spec.timeout)
         except ChunkTimeout as timeout:
             results = [FAILED] * len(values)
             failures = [(timeout.index, self._timeout_error(chunk.keys[timeout.index]))]
             busy = self.spec.timeout or 0.0
+        except ChunkStalled as stalled:  # given up: each of its keys fails
+            results = [FAILED] * len(values)
+            failures = [
+                (index, StageStalledError(stalled.report, stage=self.name, key=key))
+                for index, key in enumerate(chunk.keys)
+            ]
+            busy = 0.0
         if len(results) != len(values):  # a lost or invented sample must never pass silently
             raise RuntimeError(f"stage {self.name!r}: {len(results)} results for {len(values)} inputs")
         self.stats.busy_s += busy
@@ -492,6 +507,9 @@ class MapStage:
                     )
                 except ChunkTimeout:
                     exc = self._timeout_error(chunk.keys[index])
+                    continue
+                except ChunkStalled as stalled:
+                    exc = StageStalledError(stalled.report, stage=self.name, key=chunk.keys[index])
                     continue
                 self.stats.busy_s += busy
                 if again_failures:
