@@ -167,7 +167,8 @@ class Loader(Closing):
         keys, the worker's pid and its Python stack; ``on_stall="raise"`` makes it a
         ``StageStalledError``. Thread and inline maps are watched the same way (the report
         names the thread and gives its Python stack; an inline call, which holds the event
-        loop, can only be reported).
+        loop, can only be reported), and Ray actors (the report names the actor, its node and
+        pid; Ray gives no stack of a running call).
 
         ``executor="ray"`` runs ``fn`` on a pool of ``concurrency`` Ray actors (default: one
         per CPU of the cluster) with the same semantics, on the cluster Ray is connected to
@@ -221,13 +222,13 @@ class Loader(Closing):
             raise ValueError("worker_init is only used with executor='process' or 'ray'")
         if spec.executor != "process" and max_worker_memory != "auto":
             raise ValueError("max_worker_memory is only used with executor='process'")
-        if spec.executor in ("inline", "thread", "auto") and not spec.is_async:
+        if spec.executor in ("inline", "thread", "auto", "ray") and not spec.is_async:
             check_stall_options(stall_after, on_stall)
             spec = replace(spec, stall_after=stall_after, on_stall=on_stall)
         elif spec.executor != "process" and (stall_after, on_stall) != ("auto", "warn"):
             raise ValueError(
-                "stall_after and on_stall are used with executor='process', 'thread', 'inline' "
-                f"or 'auto' with a sync function, not {spec.executor!r}"
+                "stall_after and on_stall are used with executor='process', 'thread', 'inline', "
+                f"'ray' or 'auto' with a sync function, not {spec.executor!r}"
                 + (" with an async function" if spec.is_async else "")
             )
         if ray_options is not None and spec.executor != "ray":
