@@ -94,6 +94,22 @@ def test_a_stopped_worker_is_an_error_naming_the_stage_keys_and_pid(stamp, caplo
 
 
 @pytest.mark.slow
+def test_a_stopped_worker_given_up_is_skipped_under_skip(stamp):
+    """A stall given up under on_stall="raise" is the sample's failure, as a timeout is."""
+    loader = al.Loader.from_source(range(6)).map(
+        stops_at_0, executor="process", concurrency=1, stall_after=0.5, on_stall="raise",
+        on_error="skip", max_failures=1,
+    )  # fmt: skip
+    with loader:
+        got = list(loader)
+        errors = loader.stats()["errors"]
+    assert got == [1, 2, 3, 4, 5]
+    assert [(e["key"], e["type"]) for e in errors] == [(0, "StageStalledError")]
+    assert "stage 'map(stops_at_0)' made no progress for" in errors[0]["message"]
+    assert _stack_files() == []
+
+
+@pytest.mark.slow
 def test_a_slow_worker_is_reported_with_its_python_stack_and_the_run_goes_on(stamp, caplog):
     loader = al.Loader.from_source(range(6)).map(
         sleeps_at_0, executor="process", concurrency=1, stall_after=0.5

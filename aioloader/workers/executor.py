@@ -23,10 +23,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from aioloader._run.executors import CHUNK_KEYS, FAILED, ChunkResult, ChunkTimeout
+from aioloader._run.executors import CHUNK_KEYS, FAILED, ChunkResult, ChunkStalled, ChunkTimeout
 from aioloader._run.stall import check_stall_options
 from aioloader._spec import InteractiveMainError, MapSpec, check_callable, fn_name, pickle_error
-from aioloader.errors import WorkerCrashError, annotate
+from aioloader.errors import StageStalledError, WorkerCrashError, annotate
 from aioloader.workers import shm, wire
 from aioloader.workers.pool import Outcome, ProcessPool
 
@@ -353,6 +353,8 @@ def _unpack(outcome: Outcome, index: int) -> ChunkResult:
         raise ChunkTimeout(index)
     if outcome.kind == "undecodable":  # one value (a redo runs them alone): its own failure
         return _undecodable(outcome.value)
+    if isinstance(outcome.value, StageStalledError):  # given up: its keys fail under on_error
+        raise ChunkStalled(str(outcome.value))
     raise outcome.value
 
 

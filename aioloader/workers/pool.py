@@ -20,7 +20,8 @@ It also watches for stalls and memory. A task that runs past the pool's stall li
 reported once: a warning (logger ``aioloader``) naming the stage, the task's keys, the worker's
 pid, state and memory, and its Python stack (faulthandler in the worker, see
 :func:`~aioloader.workers._child.stack_path`); with ``on_stall="raise"`` the worker is then
-killed and the task fails with :class:`~aioloader.errors.StageStalledError`. A worker whose
+killed and the task fails with :class:`~aioloader.errors.StageStalledError` (each of its keys, under the
+stage's ``on_error``). A worker whose
 resident memory is over ``max_memory`` (checked every :data:`MEMORY_CHECK_S` while it runs a
 task) is killed: its task ends as a crash that names the limit.
 It also watches for deaths (end of file on a result pipe) and deadlines: a worker that dies or
