@@ -16,14 +16,14 @@ without waiting for this thread (on 2 busy cores the thread's turn can come mill
 A task is queued ahead only when both fit in the pipe's buffer at once, so a send never blocks on
 a busy worker (which could be blocked itself, sending a reply this thread has yet to read).
 It also watches for stalls and memory. A task that runs past the pool's stall limit
-(``stall_after``; by default 20 times the slowest task seen, at least :data:`~aioloader._run.stall.STALL_MIN_S`) is
-reported once: a warning (logger ``aioloader``) naming the stage, the task's keys, the worker's
-pid, state and memory, and its Python stack (faulthandler in the worker, see
-:func:`~aioloader.workers._child.stack_path`); with ``on_stall="raise"`` the worker is then
-killed and the task fails with :class:`~aioloader.errors.StageStalledError` (each of its keys, under the
-stage's ``on_error``). A worker whose
-resident memory is over ``max_memory`` (checked every :data:`MEMORY_CHECK_S` while it runs a
-task) is killed: its task ends as a crash that names the limit.
+(``stall_after``; by default 20 times the slowest task seen, at least
+:data:`~aioloader._run.stall.STALL_MIN_S`) is reported once: a warning (logger ``aioloader``)
+naming the stage, the task's keys, the worker's pid, state and memory, and its Python stack
+(faulthandler in the worker, see :func:`~aioloader.workers._child.stack_path`); with
+``on_stall="raise"`` the worker is then killed and the task fails with
+:class:`~aioloader.errors.StageStalledError` (each of its keys, under the stage's ``on_error``).
+A worker whose resident memory is over ``max_memory`` (checked every :data:`MEMORY_CHECK_S`
+while it runs a task) is killed: its task ends as a crash that names the limit.
 It also watches for deaths (end of file on a result pipe) and deadlines: a worker that dies or
 runs past its task's deadline (it is killed) is reaped, its segments are unlinked and a
 replacement is started in the same slot; the task it ran ends as a crash or a timeout, the one
