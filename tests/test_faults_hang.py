@@ -22,7 +22,7 @@ import psutil
 import pytest
 
 import aioloader as al
-from aioloader._run.stall import stall_limit
+from aioloader._run.stall import describe_keys, stall_limit
 from aioloader.workers import default_worker_memory
 
 _STAMP_ENV = "AIOLOADER_TEST_STAMP"  # the file where a worker writes when the bad key began
@@ -266,3 +266,9 @@ def test_the_default_stall_limit_is_20_times_the_slowest_task_and_at_least_60_s(
     assert stall_limit("auto", 10.0) == 200.0
     assert stall_limit(2.5, 10.0) == 2.5
     assert stall_limit(None, 10.0) is None
+
+
+def test_a_report_names_the_first_16_keys_of_a_long_chunk():
+    assert describe_keys([3]) == "[3]"
+    cut = "[0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, ... (40 keys)]"
+    assert describe_keys(list(range(40))) == cut

@@ -54,6 +54,13 @@ def describe_limit(stall_after: float | str | None, slowest: float) -> str:
     return f"{stall_after}"
 
 
+def describe_keys(keys: Any, limit: int = 16) -> str:
+    """A chunk's keys as a report names them: the first ``limit`` of a longer list."""
+    if isinstance(keys, list) and len(keys) > limit:
+        return f"[{', '.join(repr(key) for key in keys[:limit])}, ... ({len(keys)} keys)]"
+    return f"{keys}"
+
+
 def thread_stack(thread: threading.Thread) -> str:
     """The Python stack ``thread`` is running now, innermost frame last ("" once it ended)."""
     frame = sys._current_frames().get(thread.ident) if thread.ident is not None else None
@@ -162,7 +169,7 @@ class StallWatch:
         name = call.thread.name
         report = (
             f"stage {self.stage!r} made no progress for {seconds:.1f}s: thread {name!r} has been "
-            f"running keys {call.keys} for {seconds:.1f}s (stall_after={limit})"
+            f"running keys {describe_keys(call.keys)} for {seconds:.1f}s (stall_after={limit})"
         )
         stack = thread_stack(call.thread)
         if stack:

@@ -36,7 +36,7 @@ from collections.abc import Callable
 from concurrent.futures import Future, InvalidStateError
 from typing import Any
 
-from aioloader._run.stall import describe_limit, stall_limit
+from aioloader._run.stall import describe_keys, describe_limit, stall_limit
 from aioloader.errors import StageStalledError, WorkerCrashError
 from aioloader.workers import wire
 from aioloader.workers.pool import Outcome
@@ -412,7 +412,7 @@ class ActorPool:
         its actor (Ray cannot stop a running call otherwise)."""
         task.stalled = True
         seconds = time.monotonic() - max(task.sent, slot.free_since)
-        keys = task.label if task.label is not None else "?"
+        keys = describe_keys(task.label) if task.label is not None else "?"
         report = (
             f"stage {self.name!r} made no progress for {seconds:.1f}s: Ray actor {slot.name} "
             f"(node {slot.node}, pid {slot.pid}) has been running keys {keys} for {seconds:.1f}s "

@@ -51,7 +51,7 @@ from dataclasses import dataclass
 from multiprocessing.connection import Connection, wait
 from typing import Any
 
-from aioloader._run.stall import describe_limit, stall_limit
+from aioloader._run.stall import describe_keys, describe_limit, stall_limit
 from aioloader.errors import StageStalledError, WorkerCrashError
 from aioloader.workers import _child, shm, wire
 from aioloader.workers._spawn import fork_allowed, fork_child, pipe_capacity, preparation_data, spawn_child
@@ -489,7 +489,7 @@ class ProcessPool:
         pid = worker.proc.pid
         state = worker.describe_state()
         stack = _worker_stack(worker) if "stopped" not in state else ""
-        keys = task.label if task.label is not None else "?"
+        keys = describe_keys(task.label) if task.label is not None else "?"
         report = (
             f"stage {self.name!r} made no progress for {seconds:.1f}s: worker pid {pid} ({state}) "
             f"has been running keys {keys} for {seconds:.1f}s "
