@@ -1,7 +1,10 @@
-"""Declarative, frozen stage specs and their build-time validation.
+"""What the stage specs share: argument checks (each names the argument), function names, the
+pickling check for worker processes, the source's spec and the runtime options.
 
-The fluent :class:`~aioloader.loader.Loader` only assembles these records; nothing here runs.
-Every check on user arguments happens here, when the pipeline is built, and names the argument.
+Each stage kind's spec lives in its own module under :mod:`aioloader._run.stages`, beside its
+stage, and implements the contract of :mod:`aioloader._run.stages.base`. The fluent
+:class:`~aioloader.loader.Loader` only assembles these records; nothing here runs. The old
+names (``MapSpec``, ``BatchSpec``, ...) are still importable from here.
 """
 
 from __future__ import annotations
@@ -15,9 +18,31 @@ import pickle
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import Any
 
 from aioloader._main_module import defined_under_guard
+from aioloader._run.stages.base import StageSpec as StageSpec
+
+# The specs that moved to their stage's module, importable from here as before (resolved on
+# first use: those modules import this one).
+_MOVED = {
+    "MapSpec": "aioloader._run.stages.map",
+    "make_map_spec": "aioloader._run.stages.map",
+    "FilterSpec": "aioloader._run.stages.filter",
+    "BatchSpec": "aioloader._run.stages.batch",
+    "UnbatchSpec": "aioloader._run.stages.unbatch",
+    "PrefetchSpec": "aioloader._run.stages.prefetch",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _MOVED.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    import importlib
+
+    return getattr(importlib.import_module(module), name)
+
 
 EXECUTORS = ("auto", "inline", "thread", "process", "ray")
 ON_ERROR = ("raise", "skip")
@@ -124,71 +149,6 @@ def check_choice(value: Any, argument: str, choices: tuple[str, ...]) -> str:
 
 
 @dataclass(frozen=True, slots=True)
-class StageSpec:
-    """Common base: every stage has a user-facing name, unique within a pipeline.
-
-    ``resume_blocker``: why ``state_dict()`` cannot place the consumer exactly after this
-    stage (it holds items across outputs or reorders them), or None when it can.
-    """
-
-    name: str
-    resume_blocker: ClassVar[str | None] = None
-    makes_batches: ClassVar[bool] = False  # its items are batches (until an unbatch)
-
-
-@dataclass(frozen=True, slots=True)
-class MapSpec(StageSpec):
-    fn: Callable[..., Any]
-    executor: str = "auto"
-    concurrency: int | None = None
-    ordered: bool = True
-    on_error: str = "raise"
-    max_failures: int | float = 0
-    retries: int = 0
-    retry_on: tuple[type[BaseException], ...] = (OSError,)
-    timeout: float | None = None
-    is_async: bool = False
-    per_block: bool = False  # fn takes the list of values of a block and returns a list
-    item_fn: Callable[[Any], Any] | None = None  # per-item twin of a per_block fn, to find failures
-    seed: int | None = None  # set for a random transform: fn(sample, rng), rng from (seed, epoch, key)
-    # the batch stage fused into this one (aioloader._run.fusion): fn takes (keys, members)
-    fused_batch: str | None = None
-    # the source's read, run by this stage's workers: its values are keys, and ``reads(keys)``
-    # (an aioloader._run.read_fusion.NamedRead) gives the items fn takes
-    reads: Any = None
-    # set when the run is built: fn's results are whole batches (it follows a batching stage,
-    # or a batch is fused into it), used and dropped as a unit (aioloader.workers.shm)
-    on_batches: bool = False
-    # the stall watch (aioloader._run.stall; the process pool's own for executor="process"):
-    # seconds, "auto" or None, and "warn" or "raise"
-    stall_after: float | str | None = "auto"
-    on_stall: str = "warn"
-
-
-@dataclass(frozen=True, slots=True)
-class FilterSpec(StageSpec):
-    predicate: Callable[[Any], bool]
-
-
-@dataclass(frozen=True, slots=True)
-class BatchSpec(StageSpec):
-    makes_batches: ClassVar[bool] = True
-    size: int
-    collate: Callable[[list[Any]], Any] | None = None
-    drop_last: bool = False
-
-
-@dataclass(frozen=True, slots=True)
-class UnbatchSpec(StageSpec):
-    pass
-
-
-@dataclass(frozen=True, slots=True)
-class PrefetchSpec(StageSpec):
-    depth: int
-
-
-@dataclass(frozen=True, slots=True)
 class SourceSpec:
     source: Any
     shuffle: Any = False
@@ -206,58 +166,6 @@ class Options:
     event_loop: str = "auto"  # "auto" (uvloop when installed), "uvloop" or "asyncio"
     block_size: int | None = None
     extras: dict[str, Any] = field(default_factory=dict)
-
-
-def make_map_spec(
-    fn: Callable[..., Any],
-    *,
-    executor: str,
-    concurrency: int | None,
-    ordered: bool,
-    on_error: str,
-    max_failures: int | float,
-    retries: int,
-    retry_on: tuple[type[BaseException], ...],
-    timeout: float | None,
-    name: str | None,
-) -> MapSpec:
-    check_callable(fn, "fn")
-    check_choice(executor, "executor", EXECUTORS)
-    if concurrency is not None:
-        check_positive_int(concurrency, "concurrency")
-    check_bool(ordered, "ordered")
-    check_choice(on_error, "on_error", ON_ERROR)
-    check_max_failures(max_failures)
-    check_positive_int(retries, "retries", minimum=0)
-    if not isinstance(retry_on, tuple) or not all(
-        isinstance(t, type) and issubclass(t, BaseException) for t in retry_on
-    ):
-        raise TypeError(f"retry_on must be a tuple of exception types, got {retry_on!r}")
-    if timeout is not None:
-        if isinstance(timeout, bool) or not isinstance(timeout, numbers.Real) or not timeout > 0:
-            raise ValueError(f"timeout must be a number of seconds > 0, got {timeout!r}")
-        timeout = float(timeout)
-    is_async = is_async_callable(fn)
-    if is_async and executor in ("thread", "process", "ray"):
-        raise ValueError(f"executor={executor!r} needs a sync function; {fn_name(fn)} is async")
-    if timeout is not None and executor == "inline" and not is_async:
-        raise ValueError(
-            "timeout cannot be enforced with executor='inline' (the function blocks the event "
-            "loop); use executor='thread' or 'process'"
-        )
-    return MapSpec(
-        name=name or f"map({fn_name(fn)})",
-        fn=fn,
-        executor=executor,
-        concurrency=concurrency,
-        ordered=ordered,
-        on_error=on_error,
-        max_failures=max_failures,
-        retries=retries,
-        retry_on=retry_on,
-        timeout=timeout,
-        is_async=is_async,
-    )
 
 
 def check_max_failures(value: Any) -> None:

@@ -17,29 +17,28 @@ from typing import Any
 from aioloader._closing import Closing
 from aioloader._exit import close_at_exit
 from aioloader._run.bridge import iterate_blocks
+from aioloader._run.delivery import Delivery
 from aioloader._run.graph import Pipeline, Run
 from aioloader._run.runtime import Runtime
 from aioloader._run.stages.adaptive_batch import AdaptiveBatchSpec, StepSizer, adaptive_batch_spec
-from aioloader._run.stages.device import DeviceSpec, device_spec
+from aioloader._run.stages.base import StageSpec
+from aioloader._run.stages.batch import BatchSpec
+from aioloader._run.stages.device import device_spec
+from aioloader._run.stages.filter import FilterSpec
+from aioloader._run.stages.map import make_map_spec
+from aioloader._run.stages.prefetch import PrefetchSpec
 from aioloader._run.stages.shuffle import ShuffleSpec
-from aioloader._run.stages.validate import ValidateSpec
+from aioloader._run.stages.unbatch import UnbatchSpec
 from aioloader._run.stall import check_stall_options
 from aioloader._spec import (
     SHARD_POLICIES,
-    BatchSpec,
-    FilterSpec,
-    MapSpec,
     Options,
-    PrefetchSpec,
     SourceSpec,
-    StageSpec,
-    UnbatchSpec,
     check_bool,
     check_callable,
     check_choice,
     check_positive_int,
     fn_name,
-    make_map_spec,
     unique_name,
 )
 from aioloader.monitor.progress import check_progress, make_observer
@@ -121,7 +120,7 @@ class Loader(Closing):
         return cls(Pipeline(spec, adapted, (), Options()))
 
     def _then(self, spec: StageSpec) -> Loader:
-        if any(isinstance(s, AdaptiveBatchSpec) for s in self._pipeline.stages) and not _one_to_one(spec):
+        if any(isinstance(s, AdaptiveBatchSpec) for s in self._pipeline.stages) and not spec.one_to_one():
             # a stage that drops or holds batches would leave the adaptive stage waiting for
             # the step time of a batch the consumer never gets
             raise ValueError(
@@ -501,16 +500,7 @@ class Loader(Closing):
             spec.shard_policy,
         )
         for stage in self._pipeline.stages:
-            if isinstance(stage, BatchSpec):
-                n = n // stage.size if stage.drop_last else -(-n // stage.size)
-            elif isinstance(stage, MapSpec) and stage.on_error == "skip":
-                raise TypeError(f"len() is not known: stage {stage.name!r} may skip items")
-            elif isinstance(stage, (FilterSpec, UnbatchSpec)):
-                raise TypeError(f"len() is not known: stage {stage.name!r} changes the item count")
-            else:
-                length = getattr(stage, "length", None)
-                if length is not None:
-                    n = length(n)
+            n = stage.length(n)
         return n
 
     # -- iteration -------------------------------------------------------------------------
@@ -523,9 +513,15 @@ class Loader(Closing):
         return self._runtime.take_epoch(), None
 
     def _make_run(self, epoch: int, resume: ResumePoint | None) -> Run:
-        run = Run(self._pipeline, epoch, self._runtime.decisions, runtime=self._runtime, resume=resume)
+        run = Run(
+            self._pipeline,
+            epoch,
+            self._runtime.decisions,
+            runtime=self._runtime,
+            resume=resume,
+            on_close=self._runtime.unregister,
+        )
         self._runtime.register(run)
-        run.on_close.append(self._runtime.unregister)
         return run
 
     def _make_sync_run(self, epoch: int, resume: ResumePoint | None, handoff: Any, holder: list[Run]) -> Run:
@@ -536,11 +532,11 @@ class Loader(Closing):
             sink=handoff.sized,
             runtime=self._runtime,
             resume=resume,
+            on_close=self._runtime.unregister,
         )
         holder.append(run)
         handoff.on_get = run.note_delivered
         self._runtime.register(run, handoff.finished)
-        run.on_close.append(self._runtime.unregister)
         return run
 
     def __iter__(self) -> Iterator[Any]:
@@ -558,9 +554,9 @@ class Loader(Closing):
         try:
             asked = perf_counter()
             for block in blocks:
-                run = holder[0]
-                run.consumer_wait_s += perf_counter() - asked
-                values = _hand_out(run, block)
+                delivery = holder[0].delivery
+                delivery.consumer_wait_s += perf_counter() - asked
+                values = _hand_out(delivery, block)
                 if sizer is not None:
                     values = _timed_steps(values, sizer)
                 if observer is None:
@@ -569,12 +565,12 @@ class Loader(Closing):
                     yield from observer.hand_out(values, block.keys)
                 asked = perf_counter()
             if holder and not holder[0].cancelled:  # a close() mid-epoch leaves it incomplete
-                holder[0].completed = True
+                holder[0].delivery.completed = True
         finally:
             if holder:
                 holder[0].release_error()
-                if holder[0].ended is None:
-                    holder[0].ended = perf_counter()
+                if holder[0].delivery.ended is None:
+                    holder[0].delivery.ended = perf_counter()
             if observer is not None:
                 observer.close()
 
@@ -584,6 +580,7 @@ class Loader(Closing):
     async def _aiterate(self) -> AsyncIterator[Any]:
         epoch, resume = self._start_epoch()
         run = self._make_run(epoch, resume)
+        delivery = run.delivery
         observer = make_observer(self._pipeline.options.extras, self._length(), f"epoch {epoch}")
         sizer = self._step_sizer()
         try:
@@ -593,19 +590,19 @@ class Loader(Closing):
                 try:
                     block = await run.next_block()
                 except StopAsyncIteration:
-                    run.completed = not run.cancelled
+                    delivery.completed = not run.cancelled
                     return
                 finally:
-                    run.consumer_wait_s += perf_counter() - asked
-                values = _hand_out(run, block)
+                    delivery.consumer_wait_s += perf_counter() - asked
+                values = _hand_out(delivery, block)
                 if sizer is not None:
                     values = _timed_steps(values, sizer)
                 for value in values if observer is None else observer.hand_out(values, block.keys):
                     yield value
         finally:
             run.release_error()
-            if run.ended is None:
-                run.ended = perf_counter()
+            if delivery.ended is None:
+                delivery.ended = perf_counter()
             if observer is not None:
                 observer.close()
             await run.aclose()
@@ -630,7 +627,7 @@ class Loader(Closing):
             "seed": spec.seed,
             "shard_policy": spec.shard_policy,
             "world_size": info.world_size,
-            "stages": [describe_stage(s) for s in self._pipeline.stages],
+            "stages": [s.fingerprint() for s in self._pipeline.stages],
         }
 
     def state_dict(self) -> dict[str, Any]:
@@ -657,7 +654,7 @@ class Loader(Closing):
                 "elastic": pending.elastic,
                 "failures": pending.failures,
             }
-        elif run is None or run.completed:
+        elif run is None or run.delivery.completed:
             where = {
                 "epoch": self._runtime.next_epoch,
                 "position": 0,
@@ -771,26 +768,19 @@ class Loader(Closing):
         self._runtime.close(interrupted=exc_type is not None and issubclass(exc_type, KeyboardInterrupt))
 
 
-def _hand_out(run: Run, block: Any) -> Iterator[Any]:
-    """A block's items to the consumer, keeping ``run``'s delivery count exact per item."""
+def _hand_out(delivery: Delivery, block: Any) -> Iterator[Any]:
+    """A block's items to the consumer, keeping the run's delivery count exact per item."""
     hand_over = getattr(block, "before_consumer", None)
     if hand_over is not None:  # a device block: this thread's CUDA stream waits for its copy
         hand_over()
     values = block.values
     if len(values) == 1:
-        run.current_count = 1
+        delivery.current_count = 1
         yield values[0]
         return
     for count, value in enumerate(values, 1):
-        run.current_count = count
+        delivery.current_count = count
         yield value
-
-
-def _one_to_one(spec: StageSpec) -> bool:
-    """Whether ``spec`` hands on each item, in order, as one item."""
-    if isinstance(spec, MapSpec):
-        return spec.on_error == "raise" and spec.ordered
-    return isinstance(spec, (PrefetchSpec, DeviceSpec))
 
 
 def _timed_steps(values: Iterator[Any], sizer: StepSizer) -> Iterator[Any]:
@@ -804,28 +794,11 @@ def _timed_steps(values: Iterator[Any], sizer: StepSizer) -> Iterator[Any]:
             sizer.step_done()
 
 
-def describe_stage(spec: StageSpec) -> dict[str, Any]:
-    """A stage's part of a state's fingerprint: its kind, name and order-relevant settings."""
-    # a map's executor (inline, threads, processes) never changes the data: a state saved with
-    # one resumes with another
-    kind = "MapSpec" if isinstance(spec, MapSpec) else type(spec).__name__
-    described: dict[str, Any] = {"kind": kind, "name": spec.name}
-    for attribute in ("size", "drop_last", "buffer_size", "seed", "ordered"):
-        value = getattr(spec, attribute, None)
-        if isinstance(value, (int, bool, str)):
-            described[attribute] = value
-    return described
-
-
 def _step_depends_on_data(stages: tuple[StageSpec, ...]) -> str | None:
     """Why the number of keys a rank has consumed after k outputs depends on its data (and so
     differs between ranks at the same step), or None when it is the same on every rank."""
-    for stage in stages:
-        if isinstance(stage, (MapSpec, ValidateSpec)) and stage.on_error == "skip":
-            return f"stage {stage.name!r} skips failed samples"
-        if not isinstance(stage, (MapSpec, ValidateSpec, BatchSpec, PrefetchSpec, DeviceSpec)):
-            return f"stage {stage.name!r} ({type(stage).__name__}) makes its outputs from the data"
-    return None
+    problems = (stage.step_problem() for stage in stages)
+    return next((problem for problem in problems if problem is not None), None)
 
 
 class EpochSampler:
@@ -851,12 +824,6 @@ class EpochSampler:
 def _check_resumable(stages: tuple[StageSpec, ...], method: str = "state_dict") -> None:
     """Refuse a state that could not resume exactly (rather than resume approximately)."""
     for stage in stages:
-        if stage.resume_blocker is not None:
-            raise ValueError(
-                f"{method}: stage {stage.name!r} cannot be resumed exactly: {stage.resume_blocker}"
-            )
-        if isinstance(stage, MapSpec) and not stage.ordered:
-            raise ValueError(
-                f"{method}: stage {stage.name!r} has ordered=False, so what the consumer received "
-                "is not a prefix of the epoch; use ordered=True to resume exactly"
-            )
+        problem = stage.resume_problem(method)
+        if problem is not None:
+            raise ValueError(problem)

@@ -16,7 +16,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from aioloader._spec import MapSpec
+from aioloader._run.stages.map import MapSpec
 from aioloader.loader import Loader
 
 __all__ = ["load_spec", "profile", "render"]

@@ -12,24 +12,26 @@ member by member.
 Where the collate runs: in threads, a user's collate runs on the event loop in batch order (it
 need not be reentrant); in processes, in the worker, whose global RNGs are seeded per batch from
 (seed, epoch, rank, batch position). With ``drop_last=True`` the dropped tail is never mapped.
+The rewrite itself is :func:`aioloader._run.rewrite.fuse_map_batch`; this module holds what runs.
 """
 
 from __future__ import annotations
 
 import copy
-import dataclasses
 import random
 import sys
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from aioloader._spec import BatchSpec, MapSpec, StageSpec, is_picklable
 from aioloader.collate import as_list, stack
 from aioloader.errors import annotate, stopped_early
 
-__all__ = ["MapThenCollate", "fuse_map_batch", "members", "pooled_per_item"]
+if TYPE_CHECKING:
+    from aioloader._run.stages.map import MapSpec
+
+__all__ = ["MapThenCollate", "members", "pooled_per_item"]
 
 _POOLED = ("thread", "process", "ray", "auto")
 
@@ -123,37 +125,3 @@ def pooled_per_item(spec: MapSpec) -> bool:
     """A sync per-item function with no per-sample randomness, that may run in a pool: what
     fusing another stage into it (a batch here, the read in aioloader._run.read_fusion) needs."""
     return spec.executor in _POOLED and not (spec.is_async or spec.per_block or spec.seed is not None)
-
-
-def _fusable(spec: MapSpec, batch: BatchSpec) -> bool:
-    if not pooled_per_item(spec):
-        return False
-    if spec.on_error != "raise" or spec.retries or spec.timeout is not None or not spec.ordered:
-        return False
-    if spec.fused_batch is not None or batch.collate is members:
-        return False
-    # processes need the collate in the workers; a thread or inline run does not
-    return spec.executor == "thread" or is_picklable(batch.collate or stack)
-
-
-def fuse_map_batch(specs: Sequence[StageSpec]) -> list[StageSpec]:
-    """``specs`` with each fusable (map, batch) pair rebuilt as (grouping batch, fused map)."""
-    out: list[StageSpec] = []
-    i = 0
-    while i < len(specs):
-        spec = specs[i]
-        following = specs[i + 1] if i + 1 < len(specs) else None
-        if (
-            isinstance(spec, MapSpec)
-            and isinstance(following, BatchSpec)
-            and type(following) is BatchSpec
-            and _fusable(spec, following)
-        ):
-            work = MapThenCollate(spec.fn, following.collate or stack, spec.name, following.name)
-            out.append(dataclasses.replace(following, collate=members))
-            out.append(dataclasses.replace(spec, fn=work, fused_batch=following.name))
-            i += 2
-            continue
-        out.append(spec)
-        i += 1
-    return out

@@ -1,5 +1,10 @@
 """Build one run (an epoch) from a Loader spec, and supervise it as one task group.
 
+Each stage is built by its spec (``spec.build(ctx)``, the contract of
+:mod:`aioloader._run.stages.base`) from a :class:`~aioloader._run.stages.base.BuildContext`;
+what the consumer received and the resume cursor are the run's
+:class:`~aioloader._run.delivery.Delivery`.
+
 The first stage to fail records its exception and cancels every other stage; the consumer then
 gets that exception (annotated with stage and key) instead of the end of the stream. ``aclose``
 cancels and awaits every task and closes every executor the run owns, on every exit path.
@@ -8,61 +13,39 @@ cancels and awaits every task and closes every executor the run owns, on every e
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import time
-from collections.abc import Sequence
-from dataclasses import dataclass
-from typing import Any, Protocol
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
+from typing import Any
 
 from aioloader._run.block import Block
 from aioloader._run.channel import Channel, EndOfChannel
 from aioloader._run.decisions import Decisions
+from aioloader._run.delivery import Delivery
 from aioloader._run.failures import FailurePolicy
-from aioloader._run.fusion import fuse_map_batch
 from aioloader._run.interrupt import interrupted
-from aioloader._run.read_fusion import fuse_read
-from aioloader._run.stages.batch import BatchStage
-from aioloader._run.stages.filter import FilterStage
-from aioloader._run.stages.map import MapStage
+from aioloader._run.rewrite import fuse_map_batch, fuse_read
+from aioloader._run.stages.base import DEFAULT_DEPTH, SAMPLE_DEPTH, BuildContext, Stage, StageSpec
+from aioloader._run.stages.map import MapSpec
 from aioloader._run.stages.shard_source import ShardSource
 from aioloader._run.stages.source import AsyncIterSource, IterSource, KeySource
-from aioloader._run.stages.unbatch import UnbatchStage
-from aioloader._spec import (
-    BatchSpec,
-    FilterSpec,
-    MapSpec,
-    Options,
-    PrefetchSpec,
-    SourceSpec,
-    StageSpec,
-    UnbatchSpec,
-)
+from aioloader._spec import Options, SourceSpec
 from aioloader.monitor.observe import RunMonitor, run_stats
-from aioloader.monitor.stats import ErrorLog, StageStats
+from aioloader.monitor.stats import ErrorLog
 from aioloader.order.orders import order_sequence, resolve_order
-from aioloader.order.reservoir import ReservoirState
 from aioloader.order.resume import ResumePoint, remaining_order
 from aioloader.order.sequence import KeySequence
 from aioloader.order.sharding import RankInfo, resolve_rank, shard_sequence
 from aioloader.sources._adapt import AdaptedSource, AsyncIterableSource, IndexableSource, ShardStreamSource
 
-# Channel depth in blocks: sample blocks are small and cheap stages pay a task wake-up per
-# empty/full transition, so they get a deeper channel than batches (``prefetch(n)`` sets it).
-DEFAULT_DEPTH = 2
-SAMPLE_DEPTH = 4
+__all__ = ["DEFAULT_BLOCK", "DEFAULT_DEPTH", "SAMPLE_DEPTH", "Pipeline", "Run"]
+
 DEFAULT_BLOCK = 64
 MAX_CHUNK_BLOCK = 1 << 16
 MAX_BLOCK = 1024
 # At the end of a run, how long to wait for calls still running in threads (which cannot be
 # stopped), within the 2 s a close may take (docs/design.md guarantee 6).
 DRAIN_S = 1.5
-
-
-class Stage(Protocol):
-    name: str
-    stats: StageStats
-
-    async def run(self) -> None: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,9 +65,10 @@ def block_size_for(pipeline: Pipeline) -> int:
     if window_keys is not None and isinstance(pipeline.source, IndexableSource):
         return max(1, min(MAX_CHUNK_BLOCK, window_keys(pipeline.source.length)))  # whole chunks per read
     for spec in pipeline.stages:
-        if isinstance(spec, BatchSpec):
-            return max(1, min(MAX_BLOCK, spec.size))
-        if isinstance(spec, FilterSpec):
+        hint = spec.block_hint()
+        if hint:
+            return max(1, min(MAX_BLOCK, hint))
+        if hint is not None:
             break
     return DEFAULT_BLOCK
 
@@ -114,8 +98,8 @@ def read_policy(stages: Sequence[StageSpec], source: Any = None) -> tuple[str, i
     own = getattr(source, "read_failures", None)
     if own is not None and own[0] == "skip":
         return own
-    first = next((s for s in stages if isinstance(s, MapSpec)), None)
-    return ("raise", 0) if first is None else (first.on_error, first.max_failures)
+    lent = (s.source_failures() for s in stages)
+    return next((policy for policy in lent if policy is not None), ("raise", 0))
 
 
 def read_spec(source: IndexableSource, stages: Sequence[StageSpec] = ()) -> MapSpec:
@@ -142,26 +126,22 @@ class Run:
         sink: Any = None,
         runtime: Any = None,
         resume: ResumePoint | None = None,
+        on_close: Callable[[Run], None] | None = None,
     ) -> None:
         """``sink``: a consumer-side replacement for the final channel (the sync hand-off),
         made as ``sink(depth)``; by default the run ends in a :class:`Channel`. ``runtime``: the
         Loader's Runtime (long-lived resources such as process pools), None for a bare run.
-        ``resume``: where to start in the epoch (``Loader.load_state_dict``)."""
+        ``resume``: where to start in the epoch (``Loader.load_state_dict``). ``on_close``:
+        called with the run once every task has ended."""
         self.epoch = epoch
         self.seed = pipeline.source_spec.seed
         self.resume = resume
-        self.reservoir: Any = None  # the shuffle stage, when the pipeline has one
-        # the seqs of the block the consumer is in (not its values: those are the consumer's; a
-        # batch kept here after the epoch, or after close(), kept its segment mapped)
-        self.current_seqs: list[Any] | None = None
-        self.current_count = 0  # how many items of it the consumer has received
-        self.completed = False  # the consumer reached the end of the epoch
+        self.delivery = Delivery(resume)
         self.cancelled = False  # stopped by Loader.close(): the epoch is not complete
-        self.epoch_length: int | None = None  # this rank's keys in the epoch (indexable sources)
         self.runtime = runtime
         self.errors = ErrorLog()
         self.rank = resolve_rank(pipeline.source_spec.rank, pipeline.source_spec.world_size)
-        self.stages: list[Any] = []
+        self.stages: list[Stage] = []
         self._tasks: list[asyncio.Task[None]] = []
         self._error: BaseException | None = None
         self._closed = False
@@ -170,12 +150,10 @@ class Run:
         self.first_output: float | None = None
         self.samples = 0
         self.batches = 0
-        self.on_close: list[Any] = []  # callbacks run once every task has ended
+        self.on_close: list[Any] = [] if on_close is None else [on_close]  # once every task ended
         self.on_stop: list[Any] = []  # callbacks run once the tasks ended, before the drain
         self._drain_cut: asyncio.Event | None = None
         self.options = pipeline.options
-        self.consumer_wait_s = 0.0  # time the consumer waited for a block (set by the Loader)
-        self.ended: float | None = None  # when the consumer saw the end of the epoch
         self.monitor: RunMonitor | None = None  # time series, memory/CPU, autotuner
         self._io_closers: list[Any] = []  # coroutine functions closing a source's connections
         self._build(pipeline, decisions, sink)
@@ -189,7 +167,7 @@ class Run:
         if isinstance(source, IndexableSource):
             keys = epoch_keys(pipeline, self.epoch, self.rank, self.resume.elastic if self.resume else None)
             expected = len(keys)
-            self.epoch_length = expected
+            self.delivery.epoch_length = expected
             self.stages.append(KeySource(keys, block, start=start, prefix=prefix))
             specs: list[StageSpec] = fuse_read(
                 source, [read_spec(source, pipeline.stages), *fuse_map_batch(pipeline.stages)]
@@ -227,24 +205,37 @@ class Run:
         depth = SAMPLE_DEPTH
         depths = [depth]
         batched = False  # the items are batches here
-        for spec in specs:
-            if isinstance(spec, MapSpec) and batched:
-                spec = dataclasses.replace(spec, on_batches=True)
-            batched = (batched or spec.makes_batches) and not isinstance(spec, UnbatchSpec)
-            if isinstance(spec, PrefetchSpec):
-                depths[-1] = spec.depth
+        ctx = BuildContext(
+            epoch=self.epoch,
+            seed=self.seed,
+            rank=self.rank,
+            errors=self.errors,
+            decisions=decisions,
+            runtime=self.runtime,
+            resume=self.resume,
+        )
+        # the last spec that builds a stage feeds the consumer (a prefetch after it builds none)
+        feeding = max((i for i, spec in enumerate(specs) if spec.upstream_depth() is None), default=-1)
+        for index, spec in enumerate(specs):
+            if batched:
+                spec = spec.after_batches()
+            batched = (batched or spec.makes_batches) and not spec.unbatches
+            sized = spec.upstream_depth()
+            if sized is not None:
+                depths[-1] = sized
                 continue
-            if isinstance(spec, BatchSpec):
-                depth = DEFAULT_DEPTH
-            elif isinstance(spec, UnbatchSpec):
-                depth = SAMPLE_DEPTH
-            self.stages.append(self._make_stage(spec, decisions, expected))
+            if spec.output_depth is not None:
+                depth = spec.output_depth
+            stage = spec.build(replace(ctx, expected_items=expected, feeds_consumer=index == feeding))
+            if spec.renumbers:
+                self.delivery.attach_reservoir(stage)
+            self.stages.append(stage)
             depths.append(depth)
-            if isinstance(spec, (FilterSpec, BatchSpec, UnbatchSpec)):
+            if not spec.keeps_count:
                 expected = None
         if self.resume is not None:  # the budget spent before the resume point stays spent
             for stage in self.stages:
-                policy = getattr(stage, "failure_policy", None)
+                policy = stage.failure_policy
                 if policy is not None and policy.carries_over:
                     policy.resume(self.resume.failures.get(stage.name, 0))
         for upstream, downstream, depth in zip(self.stages, self.stages[1:], depths, strict=False):
@@ -256,7 +247,7 @@ class Run:
         last = self.stages[-1]
         final_depth = depths[len(self.stages) - 1]
         if sink is not None:  # the sync hand-off: sized in bytes unless prefetch(n) set it
-            explicit = bool(specs) and isinstance(specs[-1], PrefetchSpec)
+            explicit = bool(specs) and specs[-1].upstream_depth() is not None
             self.output = sink(final_depth, adaptive=not explicit)
         else:
             self.output = Channel(final_depth, f"{last.name}->consumer")
@@ -282,29 +273,6 @@ class Run:
             start=start,
             prefix=prefix,
         )
-
-    def _make_stage(self, spec: StageSpec, decisions: Decisions, expected: int | None) -> Stage:
-        if isinstance(spec, MapSpec):
-            return MapStage(
-                spec,
-                errors=self.errors,
-                decisions=decisions,
-                expected_items=expected,
-                epoch=self.epoch,
-                seed=self.seed,
-                rank=self.rank.rank,
-                runtime=self.runtime,
-            )
-        if isinstance(spec, FilterSpec):
-            return FilterStage(spec)
-        if isinstance(spec, BatchSpec):
-            return BatchStage(spec)
-        if isinstance(spec, UnbatchSpec):
-            return UnbatchStage(spec)
-        factory = getattr(spec, "make_stage", None)
-        if factory is not None:  # stage kinds added by other modules (device, shuffle, ...)
-            return factory(self)
-        raise TypeError(f"unknown stage spec {spec!r}")
 
     # -- running ---------------------------------------------------------------------------
     def start(self) -> None:
@@ -375,79 +343,20 @@ class Run:
         self.note_delivered(block)
         return block
 
-    # -- resume state ----------------------------------------------------------------------
-    def attach_reservoir(self, stage: Any) -> None:
-        if self.reservoir is not None:
-            raise ValueError("a pipeline can have one .shuffle(buffer_size) stage")
-        self.reservoir = stage
-
-    def resume_reservoir(self) -> ReservoirState | None:
-        if self.resume is None or self.resume.reservoir is None:
-            return None
-        return ReservoirState.from_json(self.resume.reservoir)
-
-    def delivered_next(self) -> int:
-        """The output seq after the last item the consumer received."""
-        seqs = self.current_seqs
-        if seqs is None or not self.current_count:
-            if self.resume is None:
-                return 0
-            if self.resume.reservoir is not None:
-                return int(self.resume.reservoir["emitted"])
-            return self.resume.position
-        seq = seqs[self.current_count - 1]
-        while isinstance(seq, list):  # a batch: its members, in order
-            seq = seq[-1]
-        if isinstance(seq, bool) or not isinstance(seq, int):
-            raise ValueError(f"cannot locate the consumer in the epoch: a stage renumbered items ({seq!r})")
-        return seq + 1
+    # -- delivery --------------------------------------------------------------------------
+    @property
+    def reservoir(self) -> Any:
+        """The shuffle stage, when the pipeline has one."""
+        return self.delivery.reservoir
 
     def position_state(self) -> dict[str, Any]:
-        """Where this run's consumer is: position, buffer prefix and reservoir counters.
-        Call it on the run's loop thread while stages may still run."""
-        delivered = self.delivered_next()
-        if self.reservoir is None:
-            where = {"position": delivered, "prefix": [], "reservoir": None}
-        else:
-            state = self.reservoir.state_at(delivered)
-            position = 0 if state.last_input is None else int(state.last_input) + 1
-            where = {
-                "position": position,
-                "prefix": [int(s) for s in state.slots],
-                "reservoir": state.to_json(),
-            }
-        where["epoch_done"] = (
-            self.epoch_length is not None and where["position"] >= self.epoch_length and not where["prefix"]
-        )
-        where["failures"] = self._failures_before(where["position"], delivered)
-        return where
-
-    def _failures_before(self, position: int, delivered: int) -> dict[str, int]:
-        """Per stage whose count budget carries over a resume: the items before the resume
-        point it skipped (a stage that skipped none is left out). A stage before the shuffle buffer numbers items by source position
-        (the source resumes at ``position``; the buffer's items never failed); one after it,
-        by the buffer's output (the consumer received up to ``delivered``)."""
-        out = {}
-        cut = position
-        for stage in self.stages:
-            if stage is self.reservoir:
-                cut = delivered
-            policy = getattr(stage, "failure_policy", None)
-            if policy is not None and policy.carries_over:
-                failed = policy.failed_before(cut)
-                if failed:  # none: left out (the read stage's policy is there whenever a map skips)
-                    out[stage.name] = failed
-        return out
+        """Where this run's consumer is (see :meth:`Delivery.position_state`); on the loop thread."""
+        return self.delivery.position_state(self.stages)
 
     def note_delivered(self, block: Block) -> None:
         """Count a block the consumer received (called from the consumer's thread). The
-        iteration then advances ``current_count`` item by item as it hands them out."""
-        previous = self.current_seqs
-        if previous is not None and self.reservoir is not None:
-            self.current_count = len(previous)
-            self.reservoir.trim(self.delivered_next())
-        self.current_seqs = block.seqs
-        self.current_count = 0
+        iteration then advances ``delivery.current_count`` item by item as it hands them out."""
+        self.delivery.received(block)
         if self.first_output is None:
             self.first_output = time.perf_counter()
         self.batches += len(block)
@@ -466,12 +375,10 @@ class Run:
             await asyncio.gather(*self._tasks, return_exceptions=True)
         finally:
             for stage in self.stages:
-                close = getattr(stage, "close", None)
-                if close is not None:
-                    close()
+                stage.close()
             if interrupted():  # Ctrl-C under asyncio.run: calls blocked in threads are not waited for
                 self.drain_s = 0.0
-            drains = [stage.drain(self.drain_s) for stage in self.stages if hasattr(stage, "drain")]
+            drains = [stage.drain(self.drain_s) for stage in self.stages]
             closers = [closer() for closer in self._io_closers]
             try:
                 await _finish(self._drain(drains, closers))

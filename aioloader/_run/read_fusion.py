@@ -12,7 +12,7 @@ The bytes never enter the parent, which then spends ~33 us per JPEG, and the sam
 at 0.92-1.00 of the ceiling (``python -m bench --workload jpeg``). Threads read in their workers
 too (0.82 -> 0.87 of the ceiling). ``executor="auto"`` times ``fn`` without the reads (a cold
 first epoch must not decide the placement) and sends a costly one to processes, a cheap one to
-threads, never inline, where the reads would block the loop (:func:`aioloader.monitor.autotune.place`).
+threads, never inline, where the reads would block the loop (:func:`aioloader._run.placement.place`).
 
 What the consumer gets is the same: the same items in the same batches and order, with the same
 keys, so ``state_dict()`` and resume are unchanged. A read failure is named by stage ``"read"``
@@ -34,19 +34,15 @@ with ``fn``, and its ``__getitem__`` runs there, as in torch DataLoader's worker
 
 from __future__ import annotations
 
-import dataclasses
 import threading
 from collections.abc import Callable, Sequence
 from time import perf_counter
 from typing import Any
 
 from aioloader._run.executors import FAILED, ChunkResult, apply_items
-from aioloader._run.fusion import MapThenCollate, members, pooled_per_item
-from aioloader._spec import BatchSpec, MapSpec, StageSpec
 from aioloader.errors import annotate
-from aioloader.sources._adapt import IndexableSource
 
-__all__ = ["NamedRead", "fuse_read", "read_then_apply"]
+__all__ = ["NamedRead", "read_then_apply"]
 
 
 class NamedRead:
@@ -122,26 +118,3 @@ def _read_each_then_apply(
     failures += [(readable[at], exc) for at, exc in fn_failures]
     failures.sort(key=lambda failure: failure[0])
     return results, failures, perf_counter() - started
-
-
-def fuse_read(source: IndexableSource, specs: Sequence[StageSpec]) -> list[StageSpec]:
-    """``specs`` (the read stage first) with the read moved into the map stage after it, when
-    the source can be read in a worker and that stage may run in a pool; else unchanged."""
-    read, *rest = specs
-    if (source.worker_reader is None and source.dataset_reader is None) or not rest:
-        return list(specs)
-    at = 0
-    if isinstance(rest[0], BatchSpec) and rest[0].collate is members:  # a fused pair's grouping
-        at = 1
-    spec = rest[at] if at < len(rest) else None
-    if not isinstance(spec, MapSpec) or not pooled_per_item(spec) or spec.timeout is not None:
-        return list(specs)
-    reader = source.worker_reader
-    if reader is None:  # a user's dataset: only into processes the user asked for
-        if spec.executor != "process" or not source.dataset_reader.picklable:
-            return list(specs)
-        reader = source.dataset_reader
-    reads = NamedRead(reader, read.name)
-    fn = spec.fn.reading(reads) if isinstance(spec.fn, MapThenCollate) else spec.fn
-    rest[at] = dataclasses.replace(spec, fn=fn, reads=reads)
-    return rest

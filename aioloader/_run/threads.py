@@ -106,13 +106,20 @@ class DaemonThreadPool:
                     with self._lock:
                         self._running[future] = me
                     # no local keeps the result: an error's traceback reaches the consumer's
-                    # frames (the Loader's), and an idle thread must not keep them alive
+                    # frames (the Loader's), and an idle thread must not keep them alive; the
+                    # future leaves _running before it completes, as the consumer may be
+                    # done with it before this thread runs again
                     try:
-                        future.set_result(fn(*args))
+                        outcome: Any = (fn(*args), None)
                     except BaseException as exc:
-                        future.set_exception(exc)
+                        outcome = (None, exc)
                     with self._lock:
                         self._running.pop(future, None)
+                    if outcome[1] is None:
+                        future.set_result(outcome[0])
+                    else:
+                        future.set_exception(outcome[1])
+                    del outcome
                 del future, fn, args
                 with self._lock:
                     if self._shutdown or me in self._abandoned:

@@ -59,8 +59,8 @@ def run_stats(run: Any) -> dict[str, Any]:
         first_output=run.first_output,
         samples=run.samples,
         batches=run.batches,
-        consumer_wait_s=getattr(run, "consumer_wait_s", None),
-        ended=getattr(run, "ended", None),
+        consumer_wait_s=run.delivery.consumer_wait_s,
+        ended=run.delivery.ended,
         resources=monitor.resources() if monitor is not None else None,
         timeline=monitor.timeline.to_json() if monitor is not None else None,
     )

@@ -26,6 +26,7 @@ the reason (:func:`aioloader.service.specs.state_or_mark`); such a pipeline runs
 
 from __future__ import annotations
 
+import pickle
 import signal
 import sys
 import threading
@@ -36,7 +37,6 @@ from typing import Any
 from aioloader.loader import Loader
 from aioloader.service.specs import (
     length_or_none,
-    loader_from_pickle,
     start_run,
     state_or_mark,
     validated_state,
@@ -181,7 +181,7 @@ def main(argv: list[str] | None = None) -> None:
         worker_child.prepare_main(commands)
         spec, prefix = worker_child.receive(commands)
         arenas.append(SegmentArena(prefix, BATCH_SHM_MIN_BYTES))  # one batch a segment
-        loader = loader_from_pickle(spec)
+        loader = Loader(pickle.loads(spec))
         info = {"len": length_or_none(loader), "state": state_or_mark(loader, loader.epoch)}
     except worker_child.ParentGone:
         return

@@ -1,7 +1,7 @@
 """``aioloader serve SPEC.py``: run the loader server from the command line.
 
 ``SPEC.py`` is a Python file whose ``loader`` attribute (``--attr`` to pick another) is a Loader
-or a function returning one (see :func:`aioloader.service.specs.load_spec_file`). The token is
+or a function returning one (see :func:`aioloader.service.spec_file.load_spec_file`). The token is
 read from ``--token-file`` (never from the command line, where other users could read it in the
 process list). The server prints ``serving on HOST:PORT`` once it listens, logs refused and
 dropped connections on stderr, and stops on SIGINT or SIGTERM.
@@ -34,7 +34,7 @@ def add_serve_parser(commands: Any) -> None:
 def run_serve(args: argparse.Namespace) -> int:
     from aioloader.service.protocol import read_token_file
     from aioloader.service.server import serve
-    from aioloader.service.specs import load_spec_file
+    from aioloader.service.spec_file import load_spec_file
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     try:

@@ -1,5 +1,7 @@
 """Loaders derived from a user's spec for the service: one per rank, twins to check states, and
-specs loaded from a file or pickled for a child process.
+specs pickled for a child process (a spec file is loaded by :mod:`aioloader.service.spec_file`).
+These helpers read the public ``Loader.spec`` and build twins with ``type(loader)``, so this
+module does not import :mod:`aioloader.loader` (which imports the service for ``in_subprocess``).
 
 A spec travels to another process in one of two ways:
 
@@ -18,23 +20,21 @@ with each batch (a :func:`~aioloader.service.cursor.mark` where the pipeline has
 
 from __future__ import annotations
 
-import importlib.util
 import pickle
-import sys
 from dataclasses import replace
-from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from aioloader.loader import Loader
+from aioloader._run.stages.device import DeviceSpec
 from aioloader.order.sharding import resolve_rank
 from aioloader.service.cursor import UNRESUMABLE, is_mark, mark
+
+if TYPE_CHECKING:
+    from aioloader.loader import Loader
 
 
 def check_host_only(loader: Loader, where: str) -> None:
     """``ValueError`` when ``loader`` ends on an accelerator (``.to_device("cuda")``): its
     batches would be made on a device of another process (or machine) than the trainer's."""
-    from aioloader._run.stages.device import DeviceSpec
-
     for stage in loader.spec.stages:
         if isinstance(stage, DeviceSpec) and stage.device_type != "cpu":
             raise ValueError(
@@ -52,7 +52,7 @@ def rank_loader(loader: Loader, rank: int, world_size: int) -> Loader:
         raise ValueError(f"rank must be an int in [0, world_size={world_size}), got {rank!r}")
     pipeline = loader.spec
     source_spec = replace(pipeline.source_spec, rank=rank, world_size=world_size)
-    return Loader(replace(pipeline, source_spec=source_spec))
+    return type(loader)(replace(pipeline, source_spec=source_spec))
 
 
 def pinned_rank(loader: Loader) -> Loader:
@@ -76,7 +76,7 @@ def validated_state(loader: Loader, state: Any) -> dict[str, Any]:
             "load_state_dict: the state marks a place where the loader could not be resumed "
             f"exactly ({state[UNRESUMABLE]})"
         )
-    with Loader(loader.spec) as twin:
+    with type(loader)(loader.spec) as twin:
         try:
             twin.load_state_dict(state)
         except ValueError:
@@ -91,7 +91,7 @@ def validated_state(loader: Loader, state: Any) -> dict[str, Any]:
 
 def fresh_state(loader: Loader) -> dict[str, Any]:
     """The state (or mark) of a run of ``loader`` that has not started (epoch 0, position 0)."""
-    with Loader(loader.spec) as twin:
+    with type(loader)(loader.spec) as twin:
         return state_or_mark(twin, twin.epoch)
 
 
@@ -132,40 +132,3 @@ def pickled_spec(loader: Loader) -> bytes:
             "sources and collate functions at module level (not lambdas or local functions), "
             "or serve it from a spec file: `aioloader serve SPEC.py`"
         ) from exc
-
-
-def loader_from_pickle(data: bytes) -> Loader:
-    return Loader(pickle.loads(data))
-
-
-def load_spec_file(path: str | Path, attribute: str = "loader") -> Loader:
-    """The Loader named ``attribute`` in the Python file ``path`` (or returned by calling it)."""
-    file = Path(path).resolve()
-    if not file.is_file() or file.suffix != ".py":
-        raise ValueError(f"spec must be a Python file (SPEC.py), got {str(path)!r}")
-    name = file.stem
-    if not name.isidentifier():
-        raise ValueError(f"spec file name {file.name!r} must be a valid module name")
-    folder = str(file.parent)
-    if folder not in sys.path:
-        sys.path.insert(0, folder)
-    module = sys.modules.get(name)
-    if module is None or getattr(module, "__file__", None) != str(file):
-        module_spec = importlib.util.spec_from_file_location(name, file)
-        if module_spec is None or module_spec.loader is None:  # pragma: no cover - a .py file
-            raise ValueError(f"cannot import spec file {str(file)!r}")
-        module = importlib.util.module_from_spec(module_spec)
-        sys.modules[name] = module
-        try:
-            module_spec.loader.exec_module(module)
-        except BaseException:
-            sys.modules.pop(name, None)
-            raise
-    value = getattr(module, attribute, None)
-    if value is None:
-        raise ValueError(f"spec file {file.name} has no attribute {attribute!r} (a Loader)")
-    if not isinstance(value, Loader) and callable(value):
-        value = value()
-    if not isinstance(value, Loader):
-        raise TypeError(f"{file.name}:{attribute} must be an aioloader.Loader, got {type(value).__name__}")
-    return value

@@ -37,16 +37,19 @@ import weakref
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Iterator
 from concurrent.futures import Future
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from aioloader._closing import Closing
+from aioloader._run.graph import Pipeline
 from aioloader.errors import WorkerCrashError
-from aioloader.loader import Loader
 from aioloader.service.cursor import Cursor
 from aioloader.service.specs import check_host_only, pickled_spec, pinned_rank
 from aioloader.workers import _child as worker_child
 from aioloader.workers import shm
 from aioloader.workers._spawn import preparation_data, spawn_child
+
+if TYPE_CHECKING:
+    from aioloader.loader import Loader
 
 START_TIMEOUT_S = 120.0  # a fresh interpreter importing torch and the user's modules
 REQUEST_TIMEOUT_S = 60.0
@@ -74,7 +77,7 @@ class SubprocessLoader(Closing):
     """A Loader running in a child process. Made by :meth:`aioloader.Loader.in_subprocess`."""
 
     def __init__(self, loader: Loader, *, credits: int = 4) -> None:
-        if not isinstance(loader, Loader):
+        if not isinstance(getattr(loader, "spec", None), Pipeline):  # a Loader (not imported: no circle)
             raise TypeError(f"loader must be an aioloader.Loader, got {type(loader).__name__}")
         if isinstance(credits, bool) or not isinstance(credits, int) or credits < 1:
             raise ValueError(f"credits must be an int >= 1, got {credits!r}")

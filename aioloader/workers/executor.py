@@ -24,8 +24,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from aioloader._run.executors import CHUNK_KEYS, FAILED, ChunkResult, ChunkStalled, ChunkTimeout
+from aioloader._run.stages.map import MapSpec
 from aioloader._run.stall import check_stall_options
-from aioloader._spec import InteractiveMainError, MapSpec, check_callable, fn_name, pickle_error
+from aioloader._spec import InteractiveMainError, check_callable, fn_name, pickle_error
 from aioloader.errors import StageStalledError, WorkerCrashError, annotate
 from aioloader.workers import shm, wire
 from aioloader.workers.pool import Outcome, ProcessPool

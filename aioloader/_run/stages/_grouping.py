@@ -12,6 +12,7 @@ from collections.abc import Callable
 from typing import Any
 
 from aioloader._run.channel import Channel
+from aioloader._run.stages.base import Stage
 from aioloader._run.stages.batch import emit_batch
 from aioloader.collate import pad
 from aioloader.errors import annotate
@@ -23,7 +24,7 @@ def unknown_length(name: str) -> TypeError:
     return TypeError(f"len() is not known: stage {name!r} makes batches whose count depends on the data")
 
 
-class GroupStage:
+class GroupStage(Stage):
     """Base of a stage that groups items into batches; subclasses write ``run()``."""
 
     def __init__(self, name: str, collate: Callable[[list[Any]], Any] | None) -> None:

@@ -31,7 +31,8 @@ from time import perf_counter
 from typing import Any, ClassVar
 
 from aioloader._run.stages._grouping import GroupStage, unknown_length
-from aioloader._spec import StageSpec, check_bool, check_callable, check_positive_int
+from aioloader._run.stages.base import BuildContext, StageSpec
+from aioloader._spec import check_bool, check_callable, check_positive_int
 from aioloader.collate import stack
 
 
@@ -60,8 +61,8 @@ class AdaptiveBatchSpec(StageSpec):
         top = self.max_size if self.max_size is not None else size
         return max(self.min_size, min(size, top))
 
-    def make_stage(self, run: Any) -> AdaptiveBatchStage:
-        return AdaptiveBatchStage(self, run.runtime.step_sizer(self))
+    def build(self, ctx: BuildContext) -> AdaptiveBatchStage:
+        return AdaptiveBatchStage(self, ctx.runtime.step_sizer(self))
 
 
 class StepSizer:

@@ -10,8 +10,9 @@ equal to what :func:`~aioloader.collate.stack` makes of its rows.
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 from time import perf_counter
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
@@ -19,13 +20,13 @@ import torch
 from aioloader._run.block import Block
 from aioloader._run.channel import Channel
 from aioloader._run.executors import one_intra_op_thread
-from aioloader._spec import BatchSpec
+from aioloader._run.stages.base import DEFAULT_DEPTH, BuildContext, Stage, StageSpec
 from aioloader.collate import stack
 from aioloader.errors import annotate
 from aioloader.monitor.stats import StageStats
 
 
-class BatchStage:
+class BatchStage(Stage):
     def __init__(self, spec: BatchSpec) -> None:
         self.name = spec.name
         self._size = spec.size
@@ -124,3 +125,26 @@ async def emit_batch(
     stage.stats.busy_s += perf_counter() - started
     stage.stats.items_out += 1
     await stage.output.put(Block([keys], [seqs], [batch]))
+
+
+@dataclass(frozen=True, slots=True)
+class BatchSpec(StageSpec):
+    size: int
+    collate: Callable[[list[Any]], Any] | None = None
+    drop_last: bool = False
+
+    makes_batches: ClassVar[bool] = True
+    keeps_count: ClassVar[bool] = False
+    output_depth: ClassVar[int | None] = DEFAULT_DEPTH
+
+    def build(self, ctx: BuildContext) -> BatchStage:
+        return BatchStage(self)
+
+    def length(self, n: int) -> int:
+        return n // self.size if self.drop_last else -(-n // self.size)
+
+    def step_problem(self) -> str | None:
+        return None
+
+    def block_hint(self) -> int | None:
+        return self.size

@@ -17,7 +17,8 @@ from time import perf_counter
 from typing import Any, ClassVar
 
 from aioloader._run.stages._grouping import GroupStage, unknown_length
-from aioloader._spec import StageSpec, check_bool, check_callable, check_positive_int
+from aioloader._run.stages.base import BuildContext, StageSpec
+from aioloader._spec import check_bool, check_callable, check_positive_int
 
 
 @dataclass(frozen=True, slots=True)
@@ -34,7 +35,7 @@ class BucketSpec(StageSpec):
         """For ``len(loader)``: the batch count depends on the data."""
         raise unknown_length(self.name)
 
-    def make_stage(self, run: Any) -> BucketStage:
+    def build(self, ctx: BuildContext) -> BucketStage:
         return BucketStage(self)
 
 

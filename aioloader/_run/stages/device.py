@@ -29,7 +29,7 @@ import torch
 
 from aioloader._run.block import Block
 from aioloader._run.channel import Channel
-from aioloader._spec import StageSpec
+from aioloader._run.stages.base import BuildContext, Stage, StageSpec
 from aioloader.device import (
     IMAGENET_MEAN,
     IMAGENET_STD,
@@ -204,11 +204,11 @@ class DeviceBlock(Block):
             self.engine.hand_over(transfer)
 
 
-class DeviceStage:
-    def __init__(self, spec: DeviceSpec, run: Any, engine: CopyEngine) -> None:
+class DeviceStage(Stage):
+    def __init__(self, spec: DeviceSpec, engine: CopyEngine, *, feeds_consumer: bool) -> None:
         self.name = spec.name
         self.engine = engine
-        self._run = run
+        self._feeds_consumer = feeds_consumer  # the consumer's thread hands the blocks over
         self.input: Channel
         self.output: Channel
         self.stats = StageStats(spec.name, executor="thread")
@@ -224,7 +224,7 @@ class DeviceStage:
 
         depth = max(MIN_RING, self.input.capacity, self.output.capacity)
         self.ring = ring = StagingRing(self.engine, depth, blocking)
-        last = self.output is getattr(self._run, "output", None)
+        last = self._feeds_consumer
         try:
             async for block in self.input:
                 self.stats.items_in += len(block)
@@ -293,11 +293,14 @@ class DeviceSpec(StageSpec):
             return PassThroughEngine(self.normalization)
         return CudaCopyEngine(self.index, self.normalization, non_blocking=self.non_blocking)
 
-    def make_stage(self, run: Any) -> Any:
-        return DeviceStage(self, run, self.make_engine())
+    def build(self, ctx: BuildContext) -> DeviceStage:
+        return DeviceStage(self, self.make_engine(), feeds_consumer=ctx.feeds_consumer)
 
-    def length(self, n: int) -> int:
-        return n
+    def one_to_one(self) -> bool:
+        return True
+
+    def step_problem(self) -> str | None:
+        return None
 
 
 def _parse_device(device: Any) -> tuple[str, int | None]:

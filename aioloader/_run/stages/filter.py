@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass
 from time import perf_counter
+from typing import Any, ClassVar
 
 from aioloader._run.channel import Channel
-from aioloader._spec import FilterSpec
+from aioloader._run.stages.base import BuildContext, Stage, StageSpec
 from aioloader.errors import annotate
 from aioloader.monitor.stats import StageStats
 
 
-class FilterStage:
+class FilterStage(Stage):
     def __init__(self, spec: FilterSpec) -> None:
         self.name = spec.name
         self._predicate = spec.predicate
@@ -36,3 +39,19 @@ class FilterStage:
                 stats.items_out += len(out)
                 await self.output.put(out)
         self.output.close()
+
+
+@dataclass(frozen=True, slots=True)
+class FilterSpec(StageSpec):
+    predicate: Callable[[Any], bool]
+
+    keeps_count: ClassVar[bool] = False
+
+    def build(self, ctx: BuildContext) -> FilterStage:
+        return FilterStage(self)
+
+    def length(self, n: int) -> int:
+        raise TypeError(f"len() is not known: stage {self.name!r} changes the item count")
+
+    def block_hint(self) -> int | None:
+        return 0

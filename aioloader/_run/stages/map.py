@@ -12,12 +12,16 @@ record, or raise annotated with the stage name and sample key.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import functools
 import math
+import numbers
 import sys
 from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
 from time import perf_counter
-from typing import Any
+from typing import Any, ClassVar
 
 from aioloader._run.block import Block
 from aioloader._run.channel import Channel, EndOfChannel
@@ -38,12 +42,22 @@ from aioloader._run.executors import (
     one_intra_op_thread,
 )
 from aioloader._run.failures import FailurePolicy
-from aioloader._run.fusion import batch_seed, is_pure_collate
+from aioloader._run.placement import PROBE_S, THREAD_ABOVE_S, Limiter, PlacementProbe
 from aioloader._run.read_fusion import read_then_apply
+from aioloader._run.stages.base import BuildContext, Stage, StageSpec
 from aioloader._run.stall import StallWatch
-from aioloader._spec import MapSpec
+from aioloader._spec import (
+    EXECUTORS,
+    ON_ERROR,
+    check_bool,
+    check_callable,
+    check_choice,
+    check_max_failures,
+    check_positive_int,
+    fn_name,
+    is_async_callable,
+)
 from aioloader.errors import StageStalledError, StageTimeoutError
-from aioloader.monitor.autotune import PROBE_S, THREAD_ABOVE_S, Limiter, PlacementProbe
 from aioloader.monitor.stats import ErrorLog, StageStats
 from aioloader.order.sample_rng import WithRng
 
@@ -74,7 +88,7 @@ def default_concurrency(kind: str) -> int:
     return {"thread": max(2, cores), "async": 16}.get(kind, 1)
 
 
-class MapStage:
+class MapStage(Stage):
     def __init__(
         self,
         spec: MapSpec,
@@ -198,7 +212,7 @@ class MapStage:
 
     async def _probe_inline(self) -> bool:
         """executor="auto" for a sync function: measure it on the first block and choose
-        inline, thread or process (:class:`~aioloader.monitor.autotune.PlacementProbe`; a
+        inline, thread or process (:class:`~aioloader._run.placement.PlacementProbe`; a
         block function keeps the inline-cost rule)."""
         try:
             block = await self.input.get()
@@ -304,6 +318,8 @@ class MapStage:
         borrowed") or may draw from the global RNG, whose draws must come in batch order."""
         if self.spec.fused_batch is None or self._executor.kind != "thread":
             return False
+        from aioloader._run.fusion import is_pure_collate  # here: it imports torch (collate)
+
         return not is_pure_collate(self.spec.fn.collate)  # ours stay in the threads
 
     async def _forward(self, block: Block | None) -> None:
@@ -475,6 +491,8 @@ class MapStage:
         if self._collates_here():  # (keys, members, True): fn's results, uncollated
             return [(keys, members, True) for keys, members in zip(chunk.keys, chunk.values, strict=True)]
         if self.spec.fused_batch is not None and self._executor.kind in ("process", "ray"):
+            from aioloader._run.fusion import batch_seed  # here: it imports torch (collate)
+
             return [
                 (keys, members, False, batch_seed(self._seed, self._epoch, self._rank, seqs[0]))
                 for keys, members, seqs in zip(chunk.keys, chunk.values, chunk.seqs, strict=True)
@@ -538,4 +556,126 @@ def _join(blocks: list[Block]) -> Block:
         [k for b in blocks for k in b.keys],
         [s for b in blocks for s in b.seqs],
         [v for b in blocks for v in b.values],
+    )
+
+
+# -- the spec ----------------------------------------------------------------------------------
+@dataclass(frozen=True, slots=True)
+class MapSpec(StageSpec):
+    fn: Callable[..., Any]
+    executor: str = "auto"
+    concurrency: int | None = None
+    ordered: bool = True
+    on_error: str = "raise"
+    max_failures: int | float = 0
+    retries: int = 0
+    retry_on: tuple[type[BaseException], ...] = (OSError,)
+    timeout: float | None = None
+    is_async: bool = False
+    per_block: bool = False  # fn takes the list of values of a block and returns a list
+    item_fn: Callable[[Any], Any] | None = None  # per-item twin of a per_block fn, to find failures
+    seed: int | None = None  # set for a random transform: fn(sample, rng), rng from (seed, epoch, key)
+    # the batch stage fused into this one (aioloader._run.fusion): fn takes (keys, members)
+    fused_batch: str | None = None
+    # the source's read, run by this stage's workers: its values are keys, and ``reads(keys)``
+    # (an aioloader._run.read_fusion.NamedRead) gives the items fn takes
+    reads: Any = None
+    # set when the run is built: fn's results are whole batches (it follows a batching stage,
+    # or a batch is fused into it), used and dropped as a unit (aioloader.workers.shm)
+    on_batches: bool = False
+    # the stall watch (aioloader._run.stall; the process pool's own for executor="process"):
+    # seconds, "auto" or None, and "warn" or "raise"
+    stall_after: float | str | None = "auto"
+    on_stall: str = "warn"
+    # a map's executor (inline, threads, processes) never changes the data: a state saved with
+    # one resumes with another, and a subclass (RayMapSpec) fingerprints as a map
+    fingerprint_kind: ClassVar[str | None] = "MapSpec"
+
+    def build(self, ctx: BuildContext) -> MapStage:
+        return MapStage(
+            self,
+            errors=ctx.errors,
+            decisions=ctx.decisions,
+            expected_items=ctx.expected_items,
+            epoch=ctx.epoch,
+            seed=ctx.seed,
+            rank=ctx.rank.rank,
+            runtime=ctx.runtime,
+        )
+
+    def length(self, n: int) -> int:
+        if self.on_error == "skip":
+            raise TypeError(f"len() is not known: stage {self.name!r} may skip items")
+        return n
+
+    def resume_problem(self, method: str) -> str | None:
+        if not self.ordered:
+            return (
+                f"{method}: stage {self.name!r} has ordered=False, so what the consumer received "
+                "is not a prefix of the epoch; use ordered=True to resume exactly"
+            )
+        return None
+
+    def step_problem(self) -> str | None:
+        return f"stage {self.name!r} skips failed samples" if self.on_error == "skip" else None
+
+    def one_to_one(self) -> bool:
+        return self.on_error == "raise" and self.ordered
+
+    def after_batches(self) -> MapSpec:
+        return dataclasses.replace(self, on_batches=True)
+
+    def source_failures(self) -> tuple[str, int | float]:
+        return self.on_error, self.max_failures
+
+
+def make_map_spec(
+    fn: Callable[..., Any],
+    *,
+    executor: str,
+    concurrency: int | None,
+    ordered: bool,
+    on_error: str,
+    max_failures: int | float,
+    retries: int,
+    retry_on: tuple[type[BaseException], ...],
+    timeout: float | None,
+    name: str | None,
+) -> MapSpec:
+    check_callable(fn, "fn")
+    check_choice(executor, "executor", EXECUTORS)
+    if concurrency is not None:
+        check_positive_int(concurrency, "concurrency")
+    check_bool(ordered, "ordered")
+    check_choice(on_error, "on_error", ON_ERROR)
+    check_max_failures(max_failures)
+    check_positive_int(retries, "retries", minimum=0)
+    if not isinstance(retry_on, tuple) or not all(
+        isinstance(t, type) and issubclass(t, BaseException) for t in retry_on
+    ):
+        raise TypeError(f"retry_on must be a tuple of exception types, got {retry_on!r}")
+    if timeout is not None:
+        if isinstance(timeout, bool) or not isinstance(timeout, numbers.Real) or not timeout > 0:
+            raise ValueError(f"timeout must be a number of seconds > 0, got {timeout!r}")
+        timeout = float(timeout)
+    is_async = is_async_callable(fn)
+    if is_async and executor in ("thread", "process", "ray"):
+        raise ValueError(f"executor={executor!r} needs a sync function; {fn_name(fn)} is async")
+    if timeout is not None and executor == "inline" and not is_async:
+        raise ValueError(
+            "timeout cannot be enforced with executor='inline' (the function blocks the event "
+            "loop); use executor='thread' or 'process'"
+        )
+    return MapSpec(
+        name=name or f"map({fn_name(fn)})",
+        fn=fn,
+        executor=executor,
+        concurrency=concurrency,
+        ordered=ordered,
+        on_error=on_error,
+        max_failures=max_failures,
+        retries=retries,
+        retry_on=retry_on,
+        timeout=timeout,
+        is_async=is_async,
     )

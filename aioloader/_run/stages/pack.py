@@ -33,7 +33,8 @@ import torch
 
 from aioloader._run.block import Block
 from aioloader._run.stages._grouping import GroupStage, unknown_length
-from aioloader._spec import StageSpec, check_bool, check_positive_int
+from aioloader._run.stages.base import BuildContext, StageSpec
+from aioloader._spec import check_bool, check_positive_int
 from aioloader.errors import DataFormatError, annotate
 
 
@@ -52,7 +53,7 @@ class PackSpec(StageSpec):
         """For ``len(loader)``: the batch count depends on the documents' lengths."""
         raise unknown_length(self.name)
 
-    def make_stage(self, run: Any) -> PackStage:
+    def build(self, ctx: BuildContext) -> PackStage:
         return PackStage(self)
 
 

@@ -20,6 +20,7 @@ import numpy as np
 
 from aioloader._run.block import Block
 from aioloader._run.channel import Channel
+from aioloader._run.stages.base import Stage
 from aioloader.errors import annotate
 from aioloader.monitor.stats import ErrorLog, StageStats
 from aioloader.order.permutation import epoch_permutation
@@ -34,7 +35,7 @@ def rank_shards(count: int, *, shuffle: bool, seed: int, epoch: int, rank: RankI
     return [int(s) for s in order[rank.rank :: rank.world_size]]
 
 
-class ShardSource:
+class ShardSource(Stage):
     def __init__(
         self,
         dataset: Any,

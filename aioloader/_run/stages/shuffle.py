@@ -15,17 +15,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from time import perf_counter
-from typing import TYPE_CHECKING, Any
+from typing import Any, ClassVar
 
 from aioloader._run.block import Block
 from aioloader._run.channel import Channel
-from aioloader._spec import StageSpec
+from aioloader._run.stages.base import BuildContext, Stage, StageSpec
 from aioloader.errors import DataLoadingError
 from aioloader.monitor.stats import StageStats
 from aioloader.order.reservoir import Reservoir, ReservoirState
-
-if TYPE_CHECKING:
-    from aioloader._run.graph import Run
 
 _HISTORY = 1 << 22  # a backstop; the log is trimmed to what is in flight
 
@@ -35,11 +32,10 @@ class ShuffleSpec(StageSpec):
     buffer_size: int
     seed: int | None = None
 
-    def make_stage(self, run: Run) -> ShuffleStage:
-        return ShuffleStage(self, run)
+    renumbers: ClassVar[bool] = True
 
-    def length(self, n: int) -> int:
-        return n
+    def build(self, ctx: BuildContext) -> ShuffleStage:
+        return ShuffleStage(self, ctx)
 
 
 def _seq_of(entry: tuple[Any, Any, Any]) -> Any:
@@ -59,22 +55,21 @@ def _holds_batches(state: ReservoirState) -> bool:
     return isinstance(state.last_input, list) or any(isinstance(s, list) for s in state.slots)
 
 
-class ShuffleStage:
-    def __init__(self, spec: ShuffleSpec, run: Run) -> None:
+class ShuffleStage(Stage):
+    def __init__(self, spec: ShuffleSpec, ctx: BuildContext) -> None:
         self.name = spec.name
         self.input: Channel
         self.output: Channel
         self.stats = StageStats(spec.name)
-        seed = run.seed if spec.seed is None else spec.seed
-        saved = run.resume_reservoir()
+        seed = ctx.seed if spec.seed is None else spec.seed
+        saved = ctx.saved_reservoir()
         if saved is None:
-            self.reservoir = Reservoir(spec.buffer_size, seed, run.epoch, history=_HISTORY, seq_of=_seq_of)
+            self.reservoir = Reservoir(spec.buffer_size, seed, ctx.epoch, history=_HISTORY, seq_of=_seq_of)
         else:
             self.reservoir = Reservoir.restored(
-                spec.buffer_size, seed, run.epoch, saved, history=_HISTORY, seq_of=_seq_of
+                spec.buffer_size, seed, ctx.epoch, saved, history=_HISTORY, seq_of=_seq_of
             )
         self._block = 64
-        run.attach_reservoir(self)
 
     def state_at(self, emitted: int) -> ReservoirState:
         """The buffer's state after emission ``emitted``; ``ValueError`` when it shuffles

@@ -24,6 +24,7 @@ import numpy as np
 from aioloader._run.block import Block
 from aioloader._run.channel import Channel
 from aioloader._run.failures import FailurePolicy
+from aioloader._run.stages.base import Stage
 from aioloader._run.threads import DaemonThreadPool
 from aioloader.errors import DataNotFoundError, annotate
 from aioloader.monitor.stats import StageStats
@@ -40,7 +41,7 @@ _KEY_RUN = 4096
 _NO_KEYS = np.zeros(0, dtype=np.int64)
 
 
-class KeySource:
+class KeySource(Stage):
     """Blocks of keys in epoch order, from position ``start``; a resumed run first sends the
     ``prefix`` positions (the shuffle buffer's content when the state was taken).
 
@@ -134,7 +135,7 @@ def _replay(iterator: Iterator[Any], stop: int, wanted: list[int]) -> tuple[list
     return kept, pulled
 
 
-class _StreamSource:
+class _StreamSource(Stage):
     """What the sync and async stream sources share: this rank's slice of the stream and, on a
     resumed run, the replay up to ``start`` keeping the ``prefix`` positions (a stream cannot
     seek; those are the shuffle buffer's items, sent first)."""

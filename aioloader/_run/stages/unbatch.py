@@ -2,18 +2,19 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from time import perf_counter
-from typing import Any
+from typing import Any, ClassVar
 
 from aioloader._run.block import Block
 from aioloader._run.channel import Channel
-from aioloader._spec import UnbatchSpec
+from aioloader._run.stages.base import SAMPLE_DEPTH, BuildContext, Stage, StageSpec
 from aioloader.collate import uncollate
 from aioloader.errors import annotate
 from aioloader.monitor.stats import StageStats
 
 
-class UnbatchStage:
+class UnbatchStage(Stage):
     def __init__(self, spec: UnbatchSpec) -> None:
         self.name = spec.name
         self.input: Channel
@@ -52,3 +53,16 @@ def _length(batch: Any) -> int:
         return len(batch)
     except TypeError:
         raise TypeError(f"unbatch: a batch of type {type(batch).__name__} has no length") from None
+
+
+@dataclass(frozen=True, slots=True)
+class UnbatchSpec(StageSpec):
+    unbatches: ClassVar[bool] = True
+    keeps_count: ClassVar[bool] = False
+    output_depth: ClassVar[int | None] = SAMPLE_DEPTH
+
+    def build(self, ctx: BuildContext) -> UnbatchStage:
+        return UnbatchStage(self)
+
+    def length(self, n: int) -> int:
+        raise TypeError(f"len() is not known: stage {self.name!r} changes the item count")

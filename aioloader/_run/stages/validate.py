@@ -18,7 +18,8 @@ from typing import Any
 
 from aioloader._run.channel import Channel
 from aioloader._run.failures import FailurePolicy
-from aioloader._spec import ON_ERROR, StageSpec, check_callable, check_choice, check_max_failures, fn_name
+from aioloader._run.stages.base import BuildContext, Stage, StageSpec
+from aioloader._spec import ON_ERROR, check_callable, check_choice, check_max_failures, fn_name
 from aioloader.errors import DataFormatError, DataLoadingError, annotate
 from aioloader.monitor.stats import ErrorLog, StageStats
 
@@ -35,8 +36,11 @@ class ValidateSpec(StageSpec):
             raise TypeError(f"len() is not known: stage {self.name!r} may skip items")
         return n
 
-    def make_stage(self, run: Any) -> ValidateStage:
-        return ValidateStage(self, run.errors)
+    def build(self, ctx: BuildContext) -> ValidateStage:
+        return ValidateStage(self, ctx.errors)
+
+    def step_problem(self) -> str | None:
+        return f"stage {self.name!r} skips failed samples" if self.on_error == "skip" else None
 
 
 def problem_of(check: Callable[[Any], Any], sample: Any, stage: str, key: Any) -> DataLoadingError | None:
@@ -57,7 +61,7 @@ def problem_of(check: Callable[[Any], Any], sample: Any, stage: str, key: Any) -
     return exc
 
 
-class ValidateStage:
+class ValidateStage(Stage):
     def __init__(self, spec: ValidateSpec, errors: ErrorLog) -> None:
         self.name = spec.name
         self._spec = spec

@@ -1,0 +1,77 @@
+"""Graph rewrites applied when a run is built, before any stage exists: a pooled map fused with
+the batch after it (:mod:`aioloader._run.fusion`), and an indexable source's read moved into the
+map after it (:mod:`aioloader._run.read_fusion`). Both keep the data, order and keys unchanged.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+
+from aioloader._run.fusion import MapThenCollate, members, pooled_per_item
+from aioloader._run.read_fusion import NamedRead
+from aioloader._run.stages.base import StageSpec
+from aioloader._run.stages.batch import BatchSpec
+from aioloader._run.stages.map import MapSpec
+from aioloader._spec import is_picklable
+from aioloader.collate import stack
+from aioloader.sources._adapt import IndexableSource
+
+__all__ = ["fuse_map_batch", "fuse_read"]
+
+
+def _fusable(spec: MapSpec, batch: BatchSpec) -> bool:
+    if not pooled_per_item(spec):
+        return False
+    if spec.on_error != "raise" or spec.retries or spec.timeout is not None or not spec.ordered:
+        return False
+    if spec.fused_batch is not None or batch.collate is members:
+        return False
+    # processes need the collate in the workers; a thread or inline run does not
+    return spec.executor == "thread" or is_picklable(batch.collate or stack)
+
+
+def fuse_map_batch(specs: Sequence[StageSpec]) -> list[StageSpec]:
+    """``specs`` with each fusable (map, batch) pair rebuilt as (grouping batch, fused map)."""
+    out: list[StageSpec] = []
+    i = 0
+    while i < len(specs):
+        spec = specs[i]
+        following = specs[i + 1] if i + 1 < len(specs) else None
+        if (
+            isinstance(spec, MapSpec)
+            and isinstance(following, BatchSpec)
+            and type(following) is BatchSpec
+            and _fusable(spec, following)
+        ):
+            work = MapThenCollate(spec.fn, following.collate or stack, spec.name, following.name)
+            out.append(dataclasses.replace(following, collate=members))
+            out.append(dataclasses.replace(spec, fn=work, fused_batch=following.name))
+            i += 2
+            continue
+        out.append(spec)
+        i += 1
+    return out
+
+
+def fuse_read(source: IndexableSource, specs: Sequence[StageSpec]) -> list[StageSpec]:
+    """``specs`` (the read stage first) with the read moved into the map stage after it, when
+    the source can be read in a worker and that stage may run in a pool; else unchanged."""
+    read, *rest = specs
+    if (source.worker_reader is None and source.dataset_reader is None) or not rest:
+        return list(specs)
+    at = 0
+    if isinstance(rest[0], BatchSpec) and rest[0].collate is members:  # a fused pair's grouping
+        at = 1
+    spec = rest[at] if at < len(rest) else None
+    if not isinstance(spec, MapSpec) or not pooled_per_item(spec) or spec.timeout is not None:
+        return list(specs)
+    reader = source.worker_reader
+    if reader is None:  # a user's dataset: only into processes the user asked for
+        if spec.executor != "process" or not source.dataset_reader.picklable:
+            return list(specs)
+        reader = source.dataset_reader
+    reads = NamedRead(reader, read.name)
+    fn = spec.fn.reading(reads) if isinstance(spec.fn, MapThenCollate) else spec.fn
+    rest[at] = dataclasses.replace(spec, fn=fn, reads=reads)
+    return rest
