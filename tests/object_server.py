@@ -1,10 +1,11 @@
 """A small object server for the remote-source tests: aiohttp on 127.0.0.1, in a thread.
 
-GET (with ``Range``) and HEAD over objects held in memory, with a first-byte latency, a
+GET (with ``Range``) and HEAD over objects held in memory, with a first-byte latency (on both), a
 bandwidth per connection, and faults queued per object and consumed one per GET: ``"500"``,
 ``"reset"`` (the connection is cut half-way through the body), ``"truncate"`` (half the body,
 then a clean close: fewer bytes than the Content-Length said) and ``"trickle"`` (a few bytes,
-then nothing). It counts requests, the body bytes it sent and the most GETs in flight at once.
+then nothing). It counts requests, the body bytes it sent and the most GETs (and HEADs) in
+flight at once.
 """
 
 from __future__ import annotations
@@ -26,6 +27,8 @@ class ObjectServer:
         self.bytes_sent = 0
         self.in_flight = 0  # GETs being answered now
         self.max_in_flight = 0
+        self.heads_in_flight = 0  # HEADs (size lookups) being answered now
+        self.max_heads_in_flight = 0
         self._loop = asyncio.new_event_loop()
         self._ready = threading.Event()
         self._thread = threading.Thread(target=self._serve, name="test-objserver", daemon=True)
@@ -72,7 +75,14 @@ class ObjectServer:
         data = self.objects.get(name)
         if data is None:
             return web.Response(status=404)
-        if request.method == "HEAD":
+        if request.method == "HEAD":  # a round trip too: the same first-byte latency
+            self.heads_in_flight += 1
+            self.max_heads_in_flight = max(self.max_heads_in_flight, self.heads_in_flight)
+            try:
+                if self.latency_s:
+                    await asyncio.sleep(self.latency_s)
+            finally:
+                self.heads_in_flight -= 1
             return web.Response(headers={"Content-Length": str(len(data)), "Accept-Ranges": "bytes"})
         self.requests[name] += 1
         self.in_flight += 1

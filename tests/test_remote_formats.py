@@ -5,6 +5,7 @@ named by URL and line."""
 from __future__ import annotations
 
 import gzip
+import itertools
 import json
 
 import pytest
@@ -104,3 +105,67 @@ def test_parquet_row_groups_and_selected_columns(tmp_path):
         missing = al.Loader.from_source(al.sources.ParquetShards(srv.url("nope.parquet"), retry=RETRY))
         with missing, pytest.raises(al.DataNotFoundError, match=r"nope\.parquet"):
             list(missing)
+
+
+@pytest.fixture
+def parquet_server(tmp_path):
+    pa = pytest.importorskip("pyarrow")
+    pq = pytest.importorskip("pyarrow.parquet")
+    with ObjectServer() as srv:
+        for shard in range(3):
+            ids = list(range(shard * 10, shard * 10 + 10))
+            table = pa.table({"id": ids, "big": [bytes([i % 256]) * 60_000 for i in ids]})
+            path = tmp_path / f"p{shard}.parquet"
+            pq.write_table(table, path, row_group_size=4, compression="none")  # row groups of 4, 4, 2
+            srv.objects[path.name] = path.read_bytes()
+        yield srv
+
+
+def _row_group(row_id: int) -> tuple[int, int]:
+    return row_id // 10, row_id % 10 // 4
+
+
+def test_parquet_indexed_global_shuffle_chunks_ranks_and_resume(parquet_server):
+    srv = parquet_server
+    urls = [srv.url(f"p{i}.parquet") for i in range(3)]
+    ds = al.sources.ParquetShards(urls, columns=["id"], indexed=True, retry=RETRY)
+    assert ds.row_groups == [[4, 4, 2]] * 3 and len(ds.__aioloader_source__()) == 30
+
+    def make(**options):
+        loader = al.Loader.from_source(ds, seed=5, **options)
+        return loader.batch(4, collate=al.collate.as_list)
+
+    srv.bytes_sent = 0
+    with make(shuffle=True) as loader:
+        full = [[r["id"] for r in b] for b in loader]
+    ids = [i for b in full for i in b]
+    assert sorted(ids) == list(range(30))
+    assert len({i // 10 for i in ids[:10]}) > 1  # a global order, not file by file
+    assert srv.bytes_sent < sum(len(srv.objects[f"p{i}.parquet"]) for i in range(3)) / 4  # "big" never read
+    with make(shuffle=True) as loader:
+        it = iter(loader)
+        head = [[r["id"] for r in next(it)] for _ in range(3)]
+        state = loader.state_dict()
+    with make(shuffle=True) as loader:
+        loader.load_state_dict(state)
+        assert head + [[r["id"] for r in b] for b in loader] == full  # exact resume
+
+    with make(shuffle="chunks", chunk_window=1) as loader:
+        chunked = [r["id"] for b in loader for r in b]
+    groups = [_row_group(i) for i in chunked]
+    runs = 1 + sum(a != b for a, b in itertools.pairwise(groups))
+    assert sorted(chunked) == list(range(30)) and runs == 9  # a row group is a chunk: its rows together
+
+    per_rank = []
+    for rank in range(2):
+        with make(shuffle=True, rank=rank, world_size=2, shard_policy="drop") as loader:
+            per_rank.append([r["id"] for b in loader for r in b])
+    assert len(per_rank[0]) == len(per_rank[1]) == 15 and not set(per_rank[0]) & set(per_rank[1])
+
+
+def test_parquet_indexed_names_a_missing_column_or_file_at_build(parquet_server):
+    srv = parquet_server
+    with pytest.raises(ValueError, match=r"p0\.parquet: no column \['nope'\]"):
+        al.sources.ParquetShards(srv.url("p0.parquet"), columns=["nope"], indexed=True, retry=RETRY)
+    with pytest.raises(al.DataNotFoundError, match=r"gone\.parquet"):
+        al.sources.ParquetShards(srv.url("gone.parquet"), indexed=True, retry=RETRY)

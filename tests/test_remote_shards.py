@@ -5,6 +5,7 @@ injected faults, corrupt and missing shards, and the indexable mode (an index's 
 from __future__ import annotations
 
 import io
+import json
 import os
 import tarfile
 
@@ -307,3 +308,91 @@ def test_indexed_bad_sample_is_named_or_skipped_alone(server):
         errors = loader.stats()["errors"]
     assert got == [i for i in range(SHARDS * PER_SHARD) if i != 12]  # its neighbours are kept
     assert len(errors) == 1 and errors[0]["key"] == 12
+
+
+def test_scan_index_makes_the_stream_indexable_on_the_next_run(server, shard_dir, tmp_path):
+    scan = tmp_path / "scan" / "index.json"
+    everything = list(range(SHARDS * PER_SHARD))
+    seen = []
+    for rank in range(2):  # each rank scans its own shards into the one file
+        ds = al.sources.WebDataset(_urls(server), retry=FAST_RETRY, scan_index=scan)
+        assert ds.offsets is None and ds.__aioloader_source__() is ds  # not every shard scanned yet
+        loader = al.Loader.from_source(ds, shuffle=True, seed=1, rank=rank, world_size=2, shard_policy="uneven")
+        with loader:
+            seen += list(loader)
+    assert sorted(_ids(seen)) == everything
+    ds = al.sources.WebDataset(_urls(server), retry=FAST_RETRY, scan_index=scan)
+    assert ds.offsets is not None and ds.__aioloader_source__() is not ds  # indexable
+    written = json.loads((shard_dir / "index.json").read_text())["shards"]
+    assert [list(o) for o in ds.offsets] == [s["offsets"] for s in written]  # as write_shards wrote them
+    assert ds.sizes == [s["bytes"] for s in written]
+    with al.Loader.from_source(ds, shuffle=True, seed=1) as loader:
+        again = list(loader)
+    assert sorted(_ids(again)) == everything
+    assert len({i // PER_SHARD for i in _ids(again)[:PER_SHARD]}) > 1  # a global shuffle, by ranged reads
+    content = {int(s["cls"]): s["bin"] for s in seen}
+    assert all(content[int(s["cls"])] == s["bin"] for s in again)
+
+
+def test_scan_index_must_be_a_local_file(server):
+    with pytest.raises(ValueError, match="scan_index must be a local path"):
+        al.sources.WebDataset(_urls(server), scan_index="s3://bucket/index.json")
+
+
+def test_indexed_reads_use_the_cache_and_fill_it_with_whole_shards(server, tmp_path):
+    sizes = [len(server.objects[f"train-{i:06d}.tar"]) for i in range(SHARDS)]
+    cache = {"cache": tmp_path / "c", "cache_bytes": sum(sizes)}
+    index = server.url("index.json")
+
+    def shard_requests() -> int:
+        return sum(n for name, n in server.requests.items() if name.endswith(".tar"))
+
+    chunks = al.sources.WebDataset(index=index, retry=FAST_RETRY, **cache)
+    with al.Loader.from_source(chunks, shuffle="chunks", chunk_window=1, seed=2) as loader:
+        first = list(loader)  # each shard's samples read together: the whole shard, then kept
+        server.requests.clear()
+        again = _ids(loader)
+    assert sorted(_ids(first)) == sorted(again) == list(range(SHARDS * PER_SHARD))
+    assert chunks.cache.used_bytes() == sum(sizes)
+    assert shard_requests() == 0  # the second epoch came from the cache
+    # a global shuffle of single-sample reads after a restart: every read from the cache
+    shuffled = al.sources.WebDataset(index=index, retry=FAST_RETRY, **cache)
+    with al.Loader.from_source(shuffled, shuffle=True, seed=2) as loader:
+        samples = list(loader)
+    assert shard_requests() == 0
+    content = {int(s["cls"]): s["bin"] for s in first}
+    assert sorted(_ids(samples)) == list(range(SHARDS * PER_SHARD))
+    assert all(content[int(s["cls"])] == s["bin"] for s in samples)
+
+
+def test_shard_sizes_are_looked_up_ahead_together(server):
+    server.latency_s = 0.05  # each HEAD a round trip, as in object storage
+    ds = al.sources.WebDataset(_urls(server), retry=FAST_RETRY)
+    with al.Loader.from_source(ds) as loader:
+        assert _ids(loader) == list(range(SHARDS * PER_SHARD))
+    assert server.max_heads_in_flight > 1  # not one HEAD per shard, each waiting for the last
+
+
+async def test_the_runs_first_part_is_short(server):
+    from aioloader.io.prefetch import ShardPrefetcher
+    from aioloader.io.store import ObjectStore
+
+    part, first = 8192, 1024
+    names = [f"train-{i:06d}.tar" for i in range(2)]
+    store = ObjectStore(retry=FAST_RETRY)
+    try:
+        async with ShardPrefetcher(
+            store, [server.url(n) for n in names], part_size=part, budget=1 << 20, max_requests=8, first_part=first
+        ) as prefetcher:
+            lengths = []
+            while (entry := await prefetcher.next_part()) is not None:
+                if entry[1] is not None:
+                    lengths.append((entry[0], len(entry[1])))
+                    await prefetcher.release(len(entry[1]))
+    finally:
+        await store.aclose()
+    sizes = [len(server.objects[n]) for n in names]
+    assert sizes[0] > part
+    assert [n for s, n in lengths if s == 0][:2] == [first, part - first]  # 1 KiB, then the part's rest
+    assert next(n for s, n in lengths if s == 1) == part  # later shards: whole parts
+    assert sum(n for s, n in lengths if s == 0) == sizes[0]

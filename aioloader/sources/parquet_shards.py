@@ -7,6 +7,10 @@ ones), so a column left out is never fetched. The next row group is read while t
 one's rows go out. Each row is a sample: a dict of column name to Python value. A file
 pyarrow cannot read raises :class:`~aioloader.errors.DataCorruptionError` naming the URL (or
 ends the shard under ``on_error="skip"``, reported).
+
+With ``indexed=True`` the footers are read when the source is built and the rows become
+indexable: ``shuffle=True`` over all rows, ``shuffle="chunks"`` by row group, rank policies
+(:mod:`aioloader.sources._parquet_index`).
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ from typing import Any
 
 from aioloader.errors import DataCorruptionError
 from aioloader.io.store import ObjectStore
+from aioloader.sources._parquet_index import IndexedParquet, read_footers, run_blocking
 from aioloader.sources._remote_shards import RemoteShards, Report, shard_items
 
 _READ_TIMEOUT_S = 600.0  # a backstop: each read has its own deadline and retries
@@ -74,10 +79,12 @@ class _RangedFile(io.RawIOBase):
         return self.read(-1)
 
 
-def _open(file: _RangedFile) -> Any:
+def _open(file: _RangedFile, metadata: Any = None) -> Any:
+    """pyarrow's reader of ``file``; with the ``metadata`` of an earlier open, the footer is not
+    read again."""
     import pyarrow.parquet as pq
 
-    return pq.ParquetFile(file, pre_buffer=True)
+    return pq.ParquetFile(file, metadata=metadata, pre_buffer=True)
 
 
 def _rows(parquet: Any, group: int, columns: list[str] | None) -> list[dict[str, Any]]:
@@ -86,19 +93,46 @@ def _rows(parquet: Any, group: int, columns: list[str] | None) -> list[dict[str,
 
 class ParquetShards(RemoteShards):
     """Rows of the Parquet files at ``urls``; ``columns`` selects the columns read (all by
-    default). Other options as :class:`~aioloader.sources.WebDataset`."""
+    default). ``indexed=True``: read every footer now and make the rows indexable (global
+    ``shuffle=True``, ``"chunks"`` by row group), keeping the last ``row_groups_kept`` row
+    groups read. Other options as :class:`~aioloader.sources.WebDataset`."""
 
     kind = "parquet"
 
-    def __init__(self, urls: str | Sequence[str], *, columns: Sequence[str] | None = None, **options: Any) -> None:
+    def __init__(
+        self,
+        urls: str | Sequence[str],
+        *,
+        columns: Sequence[str] | None = None,
+        indexed: bool = False,
+        row_groups_kept: int = 4,
+        **options: Any,
+    ) -> None:
         try:
             import pyarrow.parquet  # noqa: F401
         except ImportError as exc:
             raise ValueError("ParquetShards needs pyarrow (pip install pyarrow)") from exc
         if columns is not None and (isinstance(columns, str) or not all(isinstance(c, str) for c in columns)):
             raise TypeError(f"columns must be a sequence of column names, got {columns!r}")
+        if isinstance(row_groups_kept, bool) or not isinstance(row_groups_kept, int) or row_groups_kept < 1:
+            raise ValueError(f"row_groups_kept must be an int >= 1, got {row_groups_kept!r}")
         super().__init__(urls, **options)
         self.columns = None if columns is None else list(columns)
+        self.indexed = bool(indexed)
+        self.row_groups_kept = row_groups_kept
+        self.sizes: list[int] = []
+        self.row_groups: list[list[int]] = []  # rows per row group, per file
+        if self.indexed:
+            self.sizes, self.row_groups = run_blocking(lambda: read_footers(self))
+
+    def __aioloader_source__(self) -> Any:
+        return IndexedParquet(self) if self.indexed else self
+
+    def check_columns(self, url: str, names: Sequence[str]) -> None:
+        """Raise naming the URL when a selected column is not among the file's ``names``."""
+        missing = [c for c in self.columns or () if c not in names]
+        if missing:
+            raise ValueError(f"{url}: no column {missing} (columns={self.columns})")
 
     def describe(self) -> str:
         return f"{super().describe()} columns={self.columns}"
@@ -113,9 +147,7 @@ class ParquetShards(RemoteShards):
             if isinstance(exc, (ConnectionError, TimeoutError)) or exc.__cause__ is not None:
                 raise
             raise DataCorruptionError(f"{url}: not a readable Parquet file: {exc}", key=(url, None)) from None
-        missing = [c for c in self.columns or () if c not in parquet.schema_arrow.names]
-        if missing:
-            raise ValueError(f"{url}: no column {missing} (columns={self.columns})")
+        self.check_columns(url, parquet.schema_arrow.names)
         groups = parquet.num_row_groups
         ahead: asyncio.Task[list[dict[str, Any]]] | None = None
         try:

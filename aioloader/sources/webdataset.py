@@ -30,11 +30,11 @@ import numpy as np
 from aioloader.errors import DataCorruptionError, DataFormatError
 from aioloader.io.cache import ShardCache
 from aioloader.io.prefetch import ShardPrefetcher
+from aioloader.io.scan_index import INDEX_FORMAT, ScanIndex
 from aioloader.io.store import CLIENTS, ObjectStore, Retry
 from aioloader.io.tar_stream import SampleGrouper, TarParser
 from aioloader.io.urls import expand_urls, protocol_of
 
-INDEX_FORMAT = "aioloader.wds-index/1"
 _MiB = 1 << 20
 _COALESCE_GAP = 64 * 1024  # neighbours closer than this are read in one request
 
@@ -74,6 +74,9 @@ class WebDataset:
     same URLs through obstore (``storage_options`` then take obstore's option names).
     ``cache``, ``cache_bytes``: a local directory keeping up to that many bytes of whole
     shards, reused across epochs, restarts and processes (:mod:`aioloader.io.cache`).
+    ``scan_index``: a local file where the stream records the byte ranges of the samples of
+    each shard it reads whole; once it covers every shard, a ``WebDataset`` built over the
+    same URLs is indexable, as with ``index`` (:mod:`aioloader.io.scan_index`).
     """
 
     def __init__(
@@ -91,6 +94,7 @@ class WebDataset:
         cache: str | os.PathLike[str] | None = None,
         cache_bytes: int | None = None,
         client: str = "fsspec",
+        scan_index: str | os.PathLike[str] | None = None,
     ) -> None:
         if on_error not in ("raise", "skip"):
             raise ValueError(f"on_error must be 'raise' or 'skip', got {on_error!r}")
@@ -108,15 +112,22 @@ class WebDataset:
         self.on_error = on_error
         self.sizes: list[int | None]
         self.offsets: list[np.ndarray] | None = None
+        self.scan_index = None if scan_index is None else ScanIndex(scan_index)
         if index is not None:
             if urls is not None:
                 raise ValueError("pass urls or index, not both: the index names its shards")
+            if scan_index is not None:
+                raise ValueError("pass index or scan_index, not both")
             self.urls, self.sizes, self.offsets = self._load_index(os.fspath(index))
         elif urls is None:
             raise ValueError("WebDataset needs urls or an index")
         else:
             self.urls = expand_urls(urls, options=self.storage_options)
             self.sizes = [None] * len(self.urls)
+            scanned = None if self.scan_index is None else self.scan_index.covering(self.urls)
+            if scanned is not None:  # every shard was read once: indexable
+                self.sizes = [int(e["bytes"]) for e in scanned]
+                self.offsets = [np.asarray(e["offsets"], dtype=np.int64) for e in scanned]
         self.cache = self._make_cache(cache, cache_bytes)
 
     def _make_cache(self, cache: Any, cache_bytes: int | None) -> ShardCache | None:
@@ -204,6 +215,7 @@ class WebDataset:
                 max_requests=self.max_requests,
             ) as prefetcher:
                 current, parser, grouper, skipping, from_cache = -1, None, None, False, False
+                scanned: _Scan | None = None
                 while (entry := await prefetcher.next_part()) is not None:
                     number, data = entry
                     url = urls[number]
@@ -211,6 +223,7 @@ class WebDataset:
                         current, skipping, kept = number, False, []
                         from_cache = prefetcher.is_local(number)
                         parser, grouper = TarParser(url), SampleGrouper(url)
+                        scanned = None if self.scan_index is None else _Scan()
                     keep = cache is not None and not from_cache and not skipping
                     if keep and data is not None:
                         kept.append(data)
@@ -227,11 +240,16 @@ class WebDataset:
                                 raise
                             report(exc.key, exc)
                             skipping = True  # the rest of this shard cannot be trusted
+                    if scanned is not None:
+                        scanned.add(data, samples)
                     if data is not None:
                         await prefetcher.release(len(data))
-                    elif keep and not skipping:  # a whole, sound shard: keep it
-                        await asyncio.to_thread(cache.put, url, kept)
-                        kept = []
+                    else:
+                        if keep and not skipping:  # a whole, sound shard: keep it
+                            await asyncio.to_thread(cache.put, url, kept)
+                            kept = []
+                        if scanned is not None and not skipping:
+                            await asyncio.to_thread(self.scan_index.record, url, scanned.size, scanned.offsets())
                     for sample in samples:
                         if number == 0 and sample.index < skip:
                             continue
@@ -239,6 +257,24 @@ class WebDataset:
                         yield number, sample.index, sample.fields
         finally:
             await store.aclose()
+
+
+class _Scan:
+    """One shard's bytes and sample offsets, as the stream reads it (for ``scan_index``)."""
+
+    def __init__(self) -> None:
+        self.size = 0
+        self.starts: list[int] = []
+        self.end = 0
+
+    def add(self, data: bytes | None, samples: Sequence[Any]) -> None:
+        self.size += 0 if data is None else len(data)
+        for sample in samples:
+            self.starts.append(sample.offset)
+            self.end = sample.end
+
+    def offsets(self) -> list[int]:
+        return [*self.starts, self.end]
 
 
 class _LoopState:
@@ -361,9 +397,11 @@ class IndexedShards:
                 found[sample.offset] = sample.fields
 
         async def read(start: int, end: int, members: list[int]) -> None:
-            data = await store.read(url, start, end)
+            data, whole = await self._fetch(store, shard, start, end)
             try:
                 parse(data, start)
+                if whole is not None:  # a sound shard read whole: later reads need no request
+                    await asyncio.to_thread(self.dataset.cache.put, url, [whole])
             except DataCorruptionError as exc:
                 if len(members) == 1:
                     broken[start] = exc
@@ -393,6 +431,26 @@ class IndexedShards:
                         key=(url, local),
                     )
                 )
+
+    async def _fetch(self, store: ObjectStore, shard: int, start: int, end: int) -> tuple[bytes, bytes | None]:
+        """Bytes ``start:end`` of the shard, from the local cache when it holds the shard; and
+        the whole shard when this read covers every sample of it (to be kept in the cache)."""
+        dataset = self.dataset
+        url = dataset.urls[shard]
+        cache = dataset.cache
+        if cache is None:
+            return await store.read(url, start, end), None
+        fd = cache.open(url)
+        if fd is not None:
+            try:
+                return await asyncio.to_thread(os.pread, fd, end - start, start), None
+            finally:
+                os.close(fd)
+        offsets, size = dataset.offsets[shard], dataset.sizes[shard]
+        if size is None or start != int(offsets[0]) or end != int(offsets[-1]):
+            return await store.read(url, start, end), None
+        whole = await store.read(url, 0, size)  # the end-of-archive blocks too: a few KiB more
+        return whole[start:end], whole
 
     async def aclose_io(self) -> None:
         """Close the connections reads on the running loop opened."""

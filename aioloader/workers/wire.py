@@ -4,7 +4,9 @@ A task's values are pickled with protocol 5; buffers of at least :data:`OUT_OF_B
 bytes, arrays) are left out of the pickle and written to the pipe straight from where they lie.
 One big pickle per task cost the parent a fresh allocation, and so a page fault per 4 KiB, each
 time (JPEG batches of 32 files, 900 KB: ~600 faults and ~1 ms per batch, pickled twice), about
-as much as the rest of the parent's work per batch.
+as much as the rest of the parent's work per batch. ``bytes`` values (a tar member's data) cannot
+go out of band, so the pickler writes into a list of its frames, never joined: a value of at
+least a frame (64 KiB) is kept as the object itself, and the frames go out in the one writev.
 
 Frames use ``multiprocessing.connection``'s format (a signed 32-bit length, or -1 and a 64-bit
 one), so the worker reads them with ``Connection.recv``/``recv_bytes``: a header
@@ -28,16 +30,29 @@ _PAGE = 4096
 Buffer = bytes | memoryview
 
 
+class _Frames(list):
+    """A pickler's file that keeps what it is given: the pickle's frames (up to 64 KiB each) and,
+    as themselves, values of at least a frame (a large ``bytes`` is never copied)."""
+
+    write = list.append
+
+
 class Payload:
-    """A task's values, pickled: ``head`` and the out-of-band ``buffers`` it refers to (they
-    keep the original objects alive until the task is sent)."""
+    """A task's values, pickled: the pickle (in ``parts``, written as one frame) and the
+    out-of-band ``buffers`` it refers to (they keep the original objects alive until the task
+    is sent)."""
 
-    __slots__ = ("buffers", "head", "nbytes")
+    __slots__ = ("buffers", "nbytes", "parts")
 
-    def __init__(self, head: bytes, buffers: list[memoryview]) -> None:
-        self.head = head
+    def __init__(self, parts: list[Buffer], buffers: list[memoryview]) -> None:
+        self.parts = parts
         self.buffers = buffers
-        self.nbytes = len(head) + sum(b.nbytes for b in buffers)
+        self.nbytes = sum(len(p) for p in parts) + sum(b.nbytes for b in buffers)
+
+    @property
+    def head(self) -> bytes:
+        """The pickle as one ``bytes`` (for a transport that takes one object: Ray's)."""
+        return b"".join(self.parts)
 
     @property
     def pipe_bytes(self) -> int:
@@ -57,21 +72,26 @@ def pack(values: list[Any]) -> Payload:
         buffers.append(raw)
         return False
 
-    head = pickle.dumps(values, protocol=5, buffer_callback=out_of_band)
-    return Payload(head, buffers)
+    frames = _Frames()
+    pickle.Pickler(frames, protocol=5, buffer_callback=out_of_band).dump(values)
+    return Payload(frames, buffers)
+
+
+def _header(n: int) -> bytes:
+    return struct.pack("!i", n) if n <= 0x7FFFFFFF else struct.pack("!iQ", -1, n)
 
 
 def _frame(data: Buffer) -> tuple[bytes, Buffer]:
-    n = data.nbytes if isinstance(data, memoryview) else len(data)
-    header = struct.pack("!i", n) if n <= 0x7FFFFFFF else struct.pack("!iQ", -1, n)
-    return header, data
+    return _header(data.nbytes if isinstance(data, memoryview) else len(data)), data
 
 
 def send(conn: Connection, task_id: int, releases: list[str], payload: Payload) -> None:
     """Write the task to ``conn`` (blocking until all of it is in the pipe)."""
-    parts: list[Buffer] = []
     sizes = [b.nbytes for b in payload.buffers]
-    for data in (pickle.dumps((task_id, releases, sizes)), payload.head, *payload.buffers):
+    parts: list[Buffer] = [*_frame(pickle.dumps((task_id, releases, sizes)))]
+    parts.append(_header(sum(len(p) for p in payload.parts)))  # the pickle: one frame, its parts as they are
+    parts.extend(payload.parts)
+    for data in payload.buffers:
         parts.extend(_frame(data))
     _write_all(conn.fileno(), parts)
 
