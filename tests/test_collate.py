@@ -217,6 +217,26 @@ def test_pad_multidimensional_sequences_keep_feature_dims() -> None:
         pad([np.ones((2, 2)), np.ones((2, 3))])
 
 
+def test_pad_of_1d_tensors_checks_what_one_concatenation_lets_through() -> None:
+    """1-D tensors are padded from one concatenation; samples it would accept wrongly (an empty
+    first sample before 2-D ones) or refuse (another rank) are reported by sample, as before,
+    and a too-long sample is truncated or named."""
+    out = pad([torch.arange(3), torch.arange(1, dtype=torch.int32), torch.zeros(0, dtype=torch.int64)])
+    assert out.values.tolist() == [[0, 1, 2], [0, 0, 0], [0, 0, 0]] and out.lengths.tolist() == [3, 1, 0]
+    with pytest.raises(RuntimeError, match=r"sample 1 has shape \(2, 2\), sample 0 has \(0,\)"):
+        pad([torch.zeros(0), torch.ones(2, 2), torch.ones(1, 2)])
+    with pytest.raises(RuntimeError, match=r"sample 2 has shape \(\)"):
+        pad([torch.ones(2), torch.ones(1), torch.tensor(1.0)])
+    with pytest.raises(RuntimeError, match=r"sample 1 has shape \(1, 2\)"):
+        pad([torch.ones(2), torch.ones(1, 2)])
+    with pytest.raises(ValueError, match="sample 1 has length 4 > max_length=3"):
+        pad([torch.ones(2), torch.ones(4)], max_length=3)
+    assert pad([torch.arange(2), torch.arange(4)], max_length=3, truncate=True).values.tolist() == [
+        [0, 1, 0],
+        [0, 1, 2],
+    ]
+
+
 def test_pad_mapping_samples_use_the_hugging_face_layout() -> None:
     samples = [
         {"input_ids": [5, 6, 7], "attention_mask": [1, 1, 1], "labels": [1, 2, 3], "y": 0},

@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 
 import aioloader as al
 from aioloader.order.elastic import RemainingKeys
-from aioloader.order.permutation import Bijection
+from aioloader.order.permutation import Bijection, _Work
 from aioloader.order.sharding import RankInfo, shard_count, shard_keys, shard_sequence
 
 # sizes around powers of two, where the bijection's domain changes, and anything small
@@ -56,6 +56,109 @@ def test_the_bijection_is_a_permutation_and_inverts(n, seed, epoch):
 def test_the_bijection_refuses_a_position_outside_its_range():
     with pytest.raises(IndexError, match="out of range"):
         Bijection(10, 0, 0)(np.array([3, 10]))
+    with pytest.raises(IndexError, match="position 10 out of range"):
+        Bijection(10, 0, 0)(range(4, 11, 3))
+    with pytest.raises(IndexError, match="position -1 out of range"):
+        Bijection(10, 0, 0)(range(-1, 3))
+
+
+# keys written down from the first release of the bijection: a resume state names a position in
+# the order, so a faster evaluation must give the same keys for the same (n, seed, epoch)
+PINNED = [
+    ((1000, 0, 0), [503, 709, 938, 997, 120]),
+    ((10**6, 5, 1), [194065, 443417, 419959, 190951, 823739]),
+    ((2**32 + 1, 2, 3), [1452550544, 1814854831, 231538646, 4158142917, 1165263543]),
+    ((10**10, 7, 0), [9800371243, 3352625364, 1374435512, 766817417, 1050210877]),
+]
+
+
+@pytest.mark.parametrize(("key", "expected"), PINNED)
+def test_the_bijection_gives_the_keys_it_always_gave(key, expected):
+    n, seed, epoch = key
+    positions = [0, 1, 2, n // 2, n - 1]
+    assert Bijection(n, seed, epoch)(np.array(positions, dtype=np.int64)).tolist() == expected
+    assert al.order.Permutation().sequence(n, seed, epoch).at(np.array(positions)).tolist() == expected
+
+
+@settings(max_examples=40, deadline=None)
+@given(n=sizes, seed=st.integers(0, 2**32), data=st.data())
+def test_a_range_of_positions_gives_the_keys_of_its_array(n, seed, data):
+    """A range is evaluated piece by piece without its array; the keys are the array's, in the
+    dtype asked for, walks (values landing past n) included."""
+    assume(n > 0)
+    start = data.draw(st.integers(0, n - 1))
+    stop = data.draw(st.integers(start, n))
+    step = data.draw(st.integers(1, 9))
+    span = range(start, stop, step)
+    bijection = Bijection(n, seed, 1)
+    expected = bijection(np.array(span, dtype=np.int64))
+    for dtype in (np.uint64, al.order.index_dtype(n)):
+        got = bijection(span, dtype=dtype)
+        assert got.dtype == dtype and np.array_equal(got, expected)
+    assert np.array_equal(bijection.inverse(range(0, n), dtype=np.uint32), bijection.inverse(np.arange(n)))
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    n=st.one_of(sizes.filter(lambda n: n > 1), st.integers(2, 2**64 - 1)),
+    seed=st.integers(0, 2**32),
+    data=st.data(),
+)
+def test_a_few_walked_values_take_the_same_rounds_as_python_ints(n, seed, data):
+    """Values past n are walked one by one as Python ints when few: each round gives what the
+    numpy rounds give, over the whole domain the rounds act on, both ways."""
+    bijection = Bijection(n, seed, 2)
+    domain = (1 << bijection._low_bits) * bijection._high
+    values = data.draw(st.lists(st.integers(0, min(domain, 2**64) - 1), min_size=1, max_size=20))
+    array = np.array(values, dtype=np.uint64)
+    ways = ((bijection._encrypt, bijection._encrypt_one), (bijection._decrypt, bijection._decrypt_one))
+    for vector, one in ways:
+        out = np.empty_like(array)
+        vector(array, out, _Work(array.size))
+        assert out.tolist() == [one(v) for v in values]
+
+
+def test_a_long_range_is_evaluated_past_many_pieces_and_walks():
+    """2^20 + 3 keys of a domain well above n (walks on every piece): the range and its array agree
+    across piece boundaries, and the keys are a permutation."""
+    n = 2**20 + 3
+    bijection = Bijection(n, 11, 0)
+    keys = bijection(range(n), dtype=np.uint32)
+    assert np.array_equal(np.sort(keys), np.arange(n, dtype=np.uint32))
+    assert np.array_equal(keys, bijection(np.arange(n, dtype=np.int64)))
+    assert np.array_equal(bijection(range(1, n, 3)), keys[1::3])
+
+
+def test_a_ranks_span_of_a_shuffle_allocates_its_keys_and_little_else():
+    """A rank's span of 2^18 keys of a shuffled 10^9-key order: the memory it takes is its keys
+    (1 MB of uint32) and scratch of a fixed size, not arrays of its positions (2 MB each as int64)."""
+    sequence = shard_sequence(al.order.Permutation().sequence(10**9, 0, 0), RankInfo(1, 2), "drop")
+    count = 2**18
+    expected = sequence.at(np.arange(count, dtype=np.int64))
+    tracemalloc.start()
+    try:
+        keys = sequence.take(0, count)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert np.array_equal(keys, expected)
+    assert peak < keys.nbytes + 2**20
+
+
+@pytest.mark.parametrize("kind", ["sequential", "permutation", "chunks", "bounds"])
+def test_every_sequence_takes_a_range_of_positions(kind):
+    n = 1000
+    order = _order(kind, n)
+    whole = order.keys(n, 2, 0)
+    sequences = [
+        order.sequence(n, 2, 0),
+        RemainingKeys(order.sequence(n, 2, 0), 2, "uneven", [100, 7]),
+        shard_sequence(order.sequence(n, 2, 0), RankInfo(1, 3), "pad"),
+    ]
+    for sequence in sequences:
+        span = range(3, len(sequence), 7)
+        assert np.array_equal(sequence.at(span), sequence.at(np.array(span, dtype=np.int64)))
+    assert np.array_equal(sequences[0].at(range(5, 900, 4)), whole[5:900:4])
 
 
 @settings(max_examples=60, deadline=None)
@@ -355,3 +458,20 @@ def test_the_full_shuffle_is_statistically_like_numpys_permutation(n):
         assert _pair_chi2(ours[:-1], ours[1:], n) < 225 + 8 * np.sqrt(450)  # neighbours
         next_epoch = al.order.Permutation().keys(n, seed, 1)
         assert abs(np.corrcoef(ours.astype(np.float64), next_epoch.astype(np.float64))[0, 1] * np.sqrt(n)) < 5
+
+
+def test_a_ten_billion_key_shuffle_spreads_its_keys_like_random_draws():
+    """Where the keys need 64 bits: 2^17 consecutive positions of a 10^10-key shuffle (rank 1 of
+    3) give keys spread over the range (16 bins), uncorrelated with their position, with adjacent
+    gaps distributed as those of uniform draws (numpy's, which at this n are a permutation's with
+    near certainty)."""
+    n, count = 10**10, 2**17
+    sequence = shard_sequence(al.order.Permutation().sequence(n, 5, 0), RankInfo(1, 3), "uneven")
+    for first in (0, len(sequence) - count):
+        keys = sequence.take(first, first + count)
+        assert keys.dtype == np.uint64 and len(np.unique(keys)) == count and int(keys.max()) < n
+        bins = np.bincount((keys // (n // 16)).astype(np.int64), minlength=16)
+        assert ((bins - count / 16) ** 2 / (count / 16)).sum() < 15 + 8 * np.sqrt(30)  # chi-square, df 15
+        correlation = np.corrcoef(np.arange(count), keys.astype(np.float64))[0, 1] * np.sqrt(count)
+        assert abs(correlation) < 5
+        assert _gap_ks(keys, np.random.default_rng(first).integers(0, n, count)) < 3 * np.sqrt(2 / count)

@@ -278,3 +278,56 @@ def test_deleted_file_with_many_files_is_not_found_or_corrupt(tmp_path: Path) ->
     with pytest.raises(al.DataNotFoundError, match=r"299\.txt"):
         source[599]
     source.close()
+
+
+def _long_lines(tmp_path: Path, name: str, count: int, *, ending: str = "\n", last_ending: str = "") -> Path:
+    """Lines over 4 KB, so a shuffled block reads each with a pread of its own."""
+    path = tmp_path / name
+    lines = [f"{name} {i} " + "é" * (2100 + i) for i in range(count)]
+    path.write_bytes((ending.join(lines) + last_ending).encode())
+    return path
+
+
+def test_shuffled_reads_of_long_lines_one_read_each(tmp_path: Path) -> None:
+    """Every line a read of its own (the shuffled-block path) when no two keys are neighbours:
+    CRLF and LF files, a last line without a newline, two files, keys in any order."""
+    paths = [
+        _long_lines(tmp_path, "a.txt", 7, ending="\r\n"),
+        _long_lines(tmp_path, "b.txt", 5, last_ending="\n"),
+    ]
+    expected = _lines(paths[0]) + _lines(paths[1])
+    source = al.sources.TextLines(str(tmp_path / "*.txt"))
+    assert source.paths == paths
+    for keys in ([10, 0, 6, 2, 4, 8], [11, 5, 3], [9, 1, 11]):  # no two within a line: a read each
+        assert source.__getitems__(keys) == [expected[k] for k in keys]
+    order = np.random.default_rng(1).permutation(len(expected))  # neighbours too: merged reads
+    assert source.__getitems__(order) == [expected[k] for k in order]
+
+
+def test_shuffled_reads_of_long_lines_report_the_line(tmp_path: Path) -> None:
+    path = _long_lines(tmp_path, "a.txt", 6, last_ending="\n")
+    data = bytearray(path.read_bytes())
+    second = data.index(b"\n") + 1
+    data[second + 3] = 0xFF  # line 2 is no longer UTF-8
+    path.write_bytes(bytes(data))
+    source = al.sources.TextLines(path)
+    with pytest.raises(al.DataCorruptionError, match=r"line 2 of .*\(key 1\) is not valid utf-8"):
+        source.__getitems__([4, 1])
+    with open(path, "r+b") as f:
+        f.truncate(len(data) - 10)  # the last line cut short
+    with pytest.raises(al.DataCorruptionError, match=r"line 6 of .*\(key 5\).*changed since it was indexed"):
+        source.__getitems__([0, 5, 2])
+
+
+def test_block_reads_check_their_keys_as_single_reads_do(text_file: Path) -> None:
+    """A list of keys (a run's block) and an array of them are checked alike: negative keys
+    count from the end, a key out of range is named, a non-integer key is refused."""
+    source = al.sources.TextLines(text_file)
+    expected = _lines(text_file)
+    assert source.__getitems__([3, -1, 0]) == [expected[3], expected[-1], expected[0]]
+    assert source.__getitems__(np.array([-300, 299])) == [expected[0], expected[299]]
+    for keys in ([0, 300], np.array([0, 300]), [-301, 2]):
+        with pytest.raises(IndexError, match=r"index (300|-301) out of range for 300 items"):
+            source.__getitems__(keys)
+    with pytest.raises(TypeError, match="indices must be integers"):
+        source.__getitems__([1.5, 2])

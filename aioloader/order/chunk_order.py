@@ -16,7 +16,7 @@ from collections import OrderedDict
 import numpy as np
 
 from aioloader.order.permutation import Bijection, epoch_rng, index_dtype
-from aioloader.order.sequence import NO_CUTS
+from aioloader.order.sequence import NO_CUTS, as_positions
 
 __all__ = ["ChunkKeys"]
 
@@ -116,8 +116,8 @@ class ChunkKeys:
         return keys
 
     # -- the sequence ---------------------------------------------------------------------
-    def at(self, positions: np.ndarray) -> np.ndarray:
-        positions = np.asarray(positions, dtype=np.int64)
+    def at(self, positions: np.ndarray | range) -> np.ndarray:
+        positions = as_positions(positions)
         out = np.empty(len(positions), dtype=self._dtype)
         if not len(positions):
             return out

@@ -18,7 +18,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from aioloader.order.sequence import NO_CUTS, KeySequence
+from aioloader.order.sequence import NO_CUTS, KeySequence, as_positions
 
 __all__ = ["RemainingKeys"]
 
@@ -108,8 +108,8 @@ class RemainingKeys:
             ranks[where] = self._active(k)[which[where]]
         return ranks + self._world * rounds
 
-    def at(self, positions: np.ndarray) -> np.ndarray:
-        return self._keys.at(self._positions(positions))
+    def at(self, positions: np.ndarray | range) -> np.ndarray:
+        return self._keys.at(self._positions(as_positions(positions)))
 
     def take(self, start: int, stop: int) -> np.ndarray:
         return self.at(np.arange(start, stop, dtype=np.int64))

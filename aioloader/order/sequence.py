@@ -17,7 +17,7 @@ import numpy as np
 
 from aioloader.order.permutation import Bijection, index_dtype
 
-__all__ = ["KeySequence", "RangeKeys", "PermutedKeys", "ArrayKeys", "NO_CUTS", "positions"]
+__all__ = ["KeySequence", "RangeKeys", "PermutedKeys", "ArrayKeys", "NO_CUTS", "positions", "as_positions"]
 
 NO_CUTS = np.zeros(0, dtype=np.int64)
 
@@ -26,13 +26,14 @@ NO_CUTS = np.zeros(0, dtype=np.int64)
 class KeySequence(Protocol):
     """One epoch's keys in order, by position.
 
-    ``at(positions)``: the keys at an int64 array of positions in ``[0, len)``; ``take(start,
+    ``at(positions)``: the keys at an int64 array of positions in ``[0, len)`` (or a ``range``
+    of them, which a sequence may compute from without building it); ``take(start,
     stop)``: the keys of a span; ``cuts(start, stop)``: the positions in ``(start, stop)`` where
     a read should begin a new block (a chunk window), as an int64 array, usually empty."""
 
     def __len__(self) -> int: ...
 
-    def at(self, positions: np.ndarray) -> np.ndarray: ...
+    def at(self, positions: np.ndarray | range) -> np.ndarray: ...
 
     def take(self, start: int, stop: int) -> np.ndarray: ...
 
@@ -42,6 +43,14 @@ class KeySequence(Protocol):
 def positions(start: int, stop: int) -> np.ndarray:
     """The positions ``start..stop-1`` as int64."""
     return np.arange(start, stop, dtype=np.int64)
+
+
+def as_positions(positions: np.ndarray | range) -> np.ndarray:
+    """``positions`` (an array or a ``range``) as an int64 array; a range through ``np.arange``,
+    where ``np.asarray`` would convert it one Python int at a time."""
+    if isinstance(positions, range):
+        return np.arange(positions.start, positions.stop, positions.step, dtype=np.int64)
+    return np.asarray(positions, dtype=np.int64)
 
 
 class RangeKeys:
@@ -54,7 +63,9 @@ class RangeKeys:
     def __len__(self) -> int:
         return self._n
 
-    def at(self, positions: np.ndarray) -> np.ndarray:
+    def at(self, positions: np.ndarray | range) -> np.ndarray:
+        if isinstance(positions, range):
+            return np.arange(positions.start, positions.stop, positions.step, dtype=self._dtype)
         return np.asarray(positions).astype(self._dtype)
 
     def take(self, start: int, stop: int) -> np.ndarray:
@@ -75,11 +86,11 @@ class PermutedKeys:
     def __len__(self) -> int:
         return len(self._bijection)
 
-    def at(self, positions: np.ndarray) -> np.ndarray:
-        return self._bijection(positions).astype(self._dtype)
+    def at(self, positions: np.ndarray | range) -> np.ndarray:
+        return self._bijection(positions, dtype=self._dtype)
 
     def take(self, start: int, stop: int) -> np.ndarray:
-        return self.at(np.arange(start, stop, dtype=np.uint64))
+        return self.at(range(start, stop))
 
     def cuts(self, start: int, stop: int) -> np.ndarray:
         return NO_CUTS
@@ -94,8 +105,8 @@ class ArrayKeys:
     def __len__(self) -> int:
         return len(self._keys)
 
-    def at(self, positions: np.ndarray) -> np.ndarray:
-        return self._keys[np.asarray(positions, dtype=np.int64)]
+    def at(self, positions: np.ndarray | range) -> np.ndarray:
+        return self._keys[as_positions(positions)]
 
     def take(self, start: int, stop: int) -> np.ndarray:
         return self._keys[start:stop]

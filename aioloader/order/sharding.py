@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from aioloader.order.sequence import NO_CUTS, KeySequence
+from aioloader.order.sequence import NO_CUTS, KeySequence, as_positions
 
 
 @dataclass(frozen=True, slots=True)
@@ -152,11 +152,15 @@ class ShardedKeys:
             positions %= self._n  # "pad": past the end, the order starts again
         return positions
 
-    def at(self, positions: np.ndarray) -> np.ndarray:
-        return self._keys.at(self._global(positions))
+    def at(self, positions: np.ndarray | range) -> np.ndarray:
+        return self._keys.at(self._global(as_positions(positions)))
 
     def take(self, start: int, stop: int) -> np.ndarray:
-        return self._keys.at(self._global(np.arange(start, stop, dtype=np.int64)))
+        first, count = self._rank + self._world * start, max(0, stop - start)
+        if count and first + self._world * (count - 1) >= self._n:
+            return self.at(np.arange(start, stop, dtype=np.int64))  # "pad": wraps to the start
+        # a range, which the order computes from without an array of the span's positions
+        return self._keys.at(range(first, first + self._world * count, self._world))
 
     def cuts(self, start: int, stop: int) -> np.ndarray:
         """The order's cuts, moved to this rank's positions: the first of its positions at or

@@ -289,10 +289,18 @@ class ModalSource:
             raise TypeError(f"{type(self).__name__} indices must be integers, got {indices.dtype}")
         indices = indices.astype(np.int64, copy=False).reshape(-1)
         n = self._length()
-        if indices.size and (indices.min() < -n or indices.max() >= n):
+        if not indices.size:
+            return indices
+        if isinstance(keys, list) and len(keys) == indices.size:
+            # a run's block of keys: Python's min and max of tens of ints cost less than two
+            # numpy reductions (and the negative keys' pass below is skipped when there are none)
+            lowest, highest = min(keys), max(keys)
+        else:
+            lowest, highest = int(indices.min()), int(indices.max())
+        if lowest < -n or highest >= n:
             bad = indices[(indices < -n) | (indices >= n)][0]
             raise IndexError(f"{type(self).__name__} index {bad} out of range for {n} items")
-        return np.where(indices < 0, indices + n, indices)
+        return indices if lowest >= 0 else np.where(indices < 0, indices + n, indices)
 
     def __getitem__(self, key: Any) -> Any:
         index = self._check_index(key)
