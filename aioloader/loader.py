@@ -29,6 +29,7 @@ from aioloader._run.stages.map import make_map_spec
 from aioloader._run.stages.prefetch import PrefetchSpec
 from aioloader._run.stages.shuffle import ShuffleSpec
 from aioloader._run.stages.unbatch import UnbatchSpec
+from aioloader._run.stall import check_stall_options
 from aioloader._spec import (
     SHARD_POLICIES,
     Options,
@@ -163,7 +164,10 @@ class Loader(Closing):
         usual redo). ``stall_after`` (seconds; "auto": 20x the slowest task, at least 60 s;
         None: never): a task running that long is reported, a warning naming the stage, the
         keys, the worker's pid and its Python stack; ``on_stall="raise"`` makes it a
-        ``StageStalledError``.
+        ``StageStalledError``. Thread and inline maps are watched the same way (the report
+        names the thread and gives its Python stack; an inline call, which holds the event
+        loop, can only be reported), and Ray actors (the report names the actor, its node and
+        pid; Ray gives no stack of a running call).
 
         ``executor="ray"`` runs ``fn`` on a pool of ``concurrency`` Ray actors (default: one
         per CPU of the cluster) with the same semantics, on the cluster Ray is connected to
@@ -218,13 +222,16 @@ class Loader(Closing):
             spec = ray_map_spec(spec, worker_init, ray_options)
         elif worker_init is not None:
             raise ValueError("worker_init is only used with executor='process' or 'ray'")
-        if spec.executor != "process" and (max_worker_memory, stall_after, on_stall) != (
-            "auto",
-            "auto",
-            "warn",
-        ):
+        if spec.executor != "process" and max_worker_memory != "auto":
+            raise ValueError("max_worker_memory is only used with executor='process'")
+        if spec.executor in ("inline", "thread", "auto", "ray") and not spec.is_async:
+            check_stall_options(stall_after, on_stall)
+            spec = replace(spec, stall_after=stall_after, on_stall=on_stall)
+        elif spec.executor != "process" and (stall_after, on_stall) != ("auto", "warn"):
             raise ValueError(
-                "max_worker_memory, stall_after and on_stall are only used with executor='process'"
+                "stall_after and on_stall are used with executor='process', 'thread', 'inline', "
+                f"'ray' or 'auto' with a sync function, not {spec.executor!r}"
+                + (" with an async function" if spec.is_async else "")
             )
         if ray_options is not None and spec.executor != "ray":
             raise ValueError("ray_options is only used with executor='ray'")

@@ -1,5 +1,7 @@
 """No silent hang (issue 21, item 3): a process-map worker that stops (SIGSTOP), blocks or grows
-without bound is reported or recycled instead of stalling the run forever with no word.
+without bound is reported or recycled instead of stalling the run forever with no word; a
+thread-map or inline call that blocks is reported with its thread's name and Python stack, and
+a thread map's is given up under ``on_stall="raise"``.
 
 Each test asserts the keys delivered, the error's type and message, and the time to it; the
 autouse ``no_leaks`` fixture checks threads, processes and segments, and these tests also check
@@ -20,6 +22,7 @@ import psutil
 import pytest
 
 import aioloader as al
+from aioloader._run.stall import describe_keys, stall_limit
 from aioloader.workers import default_worker_memory
 
 _STAMP_ENV = "AIOLOADER_TEST_STAMP"  # the file where a worker writes when the bad key began
@@ -91,6 +94,22 @@ def test_a_stopped_worker_is_an_error_naming_the_stage_keys_and_pid(stamp, caplo
 
 
 @pytest.mark.slow
+def test_a_stopped_worker_given_up_is_skipped_under_skip(stamp):
+    """A stall given up under on_stall="raise" is the sample's failure, as a timeout is."""
+    loader = al.Loader.from_source(range(6)).map(
+        stops_at_0, executor="process", concurrency=1, stall_after=0.5, on_stall="raise",
+        on_error="skip", max_failures=1,
+    )  # fmt: skip
+    with loader:
+        got = list(loader)
+        errors = loader.stats()["errors"]
+    assert got == [1, 2, 3, 4, 5]
+    assert [(e["key"], e["type"]) for e in errors] == [(0, "StageStalledError")]
+    assert "stage 'map(stops_at_0)' made no progress for" in errors[0]["message"]
+    assert _stack_files() == []
+
+
+@pytest.mark.slow
 def test_a_slow_worker_is_reported_with_its_python_stack_and_the_run_goes_on(stamp, caplog):
     loader = al.Loader.from_source(range(6)).map(
         sleeps_at_0, executor="process", concurrency=1, stall_after=0.5
@@ -146,4 +165,110 @@ def test_the_options_are_checked():
     with pytest.raises(ValueError, match="on_stall must be 'warn' or 'raise'"):
         source.map(stops_at_0, executor="process", on_stall="ignore")
     with pytest.raises(ValueError, match="only used with executor='process'"):
-        source.map(stops_at_0, executor="thread", on_stall="raise")
+        source.map(stops_at_0, executor="thread", max_worker_memory=1 << 30)
+    with pytest.raises(ValueError, match="on_stall must be 'warn' or 'raise'"):
+        source.map(stops_at_0, executor="thread", on_stall="ignore")
+    with pytest.raises(ValueError, match="not 'auto' with an async function"):
+        source.map(_async_identity, stall_after=1.0)
+
+
+async def _async_identity(x: int) -> int:
+    return x
+
+
+class _BlocksAt:
+    """``x``, after blocking on ``key`` until released (a hung read); notes when it began."""
+
+    def __init__(self, key: int, wait_s: float = 30.0) -> None:
+        self.key = key
+        self.wait_s = wait_s
+        self.release = threading.Event()
+        self.began: float | None = None
+
+    def __call__(self, x: int) -> int:
+        if x == self.key:
+            self.began = time.monotonic()
+            self.release.wait(self.wait_s)
+        return x
+
+
+def test_a_blocked_thread_map_call_is_an_error_naming_the_stage_keys_thread_and_stack(caplog):
+    """Before: a thread map blocked in user code stalled the run forever, with no word."""
+    fn = _BlocksAt(2)
+    got = []
+    loader = al.Loader.from_source(range(6)).map(
+        fn, executor="thread", concurrency=2, stall_after=0.5, on_stall="raise"
+    )
+    try:
+        with caplog.at_level(logging.WARNING, "aioloader"), loader:
+            with pytest.raises(al.StageStalledError) as info:
+                for x in loader:
+                    got.append(x)
+            raised = time.monotonic()
+    finally:
+        fn.release.set()
+    message = str(info.value)
+    assert got == [0, 1]  # key 2 never finished: nothing after it in order either
+    assert isinstance(info.value, al.StageTimeoutError)
+    assert info.value.stage == "map(_BlocksAt)" and info.value.key == 2
+    assert "stage 'map(_BlocksAt)' made no progress for" in message
+    assert re.search(r"thread 'aioloader-map\(_BlocksAt\)_\d' has been running keys \[2\]", message)
+    assert "(stall_after=0.5)" in message
+    assert "Python stack of thread 'aioloader-map(_BlocksAt)_" in message
+    assert "in __call__\n    self.release.wait(self.wait_s)" in message  # the user's own frame
+    assert 0.5 <= raised - fn.began < 0.5 + 1.0
+    assert "made no progress" in caplog.text  # logged as a warning too
+
+
+def test_a_slow_thread_map_call_is_reported_once_and_skipped_keys_are_named(caplog):
+    """on_stall="warn" (the default): the run goes on; a stall given up under "raise" is
+    skipped like any failure under on_error="skip"."""
+    slow = _BlocksAt(1, wait_s=1.0)  # a slow call, not synchronisation
+    loader = al.Loader.from_source(range(4)).map(slow, executor="thread", stall_after=0.3)
+    with caplog.at_level(logging.WARNING, "aioloader"), loader:
+        got = list(loader)
+    reports = [r.getMessage() for r in caplog.records if "made no progress" in r.getMessage()]
+    assert got == [0, 1, 2, 3]
+    assert len(reports) == 1  # once per stalled call
+    assert "running keys [1]" in reports[0] and "in __call__" in reports[0]
+
+    hung = _BlocksAt(1)
+    loader = al.Loader.from_source(range(4)).map(
+        hung, executor="thread", stall_after=0.3, on_stall="raise", on_error="skip", max_failures=1
+    )
+    try:
+        with loader:
+            got = list(loader)
+            errors = loader.stats()["errors"]
+    finally:
+        hung.release.set()
+    assert got == [0, 2, 3]
+    assert [(e["key"], e["type"]) for e in errors] == [(1, "StageStalledError")]
+
+
+def test_a_blocked_inline_call_is_reported_with_the_loop_thread_stack(caplog):
+    """An inline call holds the event loop, which then cannot report anything: the stage's
+    watchdog thread does."""
+    slow = _BlocksAt(1, wait_s=1.0)
+    loader = al.Loader.from_source(range(4)).map(slow, executor="inline", stall_after=0.3)
+    with caplog.at_level(logging.WARNING, "aioloader"), loader:
+        got = list(loader)
+    reports = [r.getMessage() for r in caplog.records if "made no progress" in r.getMessage()]
+    assert got == [0, 1, 2, 3]
+    assert len(reports) == 1
+    assert "stage 'map(_BlocksAt)' made no progress for" in reports[0]
+    assert "thread 'aioloader-loop' has been running keys [0, 1, 2, 3]" in reports[0]
+    assert "in __call__\n    self.release.wait(self.wait_s)" in reports[0]
+
+
+def test_the_default_stall_limit_is_20_times_the_slowest_task_and_at_least_60_s():
+    assert stall_limit("auto", 0.01) == 60.0
+    assert stall_limit("auto", 10.0) == 200.0
+    assert stall_limit(2.5, 10.0) == 2.5
+    assert stall_limit(None, 10.0) is None
+
+
+def test_a_report_names_the_first_16_keys_of_a_long_chunk():
+    assert describe_keys([3]) == "[3]"
+    cut = "[0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, ... (40 keys)]"
+    assert describe_keys(list(range(40))) == cut

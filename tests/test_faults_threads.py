@@ -4,6 +4,7 @@ the process exits within 2 s (DESIGN.md guarantee 6) whatever the function is do
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import subprocess
@@ -53,6 +54,48 @@ except KeyboardInterrupt:
 """
 
 
+# the same consumer with ``async for`` under asyncio.run, which takes SIGINT itself: it cancels
+# main() and raises KeyboardInterrupt once main() has ended
+_ASYNC_CHILD = """
+import asyncio, atexit, sys, threading, time
+import aioloader as al
+
+atexit.register(lambda: print(f"exiting {time.monotonic()!r}", flush=True))
+
+MODE = sys.argv[1]
+BLOCKED = 0 if MODE == "waiting" else 1
+started = threading.Event()
+
+def f(x):
+    if x == BLOCKED:
+        started.set()
+        if MODE == "waiting":
+            print("blocked", flush=True)  # the consumer now waits for key 0
+        threading.Event().wait(30)  # a user call that nothing can stop
+    return x
+
+got = []
+
+async def main():
+    loader = al.Loader.from_source(range(10)).map(f, executor="thread", concurrency=2).batch(1)
+    async with loader:
+        async for batch in loader:
+            got.extend(batch.tolist())
+            if MODE == "body":
+                await asyncio.to_thread(started.wait, 10)
+                print("blocked", flush=True)  # the consumer is in its loop body
+                await asyncio.sleep(30)
+
+try:
+    asyncio.run(main())
+except KeyboardInterrupt:
+    caught = time.monotonic()
+    left = [t.name for t in threading.enumerate() if not t.daemon and t is not threading.main_thread()]
+    print(f"interrupted {caught!r} {got} {left}", flush=True)
+    sys.exit(3)
+"""
+
+
 _TEARDOWN_SLACK_S = 4.0
 
 
@@ -60,8 +103,23 @@ _TEARDOWN_SLACK_S = 4.0
 @pytest.mark.parametrize(("mode", "delivered"), [("waiting", "[]"), ("body", "[0]")])
 def test_ctrl_c_exits_within_2_s_while_a_thread_map_call_is_blocked(tmp_path, mode, delivered):
     """Before: the interpreter joined the pool's threads at exit: 29 s for a 30 s call."""
+    _interrupt_and_check(tmp_path, _CHILD, mode, delivered)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("mode", "delivered"), [("waiting", "[]"), ("body", "[0]")])
+def test_ctrl_c_ends_an_async_for_consumer_within_2_s_while_a_thread_map_call_is_blocked(
+    tmp_path, mode, delivered
+):
+    """Before: the cancelled consumer's clean-up waited 1.5 s for the blocked call, so
+    asyncio.run raised KeyboardInterrupt 1.5 s after Ctrl-C."""
+    _interrupt_and_check(tmp_path, _ASYNC_CHILD, mode, delivered)
+
+
+def _interrupt_and_check(tmp_path, child: str, mode: str, delivered: str) -> None:
+    """Start ``child``, SIGINT it once it says its call is blocked, check how it ends."""
     script = tmp_path / "consumer.py"
-    script.write_text(textwrap.dedent(_CHILD))
+    script.write_text(textwrap.dedent(child))
     proc = subprocess.Popen(
         [sys.executable, str(script), mode], stdout=subprocess.PIPE, text=True, cwd=os.getcwd()
     )
@@ -119,6 +177,37 @@ def test_a_timeout_fires_within_10_percent_and_100_ms():
     assert info.value.stage == "map(_Blocking)"
     assert info.value.key == 3
     assert "took longer than timeout=0.5s on sample key 3" in str(info.value)
+
+
+@pytest.mark.parametrize("consumer", ["sync", "async"])
+def test_a_timeout_of_1_s_fires_within_1_2_s_for_either_consumer(consumer):
+    fn = _Blocking({3})
+    got = []
+    loader = al.Loader.from_source(range(10)).map(fn, executor="thread", concurrency=2, timeout=1.0)
+
+    async def consume_async() -> None:
+        async with loader:
+            async for x in loader:
+                got.append(x)
+
+    def consume() -> None:
+        if consumer == "async":
+            asyncio.run(consume_async())
+            return
+        with loader:
+            for x in loader:
+                got.append(x)
+
+    try:
+        with pytest.raises(al.StageTimeoutError) as info:
+            consume()
+        raised = time.monotonic()
+    finally:
+        fn.release.set()
+    assert raised - fn.started[3] < 1.0 * 1.1 + 0.1
+    assert got == [0, 1, 2]
+    assert (info.value.stage, info.value.key) == ("map(_Blocking)", 3)
+    assert "took longer than timeout=1.0s on sample key 3" in str(info.value)
 
 
 def test_with_every_thread_blocked_the_other_keys_are_not_timed_out():

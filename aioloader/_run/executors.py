@@ -10,6 +10,7 @@ failed index is :data:`FAILED`. Executors never retry or skip: that is the stage
 from __future__ import annotations
 
 import asyncio
+import functools
 import sys
 import threading
 from collections.abc import Callable
@@ -20,6 +21,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from aioloader._run.stall import StallWatch
 from aioloader._run.threads import DaemonThreadPool
 from aioloader.errors import stopped_early
 
@@ -36,6 +38,15 @@ class ChunkTimeout(Exception):
     def __init__(self, index: int) -> None:
         super().__init__(index)
         self.index = index
+
+
+class ChunkStalled(Exception):
+    """A chunk's call stalled under ``on_stall="raise"`` and was given up; ``report`` is the
+    stall watch's (:mod:`aioloader._run.stall`)."""
+
+    def __init__(self, report: str) -> None:
+        super().__init__(report)
+        self.report = report
 
 
 def apply_items(fn: Callable[[Any], Any], values: list[Any]) -> ChunkResult:
@@ -108,35 +119,51 @@ class ThreadExecutor:
     kind = "thread"
     target_task_s = 0.010
 
-    def __init__(self, workers: int, name: str) -> None:
+    def __init__(self, workers: int, name: str, *, watch: StallWatch | None = None) -> None:
         self.workers = workers
         self._pool = DaemonThreadPool(workers, f"aioloader-{name}")
+        self._watch = watch
         self.calls: set[Future[ChunkResult]] = set()  # running or queued (see MapStage.drain)
 
     async def run(
         self, work: Callable[[list[Any]], ChunkResult], values: list[Any], timeout: float | None
     ) -> ChunkResult:
-        if timeout is None:
+        loop = asyncio.get_running_loop()
+        stalled: asyncio.Future[str] | None = None
+        if self._watch is not None:
+            if self._watch.raises:
+                stalled = loop.create_future()
+                on_stall = functools.partial(_resolve_threadsafe, loop, stalled)
+                work = self._watch.watched(work, CHUNK_KEYS.get(), on_stall=on_stall)
+            else:
+                work = self._watch.watched(work, CHUNK_KEYS.get())
+        if timeout is None and stalled is None:
             call = self._pool.submit(work, values)
             self.calls.add(call)
             call.add_done_callback(self.calls.discard)
             return await asyncio.wrap_future(call)
-        loop = asyncio.get_running_loop()
         started = loop.create_future()
         call = self._pool.submit(_signal_start, loop, started, work, values)
         self.calls.add(call)
         call.add_done_callback(self.calls.discard)
         future = asyncio.wrap_future(call)
+        ends = [future] if stalled is None else [future, stalled]
         try:
             # the clock starts in the thread: time queued behind other calls is not the item's
             await asyncio.wait([started, future], return_when=asyncio.FIRST_COMPLETED)
-            return await asyncio.wait_for(asyncio.shield(future), timeout * len(values))
-        except TimeoutError:
-            self._pool.abandon(call)
+            limit = None if timeout is None else timeout * len(values)
+            done, _ = await asyncio.wait(ends, timeout=limit, return_when=asyncio.FIRST_COMPLETED)
+            if future in done:
+                return future.result()
+            self._pool.abandon(call)  # past its timeout, or stalled: a new thread takes its place
             self.calls.discard(call)
-            raise ChunkTimeout(0) from None
+            if stalled is not None and stalled in done:
+                raise ChunkStalled(stalled.result())
+            raise ChunkTimeout(0)
         finally:
             started.cancel()
+            if stalled is not None:
+                stalled.cancel()
             if not future.done():  # a queued call never starts; a running one is not waited for
                 future.cancel()
 
@@ -161,6 +188,19 @@ def _signal_start(
 def _set_started(started: asyncio.Future[None]) -> None:
     if not started.done():
         started.set_result(None)
+
+
+def _resolve_threadsafe(loop: asyncio.AbstractEventLoop, future: asyncio.Future[Any], value: Any) -> None:
+    """Resolve ``future`` with ``value`` from another thread (nothing if the loop has closed)."""
+    try:
+        loop.call_soon_threadsafe(_resolve, future, value)
+    except RuntimeError:  # the loop is closed: nobody waits for the future any more
+        pass
+
+
+def _resolve(future: asyncio.Future[Any], value: Any) -> None:
+    if not future.done():
+        future.set_result(value)
 
 
 _THREAD_STATE = threading.local()

@@ -23,6 +23,7 @@ from aioloader._run.channel import Channel, EndOfChannel
 from aioloader._run.decisions import Decisions
 from aioloader._run.delivery import Delivery
 from aioloader._run.failures import FailurePolicy
+from aioloader._run.interrupt import interrupted
 from aioloader._run.rewrite import fuse_map_batch, fuse_read
 from aioloader._run.stages.base import DEFAULT_DEPTH, SAMPLE_DEPTH, BuildContext, Stage, StageSpec
 from aioloader._run.stages.map import MapSpec
@@ -375,6 +376,8 @@ class Run:
         finally:
             for stage in self.stages:
                 stage.close()
+            if interrupted():  # Ctrl-C under asyncio.run: calls blocked in threads are not waited for
+                self.drain_s = 0.0
             drains = [stage.drain(self.drain_s) for stage in self.stages]
             closers = [closer() for closer in self._io_closers]
             try:

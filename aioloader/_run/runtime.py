@@ -11,6 +11,7 @@ from typing import Any, Protocol
 from aioloader._run.bridge import STOP_TIMEOUT_S, LoopThread
 from aioloader._run.decisions import Decisions
 from aioloader._run.graph import Run
+from aioloader._run.interrupt import interrupted as ctrl_c
 
 
 class Closable(Protocol):
@@ -105,7 +106,7 @@ class Runtime:
         """Stop every run, the loop thread and every resource. Idempotent. ``interrupted``
         (Ctrl-C), or the interpreter exiting: the runs do not wait for calls blocked in
         threads, which cannot be stopped (their threads are daemons)."""
-        if not threading.main_thread().is_alive():  # the interpreter is exiting
+        if not threading.main_thread().is_alive() or ctrl_c():  # exiting, or Ctrl-C in asyncio.run
             interrupted = True
         with self._lock:
             active = list(self._active.items())

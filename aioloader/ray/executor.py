@@ -148,6 +148,8 @@ class RayExecutor(ProcessExecutor):
                     options=self._options,
                     per_actor=self._per_actor,
                     start_timeout=None if timeout is None else max(START_TIMEOUT_S, timeout),
+                    stall_after=self._spec.stall_after,
+                    on_stall=self._spec.on_stall,
                 )
 
             if self._runtime is None:

@@ -11,6 +11,12 @@ starts its next chunk without waiting for the driver; one under a ``timeout``, s
 deadline counts from when its actor starts it. Results come back through Ray's object store
 and resolve the futures from Ray's own threads: the driver's event loop never blocks on Ray.
 
+A chunk an actor has been running past the stall limit (``stall_after``, as the process pool's:
+"auto" is 20 times the slowest chunk, at least 60 s) is reported once: a warning naming the
+stage, the chunk's keys and the actor (its name, node and pid; not its Python stack, which Ray
+does not give the driver for a running call). With ``on_stall="raise"`` the actor is then
+killed and replaced and the chunk fails with :class:`~aioloader.errors.StageStalledError`.
+
 An actor that dies (``ray.kill``, its node removed, its process killed) fails each chunk it held
 as a "crash"; a chunk past its deadline is a "timeout" and its actor is killed (Ray cannot stop
 a running call otherwise). Either way the slot gets a new actor. A pool whose actors fail to
@@ -21,6 +27,7 @@ Actors are owned by the driver, not detached: when the trainer dies, Ray ends th
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 import uuid
@@ -29,17 +36,20 @@ from collections.abc import Callable
 from concurrent.futures import Future, InvalidStateError
 from typing import Any
 
-from aioloader.errors import WorkerCrashError
+from aioloader._run.stall import describe_keys, describe_limit, stall_limit
+from aioloader.errors import StageStalledError, WorkerCrashError
 from aioloader.workers import wire
 from aioloader.workers.pool import Outcome
 
 MAX_START_FAILURES = 3  # actors dying before they are ready, in a row: the pool is broken
 
+log = logging.getLogger("aioloader")
+
 
 class _Task:
-    __slots__ = ("buffers", "deadline", "future", "head", "timeout")
+    __slots__ = ("buffers", "deadline", "future", "head", "label", "sent", "stalled", "timeout")
 
-    def __init__(self, payload: wire.Payload, timeout: float | None) -> None:
+    def __init__(self, payload: wire.Payload, timeout: float | None, label: Any = None) -> None:
         import numpy as np
 
         self.head = payload.head
@@ -48,6 +58,9 @@ class _Task:
         self.timeout = timeout
         self.deadline: float | None = None
         self.future: Future[Outcome] = Future()
+        self.label = label  # what a stall report names (the chunk's keys)
+        self.sent = 0.0  # when it was handed to its actor
+        self.stalled = False  # reported once
 
     def finish(self, outcome: Outcome) -> bool:
         try:
@@ -70,6 +83,7 @@ class _Slot:
         self.busy_s = 0.0
         self.chunks = 0
         self.replaced = 0
+        self.free_since = 0.0  # when its actor last finished a chunk (or became ready)
 
 
 class ActorPool:
@@ -85,6 +99,8 @@ class ActorPool:
         options: dict[str, Any],
         per_actor: int,
         start_timeout: float | None,
+        stall_after: float | str | None = None,
+        on_stall: str = "warn",
     ) -> None:
         import ray
 
@@ -94,6 +110,9 @@ class ActorPool:
         self.name = name
         self._per_actor = per_actor
         self._start_timeout = start_timeout
+        self._stall_after = stall_after
+        self._on_stall = on_stall
+        self._slowest = 0.0  # the longest a chunk has run: the "auto" stall limit is 20x this
         self._tag = f"aioloader:{name}:{uuid.uuid4().hex[:8]}"
         self._options = options
         self._actor_class = ray.remote(MapActor)
@@ -125,9 +144,9 @@ class ActorPool:
     def submit(
         self, payload: wire.Payload, timeout: float | None = None, label: Any = None
     ) -> Future[Outcome]:
-        """Queue a chunk; ``timeout`` in seconds from the moment an actor is given it. ``label``
-        (the chunk's keys, which the process pool's stall reports name) is not used here."""
-        task = _Task(payload, timeout)
+        """Queue a chunk; ``timeout`` in seconds from the moment an actor is given it. ``label``:
+        what a stall report names (the chunk's keys)."""
+        task = _Task(payload, timeout, label)
         with self._lock:
             if self._closed:
                 task.finish(Outcome("error", RuntimeError(f"the Ray actor pool of {self.name!r} is closed")))
@@ -219,6 +238,7 @@ class ActorPool:
                 return
             self._start_failures = 0
             slot.state = "ready"
+            slot.free_since = time.monotonic()
             slot.node, slot.pid = value
             self._dispatch()
 
@@ -276,6 +296,7 @@ class ActorPool:
 
     def _start(self, slot: _Slot, task: _Task) -> None:
         slot.tasks.add(task)
+        task.sent = time.monotonic()
         ref = slot.actor.run.remote(task.head, task.buffers)
         generation = slot.generation
         if task.timeout is not None:
@@ -289,6 +310,10 @@ class ActorPool:
             self._deadlines.pop(task, None)
             if self._closed:
                 return
+            if slot.generation == generation:
+                now = time.monotonic()
+                self._slowest = max(self._slowest, now - max(task.sent, slot.free_since))
+                slot.free_since = now
             try:
                 kind, value = done.result()
             except self._ray.exceptions.RayError as exc:
@@ -330,8 +355,12 @@ class ActorPool:
     def _serve(self) -> None:
         while True:
             with self._lock:
-                while not (self._closed or self._events or self._doomed or self._to_start or self._due()):
-                    soonest = min((d[0] for d in self._deadlines.values()), default=None)
+                while not (
+                    self._closed or self._events or self._doomed or self._to_start or self._due()
+                    or self._stalls_due()
+                ):  # fmt: skip
+                    times = [d[0] for d in self._deadlines.values()] + [t for t, _, _ in self._stall_checks()]
+                    soonest = min(times, default=None)
                     self._wake.wait(None if soonest is None else max(0.0, soonest - time.monotonic()))
                 closed = self._closed
                 if not closed:
@@ -340,6 +369,8 @@ class ActorPool:
                     for key in self._due():
                         _, slot, generation, task = self._deadlines.pop(key)
                         self._expire(slot, generation, task)
+                    for slot, task in self._stalls_due():
+                        self._stalled(slot, task)
                 self._events.clear()
                 doomed, self._doomed = self._doomed, []
                 to_start, self._to_start = ([], []) if closed else (self._to_start, [])
@@ -356,6 +387,47 @@ class ActorPool:
                             self._start_failed(
                                 slot, f"actor {slot.name} could not be created ({exc})", kill=False
                             )
+
+    def _stall_checks(self) -> list[tuple[float, _Slot, _Task]]:
+        """(when it stalls, slot, chunk) for the chunk each ready actor is running, if not yet
+        reported: an actor runs its chunks one at a time, in the order it was given them."""
+        limit = stall_limit(self._stall_after, self._slowest)
+        if limit is None:
+            return []
+        checks = []
+        for slot in self._slots:
+            if slot.state != "ready" or not slot.tasks:
+                continue
+            head = min(slot.tasks, key=lambda task: task.sent)
+            if not head.stalled:
+                checks.append((max(head.sent, slot.free_since) + limit, slot, head))
+        return checks
+
+    def _stalls_due(self) -> list[tuple[_Slot, _Task]]:
+        now = time.monotonic()
+        return [(slot, task) for when, slot, task in self._stall_checks() if when <= now]
+
+    def _stalled(self, slot: _Slot, task: _Task) -> None:
+        """Report a chunk past the stall limit; under ``on_stall="raise"`` fail it and replace
+        its actor (Ray cannot stop a running call otherwise)."""
+        task.stalled = True
+        seconds = time.monotonic() - max(task.sent, slot.free_since)
+        keys = describe_keys(task.label) if task.label is not None else "?"
+        report = (
+            f"stage {self.name!r} made no progress for {seconds:.1f}s: Ray actor {slot.name} "
+            f"(node {slot.node}, pid {slot.pid}) has been running keys {keys} for {seconds:.1f}s "
+            f"(stall_after={describe_limit(self._stall_after, self._slowest)}); no Python stack: Ray "
+            "does not give the driver the stack of an actor's running call"
+        )
+        log.warning("%s", report)
+        if self._on_stall != "raise":
+            return
+        slot.tasks.discard(task)
+        self._deadlines.pop(task, None)
+        key = task.label[0] if isinstance(task.label, list) and task.label else None
+        task.finish(Outcome("error", StageStalledError(report, stage=self.name, key=key)))
+        self._replace(slot)
+        self._dispatch()
 
     def _due(self) -> list[Any]:
         now = time.monotonic()

@@ -23,10 +23,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from aioloader._run.executors import CHUNK_KEYS, FAILED, ChunkResult, ChunkTimeout
+from aioloader._run.executors import CHUNK_KEYS, FAILED, ChunkResult, ChunkStalled, ChunkTimeout
 from aioloader._run.stages.map import MapSpec
+from aioloader._run.stall import check_stall_options
 from aioloader._spec import InteractiveMainError, check_callable, fn_name, pickle_error
-from aioloader.errors import WorkerCrashError, annotate
+from aioloader.errors import StageStalledError, WorkerCrashError, annotate
 from aioloader.workers import shm, wire
 from aioloader.workers.pool import Outcome, ProcessPool
 
@@ -46,14 +47,12 @@ _LOW_MEMORY = 4 * 2**30
 
 @dataclass(frozen=True, slots=True)
 class ProcessMapSpec(MapSpec):
-    """A map spec for ``executor="process"``, with the per-worker ``worker_init(worker_id)``,
-    the per-worker memory limit (bytes, "auto" or None) and the stall watch (``stall_after``
-    seconds, "auto" or None; ``on_stall`` "warn" or "raise")."""
+    """A map spec for ``executor="process"``, with the per-worker ``worker_init(worker_id)``
+    and the per-worker memory limit (bytes, "auto" or None); the stall watch's options
+    (``stall_after``, ``on_stall``) are every map's."""
 
     worker_init: Callable[[int], None] | None = None
     max_worker_memory: int | str | None = "auto"
-    stall_after: float | str | None = "auto"
-    on_stall: str = "warn"
 
 
 def default_worker_memory(workers: int, total_bytes: int | None = None) -> int:
@@ -116,20 +115,10 @@ def process_map_spec(
         raise ValueError(
             f"max_worker_memory must be a number of bytes >= 1, 'auto' or None, got {max_worker_memory!r}"
         )
-    if stall_after not in ("auto", None) and (
-        isinstance(stall_after, bool) or not isinstance(stall_after, (int, float)) or not stall_after > 0
-    ):
-        raise ValueError(f"stall_after must be a number of seconds > 0, 'auto' or None, got {stall_after!r}")
-    if on_stall not in ("warn", "raise"):
-        raise ValueError(f"on_stall must be 'warn' or 'raise', got {on_stall!r}")
+    check_stall_options(stall_after, on_stall)
     fields = {f.name: getattr(spec, f.name) for f in dataclasses.fields(MapSpec)}
-    return ProcessMapSpec(
-        **fields,
-        worker_init=worker_init,
-        max_worker_memory=max_worker_memory,
-        stall_after=stall_after,
-        on_stall=on_stall,
-    )
+    fields.update(stall_after=stall_after, on_stall=on_stall)
+    return ProcessMapSpec(**fields, worker_init=worker_init, max_worker_memory=max_worker_memory)
 
 
 class ProcessExecutor:
@@ -366,6 +355,8 @@ def _unpack(outcome: Outcome, index: int) -> ChunkResult:
         raise ChunkTimeout(index)
     if outcome.kind == "undecodable":  # one value (a redo runs them alone): its own failure
         return _undecodable(outcome.value)
+    if isinstance(outcome.value, StageStalledError):  # given up: its keys fail under on_error
+        raise ChunkStalled(str(outcome.value))
     raise outcome.value
 
 

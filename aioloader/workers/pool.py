@@ -16,13 +16,14 @@ without waiting for this thread (on 2 busy cores the thread's turn can come mill
 A task is queued ahead only when both fit in the pipe's buffer at once, so a send never blocks on
 a busy worker (which could be blocked itself, sending a reply this thread has yet to read).
 It also watches for stalls and memory. A task that runs past the pool's stall limit
-(``stall_after``; by default 20 times the slowest task seen, at least :data:`STALL_MIN_S`) is
-reported once: a warning (logger ``aioloader``) naming the stage, the task's keys, the worker's
-pid, state and memory, and its Python stack (faulthandler in the worker, see
-:func:`~aioloader.workers._child.stack_path`); with ``on_stall="raise"`` the worker is then
-killed and the task fails with :class:`~aioloader.errors.StageStalledError`. A worker whose
-resident memory is over ``max_memory`` (checked every :data:`MEMORY_CHECK_S` while it runs a
-task) is killed: its task ends as a crash that names the limit.
+(``stall_after``; by default 20 times the slowest task seen, at least
+:data:`~aioloader._run.stall.STALL_MIN_S`) is reported once: a warning (logger ``aioloader``)
+naming the stage, the task's keys, the worker's pid, state and memory, and its Python stack
+(faulthandler in the worker, see :func:`~aioloader.workers._child.stack_path`); with
+``on_stall="raise"`` the worker is then killed and the task fails with
+:class:`~aioloader.errors.StageStalledError` (each of its keys, under the stage's ``on_error``).
+A worker whose resident memory is over ``max_memory`` (checked every :data:`MEMORY_CHECK_S`
+while it runs a task) is killed: its task ends as a crash that names the limit.
 It also watches for deaths (end of file on a result pipe) and deadlines: a worker that dies or
 runs past its task's deadline (it is killed) is reaped, its segments are unlinked and a
 replacement is started in the same slot; the task it ran ends as a crash or a timeout, the one
@@ -50,6 +51,7 @@ from dataclasses import dataclass
 from multiprocessing.connection import Connection, wait
 from typing import Any
 
+from aioloader._run.stall import describe_keys, describe_limit, stall_limit
 from aioloader.errors import StageStalledError, WorkerCrashError
 from aioloader.workers import _child, shm, wire
 from aioloader.workers._spawn import fork_allowed, fork_child, pipe_capacity, preparation_data, spawn_child
@@ -62,8 +64,6 @@ _GRACE_S = 0.5  # at close, how long workers get to exit before SIGKILL
 # work needs (JPEG decoded per batch in 2 workers: 4x the CPU time without this).
 # worker_init may raise it again with torch.set_num_threads(n).
 WORKER_ENV = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1"}
-STALL_MIN_S = 60.0  # the default stall limit is 20x the slowest task, and at least this
-STALL_FACTOR = 20
 MEMORY_CHECK_S = 0.2  # how often a busy worker's resident memory is read
 _STACK_WAIT_S = 1.0  # how long a stalled worker gets to write its stack
 _STACK_MAX_CHARS = 8000
@@ -372,9 +372,7 @@ class ProcessPool:
 
     def _stall_limit(self) -> float | None:
         """Seconds a task may run before it is reported as stalled (None: never)."""
-        if self._stall_after == "auto":
-            return max(STALL_MIN_S, STALL_FACTOR * self._slowest)
-        return self._stall_after  # type: ignore[return-value]
+        return stall_limit(self._stall_after, self._slowest)
 
     def _until_deadline(self) -> float | None:
         deadlines = [t.deadline for w in self._workers.values() if (t := w.task) and t.deadline]
@@ -491,11 +489,11 @@ class ProcessPool:
         pid = worker.proc.pid
         state = worker.describe_state()
         stack = _worker_stack(worker) if "stopped" not in state else ""
-        keys = task.label if task.label is not None else "?"
+        keys = describe_keys(task.label) if task.label is not None else "?"
         report = (
             f"stage {self.name!r} made no progress for {seconds:.1f}s: worker pid {pid} ({state}) "
-            f"has been running keys {keys} for {seconds:.1f}s (stall_after="
-            f"{self._stall_after if self._stall_after != 'auto' else f'auto: {self._stall_limit():.1f}s'})"
+            f"has been running keys {keys} for {seconds:.1f}s "
+            f"(stall_after={describe_limit(self._stall_after, self._slowest)})"
         )
         if stack:
             report += f"\nPython stack of worker pid {pid}:\n{stack}"

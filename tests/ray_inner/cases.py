@@ -7,7 +7,9 @@ run from collecting it."""
 
 from __future__ import annotations
 
+import ast
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -295,6 +297,46 @@ def test_hung_sample_times_out(cluster) -> None:
     with _loader(hang, "ray", timeout=2.0) as loader, pytest.raises(al.errors.StageTimeoutError) as info:
         _run(loader)
     assert info.value.key == 7
+
+
+class StampedHang:
+    """``square``, but sample ``key`` writes when it began (CLOCK_MONOTONIC, the machine's) to
+    ``stamp`` and hangs far past the stall limit."""
+
+    def __init__(self, key: int, stamp: str) -> None:
+        self.key = key
+        self.stamp = stamp
+
+    def __call__(self, x: int) -> np.ndarray:
+        if x == self.key:
+            Path(self.stamp).write_text(repr(time.monotonic()))
+            time.sleep(120)
+        return square(x)
+
+
+def test_a_stalled_actor_is_reported_naming_the_stage_keys_and_actor(cluster, tmp_path: Path, caplog) -> None:
+    """Before: without a timeout a hung actor call stalled the run forever, with no word."""
+    import logging
+
+    stamp = tmp_path / "began"
+    loader = _loader(StampedHang(7, str(stamp)), "ray", stall_after=2.0, on_stall="raise")
+    with caplog.at_level(logging.WARNING, "aioloader"), loader:
+        with pytest.raises(al.StageStalledError) as info:
+            _run(loader)
+        raised = time.monotonic()
+        actors = _actors(loader, "map(StampedHang)")
+    began = float(stamp.read_text())
+    message = str(info.value)
+    assert isinstance(info.value, al.StageTimeoutError) and info.value.stage == "map(StampedHang)"
+    assert "stage 'map(StampedHang)' made no progress for" in message
+    # the map and the batch run fused in the actor: the chunk's keys are its batches' keys
+    batches = ast.literal_eval(re.search(r"has been running keys (\[[\[\]\d, ]+\]) for", message).group(1))
+    assert 7 in [key for batch in batches for key in batch] and info.value.key == batches[0]
+    assert re.search(r"Ray actor aioloader:map\(StampedHang\):\w+:\d+:\d+ \(node \w+, pid \d+\)", message)
+    assert "no Python stack" in message and "(stall_after=2.0)" in message
+    assert 2.0 <= raised - began < 2.0 + 5.0
+    assert sum(a["replaced"] for a in actors) >= 1  # the stalled actor was killed and replaced
+    assert "made no progress" in caplog.text  # logged as a warning too
 
 
 DRIVER = """

@@ -29,6 +29,7 @@ from aioloader._run.executors import (
     FAILED,
     AsyncExecutor,
     ChunkResult,
+    ChunkStalled,
     ChunkTimeout,
     Executor,
     ThreadExecutor,
@@ -50,6 +51,7 @@ from aioloader._run.placement import (
 )
 from aioloader._run.read_fusion import read_then_apply
 from aioloader._run.stages.base import BuildContext, Stage, StageSpec
+from aioloader._run.stall import StallWatch
 from aioloader._spec import (
     EXECUTORS,
     ON_ERROR,
@@ -62,7 +64,7 @@ from aioloader._spec import (
     is_async_callable,
     is_picklable,
 )
-from aioloader.errors import StageTimeoutError
+from aioloader.errors import StageStalledError, StageTimeoutError
 from aioloader.monitor.stats import ErrorLog, StageStats
 from aioloader.order.sample_rng import WithRng
 
@@ -134,6 +136,8 @@ class MapStage(Stage):
         self._tune_max: int | None = None  # concurrency="auto": the pool size, set by the tuner
         self._limiter: Limiter | None = None  # the in-flight limit while running concurrently
         self._window: Channel | None = None
+        # calls in this process (threads, inline) past stall_after are reported (a thread's given up)
+        self._stall = StallWatch(spec.name, stall_after=spec.stall_after, on_stall=spec.on_stall)
         if spec.per_block:
             self._work = functools.partial(apply_block, spec.fn, item_fn=spec.item_fn)
         elif spec.is_async:
@@ -172,7 +176,7 @@ class MapStage(Stage):
         if kind == "thread" and self._tune_max is not None:
             workers = max(workers, self._tune_max)  # threads are made lazily: size for the budget
         if kind == "thread":
-            executor: Executor = ThreadExecutor(workers, self.spec.name)
+            executor: Executor = ThreadExecutor(workers, self.spec.name, watch=self._stall)
         elif kind == "async":
             executor = AsyncExecutor(workers)
         else:
@@ -192,6 +196,7 @@ class MapStage(Stage):
             calls.extend(getattr(executor, "calls", ()))
         self._owned.clear()
         self._probes.clear()
+        self._stall.close()
         self._leftover.extend(call for call in calls if not call.done())
 
     async def drain(self, timeout: float) -> None:
@@ -502,12 +507,22 @@ class MapStage(Stage):
         values = self._inputs(chunk)
         self._values_in += len(values)
         CHUNK_KEYS.set(chunk.keys)  # this chunk's task only: each _process is a task of its own
+        work = self._work
+        if self._executor.kind in ("inline", "auto"):  # on the loop (threads: the executor's watch)
+            work = self._stall.watched(work, chunk.keys)
         try:
-            results, failures, busy = await self._executor.run(self._work, values, self.spec.timeout)
+            results, failures, busy = await self._executor.run(work, values, self.spec.timeout)
         except ChunkTimeout as timeout:
             results = [FAILED] * len(values)
             failures = [(timeout.index, self._timeout_error(chunk.keys[timeout.index]))]
             busy = self.spec.timeout or 0.0
+        except ChunkStalled as stalled:  # given up: each of its keys fails
+            results = [FAILED] * len(values)
+            failures = [
+                (index, StageStalledError(stalled.report, stage=self.name, key=key))
+                for index, key in enumerate(chunk.keys)
+            ]
+            busy = 0.0
         if len(results) != len(values):  # a lost or invented sample must never pass silently
             raise RuntimeError(f"stage {self.name!r}: {len(results)} results for {len(values)} inputs")
         self.stats.busy_s += busy
@@ -565,6 +580,9 @@ class MapStage(Stage):
                 except ChunkTimeout:
                     exc = self._timeout_error(chunk.keys[index])
                     continue
+                except ChunkStalled as stalled:
+                    exc = StageStalledError(stalled.report, stage=self.name, key=chunk.keys[index])
+                    continue
                 self.stats.busy_s += busy
                 if again_failures:
                     exc = again_failures[0][1]
@@ -619,6 +637,10 @@ class MapSpec(StageSpec):
     # set when the run is built: fn's results are whole batches (it follows a batching stage,
     # or a batch is fused into it), used and dropped as a unit (aioloader.workers.shm)
     on_batches: bool = False
+    # the stall watch (aioloader._run.stall; the process pool's own for executor="process"):
+    # seconds, "auto" or None, and "warn" or "raise"
+    stall_after: float | str | None = "auto"
+    on_stall: str = "warn"
     # a map's executor (inline, threads, processes) never changes the data: a state saved with
     # one resumes with another, and a subclass (RayMapSpec) fingerprints as a map
     fingerprint_kind: ClassVar[str | None] = "MapSpec"
