@@ -175,12 +175,9 @@ class Loader(Closing):
         ``resources``, ``scheduling_strategy``...), ``worker_init(worker_id)`` runs in each
         actor. Needs ``pip install aioloader[ray]``; see :mod:`aioloader.ray`.
 
-        ``executor="auto"`` measures ``fn`` on the first blocks: cheap functions stay inline;
-        one that lets go of the GIL (two threads of it inside it at once, the GIL found free)
-        goes to threads, never one that holds it; processes take a picklable one when they pay
-        for their start-up and for pickling each value and result, else it stays inline. A
-        stage whose threads measure no faster than inline is placed again for the next epochs;
-        the output is the same wherever it runs (see :mod:`aioloader.monitor.autotune`). ``concurrency="auto"`` tunes the chunks in
+        ``executor="auto"`` measures ``fn`` on the first block: cheap functions stay inline,
+        GIL-releasing ones go to threads, GIL-holding CPU-heavy picklable ones to processes
+        (see :mod:`aioloader.monitor.autotune`). ``concurrency="auto"`` tunes the chunks in
         flight and the output queue depth while running (hill-climbing on throughput within the
         cores and the memory budget); ``stats()["autotune"]`` shows what it chose.
 

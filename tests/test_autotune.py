@@ -5,28 +5,13 @@ from __future__ import annotations
 import asyncio
 import functools
 import hashlib
-import itertools
 import json
-import math
-import threading
-import time
-from collections.abc import Callable
 
 import pytest
 
 import aioloader as al
 from aioloader._run.executors import apply_items
-from aioloader.monitor.autotune import (
-    Limiter,
-    PlacementProbe,
-    gil_blocked_fraction,
-    lets_go_of_gil,
-    place,
-    process_speedup,
-    processes_pay,
-    thread_trial,
-    transfer_cost,
-)
+from aioloader.monitor.autotune import Limiter, PlacementProbe, gil_blocked_fraction, place
 
 _DATA = b"x" * (1 << 20)
 
@@ -197,98 +182,3 @@ def test_auto_does_not_pickle_what_it_will_not_send_to_processes() -> None:
         stages = loader.stats()["stages"]
     assert all(s["executor"] == "inline" for s in stages if s["placement"]), stages
     assert CountsPickling.pickled == 0
-
-
-# -- issue 23: right on functions auto has never seen -------------------------------------------
-_SMALL = b"y" * 4096  # hashlib lets go of the GIL for 2 KiB or more: briefly, here
-
-
-def lets_go_briefly(x: int) -> int:
-    """~0.5 ms, nearly all pure Python, letting go of the GIL briefly and often (as a tokenizer
-    ending in torch.tensor does): two threads of it take turns."""
-    total = 0
-    for _ in range(20):
-        for i in range(1_000):
-            total += i
-        hashlib.sha256(_SMALL).digest()
-    return x
-
-
-def sleeps(x: int) -> int:
-    """Waits 1 ms (I/O): threads overlap the waits."""
-    time.sleep(0.001)
-    return x
-
-
-def _lets_go(fn: Callable[[int], int], values: int) -> bool | None:
-    work = functools.partial(apply_items, fn)
-    trials = []
-    for start in range(0, 3 * values, values):
-        result, trial = thread_trial(work, list(range(start, start + values)))
-        assert result[0] == list(range(start, start + values))  # every value, in order
-        trials.append(trial)
-    return lets_go_of_gil(trials)
-
-
-def test_thread_trial_tells_who_lets_go_of_the_gil() -> None:
-    assert _lets_go(holds_gil, 12) is False
-    assert _lets_go(lets_go_briefly, 16) is False
-    assert _lets_go(releases_gil, 12) is True
-    assert _lets_go(sleeps, 12) is True
-
-
-def test_processes_only_when_they_pay() -> None:
-    assert not processes_pay(0.1, 0.05, 1.6)  # saves 0.04 s of 0.1: not the 0.05 s start
-    assert processes_pay(1.0, 0.05, 1.6)
-    assert processes_pay(None, 2.0, 1.6)  # an unsized stream: long enough
-    assert not processes_pay(None, 0.0, 1.1)  # below the margin, however long
-    assert process_speedup(1e-3, 0.0, 2) > 1.25 > process_speedup(1e-5, 1e-5, 2)
-    assert math.isinf(transfer_cost([threading.Lock()], [1]))
-    assert place(1e-3, True, True, True, pays=False) == "inline"  # a GIL holder: never threads
-    assert place(1e-3, True, True, True, pays=True) == "process"
-    assert place(20e-6, True, True, True, pays=True) == "process"
-
-
-@pytest.mark.parametrize("fn", [holds_gil, lets_go_briefly, releases_gil], ids=lambda f: f.__name__)
-def test_auto_is_stable_and_never_changes_the_output(fn: Callable[[int], int]) -> None:
-    """Three fresh loaders each place the stage alike (a GIL holder never on threads), and
-    every placement gives the output inline gives."""
-    expected = [fn(x) for x in range(192)]
-    placed = set()
-    seen = []
-    for _ in range(3):
-        with al.Loader.from_source(list(range(192))).map(fn, name="m").batch(16).options(block_size=96) as loader:
-            assert [int(x) for b in loader for x in b] == expected
-            stage = _stage(loader.stats(), "m")
-            placed.add(stage["executor"])
-            seen.append(stage["placement"])
-    assert len(placed) == 1, seen
-    assert placed != {"thread"} if fn is not releases_gil else placed == {"thread"}
-
-
-class ReleasesThenHolds:
-    """Sleeps 1 ms (lets go of the GIL) for its first calls, then spins (holds it) about twice
-    as long: placed on threads by its first calls, wrong from then on."""
-
-    def __init__(self) -> None:
-        self.calls = itertools.count()
-
-    def __call__(self, x: int) -> int:
-        if next(self.calls) < 100:  # more than the probe takes (at most ~70 here)
-            time.sleep(0.001)
-        else:
-            for _ in range(3):
-                holds_gil(x)
-        return x
-
-
-def test_threads_measured_slower_than_inline_are_placed_again() -> None:
-    fn = ReleasesThenHolds()
-    loader = al.Loader.from_source(list(range(200))).map(fn, name="m").options(block_size=100)
-    with loader:
-        assert list(loader) == list(range(200))
-        first = _stage(loader.stats(), "m")
-        assert first["executor"] == "thread", first["placement"]
-        assert first["placement"]["replaced"] == "thread", first["placement"]
-        assert list(loader) == list(range(200))  # the next epoch runs where it was placed again
-        assert _stage(loader.stats(), "m")["executor"] in ("inline", "process")

@@ -24,33 +24,23 @@ import psutil
 # Re-exported: placement moved next to the executors.
 from aioloader._run.placement import (
     INLINE_BELOW_S,
+    PROBE_S,
     THREAD_ABOVE_S,
-    TRIAL_ABOVE_S,
     Limiter,
     PlacementProbe,
     gil_blocked_fraction,
-    lets_go_of_gil,
     place,
-    process_speedup,
-    processes_pay,
-    thread_trial,
-    transfer_cost,
 )
 
 __all__ = [
     "INLINE_BELOW_S",
+    "PROBE_S",
     "THREAD_ABOVE_S",
-    "TRIAL_ABOVE_S",
     "Limiter",
     "PlacementProbe",
     "Tuner",
     "gil_blocked_fraction",
-    "lets_go_of_gil",
     "place",
-    "process_speedup",
-    "processes_pay",
-    "thread_trial",
-    "transfer_cost",
 ]
 
 GAIN = 0.03  # a step must raise samples/s by more than this fraction to be kept

@@ -14,7 +14,9 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import functools
+import math
 import numbers
+import sys
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -40,15 +42,7 @@ from aioloader._run.executors import (
     one_intra_op_thread,
 )
 from aioloader._run.failures import FailurePolicy
-from aioloader._run.placement import (
-    FORK_START_S,
-    SPAWN_START_S,
-    Limiter,
-    PlacementProbe,
-    place,
-    process_speedup,
-    processes_pay,
-)
+from aioloader._run.placement import PROBE_S, THREAD_ABOVE_S, Limiter, PlacementProbe
 from aioloader._run.read_fusion import read_then_apply
 from aioloader._run.stages.base import BuildContext, Stage, StageSpec
 from aioloader._run.stall import StallWatch
@@ -62,7 +56,6 @@ from aioloader._spec import (
     check_positive_int,
     fn_name,
     is_async_callable,
-    is_picklable,
 )
 from aioloader.errors import StageStalledError, StageTimeoutError
 from aioloader.monitor.stats import ErrorLog, StageStats
@@ -73,11 +66,8 @@ _MAX_CHUNK = 1024
 _MAX_COALESCE_DEPTH = 64  # blocks a coalescing stage may ask its input channel to hold
 _AUTO_THREAD_ABOVE_S = 200e-6  # per item: slower than this blocks the loop, so use threads
 _BACKOFF_S = 0.05
-_MAX_PROBE_BLOCKS = 64  # blocks the placement probe may join for one measurement
-_MAX_PROBE_S = 0.5  # placing a stage stops measuring after this long (a loaded machine)
-_MIN_CHECKED_VALUES = 16  # values run where auto placed a stage before its rate can move it
-_EPOCHS_AHEAD = 2  # epochs whose saving pays a process pool's start-up
-_REPLACE_BELOW = 1.1  # threads' measured rate over inline's under which they are left
+_PROBE_SWITCHES = 5  # a GIL reading needs this many switch intervals of work (see autotune)
+_MAX_PROBE_BLOCKS = 64  # blocks a second placement probe may gather
 
 
 class _InlineExecutor:
@@ -116,9 +106,6 @@ class MapStage(Stage):
         is one of its resources, so it outlives the run)."""
         self.spec = spec
         self._runtime = runtime
-        self._expected_items = expected_items
-        self._values_in = 0  # values given to the executor (a fused stage's are batches)
-        self._placed_mark: tuple[float, int] | None = None  # (busy_s, values) when auto placed it
         self._epoch = epoch
         self._seed = seed
         self._rank = rank
@@ -220,16 +207,13 @@ class MapStage(Stage):
             async for block in self.input:
                 await self._forward(await self._process(block))
         else:
-            if self._placed_mark is None:  # placed in an earlier epoch: checked on this one
-                self._placed_mark = (self.stats.busy_s, self._values_in)
             await self._run_concurrent()
-            self.check_placement()
         self.output.close()
 
     async def _probe_inline(self) -> bool:
-        """executor="auto" for a sync function: measure it on the first blocks and choose
-        inline, thread or process (:class:`~aioloader._run.placement.PlacementProbe`, fed
-        block by block until it has decided; a block function keeps the inline-cost rule)."""
+        """executor="auto" for a sync function: measure it on the first block and choose
+        inline, thread or process (:class:`~aioloader._run.placement.PlacementProbe`; a
+        block function keeps the inline-cost rule)."""
         try:
             block = await self.input.get()
         except EndOfChannel:
@@ -238,97 +222,58 @@ class MapStage(Stage):
         if not self.spec.per_block:
             probe = self._placement_probe()
             self._executor = probe
-        started = perf_counter()
-        while True:
-            await self._forward(await self._process(block))
-            if probe is None or probe.decided or perf_counter() - started > _MAX_PROBE_S:
-                break
-            gathered = await self._gather(probe.wanted)
-            if gathered is None:
-                break
-            block = gathered
+        await self._forward(await self._process(block))
+        if probe is not None and probe.blocked is None and probe.cost_s > THREAD_ABOVE_S:
+            # costly, but the block was too short for a GIL reading (a fused stage's one batch)
+            probe = await self._probe_more(probe)
         if probe is not None:
-            kind = probe.finish()
+            kind = probe.decision
             self.stats.placement = {**probe.describe(), "epoch": self._epoch}
         else:
             per_item = self._cost_per_item or 0.0
             kind = "thread" if per_item > _AUTO_THREAD_ABOVE_S else "inline"
         self._decisions.decide(self.spec.name, kind, self.stats.placement)
         self._executor = self._make_executor(kind)
-        self._placed_mark = (self.stats.busy_s, self._values_in)
         self.stats.workers = self._executor.workers
         self.stats.executor = kind
         return True
 
-    async def _gather(self, wanted: int) -> Block | None:
-        """The next block for the probe, joined with the next ones until it holds ``wanted``
-        values (a fused stage's block is one batch: too few for a thread trial alone), at most
-        :data:`_MAX_PROBE_BLOCKS` blocks; None at the end of the input."""
-        blocks: list[Block] = []
-        values = 0
-        while len(blocks) < _MAX_PROBE_BLOCKS and (not blocks or values < wanted):
+    def _placement_probe(self) -> PlacementProbe:
+        probe = PlacementProbe(self._work, can_process=self._runtime is not None, reads=self.spec.reads)
+        self._probes.append(probe)
+        return probe
+
+    async def _probe_more(self, first: PlacementProbe) -> PlacementProbe:
+        """The first block was too little work to tell whether the function holds the GIL (a
+        fused stage's block is one batch): probe again on enough of the next blocks.
+
+        The next block alone first: the first may have paid a warm-up (torch's first ops on a
+        fresh loop thread cost several times their later price), and a function that is cheap
+        once warm must not make the probe pull tens of blocks past the channels' bounds."""
+        try:
+            block = await self.input.get()
+        except EndOfChannel:
+            return first
+        again = self._placement_probe()
+        self._executor = again
+        await self._forward(await self._process(block))
+        if again.cost_s <= THREAD_ABOVE_S:  # cheap once warm: placed by cost, nothing more to pull
+            return again
+        first = again
+        enough = PROBE_S + _PROBE_SWITCHES * sys.getswitchinterval()
+        wanted = min(_MAX_PROBE_BLOCKS, max(2, math.ceil(enough / max(first.cost_s, 1e-9)) + 1))
+        blocks = []
+        for _ in range(wanted):
             try:
                 blocks.append(await self.input.get())
             except EndOfChannel:
                 break
-            values += len(blocks[-1])
-        return _join(blocks) if blocks else None
-
-    def _placement_probe(self) -> PlacementProbe:
-        probe = PlacementProbe(
-            self._work, can_process=self._runtime is not None, reads=self.spec.reads, pays=self._processes_pay
-        )
-        self._probes.append(probe)
+        if not blocks:
+            return first
+        probe = self._placement_probe()
+        self._executor = probe
+        await self._forward(await self._process(_join(blocks)))
         return probe
-
-    def _processes_pay(self, cost_s: float, transfer_s: float) -> bool:
-        """Whether a process pool pays at ``cost_s`` and ``transfer_s`` (pickling) per value:
-        its expected speedup, and what it saves on :data:`_EPOCHS_AHEAD` epochs' inline work
-        against starting the pool (nothing once it runs): the decision stays for the next
-        epochs, so the start-up is paid once, and a loader runs several."""
-        from aioloader.workers._spawn import fork_allowed
-        from aioloader.workers.executor import default_workers
-
-        resources = getattr(self._runtime, "resources", {})
-        if f"process-pool:{self.spec.name}" in resources:
-            start_s = 0.0
-        else:
-            start_s = FORK_START_S if fork_allowed() else SPAWN_START_S
-        speedup = process_speedup(cost_s, transfer_s, self.spec.concurrency or default_workers())
-        if self._expected_items is None:
-            return processes_pay(None, start_s, speedup)
-        per_value = self.stats.items_in / max(self._values_in, 1)  # a fused stage's values are batches
-        values = self._expected_items / max(per_value, 1e-9)
-        return processes_pay(_EPOCHS_AHEAD * values * cost_s, start_s, speedup)
-
-    def check_placement(self) -> None:
-        """After a run of a stage that executor="auto" put on threads: if the rate measured
-        there (workers x values x the inline cost / busy seconds, each thread's busy time its
-        own) is below :data:`_REPLACE_BELOW` x inline's, the threads took turns on the GIL after
-        all: place the stage again for the next epochs as a function that holds it (processes
-        when they pay, else inline). The bar is below what two threads of a function that lets
-        go of the GIL run at, so a decision does not flip on noise. Processes are not
-        re-placed on their workers' rates: those fall with a busy machine, not with the GIL.
-        The output is the same wherever a stage runs."""
-        if self.spec.executor != "auto" or self._executor.kind != "thread" or self._placed_mark is None:
-            return
-        if self.spec.reads is not None:  # its threads are for reading, not for the GIL
-            return
-        placement = dict(self._decisions.placement(self.spec.name) or {})
-        busy = self.stats.busy_s - self._placed_mark[0]
-        values = self._values_in - self._placed_mark[1]
-        cost = placement.get("cost_us", 0.0) * 1e-6
-        if values < _MIN_CHECKED_VALUES or busy <= 0 or cost <= 0:
-            return
-        measured = self._executor.workers * values * cost / busy
-        if measured >= _REPLACE_BELOW:
-            return
-        transfer = placement.get("transfer_us")
-        pays = transfer is not None and self._processes_pay(cost, transfer * 1e-6)
-        again = place(cost, True, is_picklable(self._work), self._runtime is not None, pays=pays)
-        placement.update(decision=again, replaced="thread", threads_measured=round(measured, 2))
-        self._decisions.decide(self.spec.name, again, placement)
-        self.stats.placement = placement
 
     # -- concurrency="auto" (driven by aioloader.monitor.autotune.Tuner) -------------------
     def enable_tuning(self, max_workers: int) -> None:
@@ -505,7 +450,6 @@ class MapStage(Stage):
         """Run one chunk through the executor and the failure policy."""
         self.stats.items_in += self._samples(chunk)
         values = self._inputs(chunk)
-        self._values_in += len(values)
         CHUNK_KEYS.set(chunk.keys)  # this chunk's task only: each _process is a task of its own
         work = self._work
         if self._executor.kind in ("inline", "auto"):  # on the loop (threads: the executor's watch)
