@@ -82,6 +82,7 @@ def write(folder: Path, samples: Iterable[dict[str, Any]], shard_bytes: int) -> 
     paths of their files, relative to ``folder``."""
     done = folder / ".complete"
     if not done.exists():
+        folder.mkdir(parents=True, exist_ok=True)  # neither anchor installed: an empty folder
         payloads = [_payload(s) for s in samples]
         fields = {k: "bytes" for k in payloads[0] if k != "cls"}
         if streaming is not None:
