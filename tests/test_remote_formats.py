@@ -169,3 +169,6 @@ def test_parquet_indexed_names_a_missing_column_or_file_at_build(parquet_server)
         al.sources.ParquetShards(srv.url("p0.parquet"), columns=["nope"], indexed=True, retry=RETRY)
     with pytest.raises(al.DataNotFoundError, match=r"gone\.parquet"):
         al.sources.ParquetShards(srv.url("gone.parquet"), indexed=True, retry=RETRY)
+    srv.objects["bad.parquet"] = b"PAR1 not really a parquet file PAR1"
+    with pytest.raises(DataCorruptionError, match=r"bad\.parquet: not a readable Parquet file"):
+        al.sources.ParquetShards(srv.url("bad.parquet"), indexed=True, retry=RETRY)

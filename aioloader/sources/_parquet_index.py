@@ -34,7 +34,7 @@ def run_blocking(coro_fn: Any) -> Any:
 
 async def read_footers(dataset: Any) -> tuple[list[int], list[list[int]]]:
     """Sizes and row counts per row group of every file of ``dataset``, read concurrently."""
-    from aioloader.sources.parquet_shards import _open, _RangedFile
+    from aioloader.sources.parquet_shards import _open_checked, _RangedFile
 
     store = dataset._store()
     loop = asyncio.get_running_loop()
@@ -45,13 +45,7 @@ async def read_footers(dataset: Any) -> tuple[list[int], list[list[int]]]:
             size = await store.size(url)
             file = _RangedFile(store, url, size, loop)
             try:
-                parquet = await asyncio.to_thread(_open, file)
-            except (OSError, ValueError) as exc:  # pyarrow.ArrowInvalid is a ValueError
-                if isinstance(exc, (ConnectionError, TimeoutError)) or exc.__cause__ is not None:
-                    raise
-                raise DataCorruptionError(
-                    f"{url}: not a readable Parquet file: {exc}", key=(url, None)
-                ) from None
+                parquet = await _open_checked(file, url)
             finally:
                 file.abort()
             dataset.check_columns(url, parquet.schema_arrow.names)

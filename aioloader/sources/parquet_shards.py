@@ -87,6 +87,17 @@ def _open(file: _RangedFile, metadata: Any = None) -> Any:
     return pq.ParquetFile(file, metadata=metadata, pre_buffer=True)
 
 
+async def _open_checked(file: _RangedFile, url: str) -> Any:
+    """:func:`_open` in a thread; a file pyarrow cannot read is a ``DataCorruptionError`` naming
+    ``url`` (a connection's failure, or an error with a cause, passes as it is)."""
+    try:
+        return await asyncio.to_thread(_open, file)
+    except (OSError, ValueError) as exc:  # pyarrow.ArrowInvalid is a ValueError
+        if isinstance(exc, (ConnectionError, TimeoutError)) or exc.__cause__ is not None:
+            raise
+        raise DataCorruptionError(f"{url}: not a readable Parquet file: {exc}", key=(url, None)) from None
+
+
 def _rows(parquet: Any, group: int, columns: list[str] | None) -> list[dict[str, Any]]:
     return parquet.read_row_group(group, columns=columns).to_pylist()
 
@@ -141,12 +152,7 @@ class ParquetShards(RemoteShards):
         loop = asyncio.get_running_loop()
         size = await store.size(url)
         file = _RangedFile(store, url, size, loop)
-        try:
-            parquet = await asyncio.to_thread(_open, file)
-        except (OSError, ValueError) as exc:  # pyarrow.ArrowInvalid is a ValueError
-            if isinstance(exc, (ConnectionError, TimeoutError)) or exc.__cause__ is not None:
-                raise
-            raise DataCorruptionError(f"{url}: not a readable Parquet file: {exc}", key=(url, None)) from None
+        parquet = await _open_checked(file, url)
         self.check_columns(url, parquet.schema_arrow.names)
         groups = parquet.num_row_groups
         ahead: asyncio.Task[list[dict[str, Any]]] | None = None
