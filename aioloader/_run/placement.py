@@ -3,19 +3,18 @@ in-flight limit of ``concurrency="auto"`` (:class:`Limiter`, driven by
 :class:`aioloader.monitor.autotune.Tuner`).
 
 **Placement.** :class:`PlacementProbe` stands in for the executor on a stage's first block. It
-times the first item inline. A function cheaper than :data:`INLINE_BELOW_S` per item stays inline
-(a hand-off to a pool costs more than the work). Otherwise it runs the next ~:data:`PROBE_S` of
-items in a thread while the loop thread spins, and measures how long the spinning thread was
-*blocked* (neither on a core nor waiting for one, from ``/proc/thread-self/schedstat``) per
-second of CPU the worker thread used: a function that holds the GIL blocks the spinner for as
-long as it runs, one that releases it (Pillow decode, numpy, hashing, I/O) not at all. Scheduler
-waits are not blocking, so a busy machine does not fool it (blocked share of wall time on 2 busy
-cores: pure-Python loop 0.08-0.49, diluted when the worker waits for a core, hence per worker CPU
-second; sha256, sleep, numpy matmul and JPEG decode -0.04-0.05). Off Linux it falls back to the
-spinner's loss of speed.
-GIL-releasing -> threads; GIL-holding -> processes when the work pickles (else threads when an
-item blocks the loop longer than :data:`THREAD_ABOVE_S`, inline otherwise). The rest of the block
-runs in a thread; every result is kept, nothing runs twice.
+times the first items inline. A function cheaper than :data:`INLINE_BELOW_S` per item stays inline
+(a hand-off to a pool costs more than the work). Otherwise it reads whether the function holds
+the GIL from runs in one thread and in two (:func:`aioloader._run.thread_trial.thread_trial`:
+whole runs of at least 25 ms, medians of three, on the block's inputs; results dropped, RNGs
+restored). One that releases it -> threads; one that holds it -> processes when the work pickles and they pay for their start
+(:func:`place`), else threads when an item blocks the loop longer than :data:`THREAD_ABOVE_S`,
+inline otherwise. The block's own items run once each, the rest of it in a thread; every result
+is kept. The decision is made once per stage and kept for later epochs
+(:class:`~aioloader._run.decisions.Decisions`).
+
+:func:`gil_blocked_fraction` (a spinning thread's blocked time) is the earlier GIL reading, kept
+as a diagnostic: it misread a 1 ms sleeper and sha256 on a quiet 2-core machine.
 """
 
 from __future__ import annotations
@@ -31,12 +30,15 @@ from concurrent.futures import Future
 from time import perf_counter
 from typing import Any
 
+from aioloader._run.thread_trial import THREADS_PAY_ABOVE, own_clock, thread_trial
 from aioloader._spec import is_picklable
 
 __all__ = [
+    "BATCH_INLINE_BELOW_S",
     "INLINE_BELOW_S",
     "PROBE_S",
     "THREAD_ABOVE_S",
+    "THREADS_PAY_ABOVE",
     "Limiter",
     "PlacementProbe",
     "gil_blocked_fraction",
@@ -47,7 +49,13 @@ INLINE_BELOW_S = (
     10e-6  # per item: cheaper than a pool hand-off (text tokenising, ~15 us, gains from processes)
 )
 THREAD_ABOVE_S = 200e-6  # per item: slower than this blocks the loop too long; leave it
+# per batch of a fused stage: cheaper than the parent's hand-off of a task to a pool and back
+BATCH_INLINE_BELOW_S = 100e-6
 PROBE_S = 0.06  # how long the GIL probe runs the function in a thread, in all
+# seconds a pool of worker processes takes before its first result: forked (the modules are
+# already imported) or spawned (a fresh interpreter imports torch)
+FORK_START_S = 0.05
+SPAWN_START_S = 3.0
 _PROBES = 3  # the GIL probe is split in this many readings
 HOLDS_GIL_ABOVE = 0.25  # spinner blocked per worker CPU second that means the GIL is held
 _LONG_BLOCK = 0.2  # of the switch interval: the spinner's mean block when the worker holds the GIL
@@ -191,9 +199,20 @@ def gil_blocked_fraction(
 
 
 def place(
-    cost_s: float, holds_gil: bool | None, picklable: bool, can_process: bool, reads_keys: bool = False
+    cost_s: float,
+    holds_gil: bool | None,
+    picklable: bool,
+    can_process: bool,
+    reads_keys: bool = False,
+    *,
+    work_s: float | None = None,
 ) -> str:
     """The executor for a function costing ``cost_s`` per item: "inline", "thread" or "process".
+
+    ``holds_gil``: from the thread trial (None: not measured, placed by cost only). A function
+    that holds the GIL goes to processes when they pay: ``work_s`` (the stage's inline seconds
+    in an epoch, None when unknown) saved by running on the cores in parallel must exceed the
+    pool's start (:func:`process_start_s`).
 
     ``reads_keys``: the stage's tasks carry keys and its workers read their own items
     (:mod:`aioloader._run.read_fusion`; ``cost_s`` is then ``fn``'s alone). Such a stage never
@@ -201,18 +220,28 @@ def place(
     per item but the result's mapping, while threads share this process's GIL with the loop and
     each other, so a costly function goes to processes even when it releases the GIL (JPEG
     decode + resize on 2 cores: processes at 0.92-1.00 of the no-loader ceiling, threads 0.87)."""
-    processes = picklable and can_process and (os.cpu_count() or 1) > 1
+    cores = os.cpu_count() or 1
+    processes = picklable and can_process and cores > 1
     if reads_keys:
         return "process" if processes and cost_s > THREAD_ABOVE_S else "thread"
     if cost_s < INLINE_BELOW_S:
         return "inline"
-    if holds_gil is None:  # not measured (too little work in the first block): by cost only
+    if holds_gil is None:  # not measured: by cost only
         return "thread" if cost_s > THREAD_ABOVE_S else "inline"
     if not holds_gil:
         return "thread"
-    if processes:
+    if processes and (work_s is None or work_s * (1 - 1 / min(2, cores)) > process_start_s()):
         return "process"
-    return "thread" if cost_s > THREAD_ABOVE_S else "inline"
+    # An unpicklable holder slower than THREAD_ABOVE_S per item still goes to a thread: inline,
+    # it would stop the loop (and every other stage) for that long at each item.
+    return "thread" if not processes and cost_s > THREAD_ABOVE_S else "inline"
+
+
+def process_start_s() -> float:
+    """Seconds a pool of worker processes takes to start here: forked or spawned."""
+    from aioloader.workers._spawn import fork_allowed  # here: placement is imported early
+
+    return FORK_START_S if fork_allowed() else SPAWN_START_S
 
 
 def _merge(parts: list[ChunkResult]) -> ChunkResult:
@@ -248,24 +277,41 @@ class PlacementProbe:
     kind = "auto"
     workers = 1
 
-    def __init__(self, work: Any, *, can_process: bool, reads: Any = None) -> None:
+    def __init__(
+        self,
+        work: Any,
+        *,
+        can_process: bool,
+        reads: Any = None,
+        items: int | None = None,
+        batches: bool = False,
+    ) -> None:
         """``reads``: the stage's :class:`~aioloader._run.read_fusion.NamedRead` when its work
-        reads its own items; the reads' time is taken out of the cost."""
+        reads its own items; the reads' time is taken out of the cost. ``items``: how many
+        items the stage runs in an epoch, when known (processes must pay for their start).
+        ``batches``: its items are whole batches (a fused stage), each a hand-off of its own,
+        so one stays inline below :data:`BATCH_INLINE_BELOW_S` rather than per-sample costs."""
+        self._items = items
+        self._inline_below = BATCH_INLINE_BELOW_S if batches else INLINE_BELOW_S
         self._work = work
         self._can_process = can_process
         self._reads = reads
         self.decision = "inline"
         self.cost_s = 0.0
-        self.blocked: float | None = None
+        self.speedup: float | None = None  # two threads' speed over one's (thread_trial)
+        self.waits: float | None = None  # two threads' extra time asleep per CPU second (the GIL)
+        self.parallel: float | None = None  # cores two threads used at once
+        self.served: float | None = None  # share of a core one thread had
         self.calls: list[Future[ChunkResult]] = []  # work still in a probe thread (see MapStage.drain)
 
     def _place(self, holds_gil: bool | None) -> str:
         # Pickling is checked only when processes would be chosen: the work may hold the whole
         # dataset (a read stage over a torch Dataset of 1M strings spent 0.28 s pickling it).
         reads_keys = self._reads is not None
-        decision = place(self.cost_s, holds_gil, True, self._can_process, reads_keys)
+        work_s = None if self._items is None else self.cost_s * self._items
+        decision = place(self.cost_s, holds_gil, True, self._can_process, reads_keys, work_s=work_s)
         if decision == "process" and not is_picklable(self._work):
-            decision = place(self.cost_s, holds_gil, False, self._can_process, reads_keys)
+            decision = place(self.cost_s, holds_gil, False, self._can_process, reads_keys, work_s=work_s)
         return decision
 
     async def run(
@@ -280,8 +326,9 @@ class PlacementProbe:
         ends = perf_counter() + _COST_BUDGET_S
         for index in range(min(len(values), _COST_ITEMS)):
             read_before = self._read_seconds()
+            began = own_clock()  # a busy machine's waits for a core are not the function's cost
             parts.append(work(values[index : index + 1]))
-            times.append(max(0.0, parts[-1][2] - (self._read_seconds() - read_before)))
+            times.append(max(0.0, own_clock() - began - (self._read_seconds() - read_before)))
             if index >= 1 and perf_counter() > ends:
                 break
         head = len(parts)
@@ -289,28 +336,23 @@ class PlacementProbe:
         self.cost_s = times[(len(times) - 1) // 2]  # the lower median: two calls give the smaller
         first = _merge(parts)
         rest = values[head:]
-        shortest = _MIN_PROBE_SWITCHES * sys.getswitchinterval()
-        if self.cost_s < INLINE_BELOW_S or self.cost_s * len(rest) < shortest:
-            # Too cheap to move, or too little work in the block for a GIL reading that means
-            # anything: placed by cost alone (a cheap function stays inline).
-            self.decision = self._place(None)
+        if self.cost_s < self._inline_below:  # too cheap to move: nothing more to measure
+            self.decision = "inline"
             return _merge([first, work(rest)]) if len(rest) else first  # rest may be an array
-        count = max(1, min(len(rest), int(PROBE_S / max(self.cost_s, 1e-9))))
-        parts = [first]
-        readings = []
-        step = max(1, -(-count // _PROBES), int(shortest / max(self.cost_s, 1e-9)))
-        for start in range(0, count, step):  # a few short probes: the median resists a hiccup
-            probed, blocked = gil_blocked_fraction(work, rest[start : min(count, start + step)])
-            parts.append(probed)
-            readings.append(blocked)
-        self.blocked = sorted(readings)[len(readings) // 2]
-        holds_gil = self.blocked > HOLDS_GIL_ABOVE
-        self.decision = self._place(holds_gil)
-        if len(rest) > count:
-            call = _in_thread(work, rest[count:])
-            self.calls.append(call)
-            parts.append(await asyncio.wrap_future(call))
-        return _merge(parts)
+        # Two threads against one on this block's inputs (measurement runs; results dropped).
+        trial = thread_trial(work, list(values), self.cost_s)
+        self.speedup, self.waits = trial.speedup, trial.waits
+        self.parallel, self.served = trial.parallel, trial.served
+        if self._reads is None:  # (a stage that reads: the trial's cost includes the reads)
+            self.cost_s = trial.cost_s  # measured warm, over a whole trial
+        # (the first calls' cost may have been a warm-up's, which the trial's runs are not)
+        self.decision = "inline" if self.cost_s < self._inline_below else self._place(trial.holds_gil)
+        if not len(rest):
+            return first
+        # the rest of the block in a thread: a costly function must not hold up the loop
+        call = _in_thread(work, rest)
+        self.calls.append(call)
+        return _merge([first, await asyncio.wrap_future(call)])
 
     def _read_seconds(self) -> float:
         return 0.0 if self._reads is None else self._reads.seconds_here()
@@ -319,7 +361,10 @@ class PlacementProbe:
         return {
             "decision": self.decision,
             "cost_us": round(self.cost_s * 1e6, 1),
-            "gil_blocked": None if self.blocked is None else round(self.blocked, 2),
+            "thread_speedup": None if self.speedup is None else round(self.speedup, 2),
+            "gil_waits": None if self.waits is None else round(self.waits, 2),
+            "parallel": None if self.parallel is None else round(self.parallel, 2),
+            "core_share": None if self.served is None else round(self.served, 2),
         }
 
     def close(self) -> None:

@@ -14,9 +14,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import functools
-import math
 import numbers
-import sys
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -42,7 +40,7 @@ from aioloader._run.executors import (
     one_intra_op_thread,
 )
 from aioloader._run.failures import FailurePolicy
-from aioloader._run.placement import PROBE_S, THREAD_ABOVE_S, Limiter, PlacementProbe
+from aioloader._run.placement import Limiter, PlacementProbe
 from aioloader._run.read_fusion import read_then_apply
 from aioloader._run.stages.base import BuildContext, Stage, StageSpec
 from aioloader._run.stall import StallWatch
@@ -66,8 +64,6 @@ _MAX_CHUNK = 1024
 _MAX_COALESCE_DEPTH = 64  # blocks a coalescing stage may ask its input channel to hold
 _AUTO_THREAD_ABOVE_S = 200e-6  # per item: slower than this blocks the loop, so use threads
 _BACKOFF_S = 0.05
-_PROBE_SWITCHES = 5  # a GIL reading needs this many switch intervals of work (see autotune)
-_MAX_PROBE_BLOCKS = 64  # blocks a second placement probe may gather
 
 
 class _InlineExecutor:
@@ -117,6 +113,7 @@ class MapStage(Stage):
             spec.name, spec.on_error, spec.max_failures, errors, expected_items
         )
         self._cost_per_item: float | None = None
+        self._expected_items = expected_items
         self._owned: list[Executor] = []
         self._probes: list[PlacementProbe] = []
         self._leftover: list[Any] = []  # calls running in threads when the stage closed
@@ -223,9 +220,6 @@ class MapStage(Stage):
             probe = self._placement_probe()
             self._executor = probe
         await self._forward(await self._process(block))
-        if probe is not None and probe.blocked is None and probe.cost_s > THREAD_ABOVE_S:
-            # costly, but the block was too short for a GIL reading (a fused stage's one batch)
-            probe = await self._probe_more(probe)
         if probe is not None:
             kind = probe.decision
             self.stats.placement = {**probe.describe(), "epoch": self._epoch}
@@ -239,40 +233,14 @@ class MapStage(Stage):
         return True
 
     def _placement_probe(self) -> PlacementProbe:
-        probe = PlacementProbe(self._work, can_process=self._runtime is not None, reads=self.spec.reads)
+        probe = PlacementProbe(
+            self._work,
+            can_process=self._runtime is not None,
+            reads=self.spec.reads,
+            items=self._expected_items,
+            batches=self.spec.fused_batch is not None,
+        )
         self._probes.append(probe)
-        return probe
-
-    async def _probe_more(self, first: PlacementProbe) -> PlacementProbe:
-        """The first block was too little work to tell whether the function holds the GIL (a
-        fused stage's block is one batch): probe again on enough of the next blocks.
-
-        The next block alone first: the first may have paid a warm-up (torch's first ops on a
-        fresh loop thread cost several times their later price), and a function that is cheap
-        once warm must not make the probe pull tens of blocks past the channels' bounds."""
-        try:
-            block = await self.input.get()
-        except EndOfChannel:
-            return first
-        again = self._placement_probe()
-        self._executor = again
-        await self._forward(await self._process(block))
-        if again.cost_s <= THREAD_ABOVE_S:  # cheap once warm: placed by cost, nothing more to pull
-            return again
-        first = again
-        enough = PROBE_S + _PROBE_SWITCHES * sys.getswitchinterval()
-        wanted = min(_MAX_PROBE_BLOCKS, max(2, math.ceil(enough / max(first.cost_s, 1e-9)) + 1))
-        blocks = []
-        for _ in range(wanted):
-            try:
-                blocks.append(await self.input.get())
-            except EndOfChannel:
-                break
-        if not blocks:
-            return first
-        probe = self._placement_probe()
-        self._executor = probe
-        await self._forward(await self._process(_join(blocks)))
         return probe
 
     # -- concurrency="auto" (driven by aioloader.monitor.autotune.Tuner) -------------------

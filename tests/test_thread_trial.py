@@ -1,0 +1,73 @@
+"""The GIL reading of executor="auto" (aioloader._run.thread_trial) and the placement it feeds:
+a function that holds the GIL is never put on threads, whatever the machine's load."""
+
+from __future__ import annotations
+
+import functools
+import random
+import time
+
+import numpy as np
+import torch
+
+import aioloader as al
+from aioloader._run.executors import apply_items
+from aioloader._run.placement import FORK_START_S, place
+from aioloader._run.thread_trial import thread_trial
+
+
+def spin(x: int) -> int:
+    """~40 us of pure Python: holds the GIL throughout."""
+    acc = x
+    for i in range(1500):
+        acc = (acc * 31 + i) & 0xFFFF
+    return acc
+
+
+def sleeper(x: int) -> int:
+    time.sleep(0.001)
+    return x
+
+
+def draws(x: float) -> float:
+    return x + random.random() + float(np.random.random()) + float(torch.rand(1))
+
+
+def test_a_gil_holder_reads_as_holding() -> None:
+    trial = thread_trial(functools.partial(apply_items, spin), list(range(16)), 40e-6)
+    assert trial.holds_gil, (trial.speedup, trial.waits, trial.parallel, trial.served)
+    assert trial.items >= 2 and trial.cost_s > 0
+
+
+def test_a_sleeper_reads_as_releasing() -> None:
+    trial = thread_trial(functools.partial(apply_items, sleeper), list(range(8)), 1e-3)
+    assert not trial.holds_gil, (trial.speedup, trial.waits, trial.parallel, trial.served)
+
+
+def test_the_trial_leaves_the_global_rngs_as_they_were() -> None:
+    random.seed(1)
+    np.random.seed(1)
+    torch.manual_seed(1)
+    expected = [draws(0.0) for _ in range(3)]
+    random.seed(1)
+    np.random.seed(1)
+    torch.manual_seed(1)
+    thread_trial(functools.partial(apply_items, draws), [0.0, 1.0], 1e-3)
+    assert [draws(0.0) for _ in range(3)] == expected
+
+
+def test_processes_must_pay_for_their_start() -> None:
+    assert place(1e-3, True, True, True, work_s=FORK_START_S) == "inline"
+    assert place(1e-3, True, True, True, work_s=100 * FORK_START_S) == "process"
+    assert place(1e-3, True, True, True) == "process"  # an epoch of unknown length
+    assert place(1e-3, True, False, True, work_s=FORK_START_S) == "thread"  # unpicklable, costly
+
+
+def test_a_fused_gil_holder_is_never_put_on_threads() -> None:
+    """.map(fn).batch(64) probes whole batches: a GIL holder's batch went to threads (2-3x
+    slower than inline) when a batch was too little work for the earlier reading."""
+    with al.Loader.from_source(list(range(512))).map(spin, name="spin").batch(64) as loader:
+        assert [int(x) for b in loader for x in b] == [spin(i) for i in range(512)]
+        stage = next(s for s in loader.stats()["stages"] if s["name"] == "spin")
+    assert stage["fused"] == "batch"
+    assert stage["executor"] in ("inline", "process"), stage["placement"]
