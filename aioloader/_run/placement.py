@@ -3,18 +3,22 @@ in-flight limit of ``concurrency="auto"`` (:class:`Limiter`, driven by
 :class:`aioloader.monitor.autotune.Tuner`).
 
 **Placement.** :class:`PlacementProbe` stands in for the executor on a stage's first block. It
-times the first items inline. A function cheaper than :data:`INLINE_BELOW_S` per item stays inline
-(a hand-off to a pool costs more than the work). Otherwise it reads whether the function holds
-the GIL from runs in one thread and in two (:func:`aioloader._run.thread_trial.thread_trial`:
-whole runs of at least 25 ms, medians of three, on the block's inputs; results dropped, RNGs
-restored). One that releases it -> threads; one that holds it -> processes when the work pickles and they pay for their start
-(:func:`place`), else threads when an item blocks the loop longer than :data:`THREAD_ABOVE_S`,
-inline otherwise. The block's own items run once each, the rest of it in a thread; every result
-is kept. The decision is made once per stage and kept for later epochs
+times the first items inline, on the thread's own clock (a busy machine's waits for a core are
+not the function's cost). A function cheaper than :data:`INLINE_BELOW_S` per item (a fused
+stage: :data:`BATCH_INLINE_BELOW_S` per batch) stays inline: a hand-off to a pool costs more
+than the work. Otherwise it reads whether the function holds the GIL from runs in one thread and
+in two (:func:`aioloader._run.thread_trial.thread_trial`: at least 25 ms of CPU each, medians of
+three, on the block's inputs; results dropped, RNGs restored). One seen to release it -> threads;
+any other -> processes when the work pickles and they pay for their start (:func:`place`), else
+inline (an unpicklable function slower than :data:`THREAD_ABOVE_S` an item: a thread, which
+keeps the loop free). The block's own items run once each, the rest of it in a thread; every
+result is kept. The decision is made once per stage and kept for later epochs
 (:class:`~aioloader._run.decisions.Decisions`).
 
-:func:`gil_blocked_fraction` (a spinning thread's blocked time) is the earlier GIL reading, kept
-as a diagnostic: it misread a 1 ms sleeper and sha256 on a quiet 2-core machine.
+:func:`gil_blocked_fraction` (a spinning thread's blocked time) is the previous GIL reading, kept
+as a diagnostic. The probe no longer uses it: a fused ``.map(fn).batch(n)``'s first block is one
+batch, too little work for it, and such a stage was placed by cost alone: GIL holders (gil 5 us,
+the issue 23 tokenizer) went to threads.
 """
 
 from __future__ import annotations
@@ -299,7 +303,6 @@ class PlacementProbe:
         self.decision = "inline"
         self.cost_s = 0.0
         self.speedup: float | None = None  # two threads' speed over one's (thread_trial)
-        self.waits: float | None = None  # two threads' extra time asleep per CPU second (the GIL)
         self.parallel: float | None = None  # cores two threads used at once
         self.served: float | None = None  # share of a core one thread had
         self.calls: list[Future[ChunkResult]] = []  # work still in a probe thread (see MapStage.drain)
@@ -337,16 +340,17 @@ class PlacementProbe:
         first = _merge(parts)
         rest = values[head:]
         if self.cost_s < self._inline_below:  # too cheap to move: nothing more to measure
-            self.decision = "inline"
+            self.decision = self._place(None)  # inline (a stage that reads: threads)
             return _merge([first, work(rest)]) if len(rest) else first  # rest may be an array
         # Two threads against one on this block's inputs (measurement runs; results dropped).
         trial = thread_trial(work, list(values), self.cost_s)
-        self.speedup, self.waits = trial.speedup, trial.waits
+        self.speedup = trial.speedup
         self.parallel, self.served = trial.parallel, trial.served
         if self._reads is None:  # (a stage that reads: the trial's cost includes the reads)
             self.cost_s = trial.cost_s  # measured warm, over a whole trial
         # (the first calls' cost may have been a warm-up's, which the trial's runs are not)
-        self.decision = "inline" if self.cost_s < self._inline_below else self._place(trial.holds_gil)
+        cheap = self.cost_s < self._inline_below
+        self.decision = self._place(None if cheap else trial.holds_gil)
         if not len(rest):
             return first
         # the rest of the block in a thread: a costly function must not hold up the loop
@@ -362,7 +366,6 @@ class PlacementProbe:
             "decision": self.decision,
             "cost_us": round(self.cost_s * 1e6, 1),
             "thread_speedup": None if self.speedup is None else round(self.speedup, 2),
-            "gil_waits": None if self.waits is None else round(self.waits, 2),
             "parallel": None if self.parallel is None else round(self.parallel, 2),
             "core_share": None if self.served is None else round(self.served, 2),
         }
