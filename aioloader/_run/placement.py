@@ -300,7 +300,8 @@ class PlacementProbe:
         self._work = work
         self._can_process = can_process
         self._reads = reads
-        self.decision = "inline"
+        self._decision = "inline"
+        self._trial_inputs: tuple[Callable[[list[Any]], ChunkResult], list[Any]] | None = None
         self.cost_s = 0.0
         self.speedup: float | None = None  # two threads' speed over one's (thread_trial)
         self.parallel: float | None = None  # cores two threads used at once
@@ -340,23 +341,35 @@ class PlacementProbe:
         first = _merge(parts)
         rest = values[head:]
         if self.cost_s < self._inline_below:  # too cheap to move: nothing more to measure
-            self.decision = self._place(None)  # inline (a stage that reads: threads)
+            self._decision = self._place(None)  # inline (a stage that reads: threads)
             return _merge([first, work(rest)]) if len(rest) else first  # rest may be an array
-        # Two threads against one on this block's inputs (measurement runs; results dropped).
-        trial = thread_trial(work, list(values), self.cost_s)
-        self.speedup = trial.speedup
-        self.parallel, self.served = trial.parallel, trial.served
-        if self._reads is None:  # (a stage that reads: the trial's cost includes the reads)
-            self.cost_s = trial.cost_s  # measured warm, over a whole trial
-        # (the first calls' cost may have been a warm-up's, which the trial's runs are not)
-        cheap = self.cost_s < self._inline_below
-        self.decision = self._place(None if cheap else trial.holds_gil)
+        # the trial (see decision) waits until the block's results have gone downstream: the
+        # time to the first batch is not the trial's
+        self._trial_inputs = (work, list(values))
         if not len(rest):
             return first
         # the rest of the block in a thread: a costly function must not hold up the loop
         call = _in_thread(work, rest)
         self.calls.append(call)
         return _merge([first, await asyncio.wrap_future(call)])
+
+    @property
+    def decision(self) -> str:
+        """Where the stage runs next; read after :meth:`run`, it first runs the thread trial
+        on the block's inputs when the function was too costly to stay inline on cost alone
+        (two threads against one; measurement runs, results dropped)."""
+        if self._trial_inputs is not None:
+            work, values = self._trial_inputs
+            self._trial_inputs = None
+            trial = thread_trial(work, values, self.cost_s)
+            self.speedup = trial.speedup
+            self.parallel, self.served = trial.parallel, trial.served
+            if self._reads is None:  # (a stage that reads: the trial's cost includes the reads)
+                self.cost_s = trial.cost_s  # measured warm, over a whole trial
+            # (the first calls' cost may have been a warm-up's, which the trial's runs are not)
+            cheap = self.cost_s < self._inline_below
+            self._decision = self._place(None if cheap else trial.holds_gil)
+        return self._decision
 
     def _read_seconds(self) -> float:
         return 0.0 if self._reads is None else self._reads.seconds_here()
