@@ -152,7 +152,7 @@ class ProcessExecutor:
                     worker_init=init,
                     name=self._spec.name,
                     start_timeout=start_timeout,
-                    shm_min_bytes=shm.BATCH_SHM_MIN_BYTES if self._spec.on_batches else shm.SHM_MIN_BYTES,
+                    shm_min_bytes=shm.BATCH_SHM_MIN_BYTES if self._spec.rewrite.on_batches else shm.SHM_MIN_BYTES,
                     stall_after=getattr(self._spec, "stall_after", "auto"),
                     on_stall=getattr(self._spec, "on_stall", "warn"),
                     max_memory=memory,  # type: ignore[arg-type]
