@@ -23,12 +23,13 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+import aioloader.workers.shm as shm
+import aioloader.workers.wire as wire
 from aioloader._run.executors import CHUNK_KEYS, FAILED, ChunkResult, ChunkStalled, ChunkTimeout
 from aioloader._run.stages.map import MapSpec
 from aioloader._run.stall import check_stall_options
 from aioloader._spec import InteractiveMainError, check_callable, fn_name, pickle_error
 from aioloader.errors import StageStalledError, WorkerCrashError, annotate
-from aioloader.workers import shm, wire
 from aioloader.workers.pool import Outcome, ProcessPool
 
 MAX_ATTEMPTS = 3  # runs of one item that end with its worker dead before it is given up
