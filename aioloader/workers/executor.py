@@ -147,13 +147,14 @@ class ProcessExecutor:
                 memory = getattr(self._spec, "max_worker_memory", "auto")
                 if memory == "auto":
                     memory = default_worker_memory(self.workers)
+                batches = self._spec.rewrite.on_batches  # whole batches: used and dropped as a unit
                 return ProcessPool(
                     work,
                     workers=self.workers,
                     worker_init=init,
                     name=self._spec.name,
                     start_timeout=start_timeout,
-                    shm_min_bytes=shm.BATCH_SHM_MIN_BYTES if self._spec.rewrite.on_batches else shm.SHM_MIN_BYTES,
+                    shm_min_bytes=shm.BATCH_SHM_MIN_BYTES if batches else shm.SHM_MIN_BYTES,
                     stall_after=getattr(self._spec, "stall_after", "auto"),
                     on_stall=getattr(self._spec, "on_stall", "warn"),
                     max_memory=memory,  # type: ignore[arg-type]

@@ -239,7 +239,9 @@ class MapStage(Stage):
         return True
 
     def _placement_probe(self) -> PlacementProbe:
-        probe = PlacementProbe(self._work, can_process=self._runtime is not None, reads=self.spec.rewrite.reads)
+        probe = PlacementProbe(
+            self._work, can_process=self._runtime is not None, reads=self.spec.rewrite.reads
+        )
         self._probes.append(probe)
         return probe
 
