@@ -28,8 +28,8 @@ record, one coroutine ``run()`` that closes its output when its input is done, a
   the part it gave (the ``Delivery`` cuts it from the saved state).
 
 By default a stage's state is the failures its budget spent before the cut (a stage without a
-budget that carries over has none); the shuffle buffer adds its content and counters. The
-source stages resume from ``ctx.resume`` (the position and prefix) when they are built. The
+budget that carries over has none); the shuffle buffer adds its content and counters. A
+source stage is built at the resume position and prefix (by the graph, from ``ctx.resume``). The
 one state that outlives a run, ``adaptive_batch``'s step sizes, is the Loader's (its Runtime's
 step sizer), saved under ``adaptive`` even between runs.
 """
