@@ -71,3 +71,27 @@ def test_a_fused_gil_holder_is_never_put_on_threads() -> None:
         stage = next(s for s in loader.stats()["stages"] if s["name"] == "spin")
     assert stage["fused"] == "batch"
     assert stage["executor"] in ("inline", "process"), stage["placement"]
+
+
+class CountsReads:
+    """A costly indexable source that counts its reads (a source may track them)."""
+
+    def __init__(self, n: int) -> None:
+        self.n = n
+        self.reads = 0
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getitem__(self, index: int) -> int:
+        if not 0 <= index < self.n:
+            raise IndexError(index)
+        self.reads += 1
+        return spin(index)
+
+
+def test_a_sources_read_stage_is_placed_without_trial_runs() -> None:
+    source = CountsReads(256)
+    with al.Loader.from_source(source).batch(64) as loader:
+        assert [int(x) for b in loader for x in b] == [spin(i) for i in range(256)]
+    assert source.reads == 256

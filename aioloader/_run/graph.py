@@ -117,7 +117,7 @@ def read_spec(source: IndexableSource, stages: Sequence[StageSpec] = ()) -> MapS
         )
     if source.get_many is not None:
         return MapSpec(name="read", fn=source.get_many, per_block=True, item_fn=source.get_one, **policy)
-    return MapSpec(name="read", fn=source.get_one, **policy)
+    return MapSpec(name="read", fn=source.get_one, trial_runs=False, **policy)
 
 
 class Run:

@@ -289,12 +289,16 @@ class PlacementProbe:
         reads: Any = None,
         items: int | None = None,
         batches: bool = False,
+        trial: bool = True,
     ) -> None:
         """``reads``: the stage's :class:`~aioloader._run.read_fusion.NamedRead` when its work
         reads its own items; the reads' time is taken out of the cost. ``items``: how many
         items the stage runs in an epoch, when known (processes must pay for their start).
         ``batches``: its items are whole batches (a fused stage), each a hand-off of its own,
-        so one stays inline below :data:`BATCH_INLINE_BELOW_S` rather than per-sample costs."""
+        so one stays inline below :data:`BATCH_INLINE_BELOW_S` rather than per-sample costs.
+        ``trial``: whether the work may run again on the block's inputs (the thread trial); a
+        source's read stage may not (a source may count its reads): it is placed by cost."""
+        self._trial = trial
         self._items = items
         self._inline_below = BATCH_INLINE_BELOW_S if batches else INLINE_BELOW_S
         self._work = work
@@ -340,7 +344,7 @@ class PlacementProbe:
         self.cost_s = times[(len(times) - 1) // 2]  # the lower median: two calls give the smaller
         first = _merge(parts)
         rest = values[head:]
-        if self.cost_s < self._inline_below:  # too cheap to move: nothing more to measure
+        if self.cost_s < self._inline_below or not self._trial:  # too cheap to move, or by cost
             self._decision = self._place(None)  # inline (a stage that reads: threads)
             return _merge([first, work(rest)]) if len(rest) else first  # rest may be an array
         # the trial (see decision) waits until the block's results have gone downstream: the

@@ -239,6 +239,7 @@ class MapStage(Stage):
             reads=self.spec.rewrite.reads,
             items=self._expected_items,
             batches=self.spec.rewrite.fused_batch is not None,
+            trial=self.spec.trial_runs,
         )
         self._probes.append(probe)
         return probe
@@ -553,6 +554,9 @@ class MapSpec(StageSpec):
     retry_on: tuple[type[BaseException], ...] = (OSError,)
     timeout: float | None = None
     is_async: bool = False
+    # executor="auto" may run fn again on its first block's inputs to read the GIL (results
+    # dropped); not a source's read stage: a source may count or track its reads
+    trial_runs: bool = True
     per_block: bool = False  # fn takes the list of values of a block and returns a list
     item_fn: Callable[[Any], Any] | None = None  # per-item twin of a per_block fn, to find failures
     seed: int | None = None  # set for a random transform: fn(sample, rng), rng from (seed, epoch, key)
