@@ -4,20 +4,23 @@
 a few times (each one-thread run at least :data:`TRIAL_S` of CPU work, the order alternated so a
 change of load hits both kinds), and takes medians of two readings:
 
-- the cores the two threads used at once (their CPU seconds over the run's wall time): at least
-  :data:`THREADS_PAY_ABOVE` is impossible for a function that holds the GIL, whatever the load;
+- the cores the two threads used at once (their CPU seconds over the run's wall time) and
+  their speedup over one thread: both at least :data:`THREADS_PAY_ABOVE`. The cores are
+  impossible for a function that holds the GIL, whatever the load; the speedup rules out threads
+  that only burn CPU fighting over a GIL let go and taken back often (the tokenizer of issue 23:
+  1.2 cores, 0.6-1.0x one thread's speed);
 - the share of one thread's time asleep (neither on a core nor waiting for one): above half, the
   function waits on I/O or sleeps, and threads overlap those waits.
 
 A function that neither shows releasing the GIL is read as holding it: where threads were not
 seen to help, they are not used (processes or inline, see :func:`aioloader._run.placement.place`).
 The mistakes are not alike: a holder on threads ran at 0.37x inline (the tokenizer of issue 23),
-a releaser in processes runs about as fast as in threads. So no reading that a busy machine
-blurs may send a function to threads: the wall-time speedup of two threads over one (kept for
-the record) read 0.4x-6x for a pure-Python loop where this session's threads shared under one
-core (load 10-12 on 2 cores), and a thread's time asleep waiting for the GIL turns into time
-waiting for a core there. On such a machine a releaser shows no parallelism either and goes
-where a holder would; on one with two cores to give, it reads 1.8-1.9 cores (sha256).
+a releaser in processes runs about as fast as in threads. So the speedup alone, which a busy
+machine blurs, never sends a function to threads: it read 0.4x-6x for a pure-Python loop where
+this session's threads shared under one core (load 10-12 on 2 cores), where a thread's time
+asleep waiting for the GIL also turns into time waiting for a core. On such a machine a
+releaser shows no parallelism either and goes where a holder would; given two cores, sha256
+reads 1.9-2.0 cores and 1.9-2.0x.
 
 The runs are measurements only: their results are dropped and the global RNGs (``random``,
 numpy's, torch's CPU generator) are put back as they were, so what the stage gives is the same
@@ -41,7 +44,7 @@ __all__ = ["THREADS_PAY_ABOVE", "TRIALS", "TRIAL_S", "ThreadTrial", "own_clock",
 
 TRIAL_S = 0.025  # one thread's run of a trial: long enough that a thread start or a tick is noise
 TRIALS = 3  # runs of each kind; the readings are medians over them
-THREADS_PAY_ABOVE = 1.3  # cores two threads must use at once to be read as releasing the GIL
+THREADS_PAY_ABOVE = 1.3  # cores two threads use at once, and their speedup, that mean threads pay
 _IO_BOUND = 0.5  # share of one thread's time asleep: the function waits on I/O (or sleeps)
 _BUDGET_S = 0.4  # fewer trials when TRIALS of them would take longer (a costly function)
 _SCHEDSTAT = "/proc/thread-self/schedstat"
@@ -198,10 +201,11 @@ def thread_trial(work: Callable[[list[Any]], Any], values: list[Any], cost_s: fl
         io_bound = share < 0.2 and speedup >= THREADS_PAY_ABOVE
     else:
         io_bound = _median([one.asleep / one.wall for one in ones]) > _IO_BOUND  # type: ignore[operator]
-    releases = (
-        io_bound  # waits on I/O or sleeps: threads overlap those whatever the GIL does
-        or parallel >= THREADS_PAY_ABOVE  # two threads on two cores at once: never a holder
-    )
+    # Two threads on two cores at once (never a holder, whatever the load), and done sooner: CPU
+    # alone is not enough, as threads fighting over a GIL that is let go often burn CPU on the
+    # hand-overs (the issue 23 tokenizer: 1.2 cores, and 0.6-1.0x the speed of one thread).
+    parallel_and_faster = parallel >= THREADS_PAY_ABOVE and speedup >= THREADS_PAY_ABOVE
+    releases = io_bound or parallel_and_faster  # (io: threads overlap the waits, GIL or not)
     trial = ThreadTrial(not releases, speedup, n, fastest)
     trial.parallel, trial.served = parallel, share
     return trial
