@@ -24,7 +24,7 @@ from typing import Any
 
 from aioloader._run.stages.map import MapSpec
 from aioloader._spec import check_callable, fn_name
-from aioloader.workers.executor import START_TIMEOUT_S, ProcessExecutor
+from aioloader.workers.executor import START_TIMEOUT_S, ProcessExecutor, check_memory_limit
 
 TARGET_TASK_S = 0.200
 QUEUED_PER_ACTOR = 1  # chunks waiting at an actor behind the one it runs
@@ -56,17 +56,32 @@ class RayMapSpec(MapSpec):
 
     worker_init: Callable[[int], None] | None = None
     ray_options: tuple[tuple[str, Any], ...] = ()
+    max_worker_memory: int | str | None = "auto"
 
     @property
     def actor_options(self) -> dict[str, Any]:
         return {**DEFAULT_OPTIONS, **dict(self.ray_options)}
 
+    @property
+    def memory_limit(self) -> int | None:
+        """Bytes of resident memory past which an actor is replaced: ``max_worker_memory``;
+        "auto" is the memory Ray reserved for each actor (``ray_options={"memory": ...}``), or
+        none (Ray's own memory monitor then guards the nodes)."""
+        if self.max_worker_memory == "auto":
+            reserved = dict(self.ray_options).get("memory")
+            return int(reserved) if reserved else None
+        return self.max_worker_memory  # type: ignore[return-value]
+
 
 def ray_map_spec(
-    spec: MapSpec, worker_init: Callable[[int], None] | None, ray_options: dict[str, Any] | None
+    spec: MapSpec,
+    worker_init: Callable[[int], None] | None,
+    ray_options: dict[str, Any] | None,
+    *,
+    max_worker_memory: int | str | None = "auto",
 ) -> RayMapSpec:
     """Check at build time what the actors need: Ray, serialisable ``fn`` and ``worker_init``,
-    and actor options Ray accepts (checked without connecting to a cluster)."""
+    actor options Ray accepts (checked without connecting to a cluster), and the memory limit."""
     ray = require_ray()
     from ray import cloudpickle
 
@@ -77,6 +92,7 @@ def ray_map_spec(
     for key, why in _REFUSED_OPTIONS.items():
         if key in ray_options:
             raise ValueError(f"ray_options: {key!r} cannot be set ({why})")
+    check_memory_limit(max_worker_memory)
     if worker_init is not None:
         check_callable(worker_init, "worker_init")
     for argument, obj in (("fn", spec.fn), ("worker_init", worker_init)):
@@ -95,7 +111,12 @@ def ray_map_spec(
     except Exception as exc:
         raise ValueError(f"ray_options: {exc}") from exc
     fields = {f.name: getattr(spec, f.name) for f in dataclasses.fields(MapSpec)}
-    return RayMapSpec(**fields, worker_init=worker_init, ray_options=tuple(sorted(ray_options.items())))
+    return RayMapSpec(
+        **fields,
+        worker_init=worker_init,
+        ray_options=tuple(sorted(ray_options.items())),
+        max_worker_memory=max_worker_memory,
+    )
 
 
 def connect() -> Any:
@@ -150,6 +171,7 @@ class RayExecutor(ProcessExecutor):
                     start_timeout=None if timeout is None else max(START_TIMEOUT_S, timeout),
                     stall_after=self._spec.stall_after,
                     on_stall=self._spec.on_stall,
+                    max_memory=getattr(self._spec, "memory_limit", None),
                 )
 
             if self._runtime is None:
