@@ -8,11 +8,13 @@ batch first whole, with its seed), the same timeouts (the actor is killed, the s
 differs: :class:`aioloader.ray.pool.ActorPool`, a Loader resource kept across epochs until
 ``loader.close()``.
 
-Chunks aim at :data:`TARGET_TASK_S` (200 ms), longer than a process's 10 ms: each actor call
+Chunks aim at :data:`TARGET_TASK_S` (500 ms), longer than a process's 10 ms: each actor call
 costs the driver 0.5-5 ms of CPU, nearly whatever it carries (submitting it, pulling its result
 into the driver node's object store, reading it back), so a chunk must carry many samples for
-that share to stay small; with 64 actors at 50 ms chunks the driver would spend cores on the
-calls alone (docs/distributed-decoding.md, section 5).
+that share to stay small. Not longer: an actor holds two chunks and the reorder window twice
+the chunks in flight, so the results waiting for the trainer grow with the chunk, and past the
+driver node's object store Ray spills them (docs/distributed-decoding.md, section 5: 200 ms,
+500 ms and 1 s chunks measured).
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ from aioloader._run.stages.map import MapSpec
 from aioloader._spec import check_callable, fn_name
 from aioloader.workers.executor import START_TIMEOUT_S, ProcessExecutor, check_memory_limit
 
-TARGET_TASK_S = 0.200
+TARGET_TASK_S = 0.500
 QUEUED_PER_ACTOR = 1  # chunks waiting at an actor behind the one it runs
 DEFAULT_OPTIONS: dict[str, Any] = {"num_cpus": 1}
 _REFUSED_OPTIONS = {

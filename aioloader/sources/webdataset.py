@@ -474,7 +474,7 @@ class ShardRanges:
     actor fetching their byte ranges through its own store client (neighbours in a shard, or
     the rows of one Parquet row group, joined into one read, as on the loop), closed after each
     task, so the shards' bytes never pass through the trainer. Only ``executor="ray"`` stages
-    use it, whose tasks of ~200 ms hide a request's latency: a process's 10 ms tasks, or a
+    use it, whose tasks of ~500 ms hide a request's latency: a process's 10 ms tasks, or a
     thread's, would each wait for their own requests, where the read stage keeps many in flight
     ahead of the workers. ``shards``: the source's indexable view (``aget``, ``aclose_io``)."""
 
