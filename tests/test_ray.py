@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 import aioloader as al
 from tests.conftest import run_with_repo
@@ -68,6 +69,26 @@ def test_max_worker_memory_is_each_actors_limit() -> None:
     assert limit(max_worker_memory=None, ray_options={"memory": 2**30}) is None
     with pytest.raises(ValueError, match="max_worker_memory must be a number of bytes >= 1"):
         source.map(square, executor="ray", max_worker_memory=0)
+
+
+def test_chunks_are_cut_to_fit_the_driver_nodes_object_store() -> None:
+    """Before: chunks aimed at a fixed time, so fast actors making large results filled the
+    driver node's store with waiting chunks (1 s chunks: 4.6x the process executor's driver
+    CPU per sample, against 1.6x at 500 ms, on the ray workload)."""
+    pytest.importorskip("ray")
+    import numpy as np
+
+    from aioloader.ray._actor import result_bytes
+    from aioloader.ray.executor import MIN_TASK_S, TARGET_TASK_S, chunk_seconds
+
+    assert chunk_seconds(None, 2, 1e9) == chunk_seconds(200e6, 2, None) == TARGET_TASK_S  # not known yet
+    assert chunk_seconds(200e6, 2, 40e6) == TARGET_TASK_S  # 20 MB chunks: 4 per actor fit
+    assert chunk_seconds(200e6, 2, 140e6) == pytest.approx(200e6 / 8 / 140e6)  # cut to 25 MB
+    assert chunk_seconds(200e6, 64, 140e6) == MIN_TASK_S  # never shorter than this
+    batch = torch.zeros(32, 3, 224, 224, dtype=torch.uint8)
+    assert result_bytes([batch, batch]) == 2 * batch.numel()
+    assert result_bytes([(batch, {"label": np.zeros(32, dtype=np.int64)}), "key"]) == batch.numel() + 256
+    assert result_bytes([1, "a"]) == 0
 
 
 def test_results_are_read_without_a_copy() -> None:

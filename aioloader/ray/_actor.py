@@ -3,7 +3,8 @@
 An actor is built with the stage's work and ``worker_init``, shipped once per pool through the
 object store, so each chunk carries only its values. ``run`` takes a chunk as the process pool's
 wire format (:mod:`aioloader.workers.wire`: a pickle and its out-of-band buffers) and answers as
-a worker process does: ``("ok", (results, failures, busy_s))``, ``("error", exc)`` when the work
+a worker process does: ``("ok", (results, failures, busy_s, nbytes))`` (``nbytes``: the
+bytes of the arrays and tensors in the results, which size the next chunks), ``("error", exc)`` when the work
 raised, or ``("undecodable", exc)`` when the values cannot be unpickled here. Exceptions come back
 as values, not as Ray task errors, so the stage sees the function's own exception types.
 
@@ -132,13 +133,30 @@ class MapActor:
             results, failures, busy = self._work(values)
         except Exception as exc:
             return "error", _portable(exc)
-        return "ok", (results, [(i, _portable(e)) for i, e in failures], busy)
+        return "ok", (results, [(i, _portable(e)) for i, e in failures], busy, result_bytes(results))
 
 
 def memory_note_key(actor_name: str) -> bytes:
     """Where an actor that ended itself over its memory limit leaves why, in the cluster's
     key-value store (Ray reports only that its process ended)."""
     return f"aioloader-memory:{actor_name}".encode()
+
+
+def result_bytes(value: Any, depth: int = 3) -> int:
+    """The bytes of the arrays and tensors in ``value`` (looked for in lists, tuples and dicts,
+    ``depth`` levels down): what a chunk's result puts in the object store."""
+    nbytes = getattr(value, "nbytes", None)
+    if isinstance(nbytes, int):
+        return nbytes
+    if hasattr(value, "element_size") and hasattr(value, "numel"):  # a torch tensor
+        return int(value.element_size() * value.numel())
+    if depth == 0:
+        return 0
+    if isinstance(value, dict):
+        value = list(value.values())
+    if isinstance(value, (list, tuple)):
+        return sum(result_bytes(v, depth - 1) for v in value)
+    return 0
 
 
 def _watch_memory(busy: threading.Event, limit: int) -> None:

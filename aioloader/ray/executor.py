@@ -11,10 +11,12 @@ differs: :class:`aioloader.ray.pool.ActorPool`, a Loader resource kept across ep
 Chunks aim at :data:`TARGET_TASK_S` (500 ms), longer than a process's 10 ms: each actor call
 costs the driver 0.5-5 ms of CPU, nearly whatever it carries (submitting it, pulling its result
 into the driver node's object store, reading it back), so a chunk must carry many samples for
-that share to stay small. Not longer: an actor holds two chunks and the reorder window twice
-the chunks in flight, so the results waiting for the trainer grow with the chunk, and past the
-driver node's object store Ray spills them (docs/distributed-decoding.md, section 5: 200 ms,
-500 ms and 1 s chunks measured).
+that share to stay small. Not larger than the driver node's object store holds: an actor holds
+two chunks and the reorder window twice the chunks in flight, so up to
+:data:`CHUNKS_WAITING_PER_ACTOR` chunks' results per actor may wait there for the trainer, and
+past the store Ray spills them and each call costs the driver more. Once the actors have
+answered, a chunk's target is cut to what fills its share of the store at the rate they make
+result bytes (docs/distributed-decoding.md, section 5: 200 ms, 500 ms and 1 s chunks measured).
 """
 
 from __future__ import annotations
@@ -29,6 +31,8 @@ from aioloader._spec import check_callable, fn_name
 from aioloader.workers.executor import START_TIMEOUT_S, ProcessExecutor, check_memory_limit
 
 TARGET_TASK_S = 0.500
+MIN_TASK_S = 0.050  # the byte cap never makes chunks shorter than this
+CHUNKS_WAITING_PER_ACTOR = 4  # results that may sit in the driver node's store, per actor
 QUEUED_PER_ACTOR = 1  # chunks waiting at an actor behind the one it runs
 DEFAULT_OPTIONS: dict[str, Any] = {"num_cpus": 1}
 _REFUSED_OPTIONS = {
@@ -138,11 +142,29 @@ def default_actors(options: dict[str, Any]) -> int:
     return max(1, int(cpus // per_actor))
 
 
+def driver_store_bytes() -> float | None:
+    """The object store of the node this process runs on (bytes), or None if Ray does not say."""
+    ray = connect()
+    here = ray.get_runtime_context().get_node_id()
+    for node in ray.nodes():
+        if node.get("NodeID") == here:
+            return node.get("Resources", {}).get("object_store_memory")
+    return None
+
+
+def chunk_seconds(store_bytes: float | None, actors: int, bytes_per_s: float | None) -> float:
+    """A chunk's target: :data:`TARGET_TASK_S`, cut so that :data:`CHUNKS_WAITING_PER_ACTOR`
+    results of every actor fit in the driver node's object store, at least :data:`MIN_TASK_S`."""
+    if not store_bytes or not bytes_per_s:
+        return TARGET_TASK_S
+    fits = store_bytes / (CHUNKS_WAITING_PER_ACTOR * actors) / bytes_per_s
+    return max(MIN_TASK_S, min(TARGET_TASK_S, fits))
+
+
 class RayExecutor(ProcessExecutor):
     """Submits a run's chunks to the stage's actor pool; the pool outlives the run."""
 
     kind = "ray"
-    target_task_s = TARGET_TASK_S
     coalesce = True
     runner = "a Ray actor"
 
@@ -156,6 +178,13 @@ class RayExecutor(ProcessExecutor):
         self._per_actor = 1 if spec.timeout is not None else 1 + QUEUED_PER_ACTOR
         self.in_flight = self.workers * self._per_actor
         self._pool: Any = None
+        self._store_bytes = driver_store_bytes()
+
+    @property
+    def target_task_s(self) -> float:
+        """How long a chunk should run (read by the map stage for each chunk it forms)."""
+        rate = None if self._pool is None else self._pool.bytes_per_s
+        return chunk_seconds(self._store_bytes, self.workers, rate)
 
     def _pool_for(self, work: Callable[[list[Any]], Any]) -> Any:
         if self._pool is None:

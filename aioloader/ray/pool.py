@@ -119,6 +119,7 @@ class ActorPool:
         self._on_stall = on_stall
         self._max_memory = max_memory
         self._slowest = 0.0  # the longest a chunk has run: the "auto" stall limit is 20x this
+        self._bytes_per_s: float | None = None
         self._tag = f"aioloader:{name}:{uuid.uuid4().hex[:8]}"
         self._options = options
         self._actor_class = ray.remote(MapActor)
@@ -146,6 +147,11 @@ class ActorPool:
     @property
     def broken(self) -> BaseException | None:
         return self._broken
+
+    @property
+    def bytes_per_s(self) -> float | None:
+        """Result bytes an actor makes per second of work (None until a chunk answered)."""
+        return self._bytes_per_s
 
     def submit(
         self, payload: wire.Payload, timeout: float | None = None, label: Any = None
@@ -347,8 +353,11 @@ class ActorPool:
                 outcome = Outcome("error", exc)
             else:
                 if kind == "ok":
-                    slot.busy_s += value[2]
+                    results, failures, busy, nbytes = value
+                    value = (results, failures, busy)
+                    slot.busy_s += busy
                     slot.chunks += 1
+                    self._count_bytes(nbytes, busy)
                 outcome = Outcome(kind, value)
             task.finish(outcome)
             self._dispatch()
@@ -359,6 +368,13 @@ class ActorPool:
         exceptions = self._ray.exceptions
         return (exceptions.RayActorError, exceptions.ObjectLostError, exceptions.NodeDiedError,
                 exceptions.WorkerCrashedError, exceptions.LocalRayletDiedError)  # fmt: skip
+
+    def _count_bytes(self, nbytes: int, busy: float) -> None:
+        if busy <= 0:
+            return
+        rate = nbytes / busy
+        previous = self._bytes_per_s
+        self._bytes_per_s = rate if previous is None else 0.7 * previous + 0.3 * rate
 
     def _failure(self, exc: BaseException) -> Outcome:
         if isinstance(exc, self._lost):  # an actor replaced already (a late report of its death)
