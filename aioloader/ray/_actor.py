@@ -3,16 +3,19 @@
 An actor is built with the stage's work and ``worker_init``, shipped once per pool through the
 object store, so each chunk carries only its values. ``run`` takes a chunk as the process pool's
 wire format (:mod:`aioloader.workers.wire`: a pickle and its out-of-band buffers) and answers as
-a worker process does: ``("ok", (results, failures, busy_s, nbytes))`` (``nbytes``: the
-bytes of the arrays and tensors in the results, which size the next chunks), ``("error", exc)`` when the work
-raised, or ``("undecodable", exc)`` when the values cannot be unpickled here. Exceptions come back
-as values, not as Ray task errors, so the stage sees the function's own exception types.
+a worker process does: ``("ok", (results, failures, busy_s, nbytes))`` (``nbytes``: the bytes
+of the arrays and tensors in the results, by which the pool sizes the next chunks),
+``("error", exc)`` when the work raised, or ``("undecodable", exc)`` when the values cannot be
+unpickled here. Exceptions come back as values, not as Ray task errors, so the stage sees the
+function's own exception types.
 
 An actor with a memory limit (``max_worker_memory``) reads its own resident memory every
-:data:`MEMORY_CHECK_S` while it runs a chunk, from a thread of its own (the driver cannot read
-a remote process's memory), and past the limit ends its process with exit code
-:data:`MEMORY_EXIT_CODE`: the pool sees a dead actor, replaces it, and the executor redoes the
-chunk item by item, as when the process pool kills a worker over the same limit.
+:data:`MEMORY_CHECK_S` while it runs a chunk, from a daemon thread of its own (the driver
+cannot read a remote process's memory; the thread ends with the actor's process), and past the
+limit leaves why in the cluster's key-value store (:func:`memory_note_key`: Ray reports only
+that the process ended) and ends its process with exit code :data:`MEMORY_EXIT_CODE`. The pool
+sees a dead actor, replaces it, and the executor redoes the chunk item by item, as when the
+process pool kills a worker over the same limit.
 """
 
 from __future__ import annotations

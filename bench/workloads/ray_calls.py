@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import os
 import sys
-import threading
 import time
 from concurrent.futures import wait
 from typing import Any
@@ -52,12 +51,10 @@ def _cpu() -> float:
 
 
 def _futures(actor: Any, what: str, keys: Any) -> None:
-    done = threading.Event()
     futures = [actor.run.remote(what, keys).future() for _ in range(CALLS)]
     wait(futures)
     for future in futures:
         future.result()
-    done.set()
 
 
 def _get_each(actor: Any, what: str, keys: Any) -> None:
