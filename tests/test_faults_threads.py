@@ -145,6 +145,77 @@ def _interrupt_and_check(tmp_path, child: str, mode: str, delivered: str) -> Non
     assert exited < 2.0 + _TEARDOWN_SLACK_S
 
 
+# a thread map computing in torch ops when Ctrl-C comes: each op releases the GIL and retakes
+# it after, which, once the interpreter finalizes, ends the daemon thread with pthread_exit
+_COMPUTING_CHILD = """
+import asyncio, sys, time
+import torch
+import aioloader as al
+
+CONSUMER = sys.argv[1]
+a = torch.randn(128, 128)
+
+def f(x):
+    if x == 1:
+        print("blocked", flush=True)
+        end = time.monotonic() + 20
+        while time.monotonic() < end:
+            a @ a
+    return x
+
+def make():
+    return al.Loader.from_source(range(10)).map(f, executor="thread", concurrency=2).batch(1)
+
+async def consume_async():
+    async with make() as loader:
+        async for _ in loader:
+            await asyncio.sleep(30)
+
+try:
+    if CONSUMER == "sync":
+        with make() as loader:
+            for _ in loader:
+                time.sleep(30)
+    else:
+        asyncio.run(consume_async())
+except KeyboardInterrupt:
+    print("interrupted", flush=True)
+    sys.exit(3)
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("consumer", ["sync", "async"])
+def test_ctrl_c_while_a_thread_map_computes_in_torch_exits_without_sigabrt(tmp_path, consumer):
+    """Before: SIGABRT at exit in 6 of 6 runs ("terminate called without an active
+    exception"): the thread came back from a torch op while the interpreter finalized, and
+    pthread_exit unwound through torch's C++. Now the call is stopped at exit (its next Python
+    instruction) and waited for while it computes."""
+    script = tmp_path / "computing.py"
+    script.write_text(textwrap.dedent(_COMPUTING_CHILD))
+    for _ in range(2):
+        proc = subprocess.Popen(
+            [sys.executable, str(script), consumer],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            cwd=os.getcwd(),
+        )
+        try:
+            assert proc.stdout.readline().strip() == "blocked"
+            sent = time.monotonic()
+            proc.send_signal(signal.SIGINT)
+            out, err = proc.communicate(timeout=20)
+            exited = time.monotonic() - sent
+        finally:
+            proc.kill()
+            proc.wait()
+        assert proc.returncode == 3, err[-2000:]
+        assert out.strip() == "interrupted"
+        assert "terminate called" not in err
+        assert exited < 2.0 + _TEARDOWN_SLACK_S
+
+
 class _Blocking:
     """``x`` unless ``x`` is in ``keys``: then block until released (as a hung read)."""
 
@@ -242,3 +313,37 @@ def test_the_pool_threads_are_daemons_and_end_with_the_run():
     for t in seen:
         t.join(2.0)
     assert not any(t.is_alive() for t in seen)
+
+
+def test_at_exit_a_computing_call_is_stopped_and_a_blocked_one_is_not_waited_for():
+    from aioloader._run import threads
+
+    release = threading.Event()
+    computing = threading.Event()
+
+    def compute() -> int:
+        computing.set()
+        total = 0
+        while not release.is_set():  # pure Python: stopped at its next instruction
+            total += 1
+        return total
+
+    pool = threads.DaemonThreadPool(2, "aioloader-test-exit")
+    blocked = pool.submit(release.wait, 30)
+    stopped = pool.submit(compute)
+    try:
+        assert computing.wait(10)
+        began = time.monotonic()
+        calling = pool._stop_calls()
+        deadline = began + threads.EXIT_WAIT_S
+        for thread in calling:
+            threads._wait_while_computing(thread, deadline)
+        took = time.monotonic() - began
+        assert len(calling) == 2
+        assert isinstance(stopped.exception(timeout=5), threads.InterpreterExit)
+        assert not blocked.done()  # asleep in its wait: not waited for
+        assert took < threads.EXIT_WAIT_S
+    finally:
+        release.set()
+    with pytest.raises(threads.InterpreterExit):
+        blocked.result(timeout=5)  # raised once the wait returned
