@@ -24,7 +24,7 @@ import aioloader as al
 # registered first, so it runs last: after the threads are joined and aioloader's finalizers ran
 atexit.register(lambda: print(f"exiting {time.monotonic()!r}", flush=True))
 
-MODE = sys.argv[1]
+MODE, EXECUTOR = sys.argv[1], sys.argv[2]
 BLOCKED = 0 if MODE == "waiting" else 1
 started = threading.Event()
 
@@ -37,7 +37,8 @@ def f(x):
     return x
 
 got = []
-loader = al.Loader.from_source(range(10)).map(f, executor="thread", concurrency=2).batch(1)
+threads = {"concurrency": 2} if EXECUTOR == "thread" else {}
+loader = al.Loader.from_source(range(10)).map(f, executor=EXECUTOR, **threads).batch(1)
 try:
     with loader:
         for batch in loader:
@@ -108,6 +109,15 @@ def test_ctrl_c_exits_within_2_s_while_a_thread_map_call_is_blocked(tmp_path, mo
 
 @pytest.mark.slow
 @pytest.mark.parametrize(("mode", "delivered"), [("waiting", "[]"), ("body", "[0]")])
+def test_ctrl_c_exits_within_2_s_while_an_inline_call_holds_the_loop(tmp_path, mode, delivered):
+    """The call holds the loader's loop thread, so the run cannot end. Before: the consumer
+    waited 2 s for it (STOP_TIMEOUT_S) in the iterator, again in the Loader's close and its
+    loop thread's, and once more in the finalizer at exit: 8.7 s from Ctrl-C to exit."""
+    _interrupt_and_check(tmp_path, _CHILD, mode, delivered, "inline")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("mode", "delivered"), [("waiting", "[]"), ("body", "[0]")])
 def test_ctrl_c_ends_an_async_for_consumer_within_2_s_while_a_thread_map_call_is_blocked(
     tmp_path, mode, delivered
 ):
@@ -116,12 +126,12 @@ def test_ctrl_c_ends_an_async_for_consumer_within_2_s_while_a_thread_map_call_is
     _interrupt_and_check(tmp_path, _ASYNC_CHILD, mode, delivered)
 
 
-def _interrupt_and_check(tmp_path, child: str, mode: str, delivered: str) -> None:
+def _interrupt_and_check(tmp_path, child: str, mode: str, delivered: str, executor: str = "thread") -> None:
     """Start ``child``, SIGINT it once it says its call is blocked, check how it ends."""
     script = tmp_path / "consumer.py"
     script.write_text(textwrap.dedent(child))
     proc = subprocess.Popen(
-        [sys.executable, str(script), mode], stdout=subprocess.PIPE, text=True, cwd=os.getcwd()
+        [sys.executable, str(script), mode, executor], stdout=subprocess.PIPE, text=True, cwd=os.getcwd()
     )
     try:
         assert proc.stdout.readline().strip() == "blocked"

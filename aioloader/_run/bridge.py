@@ -24,6 +24,9 @@ from aioloader._run.block import Block
 from aioloader._run.channel import ChannelClosed
 
 STOP_TIMEOUT_S = 2.0
+# after Ctrl-C, how long a run's end is waited for: an inline call blocked on the loop holds it
+# (each STOP_TIMEOUT_S wait added 2 s: 8.7 s from Ctrl-C to exit, guarantee 6 says 2 s)
+INTERRUPT_WAIT_S = 0.1
 SIGNAL_CHECK_S = 0.1  # how often a consumer blocked on the loader checks for Ctrl-C
 FLUSH_AFTER_S = 0.001
 SYNC_BYTES = 32 << 20  # what a sync consumer's hand-off may hold, when prefetch(n) does not say
@@ -283,7 +286,7 @@ def iterate_blocks(loop_thread: LoopThread, make_run: Callable[[Handoff], Any]) 
             future.cancel()
             # the run's tasks, not its calls still running in threads: a Ctrl-C in the loop
             # body must reach the caller at once (Loader.close() waits for those calls)
-            handoff.stopped.wait(STOP_TIMEOUT_S)
+            handoff.stopped.wait(INTERRUPT_WAIT_S if handoff.interrupted else STOP_TIMEOUT_S)
 
 
 def block_nbytes(block: Block, limit: int = 64) -> int:
