@@ -63,7 +63,7 @@ import aioloader as al
 
 atexit.register(lambda: print(f"exiting {time.monotonic()!r}", flush=True))
 
-MODE = sys.argv[1]
+MODE, EXECUTOR = sys.argv[1], sys.argv[2]
 BLOCKED = 0 if MODE == "waiting" else 1
 started = threading.Event()
 
@@ -78,7 +78,8 @@ def f(x):
 got = []
 
 async def main():
-    loader = al.Loader.from_source(range(10)).map(f, executor="thread", concurrency=2).batch(1)
+    threads = {"concurrency": 2} if EXECUTOR == "thread" else {}
+    loader = al.Loader.from_source(range(10)).map(f, executor=EXECUTOR, **threads).batch(1)
     async with loader:
         async for batch in loader:
             got.extend(batch.tolist())
@@ -124,6 +125,17 @@ def test_ctrl_c_ends_an_async_for_consumer_within_2_s_while_a_thread_map_call_is
     """Before: the cancelled consumer's clean-up waited 1.5 s for the blocked call, so
     asyncio.run raised KeyboardInterrupt 1.5 s after Ctrl-C."""
     _interrupt_and_check(tmp_path, _ASYNC_CHILD, mode, delivered)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("mode", "delivered"), [("waiting", "[]"), ("body", "[0]")])
+def test_ctrl_c_ends_an_async_for_consumer_within_2_s_while_an_inline_call_holds_the_loop(
+    tmp_path, mode, delivered
+):
+    """The call holds asyncio.run's loop, so the Runner's cancellation cannot run. Before: the
+    process went on until the call returned (30.9 s for a 30 s call); the Runner raises only
+    at a second Ctrl-C."""
+    _interrupt_and_check(tmp_path, _ASYNC_CHILD, mode, delivered, "inline")
 
 
 def _interrupt_and_check(tmp_path, child: str, mode: str, delivered: str, executor: str = "thread") -> None:
