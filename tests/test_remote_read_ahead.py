@@ -143,3 +143,18 @@ async def test_read_ahead_stops_at_close_without_tasks_or_connections(server):
     assert not [n for n in names if n.startswith(("aioloader-read", "aioloader:"))]
     assert not _client_sockets(server.port)  # the read-ahead's connections were closed
     assert sum(server.requests.values()) < SHARDS * PER_SHARD  # and it read no further
+
+
+async def test_a_key_outside_the_plan_is_left_to_the_caller(server):
+    ds = al.sources.WebDataset(index=server.url("index.json"))
+    url, offsets = ds.urls[0], ds.offsets[0]
+    spans = [(key, url, int(offsets[key]), int(offsets[key + 1])) for key in (0, 1)]
+    store = ObjectStore(retry=FAST_RETRY)
+    ahead = ReadAhead(store, iter(spans), budget=1 << 20, max_requests=4, max_request_bytes=1 << 20)
+    try:
+        assert await ahead.take(0) == server.objects[url.rsplit("/", 1)[1]][spans[0][2] : spans[0][3]]
+        assert await ahead.take(7) is None  # the plan is over: the source reads it itself
+    finally:
+        await ahead.aclose()
+        await store.aclose()
+    assert sum(server.requests.values()) - server.requests["index.json"] == 1  # 0 and 1: one request

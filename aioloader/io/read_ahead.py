@@ -102,16 +102,17 @@ class ReadAhead:
         queue = self._admitted.get(key)
         if queue:
             span = queue.popleft()
+            if not queue:
+                del self._admitted[key]
         elif self._done:
             return None
         else:  # not admitted yet: the planner gets to it as earlier spans are taken
             waiter: asyncio.Future[_Span | None] = asyncio.get_running_loop().create_future()
             self._waiting[key].append(waiter)
-            span = await waiter
-            if span is None:
+            found = await waiter
+            if found is None:
                 return None
-        if queue is not None and not queue:
-            del self._admitted[key]
+            span = found
         if not span.requested:  # sent at once, whatever the lead
             span.wanted = True
             self._urgent += 1
@@ -162,13 +163,15 @@ class ReadAhead:
                 span.future.add_done_callback(_retrieve)
                 self.held += size
                 self._count += 1
-                waiters = self._waiting.get(key)
+                waiters = self._waiting.get(key, [])
+                while waiters and waiters[0].done():  # a take cancelled while it waited
+                    waiters.pop(0)
                 if waiters:  # its take() came first
                     waiters.pop(0).set_result(span)
-                    if not waiters:
-                        del self._waiting[key]
                 else:
                     self._admitted[key].append(span)
+                if not waiters:
+                    self._waiting.pop(key, None)
                 self._enqueue(span)
                 if admitted % _ADMIT_STEP == 0:
                     await asyncio.sleep(0)
