@@ -38,14 +38,14 @@ _ADMIT_STEP = 1024
 class _Span:
     __slots__ = ("end", "future", "key", "requested", "start", "url", "wanted")
 
-    def __init__(self, key: Any, url: str, start: int, end: int, future: asyncio.Future[bytes]) -> None:
+    def __init__(self, key: Any, url: str, start: int, end: int, future: asyncio.Future[memoryview]) -> None:
         self.key, self.url, self.start, self.end = key, url, start, end
         self.future = future
         self.requested = False
         self.wanted = False  # a take waits on it
 
 
-def _retrieve(future: asyncio.Future[bytes]) -> None:
+def _retrieve(future: asyncio.Future[memoryview]) -> None:
     # a span whose taker was cancelled: its read's error is not "never retrieved"
     if not future.cancelled():
         future.exception()
@@ -92,9 +92,9 @@ class ReadAhead:
         self._closed = False
 
     # -- the consumer's side -------------------------------------------------------------
-    async def take(self, key: Any) -> bytes | None:
-        """The bytes of ``key``'s next span, read ahead; None when ``key`` is not (or no
-        longer) in the plan, for the caller to read it itself."""
+    async def take(self, key: Any) -> memoryview | None:
+        """The bytes of ``key``'s next span (a view of its request's bytes), read ahead;
+        None when ``key`` is not (or no longer) in the plan, for the caller to read it itself."""
         if self._closed:
             return None
         if self._planner is None:
@@ -247,7 +247,7 @@ class ReadAhead:
         finally:
             self._in_flight -= 1
             self._schedule()
+        view = memoryview(data)  # each span a view of the request's bytes: not copied again
         for span in group:
             if not span.future.done():
-                whole = (span.start, span.end) == (low, high)
-                span.future.set_result(data if whole else data[span.start - low : span.end - low])
+                span.future.set_result(view[span.start - low : span.end - low])

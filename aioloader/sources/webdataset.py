@@ -348,7 +348,7 @@ class IndexedShards:
                 bounds = offsets[shard]
                 yield key, urls[shard], int(bounds[local]), int(bounds[local + 1])
 
-    def parse(self, shard: int, local: int, data: bytes) -> dict[str, Any]:
+    def parse(self, shard: int, local: int, data: bytes | memoryview) -> dict[str, Any]:
         """Sample ``local`` of ``shard`` from its bytes (its byte range in the shard)."""
         url = self.dataset.urls[shard]
         start = int(self.dataset.offsets[shard][local])
