@@ -70,7 +70,9 @@ class WebDataset:
 
     ``storage_options``: per protocol, options for its fsspec filesystem (``{"s3":
     {"endpoint_url": ...}}``). ``part_size``: bytes per ranged read; ``read_budget``: bytes
-    read ahead and not yet consumed; ``max_requests``: reads in flight. ``retry``: an
+    read ahead and not yet consumed; ``max_requests``: reads in flight. Indexed, the samples
+    are read ahead along the run's order in requests of neighbouring samples of at most
+    ``read_budget / max_requests`` bytes (and ``part_size``). ``retry``: an
     :class:`aioloader.io.Retry`. ``on_error="skip"``: a corrupt or truncated shard ends there,
     reported in ``stats()["errors"]`` with the key ``(url, member)``, and the epoch goes on.
     ``client``: ``"fsspec"`` (default) or ``"obstore"``, which reads the
