@@ -13,6 +13,7 @@ import psutil
 import pytest
 
 import aioloader as al
+from aioloader.errors import DataNotFoundError
 from aioloader.io import Retry
 from aioloader.io.read_ahead import ReadAhead
 from aioloader.io.store import ObjectStore
@@ -158,3 +159,16 @@ async def test_a_key_outside_the_plan_is_left_to_the_caller(server):
         await ahead.aclose()
         await store.aclose()
     assert sum(server.requests.values()) - server.requests["index.json"] == 1  # 0 and 1: one request
+
+
+def test_a_missing_shard_read_ahead_is_named_or_its_samples_skipped(server):
+    del server.objects["part-0002.tar"]
+    ds = al.sources.WebDataset(index=server.url("index.json"), retry=FAST_RETRY)
+    with al.Loader.from_source(ds, shuffle=True, seed=6) as loader, pytest.raises(DataNotFoundError, match="part-0002"):
+        list(loader)
+    skipping = al.sources.WebDataset(index=server.url("index.json"), retry=FAST_RETRY, on_error="skip")
+    with al.Loader.from_source(skipping, shuffle=True, seed=6) as loader:
+        got = _ids(loader)
+        errors = loader.stats()["errors"]
+    assert sorted(got) == [i for i in range(SHARDS * PER_SHARD) if i // PER_SHARD != 2]
+    assert len(errors) == PER_SHARD  # each of its samples reported by its key
