@@ -36,19 +36,30 @@ _ADMIT_STEP = 1024
 
 
 class _Span:
-    __slots__ = ("end", "future", "key", "requested", "start", "url", "wanted")
+    __slots__ = ("data", "end", "error", "key", "requested", "start", "url", "waiter", "wanted")
 
-    def __init__(self, key: Any, url: str, start: int, end: int, future: asyncio.Future[memoryview]) -> None:
+    def __init__(self, key: Any, url: str, start: int, end: int) -> None:
         self.key, self.url, self.start, self.end = key, url, start, end
-        self.future = future
         self.requested = False
-        self.wanted = False  # a take waits on it
+        self.wanted = False  # a take waits on it and it is not requested yet
+        # its bytes or its read's error once read; a future only when a take waits for them
+        # (few objects per sample: a burst of futures made the collector run over the heap)
+        self.data: memoryview | None = None
+        self.error: BaseException | None = None
+        self.waiter: asyncio.Future[None] | None = None
 
-
-def _retrieve(future: asyncio.Future[memoryview]) -> None:
-    # a span whose taker was cancelled: its read's error is not "never retrieved"
-    if not future.cancelled():
-        future.exception()
+    def settle(self, data: memoryview | None, error: BaseException | None) -> None:
+        self.data, self.error = data, error
+        waiter = self.waiter
+        if waiter is None or waiter.done():
+            return
+        if error is None:
+            waiter.set_result(None)
+        elif isinstance(error, Exception):
+            waiter.set_exception(error)
+            waiter.exception()  # its taker raises it; none is "never retrieved"
+        else:
+            waiter.cancel()
 
 
 class ReadAhead:
@@ -113,12 +124,17 @@ class ReadAhead:
             if found is None:
                 return None
             span = found
-        if not span.requested:  # sent at once, whatever the lead
-            span.wanted = True
-            self._urgent += 1
-            self._schedule()
         try:
-            return await span.future
+            if span.data is None and span.error is None:  # not read yet: wait for it
+                if not span.requested:  # sent at once, whatever the lead
+                    span.wanted = True
+                    self._urgent += 1
+                    self._schedule()
+                span.waiter = asyncio.get_running_loop().create_future()
+                await span.waiter
+            if span.error is not None:
+                raise span.error
+            return span.data
         finally:
             if span.wanted:  # cancelled before its request went out
                 span.wanted = False
@@ -128,6 +144,7 @@ class ReadAhead:
             self.held -= span.end - span.start
             self._count -= 1
             self._room.set()
+            span.data = None
 
     async def aclose(self) -> None:
         """Stop reading ahead: cancel and await the planner and every read."""
@@ -139,7 +156,7 @@ class ReadAhead:
         self._tasks.clear()
         self._finish()
         for span in self._queue:  # never requested: a take still waiting on one ends too
-            span.future.cancel()
+            span.settle(None, asyncio.CancelledError())
         self._queue.clear()
 
     # -- the planner ---------------------------------------------------------------------
@@ -152,15 +169,13 @@ class ReadAhead:
         self._waiting.clear()
 
     async def _plan(self) -> None:
-        loop = asyncio.get_running_loop()
         try:
             for admitted, (key, url, start, end) in enumerate(self._spans, 1):
                 size = end - start
                 while self._count and (self.held + size > self._budget or self._count >= self._max_spans):
                     self._room.clear()
                     await self._room.wait()
-                span = _Span(key, url, start, end, loop.create_future())
-                span.future.add_done_callback(_retrieve)
+                span = _Span(key, url, start, end)
                 self.held += size
                 self._count += 1
                 waiters = self._waiting.get(key, [])
@@ -233,14 +248,9 @@ class ReadAhead:
     async def _read(self, url: str, low: int, high: int, group: list[_Span]) -> None:
         try:
             data = await self._store.read(url, low, high)
-        except BaseException as exc:
+        except BaseException as exc:  # each span fails with it (cancelled: the reader closes)
             for span in group:
-                if span.future.done():
-                    continue
-                if isinstance(exc, Exception):
-                    span.future.set_exception(exc)
-                else:  # cancelled: the reader is closing
-                    span.future.cancel()
+                span.settle(None, exc)
             if not isinstance(exc, Exception):
                 raise
             return
@@ -249,5 +259,4 @@ class ReadAhead:
             self._schedule()
         view = memoryview(data)  # each span a view of the request's bytes: not copied again
         for span in group:
-            if not span.future.done():
-                span.future.set_result(view[span.start - low : span.end - low])
+            span.settle(view[span.start - low : span.end - low], None)
