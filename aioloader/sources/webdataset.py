@@ -543,17 +543,18 @@ class SampleReadAhead:
 
 
 class ShardRanges:
-    """An indexed :class:`WebDataset`'s samples as a Ray actor reads them
-    (``IndexedShards.worker_reader``): keys -> samples, the actor fetching their byte ranges
-    through its own store client (neighbours in a shard joined into one request, as on the
-    loop), closed after each task, so the shards' bytes never pass through the trainer. Only
-    ``executor="ray"`` stages use it, whose tasks of ~200 ms hide a request's latency: a
-    process's 10 ms tasks, or a thread's, would each wait for their own requests, where the
-    read stage keeps many in flight ahead of the workers."""
+    """An indexed remote source's samples as a Ray actor reads them (the ``worker_reader`` of
+    an indexed :class:`WebDataset` or of an indexed ``ParquetShards``): keys -> samples, the
+    actor fetching their byte ranges through its own store client (neighbours in a shard, or
+    the rows of one Parquet row group, joined into one read, as on the loop), closed after each
+    task, so the shards' bytes never pass through the trainer. Only ``executor="ray"`` stages
+    use it, whose tasks of ~500 ms hide a request's latency: a process's 10 ms tasks, or a
+    thread's, would each wait for their own requests, where the read stage keeps many in flight
+    ahead of the workers. ``shards``: the source's indexable view (``aget``, ``aclose_io``)."""
 
     executors = ("ray",)
 
-    def __init__(self, shards: IndexedShards) -> None:
+    def __init__(self, shards: Any) -> None:
         self.shards = shards
 
     def __call__(self, keys: Sequence[int]) -> list[dict[str, Any]]:
