@@ -16,6 +16,7 @@ from typing import Any
 
 from aioloader._closing import Closing
 from aioloader._exit import close_at_exit
+from aioloader._run.block import Block
 from aioloader._run.bridge import iterate_blocks
 from aioloader._run.delivery import Delivery
 from aioloader._run.graph import Pipeline, Run
@@ -173,7 +174,9 @@ class Loader(Closing):
         per CPU of the cluster) with the same semantics, on the cluster Ray is connected to
         (else ``ray.init()``); ``ray_options`` are the actors' Ray options (``num_cpus``,
         ``resources``, ``scheduling_strategy``...), ``worker_init(worker_id)`` runs in each
-        actor. Needs ``pip install aioloader[ray]``; see :mod:`aioloader.ray`.
+        actor, and ``max_worker_memory`` is each actor's limit ("auto": the ``memory`` Ray
+        reserves for it, if ``ray_options`` sets one, else none). Needs
+        ``pip install aioloader[ray]``; see :mod:`aioloader.ray`.
 
         ``executor="auto"`` measures ``fn`` on the first block: cheap functions stay inline,
         GIL-releasing ones go to threads, GIL-holding CPU-heavy picklable ones to processes
@@ -216,11 +219,11 @@ class Loader(Closing):
         elif spec.executor == "ray":
             from aioloader.ray import ray_map_spec
 
-            spec = ray_map_spec(spec, worker_init, ray_options)
+            spec = ray_map_spec(spec, worker_init, ray_options, max_worker_memory=max_worker_memory)
         elif worker_init is not None:
             raise ValueError("worker_init is only used with executor='process' or 'ray'")
-        if spec.executor != "process" and max_worker_memory != "auto":
-            raise ValueError("max_worker_memory is only used with executor='process'")
+        if spec.executor not in ("process", "ray") and max_worker_memory != "auto":
+            raise ValueError("max_worker_memory is only used with executor='process' or 'ray'")
         if spec.executor in ("inline", "thread", "auto", "ray") and not spec.is_async:
             check_stall_options(stall_after, on_stall)
             spec = replace(spec, stall_after=stall_after, on_stall=on_stall)
@@ -768,11 +771,9 @@ class Loader(Closing):
         self._runtime.close(interrupted=exc_type is not None and issubclass(exc_type, KeyboardInterrupt))
 
 
-def _hand_out(delivery: Delivery, block: Any) -> Iterator[Any]:
+def _hand_out(delivery: Delivery, block: Block) -> Iterator[Any]:
     """A block's items to the consumer, keeping the run's delivery count exact per item."""
-    hand_over = getattr(block, "before_consumer", None)
-    if hand_over is not None:  # a device block: this thread's CUDA stream waits for its copy
-        hand_over()
+    block.before_consumer()  # a device block: this thread's CUDA stream waits for its copy
     values = block.values
     if len(values) == 1:
         delivery.current_count = 1

@@ -23,12 +23,13 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+import aioloader.workers.shm as shm
+import aioloader.workers.wire as wire
 from aioloader._run.executors import CHUNK_KEYS, FAILED, ChunkResult, ChunkStalled, ChunkTimeout
 from aioloader._run.stages.map import MapSpec
 from aioloader._run.stall import check_stall_options
 from aioloader._spec import InteractiveMainError, check_callable, fn_name, pickle_error
 from aioloader.errors import StageStalledError, WorkerCrashError, annotate
-from aioloader.workers import shm, wire
 from aioloader.workers.pool import Outcome, ProcessPool
 
 MAX_ATTEMPTS = 3  # runs of one item that end with its worker dead before it is given up
@@ -109,16 +110,21 @@ def process_map_spec(
     if worker_init is not None:
         check_callable(worker_init, "worker_init")
         _check_picklable(worker_init, "worker_init")
+    check_memory_limit(max_worker_memory)
+    check_stall_options(stall_after, on_stall)
+    fields = {f.name: getattr(spec, f.name) for f in dataclasses.fields(MapSpec)}
+    fields.update(stall_after=stall_after, on_stall=on_stall)
+    return ProcessMapSpec(**fields, worker_init=worker_init, max_worker_memory=max_worker_memory)
+
+
+def check_memory_limit(max_worker_memory: Any) -> None:
+    """``max_worker_memory``: bytes (an int >= 1), "auto" or None."""
     if max_worker_memory not in ("auto", None) and (
         isinstance(max_worker_memory, bool) or not isinstance(max_worker_memory, int) or max_worker_memory < 1
     ):
         raise ValueError(
             f"max_worker_memory must be a number of bytes >= 1, 'auto' or None, got {max_worker_memory!r}"
         )
-    check_stall_options(stall_after, on_stall)
-    fields = {f.name: getattr(spec, f.name) for f in dataclasses.fields(MapSpec)}
-    fields.update(stall_after=stall_after, on_stall=on_stall)
-    return ProcessMapSpec(**fields, worker_init=worker_init, max_worker_memory=max_worker_memory)
 
 
 class ProcessExecutor:
@@ -146,13 +152,14 @@ class ProcessExecutor:
                 memory = getattr(self._spec, "max_worker_memory", "auto")
                 if memory == "auto":
                     memory = default_worker_memory(self.workers)
+                batches = self._spec.rewrite.on_batches  # whole batches: used and dropped as a unit
                 return ProcessPool(
                     work,
                     workers=self.workers,
                     worker_init=init,
                     name=self._spec.name,
                     start_timeout=start_timeout,
-                    shm_min_bytes=shm.BATCH_SHM_MIN_BYTES if self._spec.on_batches else shm.SHM_MIN_BYTES,
+                    shm_min_bytes=shm.BATCH_SHM_MIN_BYTES if batches else shm.SHM_MIN_BYTES,
                     stall_after=getattr(self._spec, "stall_after", "auto"),
                     on_stall=getattr(self._spec, "on_stall", "warn"),
                     max_memory=memory,  # type: ignore[arg-type]
