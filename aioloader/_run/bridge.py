@@ -22,6 +22,7 @@ import torch
 
 from aioloader._run.block import Block
 from aioloader._run.channel import ChannelClosed
+from aioloader._run.threads import wait_at_exit
 
 STOP_TIMEOUT_S = 2.0
 # after Ctrl-C, how long a run's end is waited for: an inline call blocked on the loop holds it
@@ -56,6 +57,7 @@ class LoopThread:
         ready = threading.Event()
         self._thread = threading.Thread(target=self._main, args=(ready,), name="aioloader-loop", daemon=True)
         self._thread.start()
+        wait_at_exit(self._thread)  # after Ctrl-C its stop is not waited for long
         ready.wait()
 
     def _main(self, ready: threading.Event) -> None:

@@ -38,6 +38,7 @@ EXIT_WAIT_S = 1.0  # at exit, how long calls that still compute are waited for, 
 _LOOK_S = 0.02  # a thread that used no CPU over this long, and sleeps, is blocked
 
 _pools: weakref.WeakSet[DaemonThreadPool] = weakref.WeakSet()
+_loops: weakref.WeakSet[threading.Thread] = weakref.WeakSet()  # event loops' threads
 
 
 class InterpreterExit(BaseException):
@@ -174,11 +175,20 @@ class DaemonThreadPool:
         return calling
 
 
+def wait_at_exit(thread: threading.Thread) -> None:
+    """Have :func:`stop_at_exit` wait for ``thread`` (an event loop's, told to stop) while it
+    computes: a collate on the loop may be in a torch op."""
+    _loops.add(thread)
+    _exit.watch_exit()
+
+
 def stop_at_exit() -> None:
     """At interpreter exit, before it finalizes: stop every pool's running calls, and wait for
-    each thread while it computes (it may be in a C++ call), at most :data:`EXIT_WAIT_S` in all;
-    a thread seen blocked (asleep, no CPU used) is not waited for."""
+    each thread while it computes (it may be in a C++ call), and for the event loops' threads,
+    at most :data:`EXIT_WAIT_S` in all; a thread seen blocked (asleep, no CPU used) is not
+    waited for."""
     threads = [thread for pool in list(_pools) for thread in pool._stop_calls()]
+    threads += [thread for thread in list(_loops) if thread.is_alive()]
     deadline = time.monotonic() + EXIT_WAIT_S
     for thread in threads:
         _wait_while_computing(thread, deadline)
