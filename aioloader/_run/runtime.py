@@ -13,6 +13,7 @@ from aioloader._run.bridge import INTERRUPT_WAIT_S, STOP_TIMEOUT_S, LoopThread
 from aioloader._run.decisions import Decisions
 from aioloader._run.graph import Run
 from aioloader._run.interrupt import interrupted as ctrl_c
+from aioloader._run.threads import wait_while_computing
 
 
 class Closable(Protocol):
@@ -131,11 +132,17 @@ class Runtime:
         with self._lock:
             on_loop_thread = self._loop_thread is not None and self._loop_thread.is_current
         # after Ctrl-C the loop may be held by an inline call, which nothing can stop
+        # (then only while the loop computes: its thread's CPU time)
         wait_s = INTERRUPT_WAIT_S if self._ctrl_c else STOP_TIMEOUT_S
         ends = time.monotonic() + wait_s  # after Ctrl-C: in all, the loop thread's end included
+        with self._lock:
+            computing = self._loop_thread.thread if self._ctrl_c and self._loop_thread is not None else None
         if not on_loop_thread:  # the runs end on the loop thread: it cannot wait for them
             for event in finished:
-                event.wait(max(0.0, ends - time.monotonic()) if self._ctrl_c else wait_s)
+                if not self._ctrl_c:
+                    event.wait(wait_s)
+                elif not event.wait(max(0.0, ends - time.monotonic())) and computing is not None:
+                    wait_while_computing(computing, time.monotonic() + STOP_TIMEOUT_S, event)
         with self._lock:
             loop_thread, self._loop_thread = self._loop_thread, None
             resources = list(self.resources.values())

@@ -191,7 +191,7 @@ def stop_at_exit() -> None:
     threads += [thread for thread in list(_loops) if thread.is_alive()]
     deadline = time.monotonic() + EXIT_WAIT_S
     for thread in threads:
-        _wait_while_computing(thread, deadline)
+        wait_while_computing(thread, deadline)
 
 
 def _raise_in(thread: threading.Thread, exc_type: type[BaseException]) -> None:
@@ -199,14 +199,20 @@ def _raise_in(thread: threading.Thread, exc_type: type[BaseException]) -> None:
         ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(thread.ident), ctypes.py_object(exc_type))
 
 
-def _wait_while_computing(thread: threading.Thread, deadline: float) -> None:
+def wait_while_computing(thread: threading.Thread, deadline: float, done: threading.Event | None = None) -> None:
+    """Wait until ``done`` is set (without one: until ``thread`` ends) while ``thread`` computes,
+    until ``deadline`` (``time.monotonic()``); return once it is seen blocked (asleep over a
+    look of :data:`_LOOK_S`, no CPU used)."""
     clock = _cpu_clock(thread)
     used = _cpu_seconds(clock)
-    while thread.is_alive():
+    while thread.is_alive() and not (done is not None and done.is_set()):
         left = deadline - time.monotonic()
         if left <= 0:
             return
-        thread.join(min(_LOOK_S, left))
+        if done is None:
+            thread.join(min(_LOOK_S, left))
+        elif done.wait(min(_LOOK_S, left)):
+            return
         now = _cpu_seconds(clock)
         if now is None or (now == used and _sleeping(thread)):
             return  # ended, or blocked in a wait
