@@ -193,16 +193,34 @@ class WebDataset:
     def describe(self) -> str:
         return f"webdataset:{len(self.urls)} shards"
 
+    def worker_stream(self) -> WebDataset | None:
+        """What a process pool's worker streams its shards from when a process map follows
+        this stream (read fusion, :mod:`aioloader._run.stages.shard_map`): this dataset; None
+        with a ``scan_index``, which the parent records as it reads."""
+        return None if self.scan_index is not None else self
+
     async def stream(
-        self, shards: Sequence[int], *, skip: int = 0, report: Report | None = None
+        self,
+        shards: Sequence[int],
+        *,
+        skip: int = 0,
+        report: Report | None = None,
+        store: ObjectStore | None = None,
+        sizes: Sequence[int | None] | None = None,
     ) -> AsyncIterator[tuple[int, int, dict[str, Any]]]:
         """``(n, index, sample)`` for the samples of ``shards`` (numbers of shards), ``n`` the
         place in ``shards``; the first ``skip`` samples of the first shard are left out (a
-        resume point)."""
+        resume point). ``store``: the client to read through (the caller's, left open; by
+        default one of its own, closed at the end); ``sizes``: the shards' sizes where the
+        caller knows them (no lookup then)."""
         urls = [self.urls[s] for s in shards]
-        sizes = [self.sizes[s] for s in shards]
+        known = [self.sizes[s] for s in shards]
+        if sizes is not None:
+            known = [given if given is not None else size for given, size in zip(sizes, known, strict=True)]
+        sizes = known
         cache = self.cache
-        store = self._store()
+        owned = store is None
+        store = self._store() if store is None else store
         kept: list[bytes] = []  # the shard being read, for the cache
         try:
             async with ShardPrefetcher(
@@ -256,7 +274,8 @@ class WebDataset:
                         sample.fields["__url__"] = url
                         yield number, sample.index, sample.fields
         finally:
-            await store.aclose()
+            if owned:
+                await store.aclose()
 
 
 class _Scan:

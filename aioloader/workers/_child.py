@@ -5,7 +5,7 @@ child sees the parent's ``sys.path``, cwd and ``__main__``), then the pickled
 ``(pickle of (work, worker_init), worker_id, segment_prefix)``, then tasks (:mod:`aioloader.workers.wire`: a header ``(task_id, releases, buffer_sizes)``,
 the values' pickle and its out-of-band buffers).
 Child to parent: ``("ready", pid)`` or ``("init_error", exc)``, then one reply per task,
-``("ok", task_id, frame)``, ``("error", task_id, exc)``, or ``("undecodable", task_id, exc)``
+(after any ``("part", task_id, frame)`` the work sends early), ``("ok", task_id, frame)``, ``("error", task_id, exc)``, or ``("undecodable", task_id, exc)``
 when the values cannot be unpickled here (a class only the parent has). A third pipe is the lifeline: when
 the parent closes it (or dies) the child unlinks its segments and exits at once, even mid-task.
 """
@@ -13,6 +13,7 @@ the parent closes it (or dies) the child unlinks its segments and exits at once,
 from __future__ import annotations
 
 import faulthandler
+import functools
 import os
 import pickle
 import signal
@@ -127,17 +128,28 @@ def report_init_error(results: Connection, exc: BaseException) -> None:
 
 
 def _serve(tasks: Connection, results: Connection, work: Any, arena: SegmentArena) -> None:
+    # a work with ``ahead(values)`` is told of the task queued behind the one it starts (a
+    # shard stream's worker starts reading that shard while it decodes this one)
+    ahead = getattr(work, "ahead", None)
+    # a work with ``send_parts(send)`` may send parts of its result before it ends
+    parts = getattr(work, "send_parts", None)
+    queued: Any = None
     while True:
         try:
-            task_id, releases, head, buffers = wire.receive(tasks)
+            message, queued = queued or wire.receive(tasks), None
         except (EOFError, OSError):
             return
+        task_id, releases, head, buffers = message
         arena.release(releases)
         try:
             values = pickle.loads(head, buffers=buffers)
         except Exception as exc:  # the parent sends the values again one by one to find which
             results.send(("undecodable", task_id, _portable(exc)))
             continue
+        if ahead is not None:
+            queued = _peek(tasks, ahead)
+        if parts is not None:
+            parts(functools.partial(_send_part, results, task_id, arena))
         try:
             out = work(values)
             results_, failures, busy = out
@@ -150,6 +162,26 @@ def _serve(tasks: Connection, results: Connection, work: Any, arena: SegmentAren
         except Exception as exc:
             reply = ("error", task_id, _portable(exc))
         results.send(reply)
+
+
+def _send_part(results: Connection, task_id: int, arena: SegmentArena, value: Any) -> None:
+    results.send(("part", task_id, pack(value, arena)))
+
+
+def _peek(tasks: Connection, ahead: Any) -> Any:
+    """The next task's message if it is in the pipe already (``ahead`` is given its values),
+    else None; end of file is left for the next receive to see."""
+    try:
+        if not tasks.poll():
+            return None
+        message = wire.receive(tasks)
+    except (EOFError, OSError):
+        return None
+    try:
+        ahead(pickle.loads(message[2], buffers=message[3]))
+    except Exception:  # only a hint: the task itself reports what is wrong with it
+        pass
+    return message
 
 
 def _without_unpicklable(

@@ -128,6 +128,9 @@ class ProcessExecutor:
     target_task_s = TARGET_TASK_S
     coalesce = True  # the map stage joins waiting blocks into chunks of ~target_task_s
     runner = "a worker process"  # what died, in a WorkerCrashError
+    # the Runtime's key of the stage's pool (its work is fixed when it starts): a pool of
+    # other work for the same stage (stream fusion's shard tasks) has a key of its own
+    pool_key = "process-pool"
 
     def __init__(self, spec: MapSpec, runtime: Any) -> None:
         self._spec = spec
@@ -135,6 +138,10 @@ class ProcessExecutor:
         self.workers = spec.concurrency or default_workers()
         self.in_flight = self.workers * (1 + QUEUED_PER_WORKER)
         self._pool: ProcessPool | None = None
+
+    def pool_for(self, work: Callable[[list[Any]], Any]) -> ProcessPool:
+        """The stage's pool, running ``work``: started at the first call (a Loader keeps it)."""
+        return self._pool_for(work)
 
     def _pool_for(self, work: Callable[[list[Any]], Any]) -> ProcessPool:
         if self._pool is None:
@@ -162,7 +169,7 @@ class ProcessExecutor:
                 self._pool = start()
             else:
                 # a pool broken in an earlier epoch (its workers could not start) is replaced
-                key = f"process-pool:{self._spec.name}"
+                key = f"{self.pool_key}:{self._spec.name}"
                 self._pool = self._runtime.resource(key, start, usable=lambda pool: pool.broken is None)
         return self._pool
 

@@ -82,15 +82,22 @@ class Outcome:
 
 
 class _Task:
-    __slots__ = ("begun", "deadline", "future", "label", "payload", "stalled", "started", "timeout")
+    __slots__ = ("begun", "deadline", "future", "label", "on_part", "payload", "stalled", "started", "timeout")
 
     # ``started``: handed to a worker at least once (its future is running); ``deadline`` and
     # ``begun``: set when the task is at the head of its worker's queue (the worker runs it).
 
-    def __init__(self, payload: wire.Payload, timeout: float | None, label: Any = None) -> None:
+    def __init__(
+        self,
+        payload: wire.Payload,
+        timeout: float | None,
+        label: Any = None,
+        on_part: Callable[[Any], None] | None = None,
+    ) -> None:
         self.payload = payload
         self.timeout = timeout
         self.label = label  # what a stall report names (the chunk's keys)
+        self.on_part = on_part  # called (on the I/O thread) with each part the work sends early
         self.future: Future[Outcome] = Future()
         self.started = False
         self.deadline: float | None = None
@@ -258,11 +265,18 @@ class ProcessPool:
         return sorted(w.proc.pid for w in list(self._workers.values()) if w.state != "dead")
 
     def submit(
-        self, payload: wire.Payload, timeout: float | None = None, label: Any = None
+        self,
+        payload: wire.Payload,
+        timeout: float | None = None,
+        label: Any = None,
+        *,
+        on_part: Callable[[Any], None] | None = None,
     ) -> Future[Outcome]:
         """Queue a task (``payload``: the list of values, :func:`wire.pack`); ``timeout`` in seconds from
-        the moment a worker starts it; ``label``: what a stall report names (its keys)."""
-        task = _Task(payload, timeout, label)
+        the moment a worker starts it; ``label``: what a stall report names (its keys);
+        ``on_part``: called on the pool's I/O thread with each part of the result the work
+        sends before it ends (a work with ``send_parts``, :mod:`aioloader.workers._child`)."""
+        task = _Task(payload, timeout, label, on_part)
         with self._lock:
             if self._closed:
                 task.finish(Outcome("error", RuntimeError(f"the process pool of {self.name!r} is closed")))
@@ -412,6 +426,18 @@ class ProcessPool:
             )
             error.__cause__ = message[1]
             self._break(error)
+        elif kind == "part":  # an early part of the running task's result
+            frame = message[2]
+            if frame[0] is not None:
+                worker.segments.add(frame[0])
+            worker.segments.difference_update(frame[4])
+            task = worker.task
+            try:
+                value = self._mappings.unpack(frame, worker.release)
+            except Exception:  # the end of the task reports what is wrong
+                return
+            if task is not None and task.on_part is not None and not task.future.cancelled():
+                task.on_part(value)
         else:
             if not worker.queue:
                 return
