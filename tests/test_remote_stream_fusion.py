@@ -64,9 +64,9 @@ def server(shard_dir):
         yield srv
 
 
-def _loader(server: ObjectServer, executor: str, fn=describe, *, on_error="raise", source_errors="raise"):
+def _loader(server: ObjectServer, executor: str, fn=describe, *, on_error="raise", source_errors="raise", **options):
     urls = server.url(f"train-{{000000..{SHARDS - 1:06d}}}.tar")
-    source = al.sources.WebDataset(urls, retry=FAST_RETRY, on_error=source_errors)
+    source = al.sources.WebDataset(urls, retry=FAST_RETRY, on_error=source_errors, **options)
     return (
         al.Loader.from_source(source, shuffle=True, seed=5)
         .map(fn, executor=executor, concurrency=2, on_error=on_error, max_failures=100)
@@ -152,3 +152,22 @@ def test_a_missing_shard_raises_data_not_found_naming_its_url(server):
     del server.objects["train-000003.tar"]
     with _loader(server, "process") as fused, pytest.raises(DataNotFoundError, match=r"train-000003\.tar"):
         list(fused)
+
+
+def test_workers_share_the_shard_cache_and_the_parent_can_read_instead(server, tmp_path):
+    with _loader(server, "process", read_in_workers=False) as parent_reads:
+        expected = list(parent_reads)
+        assert [st["name"] for st in parent_reads.stats()["stages"]] == ["source", "map(describe)", "batch"]
+    cache = {"cache": str(tmp_path / "cache"), "cache_bytes": 1 << 20}
+    with _loader(server, "process", **cache) as fused:
+        server.bytes_sent = 0
+        first = list(fused)  # the workers fill the cache, one whole shard each
+        sent = server.bytes_sent
+        server.bytes_sent = 0
+        second = list(fused)
+        stage = _fused_stage(fused)
+    assert first == expected
+    assert sorted(x for batch in second for x in batch) == sorted(x for batch in first for x in batch)
+    assert sent == sum(len(data) for data in server.objects.values()) and server.bytes_sent == 0
+    assert stage["bytes_read"] == 0  # the second epoch's shards came from the cache
+    assert len([n for n in os.listdir(tmp_path / "cache") if n.endswith(".shard")]) == SHARDS

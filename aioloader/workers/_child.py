@@ -127,27 +127,57 @@ def report_init_error(results: Connection, exc: BaseException) -> None:
         pass
 
 
+class _Pipe:
+    """The task pipe, and the next task's message when the work looked at it early."""
+
+    def __init__(self, conn: Connection) -> None:
+        self.conn = conn
+        self._queued: Any = None
+        self._values: Any = None
+
+    def receive(self) -> Any:
+        if self._queued is not None:
+            message, self._queued, self._values = self._queued, None, None
+            return message
+        return wire.receive(self.conn)
+
+    def peek(self) -> Any:
+        """The values of the task queued behind the running one, if it is in the pipe
+        already (None otherwise, or when they cannot be unpickled: the task says why)."""
+        if self._queued is None:
+            try:
+                if not self.conn.poll():
+                    return None
+                self._queued = wire.receive(self.conn)
+            except (EOFError, OSError):  # left for the next receive to see
+                return None
+            try:
+                self._values = pickle.loads(self._queued[2], buffers=self._queued[3])
+            except Exception:
+                self._values = None
+        return self._values
+
+
 def _serve(tasks: Connection, results: Connection, work: Any, arena: SegmentArena) -> None:
-    # a work with ``ahead(values)`` is told of the task queued behind the one it starts (a
-    # shard stream's worker starts reading that shard while it decodes this one)
-    ahead = getattr(work, "ahead", None)
-    # a work with ``send_parts(send)`` may send parts of its result before it ends
+    pipe = _Pipe(tasks)
+    # a work with ``look_ahead(peek)`` may look at the next task while it runs one (a shard
+    # stream's worker starts reading that shard); one with ``send_parts(send)`` may send
+    # parts of its result before it ends
+    look_ahead = getattr(work, "look_ahead", None)
+    if look_ahead is not None:
+        look_ahead(pipe.peek)
     parts = getattr(work, "send_parts", None)
-    queued: Any = None
     while True:
         try:
-            message, queued = queued or wire.receive(tasks), None
+            task_id, releases, head, buffers = pipe.receive()
         except (EOFError, OSError):
             return
-        task_id, releases, head, buffers = message
         arena.release(releases)
         try:
             values = pickle.loads(head, buffers=buffers)
         except Exception as exc:  # the parent sends the values again one by one to find which
             results.send(("undecodable", task_id, _portable(exc)))
             continue
-        if ahead is not None:
-            queued = _peek(tasks, ahead)
         if parts is not None:
             parts(functools.partial(_send_part, results, task_id, arena))
         try:
@@ -166,22 +196,6 @@ def _serve(tasks: Connection, results: Connection, work: Any, arena: SegmentAren
 
 def _send_part(results: Connection, task_id: int, arena: SegmentArena, value: Any) -> None:
     results.send(("part", task_id, pack(value, arena)))
-
-
-def _peek(tasks: Connection, ahead: Any) -> Any:
-    """The next task's message if it is in the pipe already (``ahead`` is given its values),
-    else None; end of file is left for the next receive to see."""
-    try:
-        if not tasks.poll():
-            return None
-        message = wire.receive(tasks)
-    except (EOFError, OSError):
-        return None
-    try:
-        ahead(pickle.loads(message[2], buffers=message[3]))
-    except Exception:  # only a hint: the task itself reports what is wrong with it
-        pass
-    return message
 
 
 def _without_unpicklable(

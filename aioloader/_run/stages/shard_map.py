@@ -4,7 +4,7 @@
 stream each shard through the parent (download, tar parsing) and send every sample's bytes to
 a worker. Here the parent keeps only the order: this rank's shards in their seeded order (as
 :mod:`aioloader._run.stages.shard_source`), one task per shard for the stage's process pool,
-two per worker ahead. The worker streams its shard and runs ``fn`` on its samples
+about two per worker ahead. The worker streams its shard and runs ``fn`` on its samples
 (:mod:`aioloader.sources._stream_worker`), sending the results back a block at a time; the
 parent hands them on in shard order, so the items, keys and seqs are those of the unfused
 stages, and ``state_dict()`` and resume are unchanged: a resumed run's first task is the open
@@ -90,7 +90,10 @@ class ShardMapStage(Stage):
     async def run(self) -> None:
         first, skip = divmod(self._start, SHARD_STRIDE)
         places = list(range(first, len(self._shards)))
-        ahead = 2 * self._executor.workers  # one running and one queued per worker (read ahead)
+        # one running and one queued per worker, and one waiting in the pool: it goes to the
+        # first worker that finishes a shard, whose reads of it start while that worker maps
+        # the shard after (a worker looks at the task queued behind the one it runs)
+        ahead = 2 * self._executor.workers + 1
         store = self._dataset._store() if self._dataset.cache is None else None
         sizes: dict[int, asyncio.Task[int | None]] = {}
         jobs: deque[tuple[int, asyncio.Queue[Any], asyncio.Task[None]]] = deque()
