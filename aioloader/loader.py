@@ -16,6 +16,7 @@ from typing import Any
 
 from aioloader._closing import Closing
 from aioloader._exit import close_at_exit
+from aioloader._run.block import Block
 from aioloader._run.bridge import iterate_blocks
 from aioloader._run.delivery import Delivery
 from aioloader._run.graph import Pipeline, Run
@@ -768,11 +769,9 @@ class Loader(Closing):
         self._runtime.close(interrupted=exc_type is not None and issubclass(exc_type, KeyboardInterrupt))
 
 
-def _hand_out(delivery: Delivery, block: Any) -> Iterator[Any]:
+def _hand_out(delivery: Delivery, block: Block) -> Iterator[Any]:
     """A block's items to the consumer, keeping the run's delivery count exact per item."""
-    hand_over = getattr(block, "before_consumer", None)
-    if hand_over is not None:  # a device block: this thread's CUDA stream waits for its copy
-        hand_over()
+    block.before_consumer()  # a device block: this thread's CUDA stream waits for its copy
     values = block.values
     if len(values) == 1:
         delivery.current_count = 1

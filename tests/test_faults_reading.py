@@ -194,7 +194,8 @@ def test_a_corrupt_hdf5_chunk_is_skipped_row_by_row_under_skip(corrupt_h5):
     got, errors = _run(_loader(source, "skip", max_failures=50).batch(16))
     rows = np.concatenate([np.asarray(b) for b in got])[:, 0] // 4
     assert rows.tolist() == [*range(100), *range(150, 400)]
-    assert [(key, kind) for key, kind, _ in errors] == [(k, "DataReadError") for k in range(100, 150)]
+    # rows read in parallel (auto may read on threads) report their failures as they happen
+    assert sorted((key, kind) for key, kind, _ in errors) == [(k, "DataReadError") for k in range(100, 150)]
 
 
 # -- a file this user may not read ---------------------------------------------------------------

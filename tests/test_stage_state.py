@@ -1,11 +1,17 @@
 """One save/load property, applied to every stage that holds state (as torchdata applies one to
 every node): take k outputs, ``state_dict()``, load it into a fresh twin, and the twin's outputs
 are exactly the rest of an uninterrupted run. A stage that cannot be resumed exactly (it holds
-items across outputs) refuses ``state_dict()`` with ``ValueError`` instead, and declares why."""
+items across outputs) refuses ``state_dict()`` with ``ValueError`` instead, and declares why.
+
+A stage's state is what it declares with ``Stage.state_dict``/``load_state_dict``
+(:mod:`aioloader._run.stages.base`): the default, a failure budget carried over, or its own (the
+shuffle buffer); every stage kind that declares its own is tried here."""
 
 from __future__ import annotations
 
+import importlib
 import json
+import pkgutil
 from collections.abc import Callable
 from typing import Any
 
@@ -15,6 +21,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import aioloader as al
+import aioloader._run.stages as stage_modules
+from aioloader._run.stages.base import Stage
 
 
 def _plain(value: Any) -> Any:
@@ -34,6 +42,12 @@ def _docs(n: int) -> list[dict[str, list[int]]]:
 
 def _seqs(n: int) -> list[list[int]]:
     return [list(range(1 + (i * 7) % 6)) for i in range(n)]
+
+
+def _fails_every_7th(x: int) -> int:
+    if x % 7 == 3:
+        raise ValueError(f"bad sample {x}")
+    return x
 
 
 def _stream(n: int) -> Any:
@@ -57,7 +71,42 @@ PIPELINES: dict[str, tuple[Callable[[int], al.Loader], bool]] = {
     ),
     "pack": (lambda n: al.Loader.from_source(_docs(n)).pack(6, batch_size=2), False),
     "bucket": (lambda n: al.Loader.from_source(_seqs(n)).bucket([3, 7], batch_size=2), False),
+    # the default state: a failure budget that carries over a resume
+    "map_skip": (
+        lambda n: (
+            al.Loader.from_source(list(range(n)))
+            .map(_fails_every_7th, executor="inline", on_error="skip", max_failures=20)
+            .batch(2)
+        ),
+        False,
+    ),
 }
+
+# each Stage class that declares a state of its own -> the pipeline above that saves and loads it
+# ("Stage": the default, a failure budget)
+OWN_STATE = {"Stage": "map_skip", "ShuffleStage": "shuffle"}
+
+
+def _stage_classes() -> set[type[Stage]]:
+    for module in pkgutil.iter_modules(stage_modules.__path__):
+        importlib.import_module(f"{stage_modules.__name__}.{module.name}")
+    found, todo = {Stage}, [Stage]
+    while todo:
+        for sub in todo.pop().__subclasses__():
+            if sub not in found:
+                found.add(sub)
+                todo.append(sub)
+    return found
+
+
+def test_every_stage_that_declares_state_is_saved_and_loaded_here():
+    declaring = {
+        cls.__name__
+        for cls in _stage_classes()
+        if "state_dict" in vars(cls) or "load_state_dict" in vars(cls)
+    }
+    assert declaring == set(OWN_STATE)
+    assert set(OWN_STATE.values()) <= set(PIPELINES)
 
 
 def _outputs(

@@ -21,6 +21,10 @@ class Block:
     def __len__(self) -> int:
         return len(self.values)
 
+    def before_consumer(self) -> None:
+        """Called on the consumer's thread before it sees the values (a device block waits for
+        its copy there); nothing for a block already complete."""
+
     def take(self, index: list[int]) -> Block:
         """The items at ``index`` (ascending), as a new block."""
         keys, seqs, values = self.keys, self.seqs, self.values

@@ -159,5 +159,14 @@ class Channel:
         _wake_all(self._getters)
         _wake_all(self._putters)
 
+    def fail(self, exc: BaseException) -> None:
+        """End the stream because the run failed. A channel only closes: the run's own reader
+        (``Run.next_block``) raises the run's error when it reaches the end."""
+        self.close()
+
+    def abort(self) -> None:
+        """End the stream because the run was stopped; ``Run.next_block`` then stops at once."""
+        self.close()
+
     def occupancy_mean(self) -> float:
         return self._occupancy_sum / self.puts if self.puts else 0.0

@@ -67,40 +67,41 @@ class Delivery:
         return seq + 1
 
     def position_state(self, stages: Sequence[Stage]) -> dict[str, Any]:
-        """Where the consumer is: position, buffer prefix and reservoir counters, whether the
-        epoch is done, and the failures before that point. Call it on the run's loop thread
-        while ``stages`` may still run."""
+        """Where the consumer is, from every stage's :meth:`~Stage.state_dict` at the consumer's
+        cut: position, buffer prefix and reservoir counters, whether the epoch is done, and the
+        failures before that point. Call it on the run's loop thread while ``stages`` may run."""
         delivered = self.delivered_next()
-        if self.reservoir is None:
-            where = {"position": delivered, "prefix": [], "reservoir": None}
-        else:
-            state = self.reservoir.state_at(delivered)
-            position = 0 if state.last_input is None else int(state.last_input) + 1
-            where = {
-                "position": position,
-                "prefix": [int(s) for s in state.slots],
-                "reservoir": state.to_json(),
-            }
+        # the shuffle buffer's part first: it says where the source resumes
+        buffered = {} if self.reservoir is None else self.reservoir.state_dict(delivered)
+        position = buffered.get("position", delivered)
+        where: dict[str, Any] = {
+            "position": position,
+            "prefix": buffered.get("prefix", []),
+            "reservoir": buffered.get("reservoir"),
+        }
         where["epoch_done"] = (
-            self.epoch_length is not None and where["position"] >= self.epoch_length and not where["prefix"]
+            self.epoch_length is not None and position >= self.epoch_length and not where["prefix"]
         )
-        where["failures"] = self._failures_before(stages, where["position"], delivered)
-        return where
-
-    def _failures_before(self, stages: Sequence[Stage], position: int, delivered: int) -> dict[str, int]:
-        """Per stage whose count budget carries over a resume: the items before the resume
-        point it skipped (a stage that skipped none is left out). A stage before the shuffle
-        buffer numbers items by source position (the source resumes at ``position``; the
-        buffer's items never failed); one after it, by the buffer's output (the consumer
-        received up to ``delivered``)."""
-        out = {}
+        # A stage before the shuffle buffer numbers items by source position (the source
+        # resumes at ``position``; the buffer's items never failed); one after it, by the
+        # buffer's output (the consumer received up to ``delivered``).
+        failures = {}
         cut = position
         for stage in stages:
             if stage is self.reservoir:
-                cut = delivered
-            policy = stage.failure_policy
-            if policy is not None and policy.carries_over:
-                failed = policy.failed_before(cut)
-                if failed:  # none: left out (the read stage's policy is there whenever a map skips)
-                    out[stage.name] = failed
-        return out
+                cut, part = delivered, buffered
+            else:
+                part = stage.state_dict(cut)
+            if part.get("failures"):  # none: left out (the read's policy is there whenever a map skips)
+                failures[stage.name] = part["failures"]
+        where["failures"] = failures
+        return where
+
+    def saved_part(self, stage: Stage) -> dict[str, Any]:
+        """``stage``'s part of the state this run resumes from, for :meth:`Stage.load_state_dict`."""
+        if self.resume is None:
+            return {}
+        part: dict[str, Any] = {"failures": self.resume.failures.get(stage.name, 0)}
+        if stage is self.reservoir:
+            part["reservoir"] = self.resume.reservoir
+        return part

@@ -1,18 +1,12 @@
 """Map-then-batch fusion: ``.map(fn, executor=...).batch(n, collate)`` runs as one task per batch.
 
-A pooled map stage followed by a batch stage is rebuilt as a batch stage that only groups items,
-then a map stage that runs ``fn`` on each member and the collate on the results, in the worker:
-one hand-off per batch instead of per sample, and the batch comes back as one tensor in shared
-memory. The data is the same either way (items, batches, order, keys, so resume is unchanged),
-which is why fusion applies only where nothing can differ: ``on_error="raise"``, no retries or
-timeout, no random transform, ``ordered=True``, and a picklable collate where processes may run it.
-Failures are named as unfused; a dead worker's batch is first redone whole with its seed, then
-member by member.
-
-Where the collate runs: in threads, a user's collate runs on the event loop in batch order (it
-need not be reentrant); in processes, in the worker, whose global RNGs are seeded per batch from
-(seed, epoch, rank, batch position). With ``drop_last=True`` the dropped tail is never mapped.
-The rewrite itself is :func:`aioloader._run.rewrite.fuse_map_batch`; this module holds what runs.
+Why: one hand-off per batch instead of per sample, and the batch comes back as one tensor in
+shared memory. The rewrite (:func:`aioloader._run.rewrite.fuse_map_batch`) applies only where
+the data cannot differ: ``on_error="raise"``, no retries or timeout, no random transform,
+``ordered=True``, and a picklable collate where processes may run it. In threads a user's collate
+runs on the event loop in batch order (it need not be reentrant); in processes, in the worker,
+whose global RNGs are seeded per batch from (seed, epoch, rank, batch position). This module
+holds what runs.
 """
 
 from __future__ import annotations

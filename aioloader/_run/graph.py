@@ -16,7 +16,7 @@ import asyncio
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from aioloader._run.block import Block
 from aioloader._run.channel import Channel, EndOfChannel
@@ -33,11 +33,14 @@ from aioloader._run.stages.source import AsyncIterSource, IterSource, KeySource
 from aioloader._spec import Options, SourceSpec
 from aioloader.monitor.observe import RunMonitor, run_stats
 from aioloader.monitor.stats import ErrorLog
-from aioloader.order.orders import order_sequence, resolve_order
+from aioloader.order.orders import order_read_block, order_sequence, resolve_order
 from aioloader.order.resume import ResumePoint, remaining_order
 from aioloader.order.sequence import KeySequence
 from aioloader.order.sharding import RankInfo, resolve_rank, shard_sequence
 from aioloader.sources._adapt import AdaptedSource, AsyncIterableSource, IndexableSource, ShardStreamSource
+
+if TYPE_CHECKING:
+    from aioloader._run.bridge import Handoff
 
 __all__ = ["DEFAULT_BLOCK", "DEFAULT_DEPTH", "SAMPLE_DEPTH", "Pipeline", "Run"]
 
@@ -62,9 +65,10 @@ class Pipeline:
 def block_size_for(pipeline: Pipeline) -> int:
     if pipeline.options.block_size is not None:
         return pipeline.options.block_size
-    window_keys = getattr(pipeline.source_spec.order, "window_keys", None)
-    if window_keys is not None and isinstance(pipeline.source, IndexableSource):
-        return max(1, min(MAX_CHUNK_BLOCK, window_keys(pipeline.source.length)))  # whole chunks per read
+    if isinstance(pipeline.source, IndexableSource):
+        window = order_read_block(pipeline.source_spec.order, pipeline.source.length)
+        if window is not None:
+            return max(1, min(MAX_CHUNK_BLOCK, window))  # whole chunks per read
     for spec in pipeline.stages:
         hint = spec.block_hint()
         if hint:
@@ -90,13 +94,14 @@ def epoch_keys(
     return shard_sequence(keys, rank, spec.shard_policy)
 
 
-def read_policy(stages: Sequence[StageSpec], source: Any = None) -> tuple[str, int | float]:
+def read_policy(
+    stages: Sequence[StageSpec], own: tuple[str, int | float] | None = None
+) -> tuple[str, int | float]:
     """``on_error`` and ``max_failures`` for reading the source: a source that skips what it
-    cannot read by its own setting (``read_failures``, as an indexed WebDataset's ``on_error``)
-    keeps that; otherwise those of the pipeline's first ``.map`` (the decode), so
+    cannot read by its own setting (``own``: its ``read_failures``, as an indexed WebDataset's
+    ``on_error``) keeps that; otherwise those of the pipeline's first ``.map`` (the decode), so
     ``on_error="skip"`` there also skips a sample that cannot be read (a file gone or unreadable,
     a bad line), with a budget of its own of the same size."""
-    own = getattr(source, "read_failures", None)
     if own is not None and own[0] == "skip":
         return own
     lent = (s.source_failures() for s in stages)
@@ -105,7 +110,7 @@ def read_policy(stages: Sequence[StageSpec], source: Any = None) -> tuple[str, i
 
 def read_spec(source: IndexableSource, stages: Sequence[StageSpec] = ()) -> MapSpec:
     """The implicit read stage of an indexable source: keys to samples."""
-    on_error, max_failures = read_policy(stages, source.obj)
+    on_error, max_failures = read_policy(stages, source.read_failures)
     policy = {"on_error": on_error, "max_failures": max_failures}
     if source.aget_one is not None:
         return MapSpec(
@@ -157,6 +162,8 @@ class Run:
         self.options = pipeline.options
         self.monitor: RunMonitor | None = None  # time series, memory/CPU, autotuner
         self._io_closers: list[Any] = []  # coroutine functions closing a source's connections
+        # the run's end: a Channel, or the consumer's Handoff; both close, fail(exc) and abort()
+        self.output: Channel | Handoff
         self._build(pipeline, decisions, sink)
 
     # -- building --------------------------------------------------------------------------
@@ -173,9 +180,8 @@ class Run:
             specs: list[StageSpec] = fuse_read(
                 source, [read_spec(source, pipeline.stages), *fuse_map_batch(pipeline.stages)]
             )
-            closer = getattr(source.obj, "aclose_io", None)
-            if closer is not None:  # connections the reads opened on this run's loop
-                self._io_closers.append(closer)
+            if source.aclose_io is not None:  # connections the reads opened on this run's loop
+                self._io_closers.append(source.aclose_io)
         elif isinstance(source, ShardStreamSource):
             fused = fuse_stream(source.obj, pipeline.stages, prefix=prefix)
             if fused is not None:  # the map's workers read the shards
@@ -239,11 +245,9 @@ class Run:
             depths.append(depth)
             if not spec.keeps_count:
                 expected = None
-        if self.resume is not None:  # the budget spent before the resume point stays spent
+        if self.resume is not None:  # what each stage held at the resume point (its budget spent)
             for stage in self.stages:
-                policy = stage.failure_policy
-                if policy is not None and policy.carries_over:
-                    policy.resume(self.resume.failures.get(stage.name, 0))
+                stage.load_state_dict(self.delivery.saved_part(stage))
         for upstream, downstream, depth in zip(self.stages, self.stages[1:], depths, strict=False):
             channel = Channel(depth, f"{upstream.name}->{downstream.name}")
             upstream.output = channel
@@ -326,11 +330,7 @@ class Run:
         for task in self._tasks:
             if task is not asyncio.current_task():
                 task.cancel()
-        fail = getattr(self.output, "fail", None)
-        if fail is not None:
-            fail(self._error)
-        else:
-            self.output.close()
+        self.output.fail(self._error)
 
     async def wait(self) -> None:
         """Until every stage has ended (normally, by failure or cancelled)."""
@@ -343,11 +343,7 @@ class Run:
         self.cancelled = True
         for task in self._tasks:
             task.cancel()
-        abort = getattr(self.output, "abort", None)
-        if abort is not None:
-            abort()
-        else:
-            self.output.close()
+        self.output.abort()
 
     def release_error(self) -> None:
         """The consumer has the run's error now: drop this reference to it. The error's

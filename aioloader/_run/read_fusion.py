@@ -1,37 +1,14 @@
-"""Read fusion: a file source's read runs in the pool's workers, with the map stage after it.
+"""Read fusion: an indexable source's read runs in the map stage's workers, not on the loop.
 
-``Loader.from_source(ImageFolder(root)).map(decode, executor="process")`` would read each file
-on the parent's event loop and then send its bytes to a worker through a pipe: on 2 cores the
-parent spent ~73 us of CPU per JPEG on that (the read, the item, the pickle, the pipe), and the
-workers, sharing the cores with it, ran at 0.79-0.91 of the machine's ceiling. When the source
-can be read in any process (its ``worker_reader()``: an ``ImageFolder`` in "lazy" mode), the
-implicit read stage is dropped and the map stage's tasks carry keys: each worker reads its
-task's files itself (:func:`aioloader.sources._cached_read.read_files`), then runs ``fn`` (and
-the collate of a fused batch, :mod:`aioloader._run.fusion`), as torch DataLoader's workers do.
-The bytes never enter the parent, which then spends ~33 us per JPEG, and the same workload runs
-at 0.92-1.00 of the ceiling (``python -m bench --workload jpeg``). Threads read in their workers
-too (0.82 -> 0.87 of the ceiling). ``executor="auto"`` times ``fn`` without the reads (a cold
-first epoch must not decide the placement) and sends a costly one to processes, a cheap one to
-threads, never inline, where the reads would block the loop (:func:`aioloader._run.placement.place`).
-
-What the consumer gets is the same: the same items in the same batches and order, with the same
-keys, so ``state_dict()`` and resume are unchanged. A read failure is named by stage ``"read"``
-and the key, and falls under the map's ``on_error`` as the unfused read stage does (which takes
-the first map's policy): it ends the run, or under ``"skip"`` fails its own sample only (a retry
-of ``fn`` does not retry it); a worker that dies redoes its items, reads included. ``stats()`` lists no read stage: the map stage's ``reads`` names it, and its busy time
-includes the reads.
-
-Applied only where nothing else can differ: a pooled executor (``"thread"``, ``"process"``,
-``"ray"`` or ``"auto"``, decided when the pipeline is built, so a pool's work is the same every
-epoch; a reader may name the executors it is for, as an indexed ``WebDataset``'s byte-range
-reader names Ray actors, whose tasks are long enough to hide a request's latency), a
-per-item sync ``fn``, no random transform (its draws are made from ``(key, sample)`` pairs), and
-no ``timeout`` (the reads would count against ``fn``'s deadline). A source offers it with
-``worker_reader()``; ``ImageFolder`` does unless a subclass reads its own way. A user's
-map-style dataset (a torch ``Dataset`` whose ``__getitem__`` decodes) is read in the workers of
-an explicit ``executor="process"`` stage (or the actors of an ``executor="ray"`` one), when it
-can be pickled: it travels to each worker once, with ``fn``, and its ``__getitem__`` runs there,
-as in torch DataLoader's workers (:mod:`aioloader.sources._dataset_reader`).
+Why: reading on the parent's loop and piping the bytes to the workers costs the parent CPU per
+item that the workers then wait for (bench/results/design-notes.md); workers that read their own
+keys, as torch DataLoader's do, keep the bytes out of the parent. The rewrite
+(:func:`aioloader._run.rewrite.fuse_read`) applies only where nothing else can differ: a pooled
+executor, a per-item sync ``fn``, no random transform, no ``timeout``. The consumer gets the same
+items, batches, order and keys (so resume is unchanged); a read failure is named by stage
+``"read"`` and the key under the map's ``on_error``, and ``stats()`` names the read in the map
+stage's ``reads``. A source offers it with ``worker_reader()``; a picklable user dataset is read
+in the workers of an explicit process or Ray stage (:mod:`aioloader.sources._dataset_reader`).
 """
 
 from __future__ import annotations

@@ -26,7 +26,7 @@ def _fusable(spec: MapSpec, batch: BatchSpec) -> bool:
         return False
     if spec.on_error != "raise" or spec.retries or spec.timeout is not None or not spec.ordered:
         return False
-    if spec.fused_batch is not None or batch.collate is members:
+    if spec.rewrite.fused_batch is not None or batch.collate is members:
         return False
     # processes need the collate in the workers; a thread or inline run does not
     return spec.executor == "thread" or is_picklable(batch.collate or stack)
@@ -47,7 +47,8 @@ def fuse_map_batch(specs: Sequence[StageSpec]) -> list[StageSpec]:
         ):
             work = MapThenCollate(spec.fn, following.collate or stack, spec.name, following.name)
             out.append(dataclasses.replace(following, collate=members))
-            out.append(dataclasses.replace(spec, fn=work, fused_batch=following.name))
+            fused = dataclasses.replace(spec.rewrite, fused_batch=following.name)
+            out.append(dataclasses.replace(spec, fn=work, rewrite=fused))
             i += 2
             continue
         out.append(spec)
@@ -77,7 +78,7 @@ def fuse_read(source: IndexableSource, specs: Sequence[StageSpec]) -> list[Stage
         reader = source.dataset_reader
     reads = NamedRead(reader, read.name)
     fn = spec.fn.reading(reads) if isinstance(spec.fn, MapThenCollate) else spec.fn
-    rest[at] = dataclasses.replace(spec, fn=fn, reads=reads)
+    rest[at] = dataclasses.replace(spec, fn=fn, rewrite=dataclasses.replace(spec.rewrite, reads=reads))
     return rest
 
 

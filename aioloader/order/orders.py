@@ -36,6 +36,7 @@ __all__ = [
     "Weighted",
     "ClassBalanced",
     "resolve_order",
+    "order_read_block",
     "order_sequence",
 ]
 
@@ -48,7 +49,8 @@ class KeyOrder(Protocol):
     """``keys(n, seed, epoch)``: this epoch's keys in order; ``describe()``: a JSON-able
     fingerprint, compared when a state is loaded. An order may also offer ``sequence(n, seed,
     epoch)`` (a :class:`~aioloader.order.sequence.KeySequence`: its keys by position), which a
-    run then uses instead of ``keys``; ``count(n)``: how many keys it yields when not ``n``."""
+    run then uses instead of ``keys``; ``count(n)``: how many keys it yields when not ``n``;
+    ``window_keys(n)``: how many keys one read should take (whole chunk windows)."""
 
     def keys(self, n: int, seed: int, epoch: int) -> np.ndarray: ...
 
@@ -59,6 +61,13 @@ def order_count(order: Any, n: int) -> int:
     """How many keys ``order`` yields per epoch for a source of ``n`` (samplers may differ)."""
     count = getattr(order, "count", None)
     return n if count is None else count(n)
+
+
+def order_read_block(order: Any, n: int) -> int | None:
+    """How many keys one read takes under ``order`` for a source of ``n`` (its
+    ``window_keys``: whole chunk windows), or None when the order does not say."""
+    window_keys = getattr(order, "window_keys", None)
+    return None if window_keys is None else int(window_keys(n))
 
 
 def order_sequence(order: Any, n: int, seed: int, epoch: int) -> KeySequence:

@@ -36,9 +36,9 @@ from collections.abc import Callable
 from concurrent.futures import Future, InvalidStateError
 from typing import Any
 
+import aioloader.workers.wire as wire
 from aioloader._run.stall import describe_keys, describe_limit, stall_limit
 from aioloader.errors import StageStalledError, WorkerCrashError
-from aioloader.workers import wire
 from aioloader.workers.pool import Outcome
 
 MAX_START_FAILURES = 3  # actors dying before they are ready, in a row: the pool is broken

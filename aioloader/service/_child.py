@@ -34,6 +34,7 @@ from collections import deque
 from multiprocessing.connection import Connection
 from typing import Any
 
+import aioloader.workers._child as worker_child
 from aioloader.loader import Loader
 from aioloader.service.specs import (
     length_or_none,
@@ -41,7 +42,6 @@ from aioloader.service.specs import (
     state_or_mark,
     validated_state,
 )
-from aioloader.workers import _child as worker_child
 from aioloader.workers.shm import BATCH_SHM_MIN_BYTES, SegmentArena, pack
 
 _JOIN_S = 2.0

@@ -35,10 +35,10 @@ import weakref
 from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
 from typing import Any, NoReturn
 
+import aioloader.service.protocol as protocol
 from aioloader._closing import Closing
 from aioloader._run.bridge import LoopThread
 from aioloader.order.sharding import resolve_rank
-from aioloader.service import protocol
 from aioloader.service.codec import DecodeError, decode
 from aioloader.service.cursor import Cursor
 from aioloader.service.protocol import (

@@ -41,9 +41,9 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+import aioloader.service.protocol as protocol
 from aioloader._run.bridge import LoopThread
 from aioloader.loader import Loader
-from aioloader.service import protocol
 from aioloader.service.codec import encode
 from aioloader.service.protocol import ProtocolError, error_header, expect, read_frame, write_frame
 from aioloader.service.specs import (

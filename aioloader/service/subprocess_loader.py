@@ -39,13 +39,13 @@ from collections.abc import AsyncIterator, Callable, Iterator
 from concurrent.futures import Future
 from typing import TYPE_CHECKING, Any
 
+import aioloader.workers._child as worker_child
+import aioloader.workers.shm as shm
 from aioloader._closing import Closing
 from aioloader._run.graph import Pipeline
 from aioloader.errors import WorkerCrashError
 from aioloader.service.cursor import Cursor
 from aioloader.service.specs import check_host_only, pickled_spec, pinned_rank
-from aioloader.workers import _child as worker_child
-from aioloader.workers import shm
 from aioloader.workers._spawn import preparation_data, spawn_child
 
 if TYPE_CHECKING:

@@ -12,12 +12,14 @@ from aioloader.sources._dataset_reader import dataset_reader
 
 @dataclass(frozen=True, slots=True)
 class IndexableSource:
-    """Random access by integer key.
+    """Random access by integer key, and what the run may use of the source besides.
 
     The implicit read stage uses, in order of preference: ``aget(key)`` (a coroutine method:
     async file or network I/O, run on the loop with ``read_concurrency`` reads in flight,
     default 16), ``__getitems__(keys)`` (the torch batched-fetch protocol: one call per block,
-    e.g. a whole HDF5 row range), else ``__getitem__(key)``.
+    e.g. a whole HDF5 row range), else ``__getitem__(key)``. Every other part of the protocol
+    is optional and read here, once, so the run never probes the source: ``worker_reader()``,
+    ``read_failures`` (the read's own ``(on_error, max_failures)``) and ``aclose_io()``.
     """
 
     obj: Any
@@ -32,6 +34,11 @@ class IndexableSource:
     # a user's dataset read the same way in a worker (an explicit executor="process" stage
     # after the source uses it; aioloader.sources._dataset_reader)
     dataset_reader: Any = None
+    # the source's own read policy, ``(on_error, max_failures)``, as an indexed WebDataset's
+    # ``on_error``; None: the first map's (aioloader._run.graph.read_policy)
+    read_failures: tuple[str, int | float] | None = None
+    # closes the connections the reads opened on a run's loop, awaited when the run ends
+    aclose_io: Callable[[], Awaitable[None]] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,7 +103,16 @@ def adapt(source: Any) -> AdaptedSource:
         make_reader = getattr(source, "worker_reader", None)
         reader = make_reader() if callable(make_reader) else None
         return IndexableSource(
-            source, length, source.__getitem__, get_many, aget, concurrency, reader, dataset_reader(source)
+            source,
+            length,
+            source.__getitem__,
+            get_many,
+            aget,
+            concurrency,
+            reader,
+            dataset_reader(source),
+            read_failures=getattr(source, "read_failures", None),
+            aclose_io=getattr(source, "aclose_io", None),
         )
     if hasattr(source, "__iter__"):
         return IterableSource(source, one_shot=hasattr(source, "__next__"))

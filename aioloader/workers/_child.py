@@ -25,7 +25,7 @@ from multiprocessing.connection import Connection
 from multiprocessing.spawn import prepare
 from typing import Any
 
-from aioloader.workers import wire
+import aioloader.workers.wire as wire
 from aioloader.workers.shm import SegmentArena, check_packable, pack
 
 BOOTSTRAPPING = False  # true while a worker imports the parent's __main__ (see ProcessPool)

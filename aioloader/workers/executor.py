@@ -23,12 +23,13 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+import aioloader.workers.shm as shm
+import aioloader.workers.wire as wire
 from aioloader._run.executors import CHUNK_KEYS, FAILED, ChunkResult, ChunkStalled, ChunkTimeout
 from aioloader._run.stages.map import MapSpec
 from aioloader._run.stall import check_stall_options
 from aioloader._spec import InteractiveMainError, check_callable, fn_name, pickle_error
 from aioloader.errors import StageStalledError, WorkerCrashError, annotate
-from aioloader.workers import shm, wire
 from aioloader.workers.pool import Outcome, ProcessPool
 
 MAX_ATTEMPTS = 3  # runs of one item that end with its worker dead before it is given up
@@ -153,13 +154,14 @@ class ProcessExecutor:
                 memory = getattr(self._spec, "max_worker_memory", "auto")
                 if memory == "auto":
                     memory = default_worker_memory(self.workers)
+                batches = self._spec.rewrite.on_batches  # whole batches: used and dropped as a unit
                 return ProcessPool(
                     work,
                     workers=self.workers,
                     worker_init=init,
                     name=self._spec.name,
                     start_timeout=start_timeout,
-                    shm_min_bytes=shm.BATCH_SHM_MIN_BYTES if self._spec.on_batches else shm.SHM_MIN_BYTES,
+                    shm_min_bytes=shm.BATCH_SHM_MIN_BYTES if batches else shm.SHM_MIN_BYTES,
                     stall_after=getattr(self._spec, "stall_after", "auto"),
                     on_stall=getattr(self._spec, "on_stall", "warn"),
                     max_memory=memory,  # type: ignore[arg-type]

@@ -51,9 +51,11 @@ from dataclasses import dataclass
 from multiprocessing.connection import Connection, wait
 from typing import Any
 
+import aioloader.workers._child as _child
+import aioloader.workers.shm as shm
+import aioloader.workers.wire as wire
 from aioloader._run.stall import describe_keys, describe_limit, stall_limit
 from aioloader.errors import StageStalledError, WorkerCrashError
-from aioloader.workers import _child, shm, wire
 from aioloader.workers._spawn import fork_allowed, fork_child, pipe_capacity, preparation_data, spawn_child
 
 MAX_START_FAILURES = 3  # workers dying before they are ready, in a row: the pool is broken

@@ -17,9 +17,21 @@ resume and fingerprint rules need, so neither ever asks which kind of spec it ho
 A **stage** is the running part: ``input``/``output`` channels set by the graph, a ``stats``
 record, one coroutine ``run()`` that closes its output when its input is done, an optional
 ``failure_policy`` (a budget that carries over a resume), ``close()`` once every task ended and
-``drain(timeout)`` to wait for calls still running in threads. Resume state reaches a stage
-through ``ctx.resume`` when it is built; what the consumer received is tracked outside the
-stages (:mod:`aioloader._run.delivery`).
+``drain(timeout)`` to wait for calls still running in threads, and its state:
+
+- ``state_dict(cut)``: its part of a resume state once the consumer has every item numbered
+  below ``cut``. Stages run ahead of the consumer, so the cut is not theirs to know: the run's
+  :class:`~aioloader._run.delivery.Delivery` computes it (source positions before a shuffle
+  buffer, the buffer's emission numbers from it on) and assembles the parts into
+  ``Loader.state_dict()``'s ``position``, ``prefix``, ``reservoir`` and ``failures``;
+- ``load_state_dict(state)``: on a resumed run, after the stage is built and before it runs,
+  the part it gave (the ``Delivery`` cuts it from the saved state).
+
+By default a stage's state is the failures its budget spent before the cut (a stage without a
+budget that carries over has none); the shuffle buffer adds its content and counters. A
+source stage is built at the resume position and prefix (by the graph, from ``ctx.resume``). The
+one state that outlives a run, ``adaptive_batch``'s step sizes, is the Loader's (its Runtime's
+step sizer), saved under ``adaptive`` even between runs.
 """
 
 from __future__ import annotations
@@ -32,7 +44,6 @@ if TYPE_CHECKING:
     from aioloader._run.decisions import Decisions
     from aioloader._run.failures import FailurePolicy
     from aioloader.monitor.stats import ErrorLog, StageStats
-    from aioloader.order.reservoir import ReservoirState
     from aioloader.order.resume import ResumePoint
     from aioloader.order.sharding import RankInfo
 
@@ -59,14 +70,6 @@ class BuildContext:
     expected_items: int | None = None  # the items this stage receives in the epoch, when known
     feeds_consumer: bool = False  # its output is the run's output
 
-    def saved_reservoir(self) -> ReservoirState | None:
-        """The shuffle buffer's counters in the state the run resumes from, if any."""
-        from aioloader.order.reservoir import ReservoirState
-
-        if self.resume is None or self.resume.reservoir is None:
-            return None
-        return ReservoirState.from_json(self.resume.reservoir)
-
 
 class Stage:
     """The running part of a stage (see the module docstring); subclasses implement ``run``."""
@@ -79,6 +82,23 @@ class Stage:
 
     async def run(self) -> None:
         raise NotImplementedError
+
+    def state_dict(self, cut: int) -> dict[str, Any]:
+        """Its part of a resume state (JSON values) once the consumer has every item numbered
+        below ``cut``: by default ``{"failures": n}``, the items its budget skipped before
+        ``cut`` when that budget carries over a resume, and ``{}`` when none."""
+        policy = self.failure_policy
+        if policy is None or not policy.carries_over:
+            return {}
+        failed = policy.failed_before(cut)
+        return {"failures": failed} if failed else {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Take back the part :meth:`state_dict` gave (a resumed run, before it starts): by
+        default the failures spent, so the budget gives up at the same sample as before."""
+        policy = self.failure_policy
+        if policy is not None and policy.carries_over:
+            policy.resume(int(state.get("failures", 0)))
 
     def close(self) -> None:
         """After the run's tasks ended: release what the stage holds (no waiting)."""

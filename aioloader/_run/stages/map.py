@@ -43,7 +43,7 @@ from aioloader._run.executors import (
 )
 from aioloader._run.failures import FailurePolicy
 from aioloader._run.placement import PROBE_S, THREAD_ABOVE_S, Limiter, PlacementProbe
-from aioloader._run.read_fusion import read_then_apply
+from aioloader._run.read_fusion import NamedRead, read_then_apply
 from aioloader._run.stages.base import BuildContext, Stage, StageSpec
 from aioloader._run.stall import StallWatch
 from aioloader._spec import (
@@ -131,8 +131,8 @@ class MapStage(Stage):
             self._work = spec.fn
         elif spec.seed is not None:  # a random transform: fn(sample, rng) on (key, sample, epoch)
             self._work = functools.partial(apply_items, WithRng(spec.fn, spec.seed))
-        elif spec.reads is not None and spec.fused_batch is None:  # values are keys: read, then fn
-            self._work = functools.partial(read_then_apply, spec.reads, spec.fn)
+        elif spec.rewrite.reads is not None and spec.rewrite.fused_batch is None:  # keys: read, then fn
+            self._work = functools.partial(read_then_apply, spec.rewrite.reads, spec.fn)
         else:  # (a fused stage that reads has its read in spec.fn, per batch)
             self._work = functools.partial(apply_items, spec.fn)
         if not spec.is_async:  # the same intra-op threads for torch ops, wherever it runs
@@ -140,8 +140,8 @@ class MapStage(Stage):
         kind = executor.kind if executor is not None else self._initial_kind()
         self._executor: Executor = executor or self._make_executor(kind)
         self.stats = StageStats(spec.name, workers=self._executor.workers, executor=kind)
-        self.stats.fused = spec.fused_batch
-        self.stats.reads = getattr(spec.reads, "stage", None)
+        self.stats.fused = spec.rewrite.fused_batch
+        self.stats.reads = None if spec.rewrite.reads is None else spec.rewrite.reads.stage
         self.stats.describe_workers = getattr(self._executor, "describe", None)  # a Ray stage's actors
         if spec.executor == "auto":  # a decision from an earlier epoch: show what decided it
             self.stats.placement = decisions.placement(spec.name)
@@ -239,7 +239,9 @@ class MapStage(Stage):
         return True
 
     def _placement_probe(self) -> PlacementProbe:
-        probe = PlacementProbe(self._work, can_process=self._runtime is not None, reads=self.spec.reads)
+        probe = PlacementProbe(
+            self._work, can_process=self._runtime is not None, reads=self.spec.rewrite.reads
+        )
         self._probes.append(probe)
         return probe
 
@@ -308,7 +310,7 @@ class MapStage(Stage):
 
     def _samples(self, block: Block) -> int:
         """Samples in ``block``: its items, or a fused stage's batches' members."""
-        if self.spec.fused_batch is None:
+        if self.spec.rewrite.fused_batch is None:
             return len(block)
         return sum(len(keys) for keys in block.keys)
 
@@ -316,7 +318,7 @@ class MapStage(Stage):
         """A fused stage in threads collates on the loop, batch by batch in order, as the
         unfused batch stage does: a collate may not be reentrant (a tokenizer's "Already
         borrowed") or may draw from the global RNG, whose draws must come in batch order."""
-        if self.spec.fused_batch is None or self._executor.kind != "thread":
+        if self.spec.rewrite.fused_batch is None or self._executor.kind != "thread":
             return False
         from aioloader._run.fusion import is_pure_collate  # here: it imports torch (collate)
 
@@ -486,11 +488,11 @@ class MapStage(Stage):
         or (keys, members, ...) for a fused batch (whose members' keys name a failure)."""
         if self.spec.seed is not None:
             return [(key, value, self._epoch) for key, value in zip(chunk.keys, chunk.values, strict=True)]
-        if self.spec.fused_batch is None:
+        if self.spec.rewrite.fused_batch is None:
             return chunk.values
         if self._collates_here():  # (keys, members, True): fn's results, uncollated
             return [(keys, members, True) for keys, members in zip(chunk.keys, chunk.values, strict=True)]
-        if self.spec.fused_batch is not None and self._executor.kind in ("process", "ray"):
+        if self.spec.rewrite.fused_batch is not None and self._executor.kind in ("process", "ray"):
             return [
                 (keys, members, False, (self._seed, self._epoch, self._rank, seqs[0]))
                 for keys, members, seqs in zip(chunk.keys, chunk.values, chunk.seqs, strict=True)
@@ -559,6 +561,21 @@ def _join(blocks: list[Block]) -> Block:
 
 # -- the spec ----------------------------------------------------------------------------------
 @dataclass(frozen=True, slots=True)
+class MapRewrite:
+    """What the graph attaches to a map spec when it builds a run (:mod:`aioloader._run.rewrite`,
+    :meth:`MapSpec.after_batches`), kept apart from what the user said."""
+
+    # the batch stage fused into this one (aioloader._run.fusion): fn takes (keys, members)
+    fused_batch: str | None = None
+    # the source's read, run by this stage's workers: its values are keys, and ``reads(keys)``
+    # gives the items fn takes
+    reads: NamedRead | None = None
+    # fn's results are whole batches (it follows a batching stage, or a batch is fused into it),
+    # used and dropped as a unit (aioloader.workers.shm)
+    on_batches: bool = False
+
+
+@dataclass(frozen=True, slots=True)
 class MapSpec(StageSpec):
     fn: Callable[..., Any]
     executor: str = "auto"
@@ -573,14 +590,6 @@ class MapSpec(StageSpec):
     per_block: bool = False  # fn takes the list of values of a block and returns a list
     item_fn: Callable[[Any], Any] | None = None  # per-item twin of a per_block fn, to find failures
     seed: int | None = None  # set for a random transform: fn(sample, rng), rng from (seed, epoch, key)
-    # the batch stage fused into this one (aioloader._run.fusion): fn takes (keys, members)
-    fused_batch: str | None = None
-    # the source's read, run by this stage's workers: its values are keys, and ``reads(keys)``
-    # (an aioloader._run.read_fusion.NamedRead) gives the items fn takes
-    reads: Any = None
-    # set when the run is built: fn's results are whole batches (it follows a batching stage,
-    # or a batch is fused into it), used and dropped as a unit (aioloader.workers.shm)
-    on_batches: bool = False
     # the stall watch (aioloader._run.stall; the process pool's own for executor="process"):
     # seconds, "auto" or None, and "warn" or "raise"
     stall_after: float | str | None = "auto"
@@ -588,6 +597,8 @@ class MapSpec(StageSpec):
     # a map's executor (inline, threads, processes) never changes the data: a state saved with
     # one resumes with another, and a subclass (RayMapSpec) fingerprints as a map
     fingerprint_kind: ClassVar[str | None] = "MapSpec"
+    # not a user's setting: what the graph attached when the run was built (fusions, placement)
+    rewrite: MapRewrite = MapRewrite()
 
     def build(self, ctx: BuildContext) -> MapStage:
         return MapStage(
@@ -621,7 +632,7 @@ class MapSpec(StageSpec):
         return self.on_error == "raise" and self.ordered
 
     def after_batches(self) -> MapSpec:
-        return dataclasses.replace(self, on_batches=True)
+        return dataclasses.replace(self, rewrite=dataclasses.replace(self.rewrite, on_batches=True))
 
     def source_failures(self) -> tuple[str, int | float]:
         return self.on_error, self.max_failures

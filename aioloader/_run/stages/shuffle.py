@@ -61,15 +61,36 @@ class ShuffleStage(Stage):
         self.input: Channel
         self.output: Channel
         self.stats = StageStats(spec.name)
-        seed = ctx.seed if spec.seed is None else spec.seed
-        saved = ctx.saved_reservoir()
-        if saved is None:
-            self.reservoir = Reservoir(spec.buffer_size, seed, ctx.epoch, history=_HISTORY, seq_of=_seq_of)
-        else:
-            self.reservoir = Reservoir.restored(
-                spec.buffer_size, seed, ctx.epoch, saved, history=_HISTORY, seq_of=_seq_of
-            )
+        self._size = spec.buffer_size
+        self._seed = ctx.seed if spec.seed is None else spec.seed
+        self._epoch = ctx.epoch
+        self.reservoir = Reservoir(self._size, self._seed, self._epoch, history=_HISTORY, seq_of=_seq_of)
         self._block = 64
+
+    def state_dict(self, cut: int) -> dict[str, Any]:
+        """The buffer once the consumer has emission ``cut`` and everything before it: the
+        source position after its last input, the positions it held (read again first on a
+        resume) and its counters."""
+        state = self.state_at(cut)
+        return {
+            "position": 0 if state.last_input is None else int(state.last_input) + 1,
+            "prefix": [int(s) for s in state.slots],
+            "reservoir": state.to_json(),
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Refill the buffer's counters from a saved ``reservoir`` (its items come back from
+        the source, whose resumed run sends the ``prefix`` first)."""
+        saved = state.get("reservoir")
+        if saved is not None:
+            self.reservoir = Reservoir.restored(
+                self._size,
+                self._seed,
+                self._epoch,
+                ReservoirState.from_json(saved),
+                history=_HISTORY,
+                seq_of=_seq_of,
+            )
 
     def state_at(self, emitted: int) -> ReservoirState:
         """The buffer's state after emission ``emitted``; ``ValueError`` when it shuffles
