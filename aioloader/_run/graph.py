@@ -183,7 +183,7 @@ class Run:
             if source.aclose_io is not None:  # connections the reads opened on this run's loop
                 self._io_closers.append(source.aclose_io)
         elif isinstance(source, ShardStreamSource):
-            fused = fuse_stream(source.obj, pipeline.stages, prefix=prefix)
+            fused = fuse_stream(source, pipeline.stages, prefix=prefix)
             if fused is not None:  # the map's workers read the shards
                 self.stages.append(self._shard_map(pipeline, fused, block, start))
                 specs = fuse_map_batch(pipeline.stages[1:])
@@ -277,7 +277,7 @@ class Run:
         self._check_shard_policy(pipeline)
         spec = pipeline.source_spec
         return ShardMapStage(
-            pipeline.source.obj,
+            pipeline.source.worker_stream,
             map_spec,
             block,
             self.rank,

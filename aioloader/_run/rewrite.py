@@ -16,7 +16,7 @@ from aioloader._run.stages.batch import BatchSpec
 from aioloader._run.stages.map import MapSpec
 from aioloader._spec import is_picklable
 from aioloader.collate import stack
-from aioloader.sources._adapt import IndexableSource
+from aioloader.sources._adapt import IndexableSource, ShardStreamSource
 
 __all__ = ["fuse_map_batch", "fuse_read", "fuse_stream"]
 
@@ -82,19 +82,18 @@ def fuse_read(source: IndexableSource, specs: Sequence[StageSpec]) -> list[Stage
     return rest
 
 
-def fuse_stream(source: object, specs: Sequence[StageSpec], *, prefix: Sequence[int] = ()) -> MapSpec | None:
+def fuse_stream(source: ShardStreamSource, specs: Sequence[StageSpec], *, prefix: Sequence[int] = ()) -> MapSpec | None:
     """The map that a shard stream's workers run (the first stage, when it may take the
     stream's reads: :mod:`aioloader._run.stages.shard_map`), or None, the stream then read in
     the parent: for a map not in processes (threads share the parent's loop, which reads
     without copies), one that is not per item, random, timed or retried (a shard's task
     would carry them all), a source that offers no ``worker_stream()``, and a resume whose
     shuffle buffer is read again first (its samples come from several shards)."""
-    make = getattr(source, "worker_stream", None)
-    if not specs or prefix or make is None or make() is None:
+    if not specs or prefix or source.worker_stream is None:
         return None
     spec = specs[0]
     if not isinstance(spec, MapSpec) or spec.executor != "process" or not pooled_per_item(spec):
         return None
-    if spec.timeout is not None or spec.retries or spec.fused_batch is not None:
+    if spec.timeout is not None or spec.retries or spec.rewrite.fused_batch is not None:
         return None
     return spec
