@@ -37,6 +37,7 @@ _TAKE = 32  # samples taken from the stream at once (a part usually holds severa
 # a worker reads one shard at a time: parts this small keep several connections busy on it
 # (one 50 MB/s connection took ~90 ms for the rest of a 5 MB shard, the decode waiting)
 WORKER_PART = 1 << 20
+QUEUED = 3  # shard tasks queued behind a worker's running one (read ahead as they come)
 _TURN_S = 0.002  # the loop turns between samples at most this often (each turn polls the sockets)
 
 
@@ -143,19 +144,21 @@ class ShardStreamWork:
         self._peek = peek
 
     def _look(self) -> None:
-        """Start reading the shard of the task queued behind the running one, once it is in
-        the pipe: its first bytes are here when its turn comes."""
-        values = self._peek() if self._peek is not None else None
-        for value in values or ():
+        """Start reading the shards of the tasks queued behind the running one, once they are
+        in the pipe: their first bytes are here when their turn comes."""
+        queued = [value for values in (self._peek() if self._peek is not None else ()) for value in values]
+        for value in queued:
             if value not in self._open:
                 self._open[value] = self._start(value)
-        while len(self._open) > 2:  # only a task given to another worker meanwhile: stopped
-            self._io_loop().call(_close(self._open.pop(next(iter(self._open)))))
+        for value in [v for v in self._open if v not in queued]:  # a task given to another worker
+            self._io_loop().call(_close(self._open.pop(value)))
 
     def _io_loop(self) -> _WorkerLoop:
         if self._io is None:
             self.dataset = copy.copy(self.dataset)
             self.dataset.part_size = min(self.dataset.part_size, WORKER_PART)
+            # the running shard and the queued ones share the read budget
+            self.dataset.read_budget = max(self.dataset.part_size, self.dataset.read_budget // (1 + QUEUED))
             self._io = _WorkerLoop(self.dataset._store)
         return self._io
 
@@ -218,7 +221,7 @@ class ShardStreamWork:
                     self._send(out)
                     out = ShardOutput(next_index=out.next_index)
                 if perf_counter() >= turn_at:  # the reads in flight take what has arrived
-                    if not self._open:
+                    if len(self._open) < QUEUED:
                         self._look()
                     await asyncio.sleep(0)
                     turn_at = perf_counter() + _TURN_S

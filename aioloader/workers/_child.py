@@ -21,6 +21,7 @@ import sys
 import tempfile
 import threading
 import traceback
+from collections import deque
 from multiprocessing.connection import Connection
 from multiprocessing.spawn import prepare
 from typing import Any
@@ -128,34 +129,31 @@ def report_init_error(results: Connection, exc: BaseException) -> None:
 
 
 class _Pipe:
-    """The task pipe, and the next task's message when the work looked at it early."""
+    """The task pipe, and the tasks' messages taken from it early when the work looked."""
 
     def __init__(self, conn: Connection) -> None:
         self.conn = conn
-        self._queued: Any = None
-        self._values: Any = None
+        self._queued: deque[tuple[Any, Any]] = deque()  # (message, its values or None)
 
     def receive(self) -> Any:
-        if self._queued is not None:
-            message, self._queued, self._values = self._queued, None, None
-            return message
+        if self._queued:
+            return self._queued.popleft()[0]
         return wire.receive(self.conn)
 
-    def peek(self) -> Any:
-        """The values of the task queued behind the running one, if it is in the pipe
-        already (None otherwise, or when they cannot be unpickled: the task says why)."""
-        if self._queued is None:
-            try:
-                if not self.conn.poll():
-                    return None
-                self._queued = wire.receive(self.conn)
-            except (EOFError, OSError):  # left for the next receive to see
-                return None
-            try:
-                self._values = pickle.loads(self._queued[2], buffers=self._queued[3])
-            except Exception:
-                self._values = None
-        return self._values
+    def peek(self) -> list[Any]:
+        """The values of the tasks queued behind the running one that are in the pipe now
+        (those that cannot be unpickled left out: their task says why), in order."""
+        try:
+            while self.conn.poll():
+                message = wire.receive(self.conn)
+                try:
+                    values = pickle.loads(message[2], buffers=message[3])
+                except Exception:
+                    values = None
+                self._queued.append((message, values))
+        except (EOFError, OSError):  # left for the next receive to see
+            pass
+        return [values for _, values in self._queued if values is not None]
 
 
 def _serve(tasks: Connection, results: Connection, work: Any, arena: SegmentArena) -> None:

@@ -30,7 +30,7 @@ from aioloader._run.stages.map import MapSpec
 from aioloader._run.stall import check_stall_options
 from aioloader._spec import InteractiveMainError, check_callable, fn_name, pickle_error
 from aioloader.errors import StageStalledError, WorkerCrashError, annotate
-from aioloader.workers.pool import Outcome, ProcessPool
+from aioloader.workers.pool import TASKS_PER_WORKER, Outcome, ProcessPool
 
 MAX_ATTEMPTS = 3  # runs of one item that end with its worker dead before it is given up
 # A task's round trip (pickle, pipe, I/O thread, event loop) costs far more than a thread's, and
@@ -132,6 +132,7 @@ class ProcessExecutor:
     # the Runtime's key of the stage's pool (its work is fixed when it starts): a pool of
     # other work for the same stage (stream fusion's shard tasks) has a key of its own
     pool_key = "process-pool"
+    tasks_per_worker = TASKS_PER_WORKER  # held by each worker: the running one and those queued
 
     def __init__(self, spec: MapSpec, runtime: Any) -> None:
         self._spec = spec
@@ -165,6 +166,7 @@ class ProcessExecutor:
                     stall_after=getattr(self._spec, "stall_after", "auto"),
                     on_stall=getattr(self._spec, "on_stall", "warn"),
                     max_memory=memory,  # type: ignore[arg-type]
+                    tasks_per_worker=self.tasks_per_worker,
                 )
 
             if self._runtime is None:  # no Loader to own it: this executor does

@@ -126,6 +126,7 @@ class _Worker:
         self.results = results
         self.lifeline = lifeline
         self.state = "starting"  # -> "ready"; "dead"
+        self.most = TASKS_PER_WORKER  # tasks it may hold: the running one and those in its pipe
         self.spawned_at = time.monotonic()
         self.queue: deque[_Task] = deque()  # sent, not answered; the head is running
         self.pipe_bytes = pipe_capacity(tasks.fileno())
@@ -165,7 +166,7 @@ class _Worker:
     def can_take(self, task: _Task) -> bool:
         """Whether ``task`` can be sent now without the send blocking: an idle worker takes
         anything (it is reading its pipe); a busy one one more task, when both fit the pipe."""
-        if self.state != "ready" or len(self.queue) >= TASKS_PER_WORKER:
+        if self.state != "ready" or len(self.queue) >= self.most:
             return False
         if not self.queue:
             return True
@@ -210,11 +211,14 @@ class ProcessPool:
         stall_after: float | str | None = "auto",
         on_stall: str = "warn",
         max_memory: int | None = None,
+        tasks_per_worker: int = TASKS_PER_WORKER,
     ) -> None:
         """``start_timeout``: seconds a worker may take to become ready (import the function,
         run ``worker_init``); past it the worker is killed and the pool fails with
         :class:`WorkerCrashError` (None: no limit). ``shm_min_bytes``: the smallest array of a
-        result that comes back through shared memory (see :mod:`aioloader.workers.shm`)."""
+        result that comes back through shared memory (see :mod:`aioloader.workers.shm`).
+        ``tasks_per_worker``: the tasks a worker holds, its running one included (more for a
+        work that looks at the tasks queued behind it, to read ahead)."""
         if workers < 1:
             raise ValueError(f"workers must be >= 1, got {workers}")
         if _child.BOOTSTRAPPING:
@@ -223,7 +227,10 @@ class ProcessPool:
                 "guard the script's entry point with `if __name__ == '__main__':` (as for "
                 "multiprocessing's spawn start method)"
             )
+        if tasks_per_worker < 1:
+            raise ValueError(f"tasks_per_worker must be >= 1, got {tasks_per_worker}")
         self.size = workers
+        self._tasks_per_worker = tasks_per_worker
         self.name = name
         self._stall_after = stall_after
         self._on_stall = on_stall
@@ -357,6 +364,7 @@ class ProcessPool:
             proc, tasks, results, life_w = spawn_child("aioloader.workers._child", WORKER_ENV)
             prep = self._prep
         worker = _Worker(slot, spawn, proc, tasks, results, life_w)
+        worker.most = self._tasks_per_worker
         worker.prefix = f"{self._prefix}{spawn}_"
         self._workers[slot] = worker
         init = pickle.dumps((self._work_pickle, slot, f"{self._prefix}{spawn}_", self._shm_min_bytes))

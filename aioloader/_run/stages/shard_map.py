@@ -4,7 +4,7 @@
 stream each shard through the parent (download, tar parsing) and send every sample's bytes to
 a worker. Here the parent keeps only the order: this rank's shards in their seeded order (as
 :mod:`aioloader._run.stages.shard_source`), one task per shard for the stage's process pool,
-about two per worker ahead. The worker streams its shard and runs ``fn`` on its samples
+a few per worker ahead (a worker reads its queued shards ahead). The worker streams its shard and runs ``fn`` on its samples
 (:mod:`aioloader.sources._stream_worker`), sending the results back a block at a time; the
 parent hands them on in shard order, so the items, keys and seqs are those of the unfused
 stages, and ``state_dict()`` and resume are unchanged: a resumed run's first task is the open
@@ -40,7 +40,7 @@ from aioloader._run.stages.shard_source import SHARD_STRIDE, rank_shards
 from aioloader.errors import WorkerCrashError, annotate
 from aioloader.monitor.stats import ErrorLog, StageStats
 from aioloader.order.sharding import RankInfo
-from aioloader.sources._stream_worker import ShardOutput, ShardStreamWork
+from aioloader.sources._stream_worker import QUEUED, ShardOutput, ShardStreamWork
 
 __all__ = ["ShardMapStage"]
 
@@ -90,10 +90,9 @@ class ShardMapStage(Stage):
     async def run(self) -> None:
         first, skip = divmod(self._start, SHARD_STRIDE)
         places = list(range(first, len(self._shards)))
-        # one running and one queued per worker, and one waiting in the pool: it goes to the
-        # first worker that finishes a shard, whose reads of it start while that worker maps
-        # the shard after (a worker looks at the task queued behind the one it runs)
-        ahead = 2 * self._executor.workers + 1
+        # each worker's running and queued shards (it reads the queued ones ahead), and one
+        # waiting in the pool for the first worker that finishes a shard
+        ahead = self._executor.workers * self._executor.tasks_per_worker + 1
         store = self._dataset._store() if self._dataset.cache is None else None
         sizes: dict[int, asyncio.Task[int | None]] = {}
         jobs: deque[tuple[int, asyncio.Queue[Any], asyncio.Task[None]]] = deque()
@@ -219,4 +218,5 @@ def _shard_executor(spec: MapSpec, runtime: Any) -> Any:
         raise ValueError("executor 'process' is not available")
     executor = factory(spec, runtime)
     executor.pool_key = "shard-stream-pool"
+    executor.tasks_per_worker = 1 + QUEUED
     return executor
