@@ -174,7 +174,9 @@ class Loader(Closing):
         per CPU of the cluster) with the same semantics, on the cluster Ray is connected to
         (else ``ray.init()``); ``ray_options`` are the actors' Ray options (``num_cpus``,
         ``resources``, ``scheduling_strategy``...), ``worker_init(worker_id)`` runs in each
-        actor. Needs ``pip install aioloader[ray]``; see :mod:`aioloader.ray`.
+        actor, and ``max_worker_memory`` is each actor's limit ("auto": the ``memory`` Ray
+        reserves for it, if ``ray_options`` sets one, else none). Needs
+        ``pip install aioloader[ray]``; see :mod:`aioloader.ray`.
 
         ``executor="auto"`` measures ``fn`` on the first block: cheap functions stay inline,
         GIL-releasing ones go to threads, GIL-holding CPU-heavy picklable ones to processes
@@ -217,11 +219,11 @@ class Loader(Closing):
         elif spec.executor == "ray":
             from aioloader.ray import ray_map_spec
 
-            spec = ray_map_spec(spec, worker_init, ray_options)
+            spec = ray_map_spec(spec, worker_init, ray_options, max_worker_memory=max_worker_memory)
         elif worker_init is not None:
             raise ValueError("worker_init is only used with executor='process' or 'ray'")
-        if spec.executor != "process" and max_worker_memory != "auto":
-            raise ValueError("max_worker_memory is only used with executor='process'")
+        if spec.executor not in ("process", "ray") and max_worker_memory != "auto":
+            raise ValueError("max_worker_memory is only used with executor='process' or 'ray'")
         if spec.executor in ("inline", "thread", "auto", "ray") and not spec.is_async:
             check_stall_options(stall_after, on_stall)
             spec = replace(spec, stall_after=stall_after, on_stall=on_stall)

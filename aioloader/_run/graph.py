@@ -108,14 +108,16 @@ def read_policy(
     return next((policy for policy in lent if policy is not None), ("raise", 0))
 
 
-def read_spec(source: IndexableSource, stages: Sequence[StageSpec] = ()) -> MapSpec:
-    """The implicit read stage of an indexable source: keys to samples."""
+def read_spec(
+    source: IndexableSource, stages: Sequence[StageSpec] = (), *, aget: Callable[[Any], Any] | None = None
+) -> MapSpec:
+    """The implicit read stage of an indexable source: keys to samples (``aget``: the run's
+    read-ahead reader's, in place of the source's)."""
     on_error, max_failures = read_policy(stages, source.read_failures)
     policy = {"on_error": on_error, "max_failures": max_failures}
-    if source.aget_one is not None:
-        return MapSpec(
-            name="read", fn=source.aget_one, is_async=True, concurrency=source.read_concurrency, **policy
-        )
+    aget = aget or source.aget_one
+    if aget is not None:
+        return MapSpec(name="read", fn=aget, is_async=True, concurrency=source.read_concurrency, **policy)
     if source.get_many is not None:
         return MapSpec(name="read", fn=source.get_many, per_block=True, item_fn=source.get_one, **policy)
     return MapSpec(name="read", fn=source.get_one, **policy)
@@ -176,10 +178,13 @@ class Run:
             keys = epoch_keys(pipeline, self.epoch, self.rank, self.resume.elastic if self.resume else None)
             expected = len(keys)
             self.delivery.epoch_length = expected
-            self.stages.append(KeySource(keys, block, start=start, prefix=prefix))
-            specs: list[StageSpec] = fuse_read(
-                source, [read_spec(source, pipeline.stages), *fuse_map_batch(pipeline.stages)]
-            )
+            key_source = KeySource(keys, block, start=start, prefix=prefix)
+            self.stages.append(key_source)
+            ahead = None if source.read_ahead is None else source.read_ahead(key_source.keys_in_order())
+            if ahead is not None:  # reads this run's keys ahead, in their order
+                self._io_closers.append(ahead.aclose)
+            read = read_spec(source, pipeline.stages, aget=None if ahead is None else ahead.aget)
+            specs: list[StageSpec] = fuse_read(source, [read, *fuse_map_batch(pipeline.stages)])
             if source.aclose_io is not None:  # connections the reads opened on this run's loop
                 self._io_closers.append(source.aclose_io)
         elif isinstance(source, ShardStreamSource):

@@ -3,9 +3,19 @@
 An actor is built with the stage's work and ``worker_init``, shipped once per pool through the
 object store, so each chunk carries only its values. ``run`` takes a chunk as the process pool's
 wire format (:mod:`aioloader.workers.wire`: a pickle and its out-of-band buffers) and answers as
-a worker process does: ``("ok", (results, failures, busy_s))``, ``("error", exc)`` when the work
-raised, or ``("undecodable", exc)`` when the values cannot be unpickled here. Exceptions come back
-as values, not as Ray task errors, so the stage sees the function's own exception types.
+a worker process does: ``("ok", (results, failures, busy_s, nbytes))`` (``nbytes``: the bytes
+of the arrays and tensors in the results, by which the pool sizes the next chunks),
+``("error", exc)`` when the work raised, or ``("undecodable", exc)`` when the values cannot be
+unpickled here. Exceptions come back as values, not as Ray task errors, so the stage sees the
+function's own exception types.
+
+An actor with a memory limit (``max_worker_memory``) reads its own resident memory every
+:data:`MEMORY_CHECK_S` while it runs a chunk, from a daemon thread of its own (the driver
+cannot read a remote process's memory; the thread ends with the actor's process), and past the
+limit leaves why in the cluster's key-value store (:func:`memory_note_key`: Ray reports only
+that the process ended) and ends its process with exit code :data:`MEMORY_EXIT_CODE`. The pool
+sees a dead actor, replaces it, and the executor redoes the chunk item by item, as when the
+process pool kills a worker over the same limit.
 """
 
 from __future__ import annotations
@@ -13,6 +23,9 @@ from __future__ import annotations
 import ctypes
 import os
 import pickle
+import sys
+import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -22,6 +35,8 @@ from aioloader.workers.pool import WORKER_ENV
 # Smaller arrays are copied: cheap, and they may sit in Ray's in-process memory store (results
 # of up to 100 KB come back inline) rather than in the object store.
 _VIEW_MIN_BYTES = 64 * 1024
+MEMORY_CHECK_S = 0.2  # how often a busy actor reads its resident memory (the process pool's period)
+MEMORY_EXIT_CODE = 87  # an actor that ended itself over its memory limit
 
 
 def _tensor_out(tensor: Any) -> tuple[str, Any]:
@@ -70,7 +85,10 @@ class MapActor:
     """One actor of a map stage's pool; Ray runs its calls one at a time."""
 
     def __init__(
-        self, shipped: tuple[Callable[[list[Any]], Any], Callable[[int], None] | None], worker_id: int
+        self,
+        shipped: tuple[Callable[[list[Any]], Any], Callable[[int], None] | None],
+        worker_id: int,
+        max_memory: int | None = None,
     ) -> None:
         # one intra-op thread per actor, as worker processes (the actors are the parallelism)
         for name, value in WORKER_ENV.items():
@@ -81,6 +99,11 @@ class MapActor:
         torch.set_num_threads(1)
         register_serializer(torch.Tensor, serializer=_tensor_out, deserializer=tensor_in)
         self._work, init = shipped
+        self._busy = threading.Event()
+        if max_memory is not None:
+            threading.Thread(
+                target=_watch_memory, args=(self._busy, max_memory), name="aioloader-memory", daemon=True
+            ).start()
         self._init_error: BaseException | None = None
         if init is not None:
             try:
@@ -97,6 +120,13 @@ class MapActor:
         return "ready", (ray.get_runtime_context().get_node_id(), os.getpid())
 
     def run(self, head: bytes, buffers: list[Any]) -> tuple[str, Any]:
+        self._busy.set()
+        try:
+            return self._run(head, buffers)
+        finally:
+            self._busy.clear()
+
+    def _run(self, head: bytes, buffers: list[Any]) -> tuple[str, Any]:
         try:
             # writable copies, as a worker process's values are (Ray's own are read-only views)
             values = pickle.loads(head, buffers=[bytearray(buffer) for buffer in buffers])
@@ -106,4 +136,58 @@ class MapActor:
             results, failures, busy = self._work(values)
         except Exception as exc:
             return "error", _portable(exc)
-        return "ok", (results, [(i, _portable(e)) for i, e in failures], busy)
+        return "ok", (results, [(i, _portable(e)) for i, e in failures], busy, result_bytes(results))
+
+
+def memory_note_key(actor_name: str) -> bytes:
+    """Where an actor that ended itself over its memory limit leaves why, in the cluster's
+    key-value store (Ray reports only that its process ended)."""
+    return f"aioloader-memory:{actor_name}".encode()
+
+
+def result_bytes(value: Any, depth: int = 3) -> int:
+    """The bytes of the arrays and tensors in ``value`` (looked for in lists, tuples and dicts,
+    ``depth`` levels down): what a chunk's result puts in the object store."""
+    nbytes = getattr(value, "nbytes", None)
+    if isinstance(nbytes, int):
+        return nbytes
+    if hasattr(value, "element_size") and hasattr(value, "numel"):  # a torch tensor
+        return int(value.element_size() * value.numel())
+    if depth == 0:
+        return 0
+    if isinstance(value, dict):
+        value = list(value.values())
+    if isinstance(value, (list, tuple)):
+        return sum(result_bytes(v, depth - 1) for v in value)
+    return 0
+
+
+def _watch_memory(busy: threading.Event, limit: int) -> None:
+    """An actor's memory watch: while it runs a chunk, end the process once its resident memory
+    is over ``limit`` bytes (its call cannot be interrupted otherwise)."""
+    import psutil
+
+    me = psutil.Process()
+    while busy.wait():
+        rss = me.memory_info().rss
+        if busy.is_set() and rss > limit:
+            why = (
+                f"Ray actor pid {os.getpid()} used {rss / 2**20:.0f} MiB of memory, over "
+                f"max_worker_memory={limit / 2**20:.0f} MiB; it was replaced"
+            )
+            print(f"aioloader: {why}", file=sys.stderr, flush=True)
+            _leave_note(why)
+            os._exit(MEMORY_EXIT_CODE)
+        time.sleep(MEMORY_CHECK_S)
+
+
+def _leave_note(why: str) -> None:
+    try:
+        import ray
+        from ray.experimental.internal_kv import _internal_kv_put
+
+        name = ray.get_runtime_context().get_actor_name()
+        if name:
+            _internal_kv_put(memory_note_key(name), why.encode(), overwrite=True)
+    except Exception:  # the crash is reported without its reason
+        pass

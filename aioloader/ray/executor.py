@@ -8,11 +8,15 @@ batch first whole, with its seed), the same timeouts (the actor is killed, the s
 differs: :class:`aioloader.ray.pool.ActorPool`, a Loader resource kept across epochs until
 ``loader.close()``.
 
-Chunks aim at :data:`TARGET_TASK_S` (200 ms), longer than a process's 10 ms: each actor call
+Chunks aim at :data:`TARGET_TASK_S` (500 ms), longer than a process's 10 ms: each actor call
 costs the driver 0.5-5 ms of CPU, nearly whatever it carries (submitting it, pulling its result
 into the driver node's object store, reading it back), so a chunk must carry many samples for
-that share to stay small; with 64 actors at 50 ms chunks the driver would spend cores on the
-calls alone (docs/distributed-decoding.md, section 5).
+that share to stay small. Not larger than the driver node's object store holds: an actor holds
+two chunks and the reorder window twice the chunks in flight, so up to
+:data:`CHUNKS_WAITING_PER_ACTOR` chunks' results per actor may wait there for the trainer, and
+past the store Ray spills them and each call costs the driver more. Once the actors have
+answered, a chunk's target is cut to what fills its share of the store at the rate they make
+result bytes (docs/distributed-decoding.md, section 5: 200 ms, 500 ms and 1 s chunks measured).
 """
 
 from __future__ import annotations
@@ -24,9 +28,11 @@ from typing import Any
 
 from aioloader._run.stages.map import MapSpec
 from aioloader._spec import check_callable, fn_name
-from aioloader.workers.executor import START_TIMEOUT_S, ProcessExecutor
+from aioloader.workers.executor import START_TIMEOUT_S, ProcessExecutor, check_memory_limit
 
-TARGET_TASK_S = 0.200
+TARGET_TASK_S = 0.500
+MIN_TASK_S = 0.050  # the byte cap never makes chunks shorter than this
+CHUNKS_WAITING_PER_ACTOR = 4  # results that may sit in the driver node's store, per actor
 QUEUED_PER_ACTOR = 1  # chunks waiting at an actor behind the one it runs
 DEFAULT_OPTIONS: dict[str, Any] = {"num_cpus": 1}
 _REFUSED_OPTIONS = {
@@ -56,17 +62,32 @@ class RayMapSpec(MapSpec):
 
     worker_init: Callable[[int], None] | None = None
     ray_options: tuple[tuple[str, Any], ...] = ()
+    max_worker_memory: int | str | None = "auto"
 
     @property
     def actor_options(self) -> dict[str, Any]:
         return {**DEFAULT_OPTIONS, **dict(self.ray_options)}
 
+    @property
+    def memory_limit(self) -> int | None:
+        """Bytes of resident memory past which an actor is replaced: ``max_worker_memory``;
+        "auto" is the memory Ray reserved for each actor (``ray_options={"memory": ...}``), or
+        none (Ray's own memory monitor then guards the nodes)."""
+        if self.max_worker_memory == "auto":
+            reserved = dict(self.ray_options).get("memory")
+            return int(reserved) if reserved else None
+        return self.max_worker_memory  # type: ignore[return-value]
+
 
 def ray_map_spec(
-    spec: MapSpec, worker_init: Callable[[int], None] | None, ray_options: dict[str, Any] | None
+    spec: MapSpec,
+    worker_init: Callable[[int], None] | None,
+    ray_options: dict[str, Any] | None,
+    *,
+    max_worker_memory: int | str | None = "auto",
 ) -> RayMapSpec:
     """Check at build time what the actors need: Ray, serialisable ``fn`` and ``worker_init``,
-    and actor options Ray accepts (checked without connecting to a cluster)."""
+    actor options Ray accepts (checked without connecting to a cluster), and the memory limit."""
     ray = require_ray()
     from ray import cloudpickle
 
@@ -77,6 +98,7 @@ def ray_map_spec(
     for key, why in _REFUSED_OPTIONS.items():
         if key in ray_options:
             raise ValueError(f"ray_options: {key!r} cannot be set ({why})")
+    check_memory_limit(max_worker_memory)
     if worker_init is not None:
         check_callable(worker_init, "worker_init")
     for argument, obj in (("fn", spec.fn), ("worker_init", worker_init)):
@@ -95,7 +117,12 @@ def ray_map_spec(
     except Exception as exc:
         raise ValueError(f"ray_options: {exc}") from exc
     fields = {f.name: getattr(spec, f.name) for f in dataclasses.fields(MapSpec)}
-    return RayMapSpec(**fields, worker_init=worker_init, ray_options=tuple(sorted(ray_options.items())))
+    return RayMapSpec(
+        **fields,
+        worker_init=worker_init,
+        ray_options=tuple(sorted(ray_options.items())),
+        max_worker_memory=max_worker_memory,
+    )
 
 
 def connect() -> Any:
@@ -115,11 +142,29 @@ def default_actors(options: dict[str, Any]) -> int:
     return max(1, int(cpus // per_actor))
 
 
+def driver_store_bytes() -> float | None:
+    """The object store of the node this process runs on (bytes), or None if Ray does not say."""
+    ray = connect()
+    here = ray.get_runtime_context().get_node_id()
+    for node in ray.nodes():
+        if node.get("NodeID") == here:
+            return node.get("Resources", {}).get("object_store_memory")
+    return None
+
+
+def chunk_seconds(store_bytes: float | None, actors: int, bytes_per_s: float | None) -> float:
+    """A chunk's target: :data:`TARGET_TASK_S`, cut so that :data:`CHUNKS_WAITING_PER_ACTOR`
+    results of every actor fit in the driver node's object store, at least :data:`MIN_TASK_S`."""
+    if not store_bytes or not bytes_per_s:
+        return TARGET_TASK_S
+    fits = store_bytes / (CHUNKS_WAITING_PER_ACTOR * actors) / bytes_per_s
+    return max(MIN_TASK_S, min(TARGET_TASK_S, fits))
+
+
 class RayExecutor(ProcessExecutor):
     """Submits a run's chunks to the stage's actor pool; the pool outlives the run."""
 
     kind = "ray"
-    target_task_s = TARGET_TASK_S
     coalesce = True
     runner = "a Ray actor"
 
@@ -133,6 +178,13 @@ class RayExecutor(ProcessExecutor):
         self._per_actor = 1 if spec.timeout is not None else 1 + QUEUED_PER_ACTOR
         self.in_flight = self.workers * self._per_actor
         self._pool: Any = None
+        self._store_bytes = driver_store_bytes()
+
+    @property
+    def target_task_s(self) -> float:
+        """How long a chunk should run (read by the map stage for each chunk it forms)."""
+        rate = None if self._pool is None else self._pool.bytes_per_s
+        return chunk_seconds(self._store_bytes, self.workers, rate)
 
     def _pool_for(self, work: Callable[[list[Any]], Any]) -> Any:
         if self._pool is None:
@@ -150,6 +202,7 @@ class RayExecutor(ProcessExecutor):
                     start_timeout=None if timeout is None else max(START_TIMEOUT_S, timeout),
                     stall_after=self._spec.stall_after,
                     on_stall=self._spec.on_stall,
+                    max_memory=getattr(self._spec, "memory_limit", None),
                 )
 
             if self._runtime is None:

@@ -17,9 +17,11 @@ stage, the chunk's keys and the actor (its name, node and pid; not its Python st
 does not give the driver for a running call). With ``on_stall="raise"`` the actor is then
 killed and replaced and the chunk fails with :class:`~aioloader.errors.StageStalledError`.
 
-An actor that dies (``ray.kill``, its node removed, its process killed) fails each chunk it held
-as a "crash"; a chunk past its deadline is a "timeout" and its actor is killed (Ray cannot stop
-a running call otherwise). Either way the slot gets a new actor. A pool whose actors fail to
+An actor that dies (``ray.kill``, its node removed, its process killed, or ended by itself over
+``max_memory``, see :mod:`aioloader.ray._actor`) fails the chunk it was running as a "crash";
+the one queued behind it never started and goes back to the front of the queue, as in the
+process pool. A chunk past its deadline is a "timeout" and its actor is killed (Ray cannot
+stop a running call otherwise). Either way the slot gets a new actor. A pool whose actors fail to
 start :data:`MAX_START_FAILURES` times in a row, or whose ``worker_init`` raised, is broken: every
 chunk fails with that error. :meth:`ActorPool.close` kills every actor (never the cluster).
 Actors are owned by the driver, not detached: when the trainer dies, Ray ends them.
@@ -39,6 +41,7 @@ from typing import Any
 import aioloader.workers.wire as wire
 from aioloader._run.stall import describe_keys, describe_limit, stall_limit
 from aioloader.errors import StageStalledError, WorkerCrashError
+from aioloader.ray._actor import memory_note_key
 from aioloader.workers.pool import Outcome
 
 MAX_START_FAILURES = 3  # actors dying before they are ready, in a row: the pool is broken
@@ -47,7 +50,7 @@ log = logging.getLogger("aioloader")
 
 
 class _Task:
-    __slots__ = ("buffers", "deadline", "future", "head", "label", "sent", "stalled", "timeout")
+    __slots__ = ("at", "buffers", "deadline", "future", "head", "label", "sent", "stalled", "timeout")
 
     def __init__(self, payload: wire.Payload, timeout: float | None, label: Any = None) -> None:
         import numpy as np
@@ -60,6 +63,7 @@ class _Task:
         self.future: Future[Outcome] = Future()
         self.label = label  # what a stall report names (the chunk's keys)
         self.sent = 0.0  # when it was handed to its actor
+        self.at: tuple[_Slot, int] | None = None  # (slot, generation) running it, until it ends
         self.stalled = False  # reported once
 
     def finish(self, outcome: Outcome) -> bool:
@@ -101,6 +105,7 @@ class ActorPool:
         start_timeout: float | None,
         stall_after: float | str | None = None,
         on_stall: str = "warn",
+        max_memory: int | None = None,
     ) -> None:
         import ray
 
@@ -112,7 +117,9 @@ class ActorPool:
         self._start_timeout = start_timeout
         self._stall_after = stall_after
         self._on_stall = on_stall
+        self._max_memory = max_memory
         self._slowest = 0.0  # the longest a chunk has run: the "auto" stall limit is 20x this
+        self._bytes_per_s: float | None = None
         self._tag = f"aioloader:{name}:{uuid.uuid4().hex[:8]}"
         self._options = options
         self._actor_class = ray.remote(MapActor)
@@ -140,6 +147,11 @@ class ActorPool:
     @property
     def broken(self) -> BaseException | None:
         return self._broken
+
+    @property
+    def bytes_per_s(self) -> float | None:
+        """Result bytes an actor makes per second of work (None until a chunk answered)."""
+        return self._bytes_per_s
 
     def submit(
         self, payload: wire.Payload, timeout: float | None = None, label: Any = None
@@ -211,7 +223,9 @@ class ActorPool:
 
     def _create(self, slot: _Slot, generation: int) -> None:
         """The pool's thread, outside the lock: create the slot's actor and ask it ``ready()``."""
-        actor = self._actor_class.options(name=slot.name, **self._options).remote(self._shipped, slot.index)
+        actor = self._actor_class.options(name=slot.name, **self._options).remote(
+            self._shipped, slot.index, self._max_memory
+        )
         ready = actor.ready.remote()
         with self._lock:
             if self._closed or slot.generation != generation:
@@ -255,17 +269,24 @@ class ActorPool:
             return
         self._replace(slot, kill=kill)
 
-    def _replace(self, slot: _Slot, *, kill: bool = True) -> None:
-        """The slot's actor is dead (``kill`` False) or must die: its other chunks fail as
-        crashes, and a new actor starts in its place. The kill is left to the pool's thread,
-        outside the lock: ``ray.kill`` of an actor on a lost node can block for seconds."""
+    def _replace(self, slot: _Slot, *, kill: bool = True, crashed: str | None = None) -> None:
+        """The slot's actor is dead (``kill`` False) or must die, and a new actor starts in its
+        place. ``crashed``: the actor died running a chunk, the first it was given (it runs
+        them in order), which fails as a crash with that detail; the chunks queued behind it
+        never started and go back to the front of the queue, as a dead worker's do. The kill
+        is left to the pool's thread, outside the lock: ``ray.kill`` of an actor on a lost
+        node can block for seconds."""
         old = slot.actor
         slot.state = "dead"
         slot.replaced += 1
-        orphans, slot.tasks = slot.tasks, set()
+        orphans = sorted(slot.tasks, key=lambda task: task.sent)
+        slot.tasks = set()
         for task in orphans:  # now, not when (or if) Ray reports each of them
             self._deadlines.pop(task, None)
-            task.finish(Outcome("crash", f"Ray actor {slot.name} died"))
+            task.at = None
+        if crashed is not None and orphans:
+            orphans.pop(0).finish(Outcome("crash", crashed))
+        self._pending.extendleft(reversed(orphans))
         if kill and old is not None:
             self._doomed.append(old)
             self._wake.notify_all()
@@ -297,6 +318,7 @@ class ActorPool:
     def _start(self, slot: _Slot, task: _Task) -> None:
         slot.tasks.add(task)
         task.sent = time.monotonic()
+        task.at = (slot, slot.generation)
         ref = slot.actor.run.remote(task.head, task.buffers)
         generation = slot.generation
         if task.timeout is not None:
@@ -306,6 +328,9 @@ class ActorPool:
 
     def _on_done(self, slot: _Slot, generation: int, task: _Task, done: Future[Any]) -> None:
         with self._lock:
+            if task.at != (slot, generation):  # ended by the pool already, or queued again
+                return
+            task.at = None
             slot.tasks.discard(task)
             self._deadlines.pop(task, None)
             if self._closed:
@@ -317,26 +342,59 @@ class ActorPool:
             try:
                 kind, value = done.result()
             except self._ray.exceptions.RayError as exc:
-                outcome = self._failure(slot, generation, exc)
+                if isinstance(exc, self._lost) and slot.generation == generation and slot.state != "dead":
+                    slot.tasks.add(task)  # the actor's first chunk is the one it died running
+                    why = f"Ray actor {slot.name} died ({self._why(slot, exc)})"
+                    self._replace(slot, kill=False, crashed=why)
+                    self._dispatch()
+                    return
+                outcome = self._failure(exc)
             except Exception as exc:  # not Ray's (a cancelled future): the chunk's error
                 outcome = Outcome("error", exc)
             else:
                 if kind == "ok":
-                    slot.busy_s += value[2]
+                    results, failures, busy, nbytes = value
+                    value = (results, failures, busy)
+                    slot.busy_s += busy
                     slot.chunks += 1
+                    self._count_bytes(nbytes, busy)
                 outcome = Outcome(kind, value)
             task.finish(outcome)
             self._dispatch()
 
-    def _failure(self, slot: _Slot, generation: int, exc: BaseException) -> Outcome:
+    @property
+    def _lost(self) -> tuple[type[BaseException], ...]:
+        """Ray's errors that mean a lost actor or object: the chunk crashed."""
         exceptions = self._ray.exceptions
-        lost = (exceptions.RayActorError, exceptions.ObjectLostError, exceptions.NodeDiedError,
+        return (exceptions.RayActorError, exceptions.ObjectLostError, exceptions.NodeDiedError,
                 exceptions.WorkerCrashedError, exceptions.LocalRayletDiedError)  # fmt: skip
-        if isinstance(exc, lost):
-            if slot.generation == generation and slot.state != "dead":
-                self._replace(slot, kill=False)
-            return Outcome("crash", f"Ray actor {slot.name} died ({type(exc).__name__})")
+
+    def _count_bytes(self, nbytes: int, busy: float) -> None:
+        if busy <= 0:
+            return
+        rate = nbytes / busy
+        previous = self._bytes_per_s
+        self._bytes_per_s = rate if previous is None else 0.7 * previous + 0.3 * rate
+
+    def _failure(self, exc: BaseException) -> Outcome:
+        if isinstance(exc, self._lost):  # an actor replaced already (a late report of its death)
+            return Outcome("crash", f"Ray actor died ({type(exc).__name__})")
         return Outcome("error", exc)
+
+    def _why(self, slot: _Slot, exc: BaseException) -> str:
+        """What a crash names: the memory limit when the actor ended itself over it (the note
+        it left in the cluster's key-value store), else Ray's error."""
+        if self._max_memory is not None:
+            try:
+                from ray.experimental.internal_kv import _internal_kv_del, _internal_kv_get
+
+                note = _internal_kv_get(memory_note_key(slot.name))
+                if note:
+                    _internal_kv_del(memory_note_key(slot.name))
+                    return note.decode()
+            except Exception:  # the control store is unreachable: Ray's error says enough
+                pass
+        return type(exc).__name__
 
     # -- the pool's thread: Ray's completions and the deadlines ----------------------------
     def _when_done(self, ref: Any, handler: Callable[[Future[Any]], None]) -> None:
@@ -424,6 +482,7 @@ class ActorPool:
             return
         slot.tasks.discard(task)
         self._deadlines.pop(task, None)
+        task.at = None
         key = task.label[0] if isinstance(task.label, list) and task.label else None
         task.finish(Outcome("error", StageStalledError(report, stage=self.name, key=key)))
         self._replace(slot)
@@ -443,6 +502,7 @@ class ActorPool:
         if task not in slot.tasks:
             return
         slot.tasks.discard(task)
+        task.at = None
         task.finish(Outcome("timeout"))
         self._replace(slot)
         self._dispatch()

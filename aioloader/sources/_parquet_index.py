@@ -9,7 +9,8 @@ A row is read with its row group: pyarrow reads the selected columns' byte range
 group (ranged reads on the loop, neighbouring ranges joined), in a thread. Reads of rows of one
 row group waiting at the same time are joined into that one read, and the last
 ``row_groups_kept`` row groups read on a loop are kept, so rows of a row group read moments
-apart (a shuffle buffer, ``shuffle="chunks"``) do not read it again.
+apart (a shuffle buffer, ``shuffle="chunks"``) do not read it again. Before a map stage with
+``executor="ray"``, the actors read the rows themselves (:meth:`IndexedParquet.worker_reader`).
 """
 
 from __future__ import annotations
@@ -90,6 +91,17 @@ class IndexedParquet:
 
     def __getstate__(self) -> dict[str, Any]:
         return {**self.__dict__, "_loops": {}}
+
+    def worker_reader(self) -> Any:
+        """What a Ray actor calls to read its task's rows itself (read fusion,
+        :mod:`aioloader._run.read_fusion`): a :class:`~aioloader.sources.webdataset.ShardRanges`
+        over this view, so the files' bytes never pass through the trainer. None under
+        ``on_error="skip"``, whose skipping belongs to the read stage."""
+        if self.dataset.on_error != "raise":
+            return None
+        from aioloader.sources.webdataset import ShardRanges
+
+        return ShardRanges(self)
 
     def locate(self, key: int) -> tuple[int, int, int]:
         """(file, row group in the file, row in the row group) of row ``key``."""

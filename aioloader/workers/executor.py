@@ -110,16 +110,21 @@ def process_map_spec(
     if worker_init is not None:
         check_callable(worker_init, "worker_init")
         _check_picklable(worker_init, "worker_init")
+    check_memory_limit(max_worker_memory)
+    check_stall_options(stall_after, on_stall)
+    fields = {f.name: getattr(spec, f.name) for f in dataclasses.fields(MapSpec)}
+    fields.update(stall_after=stall_after, on_stall=on_stall)
+    return ProcessMapSpec(**fields, worker_init=worker_init, max_worker_memory=max_worker_memory)
+
+
+def check_memory_limit(max_worker_memory: Any) -> None:
+    """``max_worker_memory``: bytes (an int >= 1), "auto" or None."""
     if max_worker_memory not in ("auto", None) and (
         isinstance(max_worker_memory, bool) or not isinstance(max_worker_memory, int) or max_worker_memory < 1
     ):
         raise ValueError(
             f"max_worker_memory must be a number of bytes >= 1, 'auto' or None, got {max_worker_memory!r}"
         )
-    check_stall_options(stall_after, on_stall)
-    fields = {f.name: getattr(spec, f.name) for f in dataclasses.fields(MapSpec)}
-    fields.update(stall_after=stall_after, on_stall=on_stall)
-    return ProcessMapSpec(**fields, worker_init=worker_init, max_worker_memory=max_worker_memory)
 
 
 class ProcessExecutor:

@@ -44,12 +44,14 @@ NODE = {"num_cpus": 1, "object_store_memory": 200 * 2**20}
 
 def run(quick: bool = False) -> str:
     if os.environ.get(_INSIDE) != "1":
-        return _in_namespace(quick)
+        return in_namespace("bench.workloads.ray", quick)
     return _run(quick)
 
 
-def _in_namespace(quick: bool) -> str:
-    inner = [sys.executable, "-m", "bench.workloads.ray", *(["--quick"] if quick else [])]
+def in_namespace(module: str, quick: bool) -> str:
+    """Run ``python -m module [--quick]`` in a private loopback-only network namespace (Ray
+    must never see this machine's network); its stdout."""
+    inner = [sys.executable, "-m", module, *(["--quick"] if quick else [])]
     env = {**os.environ, _INSIDE: "1", "RAY_USAGE_STATS_ENABLED": "0"}
     env.pop("RAY_ADDRESS", None)
     done = subprocess.run(
@@ -58,7 +60,7 @@ def _in_namespace(quick: bool) -> str:
     )  # fmt: skip
     if done.returncode != 0:
         raise RuntimeError(
-            f"the ray workload failed in its network namespace:\n{done.stdout}\n{done.stderr[-4000:]}"
+            f"{module} failed in its network namespace:\n{done.stdout}\n{done.stderr[-4000:]}"
         )
     return done.stdout.strip()
 

@@ -215,6 +215,39 @@ def test_indexed_shards_read_by_the_actors(cluster, tmp_path: Path) -> None:
     assert got == expected and sorted(got) == list(range(40))
 
 
+def id_of(row: dict) -> int:
+    return int(row["id"])
+
+
+def test_indexed_parquet_read_by_the_actors(cluster, tmp_path: Path) -> None:
+    """Before: an indexed ParquetShards offered no worker reader, so its rows passed through
+    the trainer on their way to the actors."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    def run(executor: str, urls: list[str]) -> list[int]:
+        options = {"ray_options": SPREAD} if executor == "ray" else {}
+        source = al.sources.ParquetShards(urls, indexed=True)
+        loader = al.Loader.from_source(source, shuffle=True, seed=2).map(
+            id_of, executor=executor, concurrency=2, **options
+        )
+        with loader:
+            out = list(loader)
+            (stage,) = [s for s in loader.stats()["stages"] if s["name"].startswith("map")]
+        assert stage["reads"] == ("read" if executor == "ray" else None), stage
+        return out
+
+    with ObjectServer() as server:
+        for shard in range(3):
+            ids = list(range(shard * 20, shard * 20 + 20))
+            path = tmp_path / f"p{shard}.parquet"
+            pq.write_table(pa.table({"id": ids, "blob": [os.urandom(100) for _ in ids]}), path, row_group_size=8)
+            server.objects[path.name] = path.read_bytes()
+        urls = [server.url(f"p{shard}.parquet") for shard in range(3)]
+        got, expected = run("ray", urls), run("process", urls)
+    assert got == expected and sorted(got) == list(range(60))
+
+
 class PidDataset(torch.utils.data.Dataset):
     """A user's map-style dataset: each item says which process ran ``__getitem__``."""
 
@@ -297,6 +330,38 @@ def test_hung_sample_times_out(cluster) -> None:
     with _loader(hang, "ray", timeout=2.0) as loader, pytest.raises(al.errors.StageTimeoutError) as info:
         _run(loader)
     assert info.value.key == 7
+
+
+class Bloats:
+    """``square``, but sample ``key`` holds ``mib`` MiB of written memory for up to 30 s (its
+    actor is ended long before, past its memory limit)."""
+
+    def __init__(self, key: int, mib: int) -> None:
+        self.key = key
+        self.mib = mib
+
+    def __call__(self, x: int) -> np.ndarray:
+        if x == self.key:
+            held = np.ones(self.mib * 2**20, dtype=np.uint8)  # resident: every page written
+            deadline = time.monotonic() + 30
+            while time.monotonic() < deadline:
+                time.sleep(0.05)
+            del held
+        return square(x)
+
+
+def test_an_actor_over_max_worker_memory_is_replaced_and_its_key_fails(cluster) -> None:
+    """Before: executor='ray' refused max_worker_memory, and an actor that grew without bound
+    was left to the node's OOM killer."""
+    loader = _loader(Bloats(7, 1024), "ray", max_worker_memory=800 * 2**20, on_error="skip", max_failures=1)
+    with loader:
+        got = _run(loader)
+        errors = loader.stats()["errors"]
+        actors = _actors(loader, "map(Bloats)")
+    assert [e["key"] for e in errors] == [7] and errors[0]["type"] == "WorkerCrashError", errors
+    assert "over max_worker_memory=800 MiB" in errors[0]["message"], errors
+    assert sum(a["replaced"] for a in actors) >= 3  # each of the key's three runs ended its actor
+    assert sorted(int(v) for b in got for v in b[:, 0]) == sorted(k * k for k in range(N) if k != 7)
 
 
 class StampedHang:

@@ -1,0 +1,156 @@
+"""Where the driver's CPU goes in the ray workload: ``python -m bench.workloads.ray_profile``.
+
+Runs the ray workload's two aioloader loaders (process and Ray executors, same images, same
+two-node simulated cluster, in the same loopback-only network namespace) for two measured
+epochs each, and prints per loader: samples/s, the driver's CPU per sample split by thread
+(the event loop's, Ray's core-worker and gRPC threads, the pool's), and, when ``py-spy`` is
+installed, the functions the driver's threads were sampled in (own time, then inclusive).
+A diagnostic, not part of ``python -m bench``.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import torch
+
+import aioloader as al
+from aioloader.transforms import decode_image
+from bench.workloads.jpeg import BATCH, SIZE, make_images
+from bench.workloads.ray import _INSIDE, NODE, in_namespace
+
+EPOCHS = 2
+
+
+def _threads() -> dict[int, tuple[str, float]]:
+    """This process's threads: tid -> (name, CPU seconds)."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    python = {t.native_id: t.name for t in threading.enumerate()}
+    out = {}
+    for tid in os.listdir("/proc/self/task"):
+        try:
+            name = Path(f"/proc/self/task/{tid}/comm").read_text().strip()
+            fields = Path(f"/proc/self/task/{tid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        out[int(tid)] = (python.get(int(tid), name), (int(fields[11]) + int(fields[12])) / ticks)
+    return out
+
+
+def _group(name: str) -> str:
+    for prefix in ("aioloader-ray", "aioloader-pool", "aioloader-loop", "aioloader", "grpc", "ray_", "worker.io", "Thread-"):
+        if name.startswith(prefix):
+            return prefix + "*"
+    return name
+
+
+def _profile(name: str, loader: al.Loader) -> str:
+    spy = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
+    raw = Path(tempfile.mkdtemp()) / "spy.txt"
+    recorder = None
+    if Path(spy).exists():
+        recorder = subprocess.Popen(
+            [spy, "record", "--pid", str(os.getpid()), "--rate", "250", "--nonblocking", "--threads",
+             "--format", "raw", "--output", str(raw)],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )  # fmt: skip
+        time.sleep(1.0)  # attached before the epochs start
+    before = _threads()
+    started = time.perf_counter()
+    samples = 0
+    for _ in range(EPOCHS):
+        for batch in loader:
+            samples += len(batch)
+    elapsed = time.perf_counter() - started
+    after = _threads()
+    if recorder is not None:
+        recorder.send_signal(signal.SIGINT)
+        recorder.wait(60)
+    per_group: Counter[str] = Counter()
+    for tid, (thread, cpu) in after.items():
+        per_group[_group(thread)] += cpu - before.get(tid, (thread, 0.0))[1]
+    total = sum(per_group.values())
+    lines = [
+        f"## {name}: {samples / elapsed:,.0f} samples/s, driver {total / samples * 1e6:,.1f} us/sample",
+        *(f"- {group}: {cpu / samples * 1e6:,.1f} us/sample" for group, cpu in per_group.most_common() if cpu > 0),
+    ]
+    if raw.exists():
+        lines += _hot(raw)
+    return "\n".join(lines)
+
+
+def _hot(raw: Path, top: int = 25) -> list[str]:
+    own: Counter[str] = Counter()
+    inclusive: Counter[str] = Counter()
+    total = 0
+    for line in raw.read_text().splitlines():
+        stack, _, count_text = line.rpartition(" ")
+        if not stack:
+            continue
+        count = int(count_text)
+        total += count
+        frames = stack.split(";")
+        thread = _group(frames[0].split(" ")[0].strip('"'))
+        own[f"{thread} | {frames[-1]}"] += count
+        for frame in set(frames[1:]):
+            inclusive[f"{thread} | {frame}"] += count
+    lines = [f"py-spy: {total} samples (active threads)", "own:"]
+    lines += [f"  {count / total:6.1%} {frame}" for frame, count in own.most_common(top)]
+    lines += ["inclusive:"]
+    lines += [f"  {count / total:6.1%} {frame}" for frame, count in inclusive.most_common(top)]
+    return lines
+
+
+def _run(quick: bool) -> str:
+    import ray
+    from ray.cluster_utils import Cluster
+
+    n = 320 if quick else 1504
+    source = al.sources.ImageFolder(make_images(n))
+    decode = decode_image(size=SIZE)
+    cluster = Cluster(initialize_head=True, head_node_args={**NODE, "include_dashboard": False})
+    loaders: list[al.Loader] = []
+    try:
+        cluster.add_node(**NODE)
+        cluster.wait_for_nodes()
+        ray.init(address=cluster.address, include_dashboard=False, log_to_driver=False)
+        options: list[tuple[str, dict[str, Any]]] = [
+            ("executor=process", {"executor": "process"}),
+            ("executor=ray", {"executor": "ray", "ray_options": {"scheduling_strategy": "SPREAD"}}),
+        ]
+        for _, extra in options:
+            loader = (
+                al.Loader.from_source(source, shuffle=True, seed=0)
+                .map(decode, concurrency=2, **extra)
+                .batch(BATCH)
+            )
+            loaders.append(loader)
+            for _ in loader:  # a warm epoch: pools started, chunk sizes timed
+                pass
+        return "\n\n".join(_profile(name, loader) for (name, _), loader in zip(options, loaders, strict=True))
+    finally:
+        for loader in loaders:
+            loader.close()
+        ray.shutdown()
+        cluster.shutdown()
+
+
+def run(quick: bool = False) -> str:
+    if os.environ.get(_INSIDE) != "1":
+        return in_namespace("bench.workloads.ray_profile", quick)
+    return _run(quick)
+
+
+if __name__ == "__main__":
+    torch.set_num_threads(1)
+    print(run(quick="--quick" in sys.argv[1:]))
