@@ -70,6 +70,9 @@ class ShardStreamSource:
     async ``stream(shards, *, skip, report)``, such as a ``WebDataset`` without an index."""
 
     obj: Any
+    # what a process map's workers stream the shards from, or None (the parent streams): the
+    # source's ``worker_stream()``, read here once (aioloader._run.stages.shard_map)
+    worker_stream: Any = None
 
 
 AdaptedSource = IndexableSource | IterableSource | AsyncIterableSource | ShardStreamSource
@@ -92,7 +95,8 @@ def adapt(source: Any) -> AdaptedSource:
     if hook is not None:
         source = hook(source)
     if hasattr(source, "num_shards") and inspect.isasyncgenfunction(getattr(type(source), "stream", None)):
-        return ShardStreamSource(source)
+        make_stream = getattr(source, "worker_stream", None)
+        return ShardStreamSource(source, make_stream() if callable(make_stream) else None)
     if hasattr(source, "__aiter__"):
         return AsyncIterableSource(source, one_shot=hasattr(source, "__anext__"))
     if _is_torch_iterable_dataset(source):

@@ -82,6 +82,10 @@ class WebDataset:
     ``scan_index``: a local file where the stream records the byte ranges of the samples of
     each shard it reads whole; once it covers every shard, a ``WebDataset`` built over the
     same URLs is indexable, as with ``index`` (:mod:`aioloader.io.scan_index`).
+    ``read_in_workers``: a stream followed by ``.map(fn, executor="process")`` is read by
+    the map's worker processes, each streaming its shards itself (the default; the shards'
+    bytes never pass through the parent, :mod:`aioloader._run.stages.shard_map`); False: the
+    parent streams and sends each sample to a worker.
     """
 
     def __init__(
@@ -100,6 +104,7 @@ class WebDataset:
         cache_bytes: int | None = None,
         client: str = "fsspec",
         scan_index: str | os.PathLike[str] | None = None,
+        read_in_workers: bool = True,
     ) -> None:
         if on_error not in ("raise", "skip"):
             raise ValueError(f"on_error must be 'raise' or 'skip', got {on_error!r}")
@@ -107,6 +112,9 @@ class WebDataset:
             raise TypeError("storage_options must be a dict of protocol -> options")
         if client not in CLIENTS:
             raise ValueError(f"client must be one of {CLIENTS}, got {client!r}")
+        if not isinstance(read_in_workers, bool):
+            raise TypeError(f"read_in_workers must be a bool, got {read_in_workers!r}")
+        self.read_in_workers = read_in_workers
         self.client = client
         self.storage_options = dict(storage_options or {})
         self.part_size = _positive("part_size", part_size)
@@ -198,16 +206,34 @@ class WebDataset:
     def describe(self) -> str:
         return f"webdataset:{len(self.urls)} shards"
 
+    def worker_stream(self) -> WebDataset | None:
+        """What a process pool's worker streams its shards from when a process map follows
+        this stream (read fusion, :mod:`aioloader._run.stages.shard_map`): this dataset; None
+        with a ``scan_index``, which the parent records as it reads, or ``read_in_workers=False``."""
+        return self if self.read_in_workers and self.scan_index is None else None
+
     async def stream(
-        self, shards: Sequence[int], *, skip: int = 0, report: Report | None = None
+        self,
+        shards: Sequence[int],
+        *,
+        skip: int = 0,
+        report: Report | None = None,
+        store: ObjectStore | None = None,
+        sizes: Sequence[int | None] | None = None,
     ) -> AsyncIterator[tuple[int, int, dict[str, Any]]]:
         """``(n, index, sample)`` for the samples of ``shards`` (numbers of shards), ``n`` the
         place in ``shards``; the first ``skip`` samples of the first shard are left out (a
-        resume point)."""
+        resume point). ``store``: the client to read through (the caller's, left open; by
+        default one of its own, closed at the end); ``sizes``: the shards' sizes where the
+        caller knows them (no lookup then)."""
         urls = [self.urls[s] for s in shards]
-        sizes = [self.sizes[s] for s in shards]
+        known = [self.sizes[s] for s in shards]
+        if sizes is not None:
+            known = [given if given is not None else size for given, size in zip(sizes, known, strict=True)]
+        sizes = known
         cache = self.cache
-        store = self._store()
+        owned = store is None
+        store = self._store() if store is None else store
         kept: list[bytes] = []  # the shard being read, for the cache
         try:
             async with ShardPrefetcher(
@@ -261,7 +287,8 @@ class WebDataset:
                         sample.fields["__url__"] = url
                         yield number, sample.index, sample.fields
         finally:
-            await store.aclose()
+            if owned:
+                await store.aclose()
 
 
 class _Scan:

@@ -9,8 +9,9 @@ batch, the time to that batch, peak memory over the process tree (PSS), the byte
 sent over the dataset's bytes, and for aioloader the first batch after a resume from the middle
 of the epoch (and the bytes that resumed run fetched over the bytes still to read).
 
-aioloader decodes in 2 threads (Pillow and numpy release the GIL), and in 2 processes (the
-parent reads and parses the shards, the workers decode); the resume is measured with threads,
+aioloader decodes in 2 threads (Pillow and numpy release the GIL), and in 2 processes: the
+workers streaming their shards themselves (the default), and the parent reading and parsing
+the shards for the workers to decode (``read_in_workers=False``); the resume is measured with threads,
 so its fresh loader measures the read path rather than the start of a process pool.
 
 Anchors: the ``webdataset`` package in torch ``DataLoader(num_workers=2)`` (one ``curl`` per
@@ -106,10 +107,13 @@ def _wds_loader(urls: list[str], decode: Any) -> Any:
     return torch.utils.data.DataLoader(dataset, batch_size=None, num_workers=2)
 
 
-def _aio_loader(url: str, decode: Any, executor: str = "thread", **options: Any) -> al.Loader:
+def _aio_loader(
+    url: str, decode: Any, executor: str = "thread", *, read_in_workers: bool = True, **options: Any
+) -> al.Loader:
     retry = Retry(timeout_s=30.0)
+    source = al.sources.WebDataset(url, retry=retry, read_in_workers=read_in_workers)
     return (
-        al.Loader.from_source(al.sources.WebDataset(url, retry=retry), **options)
+        al.Loader.from_source(source, **options)
         .map(decode, executor=executor, concurrency=2)
         .batch(BATCH)
     )
@@ -269,8 +273,8 @@ def _section(kind: str, n: int, latencies: list[float]) -> str:
             lines.append(_row(f"{tag}: webdataset, torch DL w=2", wds_result, server.bytes_sent, data))
             best = {"webdataset": _rate(wds_result)}
             _anchors(lines, tag, server, f"{base}-anchors", decode, data, best)
-            for executor in ("thread", "process"):
-                with _aio_loader(url, decode, executor) as loader:
+            for executor, in_workers in (("thread", True), ("process", True), ("process", False)):
+                with _aio_loader(url, decode, executor, read_in_workers=in_workers) as loader:
                     server.bytes_sent = 0
                     result = measure_once("aioloader", lambda loader=loader: iter(loader))
                     sent = server.bytes_sent
@@ -278,8 +282,9 @@ def _section(kind: str, n: int, latencies: list[float]) -> str:
                 notes = [_link(result, sample_bytes, most)] if kind == "array" else []
                 if executor == "thread":
                     notes.append(_resume(lambda: _aio_loader(url, decode), server, result.batches // 2, data))
-                lines.append(_row(f"{tag}: aioloader stream, {executor} x2", result, sent, data, "; ".join(notes)))
-                best[f"aioloader {executor}s"] = _rate(result)
+                how = "" if executor == "thread" else (", workers read" if in_workers else ", parent reads")
+                lines.append(_row(f"{tag}: aioloader stream, {executor} x2{how}", result, sent, data, "; ".join(notes)))
+                best[f"aioloader {executor}s{how}"] = _rate(result)
                 if executor == "thread":
                     stream = result
             anchor = max(v for k, v in best.items() if not k.startswith("aioloader"))
