@@ -31,7 +31,11 @@ def _serve(folder: str, names: list[str], prefix: str, bytes_per_s: float, conn:
             if command == "latency":
                 server.latency_s = value
             elif command == "reset":
-                server.bytes_sent = 0
+                server.bytes_sent = server.max_in_flight = 0
+                server.request_s = 0.0
+            elif command == "in_flight":  # the most GETs at once, and GET-seconds summed
+                conn.send((server.max_in_flight, server.request_s))
+                continue
             elif command == "objects":  # more objects, written since the start
                 for name in value:
                     server.objects[prefix + name] = (Path(folder) / name).read_bytes()
@@ -90,6 +94,11 @@ class ServerProcess:
     def add(self, names: list[str]) -> None:
         """Serve more files of the folder (another system's format, written after the start)."""
         self._ask("objects", list(names))
+
+    def in_flight(self) -> tuple[int, float]:
+        """Since the last reset of ``bytes_sent``: the most GETs answered at once, and the
+        seconds GETs were being answered summed over them (over the wall time: the mean)."""
+        return self._ask("in_flight")
 
     @property
     def latency_s(self) -> float:

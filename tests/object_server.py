@@ -4,14 +4,16 @@ GET (with ``Range``) and HEAD over objects held in memory, with a first-byte lat
 bandwidth per connection, and faults queued per object and consumed one per GET: ``"500"``,
 ``"reset"`` (the connection is cut half-way through the body), ``"truncate"`` (half the body,
 then a clean close: fewer bytes than the Content-Length said) and ``"trickle"`` (a few bytes,
-then nothing). It counts requests, the body bytes it sent and the most GETs (and HEADs) in
-flight at once.
+then nothing). It counts requests, the body bytes it sent, the most GETs (and HEADs) in
+flight at once and the seconds GETs were being answered, summed over them (over a run's wall
+time: the mean number in flight).
 """
 
 from __future__ import annotations
 
 import asyncio
 import threading
+import time
 from collections import defaultdict
 
 from aiohttp import web
@@ -27,6 +29,7 @@ class ObjectServer:
         self.bytes_sent = 0
         self.in_flight = 0  # GETs being answered now
         self.max_in_flight = 0
+        self.request_s = 0.0  # seconds of GETs being answered, summed over the GETs
         self.heads_in_flight = 0  # HEADs (size lookups) being answered now
         self.max_heads_in_flight = 0
         self._loop = asyncio.new_event_loop()
@@ -87,10 +90,12 @@ class ObjectServer:
         self.requests[name] += 1
         self.in_flight += 1
         self.max_in_flight = max(self.max_in_flight, self.in_flight)
+        started = time.perf_counter()
         try:
             return await self._answer(request, name, data)
         finally:
             self.in_flight -= 1
+            self.request_s += time.perf_counter() - started
 
     async def _answer(self, request: web.Request, name: str, data: bytes) -> web.StreamResponse:
         if self.latency_s:

@@ -24,7 +24,7 @@ import aioloader as al
 # registered first, so it runs last: after the threads are joined and aioloader's finalizers ran
 atexit.register(lambda: print(f"exiting {time.monotonic()!r}", flush=True))
 
-MODE = sys.argv[1]
+MODE, EXECUTOR = sys.argv[1], sys.argv[2]
 BLOCKED = 0 if MODE == "waiting" else 1
 started = threading.Event()
 
@@ -37,7 +37,8 @@ def f(x):
     return x
 
 got = []
-loader = al.Loader.from_source(range(10)).map(f, executor="thread", concurrency=2).batch(1)
+threads = {"concurrency": 2} if EXECUTOR == "thread" else {}
+loader = al.Loader.from_source(range(10)).map(f, executor=EXECUTOR, **threads).batch(1)
 try:
     with loader:
         for batch in loader:
@@ -62,7 +63,7 @@ import aioloader as al
 
 atexit.register(lambda: print(f"exiting {time.monotonic()!r}", flush=True))
 
-MODE = sys.argv[1]
+MODE, EXECUTOR = sys.argv[1], sys.argv[2]
 BLOCKED = 0 if MODE == "waiting" else 1
 started = threading.Event()
 
@@ -77,7 +78,8 @@ def f(x):
 got = []
 
 async def main():
-    loader = al.Loader.from_source(range(10)).map(f, executor="thread", concurrency=2).batch(1)
+    threads = {"concurrency": 2} if EXECUTOR == "thread" else {}
+    loader = al.Loader.from_source(range(10)).map(f, executor=EXECUTOR, **threads).batch(1)
     async with loader:
         async for batch in loader:
             got.extend(batch.tolist())
@@ -108,6 +110,15 @@ def test_ctrl_c_exits_within_2_s_while_a_thread_map_call_is_blocked(tmp_path, mo
 
 @pytest.mark.slow
 @pytest.mark.parametrize(("mode", "delivered"), [("waiting", "[]"), ("body", "[0]")])
+def test_ctrl_c_exits_within_2_s_while_an_inline_call_holds_the_loop(tmp_path, mode, delivered):
+    """The call holds the loader's loop thread, so the run cannot end. Before: the consumer
+    waited 2 s for it (STOP_TIMEOUT_S) in the iterator, again in the Loader's close and its
+    loop thread's, and once more in the finalizer at exit: 8.7 s from Ctrl-C to exit."""
+    _interrupt_and_check(tmp_path, _CHILD, mode, delivered, "inline")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("mode", "delivered"), [("waiting", "[]"), ("body", "[0]")])
 def test_ctrl_c_ends_an_async_for_consumer_within_2_s_while_a_thread_map_call_is_blocked(
     tmp_path, mode, delivered
 ):
@@ -116,12 +127,23 @@ def test_ctrl_c_ends_an_async_for_consumer_within_2_s_while_a_thread_map_call_is
     _interrupt_and_check(tmp_path, _ASYNC_CHILD, mode, delivered)
 
 
-def _interrupt_and_check(tmp_path, child: str, mode: str, delivered: str) -> None:
+@pytest.mark.slow
+@pytest.mark.parametrize(("mode", "delivered"), [("waiting", "[]"), ("body", "[0]")])
+def test_ctrl_c_ends_an_async_for_consumer_within_2_s_while_an_inline_call_holds_the_loop(
+    tmp_path, mode, delivered
+):
+    """The call holds asyncio.run's loop, so the Runner's cancellation cannot run. Before: the
+    process went on until the call returned (30.9 s for a 30 s call); the Runner raises only
+    at a second Ctrl-C."""
+    _interrupt_and_check(tmp_path, _ASYNC_CHILD, mode, delivered, "inline")
+
+
+def _interrupt_and_check(tmp_path, child: str, mode: str, delivered: str, executor: str = "thread") -> None:
     """Start ``child``, SIGINT it once it says its call is blocked, check how it ends."""
     script = tmp_path / "consumer.py"
     script.write_text(textwrap.dedent(child))
     proc = subprocess.Popen(
-        [sys.executable, str(script), mode], stdout=subprocess.PIPE, text=True, cwd=os.getcwd()
+        [sys.executable, str(script), mode, executor], stdout=subprocess.PIPE, text=True, cwd=os.getcwd()
     )
     try:
         assert proc.stdout.readline().strip() == "blocked"
@@ -142,6 +164,128 @@ def _interrupt_and_check(tmp_path, child: str, mode: str, delivered: str) -> Non
     assert left == "[]"  # no thread holds the exit
     assert float(exiting.split()[1]) - sent < 2.0  # nothing of ours holds the exit
     # then the interpreter's own teardown (torch's modules: 1.5-2 s here on 2 loaded cores)
+    assert exited < 2.0 + _TEARDOWN_SLACK_S
+
+
+# a thread map computing in torch ops when Ctrl-C comes: each op releases the GIL and retakes
+# it after, which, once the interpreter finalizes, ends the daemon thread with pthread_exit
+_COMPUTING_CHILD = """
+import asyncio, sys, time
+import torch
+import aioloader as al
+
+CONSUMER = sys.argv[1]
+a = torch.randn(128, 128)
+
+def f(x):
+    if x == 1:
+        print("blocked", flush=True)
+        end = time.monotonic() + 20
+        while time.monotonic() < end:
+            a @ a
+    return x
+
+def make():
+    return al.Loader.from_source(range(10)).map(f, executor="thread", concurrency=2).batch(1)
+
+async def consume_async():
+    async with make() as loader:
+        async for _ in loader:
+            await asyncio.sleep(30)
+
+try:
+    if CONSUMER == "sync":
+        with make() as loader:
+            for _ in loader:
+                time.sleep(30)
+    else:
+        asyncio.run(consume_async())
+except KeyboardInterrupt:
+    print("interrupted", flush=True)
+    sys.exit(3)
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("consumer", ["sync", "async"])
+def test_ctrl_c_while_a_thread_map_computes_in_torch_exits_without_sigabrt(tmp_path, consumer):
+    """Before: SIGABRT at exit in 6 of 6 runs ("terminate called without an active
+    exception"): the thread came back from a torch op while the interpreter finalized, and
+    pthread_exit unwound through torch's C++. Now the call is stopped at exit (its next Python
+    instruction) and waited for while it computes."""
+    script = tmp_path / "computing.py"
+    script.write_text(textwrap.dedent(_COMPUTING_CHILD))
+    for _ in range(2):
+        proc = subprocess.Popen(
+            [sys.executable, str(script), consumer],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            cwd=os.getcwd(),
+        )
+        try:
+            assert proc.stdout.readline().strip() == "blocked"
+            sent = time.monotonic()
+            proc.send_signal(signal.SIGINT)
+            out, err = proc.communicate(timeout=20)
+            exited = time.monotonic() - sent
+        finally:
+            proc.kill()
+            proc.wait()
+        assert proc.returncode == 3, err[-2000:]
+        assert out.strip() == "interrupted"
+        assert "terminate called" not in err
+        assert exited < 2.0 + _TEARDOWN_SLACK_S
+
+
+_LOOP_COLLATE_CHILD = """
+import sys, time
+import torch
+import aioloader as al
+
+a = torch.randn(128, 128)
+
+def collate(values):  # not one of ours: it runs on the loader's loop thread
+    if values[0] == 1:
+        print("blocked", flush=True)
+        end = time.monotonic() + 0.6
+        while time.monotonic() < end:
+            a @ a
+    return values
+
+try:
+    with al.Loader.from_source(range(10)).batch(1, collate=collate) as loader:
+        for _ in loader:
+            time.sleep(30)
+except KeyboardInterrupt:
+    print("interrupted", flush=True)
+    sys.exit(3)
+"""
+
+
+@pytest.mark.slow
+def test_ctrl_c_while_a_collate_computes_on_the_loop_thread_exits_cleanly(tmp_path):
+    """After Ctrl-C the run's end is waited for while the loop computes (an inline call blocked
+    in a wait is not waited for), and at exit the loop's thread is waited for while it
+    computes. Before (with the short wait after Ctrl-C alone): SIGABRT in 3 of 3 runs, or
+    "Task was destroyed but it is pending" once the thread was waited for at exit."""
+    script = tmp_path / "collating.py"
+    script.write_text(textwrap.dedent(_LOOP_COLLATE_CHILD))
+    proc = subprocess.Popen(
+        [sys.executable, str(script)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=os.getcwd()
+    )
+    try:
+        assert proc.stdout.readline().strip() == "blocked"
+        sent = time.monotonic()
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=20)
+        exited = time.monotonic() - sent
+    finally:
+        proc.kill()
+        proc.wait()
+    assert proc.returncode == 3, err[-2000:]
+    assert out.strip() == "interrupted"
+    assert err == ""  # no abort, no task left pending
     assert exited < 2.0 + _TEARDOWN_SLACK_S
 
 
@@ -242,3 +386,37 @@ def test_the_pool_threads_are_daemons_and_end_with_the_run():
     for t in seen:
         t.join(2.0)
     assert not any(t.is_alive() for t in seen)
+
+
+def test_at_exit_a_computing_call_is_stopped_and_a_blocked_one_is_not_waited_for():
+    from aioloader._run import threads
+
+    release = threading.Event()
+    computing = threading.Event()
+
+    def compute() -> int:
+        computing.set()
+        total = 0
+        while not release.is_set():  # pure Python: stopped at its next instruction
+            total += 1
+        return total
+
+    pool = threads.DaemonThreadPool(2, "aioloader-test-exit")
+    blocked = pool.submit(release.wait, 30)
+    stopped = pool.submit(compute)
+    try:
+        assert computing.wait(10)
+        began = time.monotonic()
+        calling = pool._stop_calls()
+        deadline = began + threads.EXIT_WAIT_S
+        for thread in calling:
+            threads.wait_while_computing(thread, deadline)
+        took = time.monotonic() - began
+        assert len(calling) == 2
+        assert isinstance(stopped.exception(timeout=5), threads.InterpreterExit)
+        assert not blocked.done()  # asleep in its wait: not waited for
+        assert took < threads.EXIT_WAIT_S
+    finally:
+        release.set()
+    with pytest.raises(threads.InterpreterExit):
+        blocked.result(timeout=5)  # raised once the wait returned

@@ -54,3 +54,43 @@ def test_exactly_once_deterministic_and_resumable(tmp_path_factory, world, seed,
             loader.load_state_dict(state)
             assert head + _batches(loader) == expected
     assert sorted(seen) == list(range(TOTAL))
+
+
+def _indexed_loader(folder, *, buffer: int, rank: int, world: int, seed: int, budget: int) -> al.Loader:
+    ds = al.sources.WebDataset(index=str(folder / "index.json"), read_budget=budget)
+    loader = al.Loader.from_source(ds, shuffle=True, seed=seed, rank=rank, world_size=world, shard_policy="uneven")
+    if buffer:
+        loader = loader.shuffle(buffer)
+    return loader.batch(3, collate=al.collate.as_list)
+
+
+@settings(max_examples=6, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    world=st.integers(1, 3),
+    seed=st.integers(0, 5),
+    buffer=st.sampled_from([0, 7]),
+    cut=st.integers(0, 16),
+    budget=st.sampled_from([1024, 4096, 1 << 20]),
+)
+def test_indexed_global_shuffle_read_ahead_is_exact_and_resumable(tmp_path_factory, world, seed, buffer, cut, budget):
+    """The same guarantees with an index: a global permutation read ahead along the order
+    within ``read_budget`` (one sample at a time up to the whole dataset)."""
+    _make_shards(tmp_path_factory.getbasetemp())
+    folder = tmp_path_factory.getbasetemp()
+    seen = []
+    for rank in range(world):
+        options = {"buffer": buffer, "rank": rank, "world": world, "seed": seed, "budget": budget}
+        with _indexed_loader(folder, **options) as loader:
+            expected = _batches(loader)
+        seen += [k for b in expected for k in b]
+        # mid-epoch: after an indexed epoch's last batch (its length is known) the state is the
+        # next epoch's start
+        k = min(cut, len(expected) - 1)
+        with _indexed_loader(folder, **options) as loader:
+            it = iter(loader)
+            head = [[int(s["cls"]) for s in next(it)] for _ in range(k)]
+            state = loader.state_dict()
+        with _indexed_loader(folder, **options) as loader:
+            loader.load_state_dict(state)
+            assert head + _batches(loader) == expected
+    assert sorted(seen) == list(range(TOTAL))

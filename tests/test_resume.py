@@ -10,6 +10,7 @@ import runpy
 import subprocess
 import sys
 import textwrap
+import weakref
 
 import pytest
 from hypothesis import given, settings
@@ -261,6 +262,10 @@ class Payload:
 
 
 def test_endless_stream_through_a_reservoir_runs_in_constant_memory():
+    """~100k items through a 256-item buffer: every item the consumer has dropped is freed, and
+    the items not yet delivered never exceed what the pipeline's bounds can hold. (Comparing
+    the peaks of the run's two halves failed under load: how full the pipeline is when a sample
+    is taken swings between ~400 and ~1800 items with the scheduling.)"""
     from aioloader._run.bridge import SYNC_MAX_DEPTH
     from aioloader._run.graph import DEFAULT_BLOCK, SAMPLE_DEPTH
 
@@ -270,21 +275,25 @@ def test_endless_stream_through_a_reservoir_runs_in_constant_memory():
         .shuffle(buffer)
         .batch(batch, collate=list)
     )
-    peaks = {0: 0, 1: 0}
+    delivered: weakref.WeakSet[Payload] = weakref.WeakSet()
+    kept, pending = 0, 0
     with loader:
         for step, out in enumerate(loader):
+            delivered.update(out)
             del out
             if step % 100 == 0:
                 gc.collect()
-                half = 0 if step < 1500 else 1
-                peaks[half] = max(peaks[half], Payload.live)
-            if step == 3000:  # ~100k items through a 256-item buffer
+                kept = max(kept, len(delivered))
+                pending = max(pending, Payload.live - len(delivered))
+            if step == 3000:
                 break
         state = loader.state_dict()
-    # the buffer, sample blocks in the channels and stages before it, batches after it
-    bound = buffer + 2 * (SAMPLE_DEPTH + 1) * DEFAULT_BLOCK + (SYNC_MAX_DEPTH + 2) * batch
-    assert max(peaks.values()) <= bound
-    assert peaks[1] <= peaks[0] + batch, "live items grew over the run"
+    # a leak of delivered items (any share of them) shows here: the run delivered 96k
+    assert kept <= batch, f"{kept} delivered items are still alive"
+    # the buffer, sample blocks in the channels and stages before it (and the block each of
+    # the two stages has in hand), batches after it (and the one being filled)
+    bound = buffer + 2 * (SAMPLE_DEPTH + 2) * DEFAULT_BLOCK + (SYNC_MAX_DEPTH + 3) * batch
+    assert pending <= bound
     assert len(state["prefix"]) == buffer
     assert len(loader._runtime.last_run.reservoir.reservoir._log) < 2000, "the undo log must be trimmed"
 

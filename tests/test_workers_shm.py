@@ -20,6 +20,12 @@ def _segments(prefix: str) -> set[str]:
     return {n for n in os.listdir("/dev/shm") if n.startswith(prefix)}
 
 
+def _pool_segments() -> set[str]:
+    """The segments of the worker pools this test process started: their names begin with
+    ``aioloader_<pid of the pool's owner>_`` (other test processes' pools share /dev/shm)."""
+    return _segments(f"aioloader_{os.getpid()}_")
+
+
 def test_large_arrays_travel_as_views_of_a_segment_and_are_released_when_unused():
     prefix = f"aioloader_test_{os.getpid()}_"
     arena = shm.SegmentArena(prefix)
@@ -117,7 +123,7 @@ def test_per_item_results_stay_out_of_segments_whole_batches_go_through_them():
         kept = []
         for x in per_item:
             kept.append(x)
-            assert not _segments("aioloader_")  # every result came through the pipe
+            assert not _pool_segments()  # every result came through the pipe
         assert [int(x[0]) for x in kept] == list(range(300))
     fused = per_item.batch(4)  # one task per batch: 256 KB batches
     over_batches = al.Loader.from_source(range(300)).batch(4).map(kb_batch, executor="process", concurrency=2)
@@ -125,9 +131,9 @@ def test_per_item_results_stay_out_of_segments_whole_batches_go_through_them():
         with batched:
             seen = set()
             for _batch in batched:
-                seen |= _segments("aioloader_")
+                seen |= _pool_segments()
             assert seen  # the batches came through segments
-    assert not _segments("aioloader_")
+    assert not _pool_segments()
 
 
 def kb_batch(batch: torch.Tensor) -> np.ndarray:

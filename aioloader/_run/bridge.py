@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import queue
 import threading
+import time
 from collections.abc import Callable, Coroutine, Iterator
 from concurrent.futures import Future
 from time import perf_counter
@@ -22,8 +23,13 @@ import torch
 
 from aioloader._run.block import Block
 from aioloader._run.channel import ChannelClosed
+from aioloader._run.threads import wait_at_exit, wait_while_computing
 
 STOP_TIMEOUT_S = 2.0
+# after Ctrl-C, a run's end is waited for this long, then only while the loop computes (up to
+# STOP_TIMEOUT_S): an inline call blocked on the loop holds it (each STOP_TIMEOUT_S wait added
+# 2 s: 8.7 s from Ctrl-C to exit, guarantee 6 says 2 s)
+INTERRUPT_WAIT_S = 0.1
 SIGNAL_CHECK_S = 0.1  # how often a consumer blocked on the loader checks for Ctrl-C
 FLUSH_AFTER_S = 0.001
 SYNC_BYTES = 32 << 20  # what a sync consumer's hand-off may hold, when prefetch(n) does not say
@@ -53,6 +59,7 @@ class LoopThread:
         ready = threading.Event()
         self._thread = threading.Thread(target=self._main, args=(ready,), name="aioloader-loop", daemon=True)
         self._thread.start()
+        wait_at_exit(self._thread)  # after Ctrl-C its stop is not waited for long
         ready.wait()
 
     def _main(self, ready: threading.Event) -> None:
@@ -70,6 +77,10 @@ class LoopThread:
     @property
     def alive(self) -> bool:
         return self._thread.is_alive()
+
+    @property
+    def thread(self) -> threading.Thread:
+        return self._thread
 
     @property
     def is_current(self) -> bool:
@@ -283,7 +294,10 @@ def iterate_blocks(loop_thread: LoopThread, make_run: Callable[[Handoff], Any]) 
             future.cancel()
             # the run's tasks, not its calls still running in threads: a Ctrl-C in the loop
             # body must reach the caller at once (Loader.close() waits for those calls)
-            handoff.stopped.wait(STOP_TIMEOUT_S)
+            if not handoff.interrupted:
+                handoff.stopped.wait(STOP_TIMEOUT_S)
+            elif not handoff.stopped.wait(INTERRUPT_WAIT_S):  # then while the loop computes
+                wait_while_computing(loop_thread.thread, time.monotonic() + STOP_TIMEOUT_S, handoff.stopped)
 
 
 def block_nbytes(block: Block, limit: int = 64) -> int:

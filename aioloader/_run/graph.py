@@ -24,9 +24,10 @@ from aioloader._run.decisions import Decisions
 from aioloader._run.delivery import Delivery
 from aioloader._run.failures import FailurePolicy
 from aioloader._run.interrupt import interrupted
-from aioloader._run.rewrite import fuse_map_batch, fuse_read
+from aioloader._run.rewrite import fuse_map_batch, fuse_read, fuse_stream
 from aioloader._run.stages.base import DEFAULT_DEPTH, SAMPLE_DEPTH, BuildContext, Stage, StageSpec
 from aioloader._run.stages.map import MapSpec
+from aioloader._run.stages.shard_map import ShardMapStage
 from aioloader._run.stages.shard_source import ShardSource
 from aioloader._run.stages.source import AsyncIterSource, IterSource, KeySource
 from aioloader._spec import Options, SourceSpec
@@ -107,14 +108,16 @@ def read_policy(
     return next((policy for policy in lent if policy is not None), ("raise", 0))
 
 
-def read_spec(source: IndexableSource, stages: Sequence[StageSpec] = ()) -> MapSpec:
-    """The implicit read stage of an indexable source: keys to samples."""
+def read_spec(
+    source: IndexableSource, stages: Sequence[StageSpec] = (), *, aget: Callable[[Any], Any] | None = None
+) -> MapSpec:
+    """The implicit read stage of an indexable source: keys to samples (``aget``: the run's
+    read-ahead reader's, in place of the source's)."""
     on_error, max_failures = read_policy(stages, source.read_failures)
     policy = {"on_error": on_error, "max_failures": max_failures}
-    if source.aget_one is not None:
-        return MapSpec(
-            name="read", fn=source.aget_one, is_async=True, concurrency=source.read_concurrency, **policy
-        )
+    aget = aget or source.aget_one
+    if aget is not None:
+        return MapSpec(name="read", fn=aget, is_async=True, concurrency=source.read_concurrency, **policy)
     if source.get_many is not None:
         return MapSpec(name="read", fn=source.get_many, per_block=True, item_fn=source.get_one, **policy)
     return MapSpec(name="read", fn=source.get_one, trial_runs=False, **policy)
@@ -175,15 +178,23 @@ class Run:
             keys = epoch_keys(pipeline, self.epoch, self.rank, self.resume.elastic if self.resume else None)
             expected = len(keys)
             self.delivery.epoch_length = expected
-            self.stages.append(KeySource(keys, block, start=start, prefix=prefix))
-            specs: list[StageSpec] = fuse_read(
-                source, [read_spec(source, pipeline.stages), *fuse_map_batch(pipeline.stages)]
-            )
+            key_source = KeySource(keys, block, start=start, prefix=prefix)
+            self.stages.append(key_source)
+            ahead = None if source.read_ahead is None else source.read_ahead(key_source.keys_in_order())
+            if ahead is not None:  # reads this run's keys ahead, in their order
+                self._io_closers.append(ahead.aclose)
+            read = read_spec(source, pipeline.stages, aget=None if ahead is None else ahead.aget)
+            specs: list[StageSpec] = fuse_read(source, [read, *fuse_map_batch(pipeline.stages)])
             if source.aclose_io is not None:  # connections the reads opened on this run's loop
                 self._io_closers.append(source.aclose_io)
         elif isinstance(source, ShardStreamSource):
-            self.stages.append(self._shard_source(pipeline, block, start, prefix))
-            specs = fuse_map_batch(pipeline.stages)
+            fused = fuse_stream(source, pipeline.stages, prefix=prefix)
+            if fused is not None:  # the map's workers read the shards
+                self.stages.append(self._shard_map(pipeline, fused, block, start))
+                specs = fuse_map_batch(pipeline.stages[1:])
+            else:
+                self.stages.append(self._shard_source(pipeline, block, start, prefix))
+                specs = fuse_map_batch(pipeline.stages)
         else:
             if source.one_shot:
                 # A second run would silently lose what the first one read ahead of the consumer.
@@ -258,7 +269,7 @@ class Run:
         last.output = self.output
         last.stats.output = self.output
 
-    def _shard_source(self, pipeline: Pipeline, block: int, start: int, prefix: list[int]) -> ShardSource:
+    def _check_shard_policy(self, pipeline: Pipeline) -> None:
         spec = pipeline.source_spec
         if self.rank.world_size > 1 and spec.shard_policy != "uneven":
             raise ValueError(
@@ -266,6 +277,26 @@ class Run:
                 "shard stream does not know before reading it: use shard_policy='uneven', or give "
                 "the source an index (al.sources.write_shards writes one)"
             )
+
+    def _shard_map(self, pipeline: Pipeline, map_spec: MapSpec, block: int, start: int) -> ShardMapStage:
+        self._check_shard_policy(pipeline)
+        spec = pipeline.source_spec
+        return ShardMapStage(
+            pipeline.source.worker_stream,
+            map_spec,
+            block,
+            self.rank,
+            epoch=self.epoch,
+            seed=spec.seed,
+            shuffle=spec.shuffle is not False,
+            errors=self.errors,
+            runtime=self.runtime,
+            start=start,
+        )
+
+    def _shard_source(self, pipeline: Pipeline, block: int, start: int, prefix: list[int]) -> ShardSource:
+        self._check_shard_policy(pipeline)
+        spec = pipeline.source_spec
         return ShardSource(
             pipeline.source.obj,
             block,

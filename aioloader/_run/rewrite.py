@@ -1,6 +1,7 @@
 """Graph rewrites applied when a run is built, before any stage exists: a pooled map fused with
-the batch after it (:mod:`aioloader._run.fusion`), and an indexable source's read moved into the
-map after it (:mod:`aioloader._run.read_fusion`). Both keep the data, order and keys unchanged.
+the batch after it (:mod:`aioloader._run.fusion`), an indexable source's read moved into the
+map after it (:mod:`aioloader._run.read_fusion`), and a shard stream read in the process map's
+workers (:mod:`aioloader._run.stages.shard_map`). All keep the data, order and keys unchanged.
 """
 
 from __future__ import annotations
@@ -15,9 +16,9 @@ from aioloader._run.stages.batch import BatchSpec
 from aioloader._run.stages.map import MapSpec
 from aioloader._spec import is_picklable
 from aioloader.collate import stack
-from aioloader.sources._adapt import IndexableSource
+from aioloader.sources._adapt import IndexableSource, ShardStreamSource
 
-__all__ = ["fuse_map_batch", "fuse_read"]
+__all__ = ["fuse_map_batch", "fuse_read", "fuse_stream"]
 
 
 def _fusable(spec: MapSpec, batch: BatchSpec) -> bool:
@@ -79,3 +80,20 @@ def fuse_read(source: IndexableSource, specs: Sequence[StageSpec]) -> list[Stage
     fn = spec.fn.reading(reads) if isinstance(spec.fn, MapThenCollate) else spec.fn
     rest[at] = dataclasses.replace(spec, fn=fn, rewrite=dataclasses.replace(spec.rewrite, reads=reads))
     return rest
+
+
+def fuse_stream(source: ShardStreamSource, specs: Sequence[StageSpec], *, prefix: Sequence[int] = ()) -> MapSpec | None:
+    """The map that a shard stream's workers run (the first stage, when it may take the
+    stream's reads: :mod:`aioloader._run.stages.shard_map`), or None, the stream then read in
+    the parent: for a map not in processes (threads share the parent's loop, which reads
+    without copies), one that is not per item, random, timed or retried (a shard's task
+    would carry them all), a source that offers no ``worker_stream()``, and a resume whose
+    shuffle buffer is read again first (its samples come from several shards)."""
+    if not specs or prefix or source.worker_stream is None:
+        return None
+    spec = specs[0]
+    if not isinstance(spec, MapSpec) or spec.executor != "process" or not pooled_per_item(spec):
+        return None
+    if spec.timeout is not None or spec.retries or spec.rewrite.fused_batch is not None:
+        return None
+    return spec

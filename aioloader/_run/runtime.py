@@ -6,12 +6,14 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
 from typing import Any, Protocol
 
-from aioloader._run.bridge import STOP_TIMEOUT_S, LoopThread
+from aioloader._run.bridge import INTERRUPT_WAIT_S, STOP_TIMEOUT_S, LoopThread
 from aioloader._run.decisions import Decisions
 from aioloader._run.graph import Run
 from aioloader._run.interrupt import interrupted as ctrl_c
+from aioloader._run.threads import wait_while_computing
 
 
 class Closable(Protocol):
@@ -29,6 +31,7 @@ class Runtime:
         self._step_sizer: Any = None
         self._active: dict[Run, asyncio.AbstractEventLoop] = {}
         self._finished_events: dict[Run, threading.Event] = {}
+        self._ctrl_c = False  # a close saw Ctrl-C: later ones (the finalizer at exit) wait short
         # reentrant: close() may run from a GC finaliser in a thread that holds the lock
         self._lock = threading.RLock()
 
@@ -106,7 +109,9 @@ class Runtime:
         """Stop every run, the loop thread and every resource. Idempotent. ``interrupted``
         (Ctrl-C), or the interpreter exiting: the runs do not wait for calls blocked in
         threads, which cannot be stopped (their threads are daemons)."""
-        if not threading.main_thread().is_alive() or ctrl_c():  # exiting, or Ctrl-C in asyncio.run
+        if interrupted or ctrl_c():  # Ctrl-C (in asyncio.run: the Runner took it)
+            self._ctrl_c = interrupted = True
+        if not threading.main_thread().is_alive():  # exiting
             interrupted = True
         with self._lock:
             active = list(self._active.items())
@@ -126,14 +131,23 @@ class Runtime:
                     loop.call_soon_threadsafe(run.stop_draining)
         with self._lock:
             on_loop_thread = self._loop_thread is not None and self._loop_thread.is_current
+        # after Ctrl-C the loop may be held by an inline call, which nothing can stop
+        # (then only while the loop computes: its thread's CPU time)
+        wait_s = INTERRUPT_WAIT_S if self._ctrl_c else STOP_TIMEOUT_S
+        ends = time.monotonic() + wait_s  # after Ctrl-C: in all, the loop thread's end included
+        with self._lock:
+            computing = self._loop_thread.thread if self._ctrl_c and self._loop_thread is not None else None
         if not on_loop_thread:  # the runs end on the loop thread: it cannot wait for them
             for event in finished:
-                event.wait(STOP_TIMEOUT_S)
+                if not self._ctrl_c:
+                    event.wait(wait_s)
+                elif not event.wait(max(0.0, ends - time.monotonic())) and computing is not None:
+                    wait_while_computing(computing, time.monotonic() + STOP_TIMEOUT_S, event)
         with self._lock:
             loop_thread, self._loop_thread = self._loop_thread, None
             resources = list(self.resources.values())
             self.resources.clear()
         if loop_thread is not None:
-            loop_thread.stop()
+            loop_thread.stop(max(0.0, ends - time.monotonic()) if self._ctrl_c else wait_s)
         for resource in resources:
             resource.close()

@@ -8,18 +8,42 @@ whatever a user function is doing.
 A call its stage has given up on (past its ``timeout``) is *abandoned*: the pool stops waiting
 for it at close and starts a thread in its place, so the calls queued behind it still get
 their full number of threads; the abandoned thread ends when its call returns.
+
+At interpreter exit (:func:`stop_at_exit`, from :mod:`aioloader._exit`), calls still running
+are stopped at their next Python instruction and waited for while they compute (at most
+:data:`EXIT_WAIT_S`). A daemon thread that comes back from a C++ call once the interpreter is
+finalizing (a torch op, which released the GIL, retaking it) is ended by ``pthread_exit``,
+whose unwinding through C++ calls ``std::terminate``: the process died with SIGABRT
+("terminate called without an active exception", pytorch/pytorch#38228) after a Ctrl-C left a
+thread map collating. A call blocked in a wait (no CPU) is not waited for: it keeps the 2 s.
 """
 
 from __future__ import annotations
 
+import ctypes
 import itertools
 import queue
 import threading
+import time
+import weakref
 from collections.abc import Callable
 from concurrent.futures import Future
 from typing import Any
 
+from aioloader import _exit
+
 _Item = tuple[Future[Any], Callable[..., Any], tuple[Any, ...]]
+
+EXIT_WAIT_S = 1.0  # at exit, how long calls that still compute are waited for, in all
+_LOOK_S = 0.02  # a thread that used no CPU over this long, and sleeps, is blocked
+
+_pools: weakref.WeakSet[DaemonThreadPool] = weakref.WeakSet()
+_loops: weakref.WeakSet[threading.Thread] = weakref.WeakSet()  # event loops' threads
+
+
+class InterpreterExit(BaseException):
+    """Raised in a call still running in a pool thread at interpreter exit. A BaseException:
+    a user function's ``except Exception`` lets it through."""
 
 
 class DaemonThreadPool:
@@ -37,8 +61,11 @@ class DaemonThreadPool:
         self._threads: set[threading.Thread] = set()
         self._running: dict[Future[Any], threading.Thread] = {}
         self._abandoned: set[threading.Thread] = set()
+        self._calling: set[threading.Thread] = set()  # inside fn (abandoned ones included)
         self._names = itertools.count()
         self._shutdown = False
+        _pools.add(self)
+        _exit.watch_exit()
 
     def submit(self, fn: Callable[..., Any], *args: Any) -> Future[Any]:
         future: Future[Any] = Future()
@@ -96,36 +123,123 @@ class DaemonThreadPool:
     def _work(self) -> None:
         me = threading.current_thread()
         try:
-            while True:
-                item = self._queue.get()
-                if item is None:
-                    return
-                future, fn, args = item
-                del item
-                if future.set_running_or_notify_cancel():
-                    with self._lock:
-                        self._running[future] = me
-                    # no local keeps the result: an error's traceback reaches the consumer's
-                    # frames (the Loader's), and an idle thread must not keep them alive; the
-                    # future leaves _running before it completes, as the consumer may be
-                    # done with it before this thread runs again
-                    try:
-                        outcome: Any = (fn(*args), None)
-                    except BaseException as exc:
-                        outcome = (None, exc)
-                    with self._lock:
-                        self._running.pop(future, None)
-                    if outcome[1] is None:
-                        future.set_result(outcome[0])
-                    else:
-                        future.set_exception(outcome[1])
-                    del outcome
-                del future, fn, args
-                with self._lock:
-                    if self._shutdown or me in self._abandoned:
-                        return  # a thread took an abandoned one's place: this one ends
-                self._idle.release()
+            self._serve(me)
+        except InterpreterExit:  # raised just outside its call: the thread ends all the same
+            pass
         finally:
             with self._lock:
                 self._threads.discard(me)
                 self._abandoned.discard(me)
+
+    def _serve(self, me: threading.Thread) -> None:
+        while True:
+            item = self._queue.get()
+            if item is None:
+                return
+            future, fn, args = item
+            del item
+            if future.set_running_or_notify_cancel():
+                with self._lock:
+                    self._running[future] = me
+                    self._calling.add(me)
+                # no local keeps the result: an error's traceback reaches the consumer's
+                # frames (the Loader's), and an idle thread must not keep them alive; the
+                # future leaves _running before it completes, as the consumer may be
+                # done with it before this thread runs again
+                try:
+                    outcome: Any = (fn(*args), None)
+                except BaseException as exc:
+                    outcome = (None, exc)
+                with self._lock:
+                    self._running.pop(future, None)
+                    self._calling.discard(me)
+                if outcome[1] is None:
+                    future.set_result(outcome[0])
+                else:
+                    future.set_exception(outcome[1])
+                del outcome
+            del future, fn, args
+            with self._lock:
+                if self._shutdown or me in self._abandoned:
+                    return  # a thread took an abandoned one's place: this one ends
+            self._idle.release()
+
+    def _stop_calls(self) -> list[threading.Thread]:
+        """No more calls; raise :class:`InterpreterExit` in each running one (at its next Python
+        instruction). Returns the threads that were in a call."""
+        self.shutdown()
+        with self._lock:  # held: a thread leaves _calling before the Python calls that follow
+            calling = list(self._calling)
+            for thread in calling:
+                _raise_in(thread, InterpreterExit)
+        return calling
+
+
+def wait_at_exit(thread: threading.Thread) -> None:
+    """Have :func:`stop_at_exit` wait for ``thread`` (an event loop's, told to stop) while it
+    computes: a collate on the loop may be in a torch op."""
+    _loops.add(thread)
+    _exit.watch_exit()
+
+
+def stop_at_exit() -> None:
+    """At interpreter exit, before it finalizes: stop every pool's running calls, and wait for
+    each thread while it computes (it may be in a C++ call), and for the event loops' threads,
+    at most :data:`EXIT_WAIT_S` in all; a thread seen blocked (asleep, no CPU used) is not
+    waited for."""
+    threads = [thread for pool in list(_pools) for thread in pool._stop_calls()]
+    threads += [thread for thread in list(_loops) if thread.is_alive()]
+    deadline = time.monotonic() + EXIT_WAIT_S
+    for thread in threads:
+        wait_while_computing(thread, deadline)
+
+
+def _raise_in(thread: threading.Thread, exc_type: type[BaseException]) -> None:
+    if thread.ident is not None:
+        ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(thread.ident), ctypes.py_object(exc_type))
+
+
+def wait_while_computing(thread: threading.Thread, deadline: float, done: threading.Event | None = None) -> None:
+    """Wait until ``done`` is set (without one: until ``thread`` ends) while ``thread`` computes,
+    until ``deadline`` (``time.monotonic()``); return once it is seen blocked (asleep over a
+    look of :data:`_LOOK_S`, no CPU used)."""
+    clock = _cpu_clock(thread)
+    used = _cpu_seconds(clock)
+    while thread.is_alive() and not (done is not None and done.is_set()):
+        left = deadline - time.monotonic()
+        if left <= 0:
+            return
+        if done is None:
+            thread.join(min(_LOOK_S, left))
+        elif done.wait(min(_LOOK_S, left)):
+            return
+        now = _cpu_seconds(clock)
+        if now is None or (now == used and _sleeping(thread)):
+            return  # ended, or blocked in a wait
+        used = now
+
+
+def _cpu_clock(thread: threading.Thread) -> int | None:
+    try:
+        return time.pthread_getcpuclockid(thread.ident)  # type: ignore[arg-type]
+    except (AttributeError, OSError, TypeError):  # not Linux, or the thread has ended
+        return None
+
+
+def _cpu_seconds(clock: int | None) -> float | None:
+    if clock is None:
+        return None
+    try:
+        return time.clock_gettime(clock)
+    except OSError:  # the thread has ended
+        return None
+
+
+def _sleeping(thread: threading.Thread) -> bool:
+    """True when ``thread`` sleeps in the kernel (state S), False when it runs or waits for a
+    core, or when that cannot be read."""
+    try:
+        with open(f"/proc/self/task/{thread.native_id}/stat") as f:
+            return f.read().rpartition(")")[2].split()[0] == "S"
+    except (OSError, IndexError):
+        return False

@@ -43,6 +43,7 @@ class StageStats:
     fused: str | None = None  # the batch stage this map stage runs with (aioloader._run.fusion)
     reads: str | None = None  # the read stage this map stage's workers run (aioloader._run.read_fusion)
     describe_workers: Any = None  # () -> a list of dicts: a Ray stage's actors (aioloader.ray)
+    bytes_read: int | None = None  # bytes its workers read from storage (a fused shard stream)
 
     def snapshot(self, now: float, run_elapsed: float | None = None) -> dict[str, Any]:
         """``run_elapsed``: the run's duration; a stage that finished early was not limiting
@@ -72,6 +73,8 @@ class StageStats:
         }
         if self.describe_workers is not None:
             snapshot["actors"] = self.describe_workers()
+        if self.bytes_read is not None:
+            snapshot["bytes_read"] = self.bytes_read
         return snapshot
 
 

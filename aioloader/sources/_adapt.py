@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import inspect
-from collections.abc import AsyncIterable, Awaitable, Callable, Iterable, Mapping
+from collections.abc import AsyncIterable, Awaitable, Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
+
+import numpy as np
 
 from aioloader.sources._dataset_reader import dataset_reader
 
@@ -19,7 +21,11 @@ class IndexableSource:
     default 16), ``__getitems__(keys)`` (the torch batched-fetch protocol: one call per block,
     e.g. a whole HDF5 row range), else ``__getitem__(key)``. Every other part of the protocol
     is optional and read here, once, so the run never probes the source: ``worker_reader()``,
-    ``read_failures`` (the read's own ``(on_error, max_failures)``) and ``aclose_io()``.
+    ``read_failures`` (the read's own ``(on_error, max_failures)``), ``aclose_io()`` and
+    ``read_ahead(keys)``: given the run's keys in the order the read stage will ask for them
+    (an iterator of key arrays), an object whose ``aget(key)`` replaces ``aget`` for that run
+    and whose ``aclose()`` the run awaits at its end, or None (an indexed ``WebDataset`` reads
+    the samples of a global shuffle ahead of the consumer, :mod:`aioloader.io.read_ahead`).
     """
 
     obj: Any
@@ -39,6 +45,8 @@ class IndexableSource:
     read_failures: tuple[str, int | float] | None = None
     # closes the connections the reads opened on a run's loop, awaited when the run ends
     aclose_io: Callable[[], Awaitable[None]] | None = None
+    # the source's read of a run's keys ahead, in their order: keys -> a reader or None
+    read_ahead: Callable[[Iterator[np.ndarray]], Any] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,6 +70,9 @@ class ShardStreamSource:
     async ``stream(shards, *, skip, report)``, such as a ``WebDataset`` without an index."""
 
     obj: Any
+    # what a process map's workers stream the shards from, or None (the parent streams): the
+    # source's ``worker_stream()``, read here once (aioloader._run.stages.shard_map)
+    worker_stream: Any = None
 
 
 AdaptedSource = IndexableSource | IterableSource | AsyncIterableSource | ShardStreamSource
@@ -84,7 +95,8 @@ def adapt(source: Any) -> AdaptedSource:
     if hook is not None:
         source = hook(source)
     if hasattr(source, "num_shards") and inspect.isasyncgenfunction(getattr(type(source), "stream", None)):
-        return ShardStreamSource(source)
+        make_stream = getattr(source, "worker_stream", None)
+        return ShardStreamSource(source, make_stream() if callable(make_stream) else None)
     if hasattr(source, "__aiter__"):
         return AsyncIterableSource(source, one_shot=hasattr(source, "__anext__"))
     if _is_torch_iterable_dataset(source):
@@ -113,6 +125,7 @@ def adapt(source: Any) -> AdaptedSource:
             dataset_reader(source),
             read_failures=getattr(source, "read_failures", None),
             aclose_io=getattr(source, "aclose_io", None),
+            read_ahead=getattr(source, "read_ahead", None) if aget is not None else None,
         )
     if hasattr(source, "__iter__"):
         return IterableSource(source, one_shot=hasattr(source, "__next__"))

@@ -8,8 +8,10 @@ that shard's consumed part again (:mod:`aioloader._run.stages.shard_source`).
 
 With an index (``al.sources.write_shards`` writes one) the source is indexable: it knows every
 sample's byte range, so ``shuffle=True`` is a global permutation read by ranged reads of single
-samples (neighbours read together), ``shuffle="chunks"`` reads whole shards (or windows of
-``chunk_size`` samples) at once, and rank sharding follows the three policies.
+samples, read ahead of the consumer along the run's order within ``read_budget`` bytes,
+neighbours joined into one request (:mod:`aioloader.io.read_ahead`); ``shuffle="chunks"``
+reads whole shards (or windows of ``chunk_size`` samples) at once, and rank sharding follows
+the three policies.
 
 A sample is a dict as the ``webdataset`` package makes it: ``__key__``, ``__url__`` and one
 ``bytes`` value per member extension (``jpg``, ``cls`` ...).
@@ -21,7 +23,7 @@ import asyncio
 import bisect
 import json
 import os
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -30,6 +32,7 @@ import numpy as np
 from aioloader.errors import DataCorruptionError, DataFormatError
 from aioloader.io.cache import ShardCache
 from aioloader.io.prefetch import ShardPrefetcher
+from aioloader.io.read_ahead import ReadAhead
 from aioloader.io.scan_index import INDEX_FORMAT, ScanIndex
 from aioloader.io.store import CLIENTS, ObjectStore, Retry
 from aioloader.io.tar_stream import SampleGrouper, TarParser
@@ -67,7 +70,9 @@ class WebDataset:
 
     ``storage_options``: per protocol, options for its fsspec filesystem (``{"s3":
     {"endpoint_url": ...}}``). ``part_size``: bytes per ranged read; ``read_budget``: bytes
-    read ahead and not yet consumed; ``max_requests``: reads in flight. ``retry``: an
+    read ahead and not yet consumed; ``max_requests``: reads in flight. Indexed, the samples
+    are read ahead along the run's order in requests of neighbouring samples of at most
+    ``read_budget / max_requests`` bytes (and ``part_size``). ``retry``: an
     :class:`aioloader.io.Retry`. ``on_error="skip"``: a corrupt or truncated shard ends there,
     reported in ``stats()["errors"]`` with the key ``(url, member)``, and the epoch goes on.
     ``client``: ``"fsspec"`` (default) or ``"obstore"``, which reads the
@@ -77,6 +82,10 @@ class WebDataset:
     ``scan_index``: a local file where the stream records the byte ranges of the samples of
     each shard it reads whole; once it covers every shard, a ``WebDataset`` built over the
     same URLs is indexable, as with ``index`` (:mod:`aioloader.io.scan_index`).
+    ``read_in_workers``: a stream followed by ``.map(fn, executor="process")`` is read by
+    the map's worker processes, each streaming its shards itself (the default; the shards'
+    bytes never pass through the parent, :mod:`aioloader._run.stages.shard_map`); False: the
+    parent streams and sends each sample to a worker.
     """
 
     def __init__(
@@ -95,6 +104,7 @@ class WebDataset:
         cache_bytes: int | None = None,
         client: str = "fsspec",
         scan_index: str | os.PathLike[str] | None = None,
+        read_in_workers: bool = True,
     ) -> None:
         if on_error not in ("raise", "skip"):
             raise ValueError(f"on_error must be 'raise' or 'skip', got {on_error!r}")
@@ -102,6 +112,9 @@ class WebDataset:
             raise TypeError("storage_options must be a dict of protocol -> options")
         if client not in CLIENTS:
             raise ValueError(f"client must be one of {CLIENTS}, got {client!r}")
+        if not isinstance(read_in_workers, bool):
+            raise TypeError(f"read_in_workers must be a bool, got {read_in_workers!r}")
+        self.read_in_workers = read_in_workers
         self.client = client
         self.storage_options = dict(storage_options or {})
         self.part_size = _positive("part_size", part_size)
@@ -193,16 +206,34 @@ class WebDataset:
     def describe(self) -> str:
         return f"webdataset:{len(self.urls)} shards"
 
+    def worker_stream(self) -> WebDataset | None:
+        """What a process pool's worker streams its shards from when a process map follows
+        this stream (read fusion, :mod:`aioloader._run.stages.shard_map`): this dataset; None
+        with a ``scan_index``, which the parent records as it reads, or ``read_in_workers=False``."""
+        return self if self.read_in_workers and self.scan_index is None else None
+
     async def stream(
-        self, shards: Sequence[int], *, skip: int = 0, report: Report | None = None
+        self,
+        shards: Sequence[int],
+        *,
+        skip: int = 0,
+        report: Report | None = None,
+        store: ObjectStore | None = None,
+        sizes: Sequence[int | None] | None = None,
     ) -> AsyncIterator[tuple[int, int, dict[str, Any]]]:
         """``(n, index, sample)`` for the samples of ``shards`` (numbers of shards), ``n`` the
         place in ``shards``; the first ``skip`` samples of the first shard are left out (a
-        resume point)."""
+        resume point). ``store``: the client to read through (the caller's, left open; by
+        default one of its own, closed at the end); ``sizes``: the shards' sizes where the
+        caller knows them (no lookup then)."""
         urls = [self.urls[s] for s in shards]
-        sizes = [self.sizes[s] for s in shards]
+        known = [self.sizes[s] for s in shards]
+        if sizes is not None:
+            known = [given if given is not None else size for given, size in zip(sizes, known, strict=True)]
+        sizes = known
         cache = self.cache
-        store = self._store()
+        owned = store is None
+        store = self._store() if store is None else store
         kept: list[bytes] = []  # the shard being read, for the cache
         try:
             async with ShardPrefetcher(
@@ -256,7 +287,8 @@ class WebDataset:
                         sample.fields["__url__"] = url
                         yield number, sample.index, sample.fields
         finally:
-            await store.aclose()
+            if owned:
+                await store.aclose()
 
 
 class _Scan:
@@ -324,6 +356,41 @@ class IndexedShards:
             raise IndexError(f"sample {key} out of range for {self._length} samples")
         shard = bisect.bisect_right(self._starts, key) - 1
         return shard, key - int(self._starts[shard])
+
+    def read_ahead(self, keys: Iterable[np.ndarray]) -> SampleReadAhead | None:
+        """A run's reader of ``keys`` (in the order the read stage asks for them), reading
+        ahead of it; None with a local shard cache, whose reads go through :meth:`aget`."""
+        if self.dataset.cache is not None:
+            return None
+        return SampleReadAhead(self, keys)
+
+    def spans(self, keys: Iterable[np.ndarray]) -> Iterator[tuple[int, str, int, int]]:
+        """``(key, url, start, end)``: the byte range of each of ``keys``, in order."""
+        urls, offsets = self.dataset.urls, self.dataset.offsets
+        for run in keys:
+            run = np.asarray(run, dtype=np.int64)
+            if len(run) and (run.min() < 0 or run.max() >= self._length):
+                raise IndexError(f"a sample key out of range for {self._length} samples")
+            shards = np.searchsorted(self._starts, run, side="right") - 1
+            locals_ = run - self._starts[shards]
+            for key, shard, local in zip(run.tolist(), shards.tolist(), locals_.tolist(), strict=True):
+                bounds = offsets[shard]
+                yield key, urls[shard], int(bounds[local]), int(bounds[local + 1])
+
+    def parse(self, shard: int, local: int, data: bytes | memoryview) -> dict[str, Any]:
+        """Sample ``local`` of ``shard`` from its bytes (its byte range in the shard)."""
+        url = self.dataset.urls[shard]
+        start = int(self.dataset.offsets[shard][local])
+        parser, grouper = TarParser(url, base=start), SampleGrouper(url)
+        samples = [s for m in parser.feed(data) for s in grouper.push(m)] + grouper.finish()
+        for sample in samples:
+            if sample.offset == start:
+                sample.fields["__url__"] = url
+                return sample.fields
+        raise DataCorruptionError(
+            f"{url}: no sample at byte {start} (sample {local}): the shard does not match its index",
+            key=(url, local),
+        )
 
     def chunk_bounds(self) -> list[int]:
         """Shard boundaries (and windows of ``chunk_size`` samples within shards):
@@ -466,6 +533,40 @@ class IndexedShards:
         state = self._loops.pop(id(asyncio.get_running_loop()), None)
         if state is not None:
             await state.store.aclose()
+
+
+class SampleReadAhead:
+    """One run's reads of an indexed :class:`WebDataset`: the samples of the run's key order
+    read ahead of the read stage by :class:`~aioloader.io.read_ahead.ReadAhead` through a
+    store of its own, within ``read_budget`` bytes, ``max_requests`` requests in flight,
+    each at most ``read_budget / max_requests`` bytes (and ``part_size``), so the budget
+    spreads over the connections. A key outside the plan is read by :meth:`IndexedShards.aget`."""
+
+    def __init__(self, shards: IndexedShards, keys: Iterable[np.ndarray]) -> None:
+        dataset = shards.dataset
+        self._shards = shards
+        self._store = dataset._store()
+        request = max(1, min(dataset.part_size, dataset.read_budget // dataset.max_requests))
+        self.ahead = ReadAhead(
+            self._store,
+            shards.spans(keys),
+            budget=dataset.read_budget,
+            max_requests=dataset.max_requests,
+            max_request_bytes=request,
+        )
+
+    async def aget(self, key: int) -> dict[str, Any]:
+        data = await self.ahead.take(key)
+        if data is None:
+            return await self._shards.aget(key)
+        return self._shards.parse(*self._shards.locate(key), data)
+
+    async def aclose(self) -> None:
+        """Stop reading ahead and close the store's connections."""
+        try:
+            await self.ahead.aclose()
+        finally:
+            await self._store.aclose()
 
 
 class ShardRanges:

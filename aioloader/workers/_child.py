@@ -5,7 +5,7 @@ child sees the parent's ``sys.path``, cwd and ``__main__``), then the pickled
 ``(pickle of (work, worker_init), worker_id, segment_prefix)``, then tasks (:mod:`aioloader.workers.wire`: a header ``(task_id, releases, buffer_sizes)``,
 the values' pickle and its out-of-band buffers).
 Child to parent: ``("ready", pid)`` or ``("init_error", exc)``, then one reply per task,
-``("ok", task_id, frame)``, ``("error", task_id, exc)``, or ``("undecodable", task_id, exc)``
+(after any ``("part", task_id, frame)`` the work sends early), ``("ok", task_id, frame)``, ``("error", task_id, exc)``, or ``("undecodable", task_id, exc)``
 when the values cannot be unpickled here (a class only the parent has). A third pipe is the lifeline: when
 the parent closes it (or dies) the child unlinks its segments and exits at once, even mid-task.
 """
@@ -13,6 +13,7 @@ the parent closes it (or dies) the child unlinks its segments and exits at once,
 from __future__ import annotations
 
 import faulthandler
+import functools
 import os
 import pickle
 import signal
@@ -20,6 +21,7 @@ import sys
 import tempfile
 import threading
 import traceback
+from collections import deque
 from multiprocessing.connection import Connection
 from multiprocessing.spawn import prepare
 from typing import Any
@@ -126,10 +128,46 @@ def report_init_error(results: Connection, exc: BaseException) -> None:
         pass
 
 
+class _Pipe:
+    """The task pipe, and the tasks' messages taken from it early when the work looked."""
+
+    def __init__(self, conn: Connection) -> None:
+        self.conn = conn
+        self._queued: deque[tuple[Any, Any]] = deque()  # (message, its values or None)
+
+    def receive(self) -> Any:
+        if self._queued:
+            return self._queued.popleft()[0]
+        return wire.receive(self.conn)
+
+    def peek(self) -> list[Any]:
+        """The values of the tasks queued behind the running one that are in the pipe now
+        (those that cannot be unpickled left out: their task says why), in order."""
+        try:
+            while self.conn.poll():
+                message = wire.receive(self.conn)
+                try:
+                    values = pickle.loads(message[2], buffers=message[3])
+                except Exception:
+                    values = None
+                self._queued.append((message, values))
+        except (EOFError, OSError):  # left for the next receive to see
+            pass
+        return [values for _, values in self._queued if values is not None]
+
+
 def _serve(tasks: Connection, results: Connection, work: Any, arena: SegmentArena) -> None:
+    pipe = _Pipe(tasks)
+    # a work with ``look_ahead(peek)`` may look at the next task while it runs one (a shard
+    # stream's worker starts reading that shard); one with ``send_parts(send)`` may send
+    # parts of its result before it ends
+    look_ahead = getattr(work, "look_ahead", None)
+    if look_ahead is not None:
+        look_ahead(pipe.peek)
+    parts = getattr(work, "send_parts", None)
     while True:
         try:
-            task_id, releases, head, buffers = wire.receive(tasks)
+            task_id, releases, head, buffers = pipe.receive()
         except (EOFError, OSError):
             return
         arena.release(releases)
@@ -138,6 +176,8 @@ def _serve(tasks: Connection, results: Connection, work: Any, arena: SegmentAren
         except Exception as exc:  # the parent sends the values again one by one to find which
             results.send(("undecodable", task_id, _portable(exc)))
             continue
+        if parts is not None:
+            parts(functools.partial(_send_part, results, task_id, arena))
         try:
             out = work(values)
             results_, failures, busy = out
@@ -150,6 +190,10 @@ def _serve(tasks: Connection, results: Connection, work: Any, arena: SegmentAren
         except Exception as exc:
             reply = ("error", task_id, _portable(exc))
         results.send(reply)
+
+
+def _send_part(results: Connection, task_id: int, arena: SegmentArena, value: Any) -> None:
+    results.send(("part", task_id, pack(value, arena)))
 
 
 def _without_unpicklable(

@@ -30,7 +30,7 @@ from aioloader._run.stages.map import MapSpec
 from aioloader._run.stall import check_stall_options
 from aioloader._spec import InteractiveMainError, check_callable, fn_name, pickle_error
 from aioloader.errors import StageStalledError, WorkerCrashError, annotate
-from aioloader.workers.pool import Outcome, ProcessPool
+from aioloader.workers.pool import TASKS_PER_WORKER, Outcome, ProcessPool
 
 MAX_ATTEMPTS = 3  # runs of one item that end with its worker dead before it is given up
 # A task's round trip (pickle, pipe, I/O thread, event loop) costs far more than a thread's, and
@@ -134,6 +134,10 @@ class ProcessExecutor:
     target_task_s = TARGET_TASK_S
     coalesce = True  # the map stage joins waiting blocks into chunks of ~target_task_s
     runner = "a worker process"  # what died, in a WorkerCrashError
+    # the Runtime's key of the stage's pool (its work is fixed when it starts): a pool of
+    # other work for the same stage (stream fusion's shard tasks) has a key of its own
+    pool_key = "process-pool"
+    tasks_per_worker = TASKS_PER_WORKER  # held by each worker: the running one and those queued
 
     def __init__(self, spec: MapSpec, runtime: Any) -> None:
         self._spec = spec
@@ -141,6 +145,10 @@ class ProcessExecutor:
         self.workers = spec.concurrency or default_workers()
         self.in_flight = self.workers * (1 + QUEUED_PER_WORKER)
         self._pool: ProcessPool | None = None
+
+    def pool_for(self, work: Callable[[list[Any]], Any]) -> ProcessPool:
+        """The stage's pool, running ``work``: started at the first call (a Loader keeps it)."""
+        return self._pool_for(work)
 
     def _pool_for(self, work: Callable[[list[Any]], Any]) -> ProcessPool:
         if self._pool is None:
@@ -163,13 +171,14 @@ class ProcessExecutor:
                     stall_after=getattr(self._spec, "stall_after", "auto"),
                     on_stall=getattr(self._spec, "on_stall", "warn"),
                     max_memory=memory,  # type: ignore[arg-type]
+                    tasks_per_worker=self.tasks_per_worker,
                 )
 
             if self._runtime is None:  # no Loader to own it: this executor does
                 self._pool = start()
             else:
                 # a pool broken in an earlier epoch (its workers could not start) is replaced
-                key = f"process-pool:{self._spec.name}"
+                key = f"{self.pool_key}:{self._spec.name}"
                 self._pool = self._runtime.resource(key, start, usable=lambda pool: pool.broken is None)
         return self._pool
 

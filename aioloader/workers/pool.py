@@ -84,15 +84,22 @@ class Outcome:
 
 
 class _Task:
-    __slots__ = ("begun", "deadline", "future", "label", "payload", "stalled", "started", "timeout")
+    __slots__ = ("begun", "deadline", "future", "label", "on_part", "payload", "stalled", "started", "timeout")
 
     # ``started``: handed to a worker at least once (its future is running); ``deadline`` and
     # ``begun``: set when the task is at the head of its worker's queue (the worker runs it).
 
-    def __init__(self, payload: wire.Payload, timeout: float | None, label: Any = None) -> None:
+    def __init__(
+        self,
+        payload: wire.Payload,
+        timeout: float | None,
+        label: Any = None,
+        on_part: Callable[[Any], None] | None = None,
+    ) -> None:
         self.payload = payload
         self.timeout = timeout
         self.label = label  # what a stall report names (the chunk's keys)
+        self.on_part = on_part  # called (on the I/O thread) with each part the work sends early
         self.future: Future[Outcome] = Future()
         self.started = False
         self.deadline: float | None = None
@@ -119,6 +126,7 @@ class _Worker:
         self.results = results
         self.lifeline = lifeline
         self.state = "starting"  # -> "ready"; "dead"
+        self.most = TASKS_PER_WORKER  # tasks it may hold: the running one and those in its pipe
         self.spawned_at = time.monotonic()
         self.queue: deque[_Task] = deque()  # sent, not answered; the head is running
         self.pipe_bytes = pipe_capacity(tasks.fileno())
@@ -158,7 +166,7 @@ class _Worker:
     def can_take(self, task: _Task) -> bool:
         """Whether ``task`` can be sent now without the send blocking: an idle worker takes
         anything (it is reading its pipe); a busy one one more task, when both fit the pipe."""
-        if self.state != "ready" or len(self.queue) >= TASKS_PER_WORKER:
+        if self.state != "ready" or len(self.queue) >= self.most:
             return False
         if not self.queue:
             return True
@@ -203,11 +211,14 @@ class ProcessPool:
         stall_after: float | str | None = "auto",
         on_stall: str = "warn",
         max_memory: int | None = None,
+        tasks_per_worker: int = TASKS_PER_WORKER,
     ) -> None:
         """``start_timeout``: seconds a worker may take to become ready (import the function,
         run ``worker_init``); past it the worker is killed and the pool fails with
         :class:`WorkerCrashError` (None: no limit). ``shm_min_bytes``: the smallest array of a
-        result that comes back through shared memory (see :mod:`aioloader.workers.shm`)."""
+        result that comes back through shared memory (see :mod:`aioloader.workers.shm`).
+        ``tasks_per_worker``: the tasks a worker holds, its running one included (more for a
+        work that looks at the tasks queued behind it, to read ahead)."""
         if workers < 1:
             raise ValueError(f"workers must be >= 1, got {workers}")
         if _child.BOOTSTRAPPING:
@@ -216,7 +227,10 @@ class ProcessPool:
                 "guard the script's entry point with `if __name__ == '__main__':` (as for "
                 "multiprocessing's spawn start method)"
             )
+        if tasks_per_worker < 1:
+            raise ValueError(f"tasks_per_worker must be >= 1, got {tasks_per_worker}")
         self.size = workers
+        self._tasks_per_worker = tasks_per_worker
         self.name = name
         self._stall_after = stall_after
         self._on_stall = on_stall
@@ -260,11 +274,18 @@ class ProcessPool:
         return sorted(w.proc.pid for w in list(self._workers.values()) if w.state != "dead")
 
     def submit(
-        self, payload: wire.Payload, timeout: float | None = None, label: Any = None
+        self,
+        payload: wire.Payload,
+        timeout: float | None = None,
+        label: Any = None,
+        *,
+        on_part: Callable[[Any], None] | None = None,
     ) -> Future[Outcome]:
         """Queue a task (``payload``: the list of values, :func:`wire.pack`); ``timeout`` in seconds from
-        the moment a worker starts it; ``label``: what a stall report names (its keys)."""
-        task = _Task(payload, timeout, label)
+        the moment a worker starts it; ``label``: what a stall report names (its keys);
+        ``on_part``: called on the pool's I/O thread with each part of the result the work
+        sends before it ends (a work with ``send_parts``, :mod:`aioloader.workers._child`)."""
+        task = _Task(payload, timeout, label, on_part)
         with self._lock:
             if self._closed:
                 task.finish(Outcome("error", RuntimeError(f"the process pool of {self.name!r} is closed")))
@@ -343,6 +364,7 @@ class ProcessPool:
             proc, tasks, results, life_w = spawn_child("aioloader.workers._child", WORKER_ENV)
             prep = self._prep
         worker = _Worker(slot, spawn, proc, tasks, results, life_w)
+        worker.most = self._tasks_per_worker
         worker.prefix = f"{self._prefix}{spawn}_"
         self._workers[slot] = worker
         init = pickle.dumps((self._work_pickle, slot, f"{self._prefix}{spawn}_", self._shm_min_bytes))
@@ -414,6 +436,18 @@ class ProcessPool:
             )
             error.__cause__ = message[1]
             self._break(error)
+        elif kind == "part":  # an early part of the running task's result
+            frame = message[2]
+            if frame[0] is not None:
+                worker.segments.add(frame[0])
+            worker.segments.difference_update(frame[4])
+            task = worker.task
+            try:
+                value = self._mappings.unpack(frame, worker.release)
+            except Exception:  # the end of the task reports what is wrong
+                return
+            if task is not None and task.on_part is not None and not task.future.cancelled():
+                task.on_part(value)
         else:
             if not worker.queue:
                 return

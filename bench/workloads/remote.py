@@ -9,8 +9,9 @@ batch, the time to that batch, peak memory over the process tree (PSS), the byte
 sent over the dataset's bytes, and for aioloader the first batch after a resume from the middle
 of the epoch (and the bytes that resumed run fetched over the bytes still to read).
 
-aioloader decodes in 2 threads (Pillow and numpy release the GIL), and in 2 processes (the
-parent reads and parses the shards, the workers decode); the resume is measured with threads,
+aioloader decodes in 2 threads (Pillow and numpy release the GIL), and in 2 processes: the
+workers streaming their shards themselves (the default), and the parent reading and parsing
+the shards for the workers to decode (``read_in_workers=False``); the resume is measured with threads,
 so its fresh loader measures the read path rather than the start of a process pool.
 
 Anchors: the ``webdataset`` package in torch ``DataLoader(num_workers=2)`` (one ``curl`` per
@@ -20,6 +21,13 @@ through the same server as an S3 endpoint (:mod:`bench.workloads._remote_anchors
 "decode limit" row is 2 processes decoding the JPEG bytes in memory and nothing else.
 "fetched / data" is over the tar shards' bytes for every contender (MDS and LitData files hold
 the same samples in slightly fewer bytes: no tar headers).
+
+At 20 ms the indexed source runs a global shuffle (``shuffle=True``, ranged reads of single
+samples read ahead along the order): its rate as a fraction of the shard-order stream's (the
+same threads), and the order's ``aioloader.order.quality``. For the arrays, aioloader's rows
+give the rate as a fraction of the link's limit: samples/s x the mean sample's bytes (its tar
+members and headers) over 50 MB/s x the most GETs the server answered at once in that run (the
+connections the loader actually used; the server sets no total limit).
 """
 
 from __future__ import annotations
@@ -36,6 +44,7 @@ import torch
 
 import aioloader as al
 from aioloader.io import Retry
+from aioloader.order.quality import quality
 from aioloader.transforms import decode_image
 from bench.harness import measure_once
 from bench.object_server_process import ServerProcess
@@ -54,6 +63,14 @@ def decode_jpeg(sample: dict[str, Any]) -> tuple[torch.Tensor, int]:
 
 def decode_array(sample: dict[str, Any]) -> tuple[torch.Tensor, int]:
     return torch.from_numpy(np.load(io.BytesIO(sample["npy"]))), int(sample["cls"])
+
+
+def keyed_jpeg(sample: dict[str, Any]) -> tuple[torch.Tensor, int, int]:
+    return (*decode_jpeg(sample), int(sample["__key__"][1:]))
+
+
+def keyed_array(sample: dict[str, Any]) -> tuple[torch.Tensor, int, int]:
+    return (*decode_array(sample), int(sample["__key__"][1:]))
 
 
 def _jpeg_samples(n: int):
@@ -90,10 +107,13 @@ def _wds_loader(urls: list[str], decode: Any) -> Any:
     return torch.utils.data.DataLoader(dataset, batch_size=None, num_workers=2)
 
 
-def _aio_loader(url: str, decode: Any, executor: str = "thread", **options: Any) -> al.Loader:
+def _aio_loader(
+    url: str, decode: Any, executor: str = "thread", *, read_in_workers: bool = True, **options: Any
+) -> al.Loader:
     retry = Retry(timeout_s=30.0)
+    source = al.sources.WebDataset(url, retry=retry, read_in_workers=read_in_workers)
     return (
-        al.Loader.from_source(al.sources.WebDataset(url, retry=retry), **options)
+        al.Loader.from_source(source, **options)
         .map(decode, executor=executor, concurrency=2)
         .batch(BATCH)
     )
@@ -123,6 +143,36 @@ def _resume(make: Any, server: Any, half: int, data: int) -> str:
         first = time.perf_counter() - started
         rest = sum(1 for _ in it)
     return f"resume: first batch {first:.3f}s, fetched {server.bytes_sent / data:.2f} of the data ({rest + 1} batches)"
+
+
+def _link(result: Any, sample_bytes: float, connections: int) -> str:
+    """The rate as a fraction of the link's limit: LINK per connection x ``connections``."""
+    used = _rate(result) * sample_bytes
+    return f"link: {used / (LINK * max(1, connections)):.2f} of {LINK / 1e6:.0f} MB/s x {connections} connections"
+
+
+def _shuffled(server: Any, index: str, kind: str, data: int, stream: Any, sample_bytes: float) -> str:
+    """The global shuffle's row: rate, and as a fraction of the shard-order stream's (after
+    the first batch, and over the whole epoch); quality."""
+    decode = keyed_jpeg if kind == "jpeg" else keyed_array
+    keys: list[int] = []
+    indexed = (
+        al.Loader.from_source(al.sources.WebDataset(index=index), shuffle=True, seed=0)
+        .map(decode, executor="thread", concurrency=2)
+        .batch(BATCH)
+    )
+    with indexed:
+        server.bytes_sent = 0
+        result = measure_once("global", lambda: iter(indexed), consume=lambda b: keys.extend(b[2].tolist()))
+        sent = server.bytes_sent
+        most, _ = server.in_flight()
+    note = (
+        f"{_rate(result) / max(1e-9, _rate(stream)):.2f}x the shard-order rate (whole epoch "
+        f"{result.samples_per_s / max(1e-9, stream.samples_per_s):.2f}x), quality {quality(keys):.3f}"
+    )
+    if kind == "array":
+        note += ", " + _link(result, sample_bytes, most)
+    return _row("20 ms: aioloader shuffle=True (ranged reads, read ahead)", result, sent, data, note)
 
 
 def _rate(result: Any) -> float:
@@ -203,6 +253,7 @@ def _section(kind: str, n: int, latencies: list[float]) -> str:
     served = [f"{folder.name}/{name}" for name in [*names, "index.json"]]
     served += [f"{folder.name}-anchors/{name}" for name in others]
     decode = decode_jpeg if kind == "jpeg" else decode_array
+    sample_bytes = data / n
     lines = [
         f"### remote {kind}: {n:,} samples in {len(names)} shards, {LINK / 1e6:.0f} MB/s per connection",
         "",
@@ -222,37 +273,28 @@ def _section(kind: str, n: int, latencies: list[float]) -> str:
             lines.append(_row(f"{tag}: webdataset, torch DL w=2", wds_result, server.bytes_sent, data))
             best = {"webdataset": _rate(wds_result)}
             _anchors(lines, tag, server, f"{base}-anchors", decode, data, best)
-            for executor in ("thread", "process"):
-                with _aio_loader(url, decode, executor) as loader:
+            for executor, in_workers in (("thread", True), ("process", True), ("process", False)):
+                with _aio_loader(url, decode, executor, read_in_workers=in_workers) as loader:
                     server.bytes_sent = 0
                     result = measure_once("aioloader", lambda loader=loader: iter(loader))
                     sent = server.bytes_sent
-                note = ""
+                    most, _ = server.in_flight()
+                notes = [_link(result, sample_bytes, most)] if kind == "array" else []
                 if executor == "thread":
-                    note = _resume(lambda: _aio_loader(url, decode), server, result.batches // 2, data)
-                lines.append(_row(f"{tag}: aioloader stream, {executor} x2", result, sent, data, note))
-                best[f"aioloader {executor}s"] = _rate(result)
+                    notes.append(_resume(lambda: _aio_loader(url, decode), server, result.batches // 2, data))
+                how = "" if executor == "thread" else (", workers read" if in_workers else ", parent reads")
+                lines.append(_row(f"{tag}: aioloader stream, {executor} x2{how}", result, sent, data, "; ".join(notes)))
+                best[f"aioloader {executor}s{how}"] = _rate(result)
+                if executor == "thread":
+                    stream = result
             anchor = max(v for k, v in best.items() if not k.startswith("aioloader"))
             ours = max(v for k, v in best.items() if k.startswith("aioloader"))
             lines.append(
                 f"| {tag}: ratio best aioloader / best anchor | {ours / max(1e-9, anchor):.2f}x | | | | |"
             )
             if latency == 0.02:
-                indexed = (
-                    al.Loader.from_source(
-                        al.sources.WebDataset(index=server.url(f"{base}/index.json")), shuffle=True, seed=0
-                    )
-                    .map(decode, executor="thread", concurrency=2)
-                    .batch(BATCH)
-                )
-                with indexed:
-                    server.bytes_sent = 0
-                    shuffled = measure_once("global", lambda indexed=indexed: iter(indexed))
-                    lines.append(
-                        _row(
-                            f"{tag}: aioloader shuffle=True (ranged reads)", shuffled, server.bytes_sent, data
-                        )
-                    )
+                index = server.url(f"{base}/index.json")
+                lines.append(_shuffled(server, index, kind, data, stream, sample_bytes))
     if kind == "jpeg":
         lines.append(f"| decode limit: 2 processes, decode only | {_ceiling(folder):,.0f} | | | | |")
     return "\n".join([*lines, "", *([anchors.NOTES] if anchors.NOTES else [])])

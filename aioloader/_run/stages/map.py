@@ -40,6 +40,7 @@ from aioloader._run.executors import (
     one_intra_op_thread,
 )
 from aioloader._run.failures import FailurePolicy
+from aioloader._run.interrupt import HoldingLoop
 from aioloader._run.placement import Limiter, PlacementProbe
 from aioloader._run.read_fusion import NamedRead, read_then_apply
 from aioloader._run.stages.base import BuildContext, Stage, StageSpec
@@ -71,7 +72,8 @@ class _InlineExecutor:
     workers = 1
 
     async def run(self, work: Any, values: list[Any], timeout: float | None) -> ChunkResult:
-        return work(values)
+        with HoldingLoop():  # Ctrl-C under asyncio.run must end the call: it holds the loop
+            return work(values)
 
     def close(self) -> None:
         pass

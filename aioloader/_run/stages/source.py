@@ -84,6 +84,14 @@ class KeySource(Stage):
             await self.output.put(Block(block_keys, seqs, list(block_keys)))
         self.output.close()
 
+    def keys_in_order(self) -> Iterator[np.ndarray]:
+        """The keys :meth:`run` will send, in order, a run of them at a time (for a source
+        that reads ahead of the read stage), computed lazily."""
+        if self._prefix:
+            yield self._keys.at(np.asarray(self._prefix, dtype=np.int64))
+        for start in range(self._start, len(self._keys), _KEY_RUN):
+            yield self._keys.take(start, min(len(self._keys), start + _KEY_RUN))
+
     def _spans(self, n: int, size: int) -> Iterator[tuple[int, int]]:
         """Block spans from the start position: ``size`` keys, cut where the sequence cuts
         (chunk windows: one read per window)."""

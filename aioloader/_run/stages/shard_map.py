@@ -1,0 +1,222 @@
+"""A shard stream and the process map after it in one stage: the workers read the shards.
+
+``Loader.from_source(WebDataset(urls)).map(fn, executor="process")`` without an index would
+stream each shard through the parent (download, tar parsing) and send every sample's bytes to
+a worker. Here the parent keeps only the order: this rank's shards in their seeded order (as
+:mod:`aioloader._run.stages.shard_source`), one task per shard for the stage's process pool,
+a few per worker ahead (a worker reads its queued shards ahead). The worker streams its shard and runs ``fn`` on its samples
+(:mod:`aioloader.sources._stream_worker`), sending the results back a block at a time; the
+parent hands them on in shard order, so the items, keys and seqs are those of the unfused
+stages, and ``state_dict()`` and resume are unchanged: a resumed run's first task is the open
+shard from its next sample on (the worker reads that shard's consumed part again, as the
+unfused stream does), then the shards after it. The parent looks up the shards' sizes ahead
+(HEAD requests, no sample bytes), so a worker's first read of a shard starts at once.
+
+Failures: ``fn``'s go through the map's ``on_error`` with the sample's key; a corrupt member
+skipped under the source's ``on_error="skip"`` is reported by stage ``"source"`` with its key
+``(url, member)``; a missing shard (``DataNotFoundError`` naming the URL) or a corrupt one
+under ``"raise"`` ends the run after that shard's samples before the damage. A worker that
+dies mid-shard loses only the block it was on: the shard is given to a worker again from the
+first sample not yet received (read again from the shard's start), at most
+:data:`~aioloader.workers.executor.MAX_ATTEMPTS` times, so nothing is lost or doubled.
+
+Used where nothing else can differ (:func:`aioloader._run.rewrite.fuse_stream`); elsewhere the
+source stage streams in the parent.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+from typing import Any
+
+from aioloader._run.block import Block
+from aioloader._run.channel import Channel
+from aioloader._run.executors import external_executor
+from aioloader._run.failures import FailurePolicy
+from aioloader._run.stages.base import Stage
+from aioloader._run.stages.map import MapSpec
+from aioloader._run.stages.shard_source import SHARD_STRIDE, rank_shards
+from aioloader.errors import WorkerCrashError, annotate
+from aioloader.monitor.stats import ErrorLog, StageStats
+from aioloader.order.sharding import RankInfo
+from aioloader.sources._stream_worker import QUEUED, ShardOutput, ShardStreamWork
+
+__all__ = ["ShardMapStage"]
+
+SOURCE = "source"  # the stage that names read failures, as when the source streams
+
+
+class _Failed:
+    """A shard's job failed: raised when the shard's turn comes."""
+
+    def __init__(self, error: BaseException) -> None:
+        self.error = error
+
+
+class ShardMapStage(Stage):
+    def __init__(
+        self,
+        dataset: Any,
+        spec: MapSpec,
+        block_size: int,
+        rank: RankInfo,
+        *,
+        epoch: int,
+        seed: int,
+        shuffle: bool,
+        errors: ErrorLog,
+        runtime: Any,
+        start: int = 0,
+    ) -> None:
+        self.name = spec.name
+        self.spec = spec
+        self._dataset = dataset
+        self._block_size = block_size
+        self._shards = rank_shards(dataset.num_shards, shuffle=shuffle, seed=seed, epoch=epoch, rank=rank)
+        self._errors = errors
+        self._start = start
+        self.failure_policy = FailurePolicy(spec.name, spec.on_error, spec.max_failures, errors)
+        self._executor = _shard_executor(spec, runtime)
+        self._work = ShardStreamWork(dataset, spec.fn)
+        self.output: Channel
+        self.stats = StageStats(spec.name, workers=self._executor.workers, executor="process")
+        self.stats.reads = SOURCE
+        self.stats.bytes_read = 0
+
+    def close(self) -> None:
+        self._executor.close()
+
+    async def run(self) -> None:
+        first, skip = divmod(self._start, SHARD_STRIDE)
+        places = list(range(first, len(self._shards)))
+        # each worker's running and queued shards (it reads the queued ones ahead), and one
+        # waiting in the pool for the first worker that finishes a shard
+        ahead = self._executor.workers * self._executor.tasks_per_worker + 1
+        store = self._dataset._store() if self._dataset.cache is None else None
+        sizes: dict[int, asyncio.Task[int | None]] = {}
+        jobs: deque[tuple[int, asyncio.Queue[Any], asyncio.Task[None]]] = deque()
+        try:
+            for at, place in enumerate(places):
+                self._look_up_sizes(store, places[at : at + 2 * ahead], sizes)
+                queue: asyncio.Queue[Any] = asyncio.Queue()
+                job = asyncio.create_task(self._job(place, skip if at == 0 else 0, sizes[place], queue))
+                jobs.append((place, queue, job))
+                if len(jobs) >= ahead:
+                    await self._emit(*jobs.popleft()[:2])
+            while jobs:
+                await self._emit(*jobs.popleft()[:2])
+        finally:
+            pending = [job for _, _, job in jobs] + list(sizes.values())
+            for task in pending:
+                task.cancel()
+            await asyncio.gather(*pending, return_exceptions=True)
+            if store is not None:
+                await store.aclose()
+        self.output.close()
+
+    def _look_up_sizes(self, store: Any, places: list[int], sizes: dict[int, asyncio.Task[int | None]]) -> None:
+        """Start the HEADs of the shards at ``places`` not looked up yet (none with a cache:
+        a cached shard needs none, a worker looks up the others)."""
+        for place in places:
+            if place not in sizes:
+                url = self._dataset.urls[self._shards[place]]
+                sizes[place] = asyncio.create_task(_size(store, url))
+
+    async def _job(self, place: int, skip: int, size: asyncio.Task[int | None], queue: asyncio.Queue[Any]) -> None:
+        """Shard ``place`` read and mapped by the pool, its parts put in ``queue`` as they come,
+        then None (or the error, raised in order by :meth:`_emit`)."""
+        try:
+            await self._read_shard(place, skip, await size, queue)
+        except Exception as exc:
+            queue.put_nowait(_Failed(exc))
+        else:
+            queue.put_nowait(None)
+
+    async def _read_shard(self, place: int, skip: int, size: int | None, queue: asyncio.Queue[Any]) -> None:
+        from aioloader.workers import wire
+        from aioloader.workers.executor import MAX_ATTEMPTS
+
+        shard = self._shards[place]
+        pool = self._executor.pool_for(self._work)
+        loop = asyncio.get_running_loop()
+        received = [skip]  # the shard's samples before this index are in the queue
+
+        def got(out: ShardOutput) -> None:
+            received[0] = max(received[0], out.next_index)
+            queue.put_nowait(out)
+
+        def on_part(out: ShardOutput) -> None:  # on the pool's I/O thread
+            loop.call_soon_threadsafe(got, out)
+
+        detail = ""
+        for _ in range(MAX_ATTEMPTS):
+            value = (shard, received[0], size, self._block_size)
+            future = pool.submit(wire.pack([value]), None, label=[(shard, received[0])], on_part=on_part)
+            outcome = await asyncio.wrap_future(future)
+            if outcome.kind == "ok":
+                outputs, _, busy = outcome.value
+                self.stats.busy_s += busy
+                got(outputs[0])
+                return
+            if outcome.kind != "crash":  # an error of the work itself, or a stall given up
+                raise outcome.value
+            detail = outcome.value  # the parts received stay; the rest is read again
+        url = self._dataset.urls[shard]
+        raise WorkerCrashError(
+            f"stage {self.name!r}: a worker process died each of the {MAX_ATTEMPTS} times it read "
+            f"shard {url} (from sample {received[0]}; last: {detail}); giving up on it",
+            stage=self.name,
+            key=(shard, received[0]),
+        )
+
+    async def _emit(self, place: int, queue: asyncio.Queue[Any]) -> None:
+        while (out := await queue.get()) is not None:
+            if isinstance(out, _Failed):
+                raise out.error
+            await self._hand_on(place, out)
+            if out.error is not None:
+                raise annotate(out.error, SOURCE, getattr(out.error, "key", None)) from None
+
+    async def _hand_on(self, place: int, out: ShardOutput) -> None:
+        """One part's results downstream, in blocks; ``fn``'s failures under ``on_error``."""
+        shard = self._shards[place]
+        self.stats.bytes_read += out.bytes_read
+        for key, exc in out.reports:
+            self._errors.record(SOURCE, key, exc)
+        failed = dict(out.failures)
+        self.stats.items_in += len(out.indices)
+        self.failure_policy.seen += len(out.indices)
+        for begin in range(0, len(out.indices), self._block_size):
+            keys: list[Any] = []
+            seqs: list[int] = []
+            values: list[Any] = []
+            for at in range(begin, min(begin + self._block_size, len(out.indices))):
+                index = out.indices[at]
+                key, seq = (shard, index), place * SHARD_STRIDE + index
+                exc = failed.get(at)
+                if exc is not None:
+                    self.failure_policy.fail(key, exc, seq)
+                    continue
+                keys.append(key)
+                seqs.append(seq)
+                values.append(out.results[at])
+            if keys:
+                self.stats.items_out += len(keys)
+                await self.output.put(Block(keys, seqs, values))
+
+
+async def _size(store: Any, url: str) -> int | None:
+    return None if store is None else await store.size(url)
+
+
+def _shard_executor(spec: MapSpec, runtime: Any) -> Any:
+    """The process executor of the stage's pool: a pool of its own (its work is the shard
+    task, not the map's chunk), started at the first shard and kept by the Loader."""
+    factory = external_executor("process")
+    if factory is None:  # registered by aioloader.workers
+        raise ValueError("executor 'process' is not available")
+    executor = factory(spec, runtime)
+    executor.pool_key = "shard-stream-pool"
+    executor.tasks_per_worker = 1 + QUEUED
+    return executor
