@@ -38,6 +38,32 @@ def _stage(stats: dict, name: str) -> dict:
     return next(s for s in stats["stages"] if s["name"] == name)
 
 
+def _skip_unless_two_cores_free(decided: object) -> None:
+    """A releaser goes to threads only when two threads get two cores at once; on a machine
+    busy with another session's work they get about one (the scheduler shares cores between
+    sessions), and the probe rightly sees no gain. Skip, saying so, when that is the case now."""
+    import threading
+    import time
+
+    cpus: list[float] = []
+
+    def hash_for_a_while() -> None:
+        began = time.thread_time()
+        for _ in range(60):
+            releases_gil(0)
+        cpus.append(time.thread_time() - began)
+
+    threads = [threading.Thread(target=hash_for_a_while) for _ in range(2)]
+    began = time.perf_counter()
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    cores = sum(cpus) / (time.perf_counter() - began)
+    if cores < 1.5:
+        pytest.skip(f"two threads got {cores:.2f} cores at once here now (decided: {decided})")
+
+
 def test_place_rule() -> None:
     assert place(1e-6, None, True, True) == "inline"
     assert place(1e-3, False, True, True) == "thread"
@@ -73,7 +99,9 @@ async def test_probe_keeps_every_result_in_order() -> None:
         assert results == list(range(90)) and failures == [] and busy > 0
         json.dumps(probe.describe())
         described.append(probe.describe())
-    assert [d["decision"] for d in described].count("thread") >= 2, described
+    if [d["decision"] for d in described].count("thread") < 2:
+        _skip_unless_two_cores_free(described)
+        raise AssertionError(described)
 
 
 def test_auto_places_a_trivial_function_inline() -> None:
@@ -87,7 +115,9 @@ def test_auto_places_a_gil_releasing_function_in_threads() -> None:
     with loader:  # blocks of 96: the probe takes three readings of ~20 ms
         assert [int(x) for b in loader for x in b] == list(range(192))
         stage = _stage(loader.stats(), "map(releases_gil)")
-    assert stage["executor"] == "thread", stage["placement"]
+    if stage["executor"] != "thread":
+        _skip_unless_two_cores_free(stage["placement"])
+        raise AssertionError(stage["placement"])
 
 
 def test_auto_places_a_gil_holding_picklable_function_in_processes() -> None:
