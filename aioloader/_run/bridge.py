@@ -23,6 +23,7 @@ import torch
 
 from aioloader._run.block import Block
 from aioloader._run.channel import ChannelClosed
+from aioloader._run.interrupt import holds_loop
 from aioloader._run.threads import wait_at_exit, wait_while_computing
 
 STOP_TIMEOUT_S = 2.0
@@ -294,7 +295,9 @@ def iterate_blocks(loop_thread: LoopThread, make_run: Callable[[Handoff], Any]) 
             future.cancel()
             # the run's tasks, not its calls still running in threads: a Ctrl-C in the loop
             # body must reach the caller at once (Loader.close() waits for those calls)
-            if not handoff.interrupted:
+            # a call holding the loop (a Ctrl-C in the loop body closes this generator before
+            # the consumer's handler runs) is waited for only while it computes, as after Ctrl-C
+            if not handoff.interrupted and not holds_loop(loop_thread.thread):
                 handoff.stopped.wait(STOP_TIMEOUT_S)
             elif not handoff.stopped.wait(INTERRUPT_WAIT_S):  # then while the loop computes
                 wait_while_computing(loop_thread.thread, time.monotonic() + STOP_TIMEOUT_S, handoff.stopped)

@@ -29,6 +29,14 @@ def interrupted() -> bool:
     return isinstance(runner, asyncio.Runner) and getattr(runner, "_interrupt_count", 0) > 0
 
 
+_holding: set[int] = set()  # idents of the threads now in a call that holds their loop
+
+
+def holds_loop(thread: threading.Thread) -> bool:
+    """Whether ``thread`` (an event loop's) is now in a user call that holds its loop."""
+    return thread.ident in _holding
+
+
 class HoldingLoop:
     """``with HoldingLoop():`` around a call that holds the event loop: under ``asyncio.run``
     on the main thread, Ctrl-C raises ``KeyboardInterrupt`` in the call (after the Runner has
@@ -40,6 +48,7 @@ class HoldingLoop:
         self._installed: Any = None
 
     def __enter__(self) -> HoldingLoop:
+        _holding.add(threading.get_ident())
         handler = signal.getsignal(signal.SIGINT)
         runner = getattr(getattr(handler, "func", None), "__self__", None)
         if isinstance(runner, asyncio.Runner) and threading.current_thread() is threading.main_thread():
@@ -48,6 +57,7 @@ class HoldingLoop:
         return self
 
     def __exit__(self, *exc: Any) -> None:
+        _holding.discard(threading.get_ident())
         if self._installed is not None:
             signal.signal(signal.SIGINT, self._installed)
             self._installed = None
