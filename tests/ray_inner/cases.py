@@ -300,7 +300,12 @@ def _worker_node(cluster, loader: al.Loader, head_id: str, within_s: float = 120
         time.sleep(0.2)
 
 
-def test_node_removed_mid_epoch(cluster, expected) -> None:
+def test_node_removed_mid_epoch(cluster, expected, monkeypatch) -> None:
+    import aioloader.ray.executor as ray_executor
+
+    # chunks of 200 ms: at 500 ms (the default) a quiet machine's actors have taken every
+    # chunk of this ~2 s epoch by its 4th batch, and a node removed then holds no work to redo
+    monkeypatch.setattr(ray_executor, "TARGET_TASK_S", 0.2)
     cluster.add_node(**NODE)  # room for the replacement; the cluster keeps two nodes after
     cluster.wait_for_nodes()
     head_id = ray.get_runtime_context().get_node_id()
