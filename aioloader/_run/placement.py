@@ -35,6 +35,7 @@ from time import perf_counter
 from typing import Any
 
 from aioloader._run.thread_trial import THREADS_PAY_ABOVE, own_clock, thread_trial
+from aioloader._run.threads import cpu_clock, cpu_seconds
 from aioloader._spec import is_picklable
 
 __all__ = [
@@ -111,23 +112,6 @@ def _spin(end: float, done: list[bool]) -> int:
     return n
 
 
-def _thread_clock(thread: threading.Thread) -> int | None:
-    """The CPU-time clock of ``thread`` (Linux), or None."""
-    try:
-        return time.pthread_getcpuclockid(thread.ident)  # type: ignore[arg-type]
-    except (AttributeError, OSError, TypeError):
-        return None
-
-
-def _clock_seconds(clock: int | None) -> float | None:
-    if clock is None:
-        return None
-    try:
-        return time.clock_gettime(clock)
-    except OSError:  # the thread has ended
-        return None
-
-
 def gil_blocked_fraction(
     work: Callable[[list[Any]], ChunkResult], values: list[Any]
 ) -> tuple[ChunkResult, float]:
@@ -154,17 +138,17 @@ def gil_blocked_fraction(
 
     thread = threading.Thread(target=target, name="aioloader-gil-probe", daemon=True)
     thread.start()  # started before the measurement: a thread's start-up is not the function's
-    clock = _thread_clock(thread)
+    clock = cpu_clock(thread)
     solo_started = perf_counter()
     solo_rate = _spin(solo_started + 0.002, [False]) / max(perf_counter() - solo_started, 1e-9)
     before = _schedstat()
     sleeps = _voluntary_switches()
     cpu_before = time.thread_time()
     started = perf_counter()
-    worker_before = _clock_seconds(clock)
+    worker_before = cpu_seconds(clock)
     go.set()
     spins = _spin(started + _SPIN_CAP_S, done)
-    worker_after = _clock_seconds(clock) if not done[0] else None  # still running: its share so far
+    worker_after = cpu_seconds(clock) if not done[0] else None  # still running: its share so far
     wall = max(perf_counter() - started, 1e-9)
     on_cpu = time.thread_time() - cpu_before
     sleeps = _voluntary_switches() - sleeps

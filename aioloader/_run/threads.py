@@ -203,8 +203,8 @@ def wait_while_computing(thread: threading.Thread, deadline: float, done: thread
     """Wait until ``done`` is set (without one: until ``thread`` ends) while ``thread`` computes,
     until ``deadline`` (``time.monotonic()``); return once it is seen blocked (asleep over a
     look of :data:`_LOOK_S`, no CPU used)."""
-    clock = _cpu_clock(thread)
-    used = _cpu_seconds(clock)
+    clock = cpu_clock(thread)
+    used = cpu_seconds(clock)
     while thread.is_alive() and not (done is not None and done.is_set()):
         left = deadline - time.monotonic()
         if left <= 0:
@@ -213,20 +213,22 @@ def wait_while_computing(thread: threading.Thread, deadline: float, done: thread
             thread.join(min(_LOOK_S, left))
         elif done.wait(min(_LOOK_S, left)):
             return
-        now = _cpu_seconds(clock)
+        now = cpu_seconds(clock)
         if now is None or (now == used and _sleeping(thread)):
             return  # ended, or blocked in a wait
         used = now
 
 
-def _cpu_clock(thread: threading.Thread) -> int | None:
+def cpu_clock(thread: threading.Thread) -> int | None:
+    """The CPU-time clock of ``thread`` (Linux), or None."""
     try:
         return time.pthread_getcpuclockid(thread.ident)  # type: ignore[arg-type]
     except (AttributeError, OSError, TypeError):  # not Linux, or the thread has ended
         return None
 
 
-def _cpu_seconds(clock: int | None) -> float | None:
+def cpu_seconds(clock: int | None) -> float | None:
+    """Seconds of CPU read from :func:`cpu_clock`'s clock; None once its thread has ended."""
     if clock is None:
         return None
     try:
