@@ -13,6 +13,7 @@ import re
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -273,54 +274,105 @@ def test_a_users_dataset_is_read_by_the_actors(cluster) -> None:
     assert {pid for _, pid in items} <= pids and os.getpid() not in pids
 
 
-def test_actor_killed_mid_epoch(cluster, expected) -> None:
-    loader = _loader(slow_square, "ray", batch=4)
+class StallOneActor:
+    """``slow_square``, but the first actor to run a sample (``claim_by="pid"``) or the first one
+    on a node other than ``head`` (``claim_by="node"``) writes its pid or node id to ``claim``,
+    and every sample there hangs (up to 120 s: until the test kills that actor or removes that
+    node). Samples elsewhere wait for the claim: so the actor or node the test ends always holds
+    work to redo, however fast or slow the actors started."""
+
+    def __init__(self, claim: Path, *, claim_by: str, head: str = "") -> None:
+        self.claim = claim
+        self.claim_by = claim_by
+        self.head = head
+
+    def __call__(self, x: int) -> np.ndarray:
+        node = ray.get_runtime_context().get_node_id()
+        me = str(os.getpid()) if self.claim_by == "pid" else node
+        if node != self.head:
+            try:
+                fd = os.open(self.claim, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+            except FileExistsError:
+                pass
+            else:
+                os.write(fd, me.encode())
+                os.close(fd)
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            claimed = _claimed(self.claim)
+            if claimed and claimed != me:
+                break
+            time.sleep(0.02)
+        return slow_square(x)
+
+
+def _claimed(claim: Path) -> str:
+    try:
+        return claim.read_text()
+    except FileNotFoundError:
+        return ""
+
+
+def _when_claimed(claim: Path, act, within_s: float = 180.0) -> threading.Thread:
+    """A thread that calls ``act(claimed)`` once ``claim`` names an actor's pid or node (an
+    actor may take up to two minutes to start on a loaded 2-core machine)."""
+
+    def wait_then_act() -> None:
+        deadline = time.monotonic() + within_s
+        while not _claimed(claim) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        if _claimed(claim):
+            act(_claimed(claim))
+
+    thread = threading.Thread(target=wait_then_act, name="test-ray-fault")
+    thread.start()
+    return thread
+
+
+def test_actor_killed_mid_epoch(cluster, expected, tmp_path) -> None:
+    claim = tmp_path / "claimed"
+    loader = _loader(StallOneActor(claim, claim_by="pid"), "ray", batch=4)
+    killed = []
+
+    def kill(pid: str) -> None:
+        (victim,) = [a["actor"] for a in _actors(loader, "map(StallOneActor)") if str(a["pid"]) == pid]
+        ray.kill(ray.get_actor(victim))
+        killed.append(victim)
+
     with loader:
-        got = []
-        for i, b in enumerate(loader):
-            got.append(b.numpy().copy())
-            if i == 3:
-                victim = _actors(loader, "map(slow_square)")[0]["actor"]
-                ray.kill(ray.get_actor(victim))
-        actors = _actors(loader, "map(slow_square)")
+        fault = _when_claimed(claim, kill)
+        try:
+            got = _run(loader)
+        finally:
+            fault.join(timeout=200)
+        actors = _actors(loader, "map(StallOneActor)")
+    assert killed
     assert sum(a["replaced"] for a in actors) >= 1
     _same([np.concatenate(got[i : i + 2]) for i in range(0, len(got), 2)], expected)
 
 
-def _worker_node(cluster, loader: al.Loader, head_id: str, within_s: float = 120.0):
-    """The node other than the head where one of the stage's actors runs, once one does (an
-    actor may still be starting: that took up to two minutes on a loaded 2-core machine)."""
-    deadline = time.monotonic() + within_s
-    while True:
-        nodes = {a["node"] for a in _actors(loader, "map(slow_square)")} - {head_id, None}
-        found = [n for n in cluster.list_all_nodes() if n.node_id in nodes]
-        if found or time.monotonic() > deadline:
-            assert found, "no actor became ready on a node other than the head"
-            return found[0]
-        time.sleep(0.2)
-
-
-def test_node_removed_mid_epoch(cluster, expected, monkeypatch) -> None:
-    import aioloader.ray.executor as ray_executor
-
-    # chunks of 200 ms: at 500 ms (the default) a quiet machine's actors have taken every
-    # chunk of this ~2 s epoch by its 4th batch, and a node removed then holds no work to redo
-    monkeypatch.setattr(ray_executor, "TARGET_TASK_S", 0.2)
+def test_node_removed_mid_epoch(cluster, expected, tmp_path) -> None:
     cluster.add_node(**NODE)  # room for the replacement; the cluster keeps two nodes after
     cluster.wait_for_nodes()
     head_id = ray.get_runtime_context().get_node_id()
-    removed = None
-    with _loader(slow_square, "ray", batch=4) as loader:
-        got = []
-        for i, b in enumerate(loader):
-            got.append(b.numpy().copy())
-            if i == 3:
-                removed = _worker_node(cluster, loader, head_id)
-                cluster.remove_node(removed, allow_graceful=False)
-        actors = _actors(loader, "map(slow_square)")
-    assert removed is not None
+    claim = tmp_path / "claimed"
+    removed = []
+
+    def remove(node_id: str) -> None:
+        (node,) = [n for n in cluster.list_all_nodes() if n.node_id == node_id]
+        cluster.remove_node(node, allow_graceful=False)
+        removed.append(node_id)
+
+    fault = _when_claimed(claim, remove)
+    try:
+        with _loader(StallOneActor(claim, claim_by="node", head=head_id), "ray", batch=4) as loader:
+            got = _run(loader)
+            actors = _actors(loader, "map(StallOneActor)")
+    finally:
+        fault.join(timeout=200)
+    assert removed
     assert sum(a["replaced"] for a in actors) >= 1
-    assert removed.node_id not in {a["node"] for a in actors}
+    assert removed[0] not in {a["node"] for a in actors}
     _same([np.concatenate(got[i : i + 2]) for i in range(0, len(got), 2)], expected)
 
 
