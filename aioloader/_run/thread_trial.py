@@ -48,6 +48,7 @@ THREADS_PAY_ABOVE = 1.3  # cores two threads use at once, and their speedup, tha
 _IO_BOUND = 0.5  # share of one thread's time asleep: the function waits on I/O (or sleeps)
 _BUDGET_S = 0.4  # fewer trials when TRIALS of them would take longer (a costly function)
 _SCHEDSTAT = "/proc/thread-self/schedstat"
+_CLOCK_TRIES = 4  # readings of own_clock's wait (one is taken off its core only on a busy machine)
 _MAX_ITEMS = 50_000  # items in a run, whatever the cost (a cheap function is placed before this)
 
 
@@ -99,8 +100,21 @@ def _run_delay() -> float | None:
 def own_clock() -> float:
     """Seconds (of an arbitrary origin) that count this thread's time on a core and asleep, not
     its waits for a core: what a function costs whatever the machine's load (wall time off
-    Linux)."""
-    return perf_counter() - (_run_delay() or 0.0)
+    Linux).
+
+    The wait is read on both sides of the wall clock, until the two readings agree: a thread
+    taken off its core between the wall clock and one reading of the wait would add that wait
+    to the wait but not to the wall time, and the clock would step back by it (milliseconds on a
+    busy machine, more than a whole item's cost: a 0.7 ms function was measured at 0 and
+    placed inline)."""
+    delay = _run_delay()
+    for _ in range(_CLOCK_TRIES):
+        now = perf_counter()
+        after = _run_delay()
+        if after == delay:  # no wait for a core between the two readings
+            break
+        delay = after
+    return now - (delay or 0.0)
 
 
 class _Run:
