@@ -74,14 +74,25 @@ def test_place_rule() -> None:
 
 
 def test_gil_probe_tells_holding_from_releasing() -> None:
-    holding = [
-        gil_blocked_fraction(functools.partial(apply_items, holds_gil), list(range(30)))[1] for _ in range(3)
-    ]
-    releasing = [
-        gil_blocked_fraction(functools.partial(apply_items, releases_gil), list(range(15)))[1]
-        for _ in range(3)
-    ]
-    assert sorted(holding)[1] > sorted(releasing)[1]
+    """Medians of three readings each. A reading is a timing: on a busy machine the holder's
+    thread may hardly get a core in the spinner's 0.1 s, and reads 0 (2 of 10 runs at load 14):
+    up to three rounds, and a skip, saying so, when two threads do not get two cores now."""
+    rounds = []
+    for _ in range(3):
+        holding = [
+            gil_blocked_fraction(functools.partial(apply_items, holds_gil), list(range(30)))[1]
+            for _ in range(3)
+        ]
+        releasing = [
+            gil_blocked_fraction(functools.partial(apply_items, releases_gil), list(range(15)))[1]
+            for _ in range(3)
+        ]
+        rounds.append({"holding": holding, "releasing": releasing})
+        if sorted(holding)[1] > sorted(releasing)[1]:
+            break
+    else:
+        _skip_unless_two_cores_free(rounds)
+        raise AssertionError(rounds)
     result, _ = gil_blocked_fraction(functools.partial(apply_items, trivial), [1, 2, 3])
     assert result[0] == [2, 3, 4]
 
