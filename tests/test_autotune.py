@@ -101,7 +101,9 @@ async def test_probe_keeps_every_result_in_order() -> None:
     """Every probe keeps the results in order; most read sha256 as a releaser (threads). One
     reading is a timing: a GIL hand-over waits for the other thread to get a core, so on a busy
     machine a probe now and then reads the releaser as a holder (2 of 100 at load 8; it failed
-    once on a quiet machine): the decision is the majority of three fresh probes."""
+    once on a quiet machine): the decision is the majority of three fresh probes, or that of
+    every probe whose two threads had two cores at once (``parallel``, read at the probe's
+    time: at load 14 two of three read 0.5 and 1.29 and chose processes, the third threads)."""
     work = functools.partial(apply_items, releases_gil)
     described = []
     for _ in range(3):
@@ -111,6 +113,11 @@ async def test_probe_keeps_every_result_in_order() -> None:
         json.dumps(probe.describe())
         described.append(probe.describe())
     if [d["decision"] for d in described].count("thread") < 2:
+        had_cores = [d for d in described if d["parallel"] is not None and d["parallel"] >= 1.5]
+        if not had_cores:
+            pytest.skip(f"the probes' two threads never had two cores at once here now: {described}")
+        if all(d["decision"] == "thread" for d in had_cores):
+            return
         _skip_unless_two_cores_free(described)
         raise AssertionError(described)
 
