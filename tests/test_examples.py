@@ -28,7 +28,7 @@ def test_every_example_is_listed():
 def _run(name: str) -> subprocess.CompletedProcess[str] | subprocess.TimeoutExpired:
     try:
         return subprocess.run(
-            [sys.executable, f"examples/{name}"], cwd=ROOT, capture_output=True, text=True, timeout=110
+            [sys.executable, f"examples/{name}"], cwd=ROOT, capture_output=True, text=True, timeout=240
         )
     except subprocess.TimeoutExpired as exc:  # subprocess.run killed it; its test reports it
         return exc
@@ -49,7 +49,7 @@ def runs(request) -> dict[str, subprocess.CompletedProcess[str] | subprocess.Tim
 
 
 @pytest.mark.slow
-@pytest.mark.timeout(600)  # the first test waits for every example's run
+@pytest.mark.timeout(900)  # the first test waits for every example's run
 @pytest.mark.parametrize("name", EXAMPLES)
 def test_example_runs(runs, name):
     result = runs[name]
