@@ -120,6 +120,7 @@ class ActorPool:
         self._max_memory = max_memory
         self._slowest = 0.0  # the longest a chunk has run: the "auto" stall limit is 20x this
         self._bytes_per_s: float | None = None
+        self._cost_per_item: float | None = None
         self._tag = f"aioloader:{name}:{uuid.uuid4().hex[:8]}"
         self._options = options
         self._actor_class = ray.remote(MapActor)
@@ -152,6 +153,12 @@ class ActorPool:
     def bytes_per_s(self) -> float | None:
         """Result bytes an actor makes per second of work (None until a chunk answered)."""
         return self._bytes_per_s
+
+    @property
+    def cost_per_item(self) -> float | None:
+        """An actor's busy seconds per item of a chunk, averaged over the chunks answered so
+        far in any epoch (None until one answered)."""
+        return self._cost_per_item
 
     def submit(
         self, payload: wire.Payload, timeout: float | None = None, label: Any = None
@@ -358,6 +365,7 @@ class ActorPool:
                     slot.busy_s += busy
                     slot.chunks += 1
                     self._count_bytes(nbytes, busy)
+                    self._count_cost(len(results), busy)
                 outcome = Outcome(kind, value)
             task.finish(outcome)
             self._dispatch()
@@ -375,6 +383,13 @@ class ActorPool:
         rate = nbytes / busy
         previous = self._bytes_per_s
         self._bytes_per_s = rate if previous is None else 0.7 * previous + 0.3 * rate
+
+    def _count_cost(self, items: int, busy: float) -> None:
+        if items <= 0 or busy <= 0:
+            return
+        cost = busy / items
+        previous = self._cost_per_item
+        self._cost_per_item = cost if previous is None else 0.7 * previous + 0.3 * cost
 
     def _failure(self, exc: BaseException) -> Outcome:
         if isinstance(exc, self._lost):  # an actor replaced already (a late report of its death)

@@ -130,6 +130,27 @@ def test_same_batches_as_process_on_two_nodes(cluster, expected) -> None:
     assert _actors_gone(names), "close() left actors alive"
 
 
+def sleepy_square(x: int) -> np.ndarray:
+    time.sleep(0.01)
+    return square(x)
+
+
+def test_later_epochs_size_chunks_by_the_cost_timed_before(cluster) -> None:
+    """Before: every epoch sent single-block chunks (one batch a call, four calls in flight)
+    until it had timed one of its own, and each actor call costs the driver milliseconds of
+    Ray's CPU. Now an epoch after the first sizes its chunks by the cost the actors timed
+    before (the pool outlives the epoch): only its first chunk is a single block."""
+    with _loader(sleepy_square, "ray", batch=4) as loader:
+        first = _run(loader)
+        calls = [sum(a["chunks"] for a in _actors(loader, "map(sleepy_square)"))]
+        second = _run(loader)
+        calls.append(sum(a["chunks"] for a in _actors(loader, "map(sleepy_square)")) - calls[0])
+    for got in (first, second):
+        assert sorted(int(v) for b in got for v in b[:, 0]) == sorted(k * k for k in range(N))
+    # 24 batches of ~40 ms: 4 single-block calls, then chunks of several batches; later, 1
+    assert calls[1] < calls[0], calls
+
+
 def wide_square(x: int) -> np.ndarray:
     return np.full(2048, x * x, dtype=np.int64)  # batches of 128 KB: views, not copies
 
