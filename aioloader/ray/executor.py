@@ -167,6 +167,7 @@ class RayExecutor(ProcessExecutor):
     kind = "ray"
     coalesce = True
     runner = "a Ray actor"
+    pool_key = "ray-pool"  # a fused shard stream's pool is another (its work is a shard)
 
     def __init__(self, spec: MapSpec, runtime: Any) -> None:
         self._spec = spec
@@ -177,6 +178,7 @@ class RayExecutor(ProcessExecutor):
         # under a timeout an actor holds one chunk, so its deadline counts from its start
         self._per_actor = 1 if spec.timeout is not None else 1 + QUEUED_PER_ACTOR
         self.in_flight = self.workers * self._per_actor
+        self.tasks_per_worker = self._per_actor  # what a fused shard stream keeps at each actor
         self._pool: Any = None
         self._store_bytes = driver_store_bytes()
         # the pool an earlier run (epoch) of this stage left open: the cost of an item it timed
@@ -186,7 +188,7 @@ class RayExecutor(ProcessExecutor):
 
     @property
     def _pool_key(self) -> str:
-        return f"ray-pool:{self._spec.name}:{self._per_actor}"
+        return f"{self.pool_key}:{self._spec.name}:{self._per_actor}"
 
     @property
     def cost_per_item(self) -> float | None:

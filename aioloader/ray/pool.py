@@ -161,10 +161,15 @@ class ActorPool:
         return self._cost_per_item
 
     def submit(
-        self, payload: wire.Payload, timeout: float | None = None, label: Any = None
+        self,
+        payload: wire.Payload,
+        timeout: float | None = None,
+        label: Any = None,
+        on_part: Callable[[Any], None] | None = None,
     ) -> Future[Outcome]:
         """Queue a chunk; ``timeout`` in seconds from the moment an actor is given it. ``label``:
-        what a stall report names (the chunk's keys)."""
+        what a stall report names (the chunk's keys). ``on_part`` is the process pool's hook
+        for results sent early; an actor answers once, so it is never called here."""
         task = _Task(payload, timeout, label)
         with self._lock:
             if self._closed:

@@ -372,6 +372,103 @@ def test_actor_killed_mid_epoch(cluster, expected, tmp_path) -> None:
     _same([np.concatenate(got[i : i + 2]) for i in range(0, len(got), 2)], expected)
 
 
+class OnCls:
+    """``inner`` of a WebDataset sample's ``cls``."""
+
+    def __init__(self, inner) -> None:
+        self.inner = inner
+
+    def __call__(self, sample: dict) -> np.ndarray:
+        return self.inner(int(sample["cls"]))
+
+
+def _streamed(server: ObjectServer, fn, executor: str) -> tuple[list[int], dict]:
+    """A streamed (unindexed) WebDataset's samples through ``fn``: the values and the stage."""
+    urls = [server.url(f"s-{shard:06d}.tar") for shard in range(4)]
+    options = {"ray_options": SPREAD} if executor == "ray" else {}
+    loader = al.Loader.from_source(al.sources.WebDataset(urls), shuffle=True, seed=4).map(
+        fn, executor=executor, concurrency=2, **options
+    )
+    with loader:
+        got = [int(value[0]) for value in loader]
+        (stage,) = [s for s in loader.stats()["stages"] if s["name"].startswith("map")]
+    return got, stage
+
+
+@pytest.fixture
+def shards(tmp_path: Path):
+    """Four unindexed WebDataset shards of ten samples on an object server (127.0.0.1)."""
+    samples = [{"__key__": f"k{i:04d}", "bin": os.urandom(200 + i), "cls": i} for i in range(40)]
+    al.sources.write_shards(samples, str(tmp_path / "s-%06d.tar"), max_count=10)
+    with ObjectServer() as server:
+        for path in tmp_path.glob("s-*.tar"):
+            server.objects[path.name] = path.read_bytes()
+        yield server
+
+
+def test_streamed_shards_are_read_by_the_actors(cluster, shards) -> None:
+    """Before: an unindexed WebDataset was streamed by the trainer's loop, every sample's bytes
+    sent to the actors; now the actors stream whole shards (as processes do): same order."""
+    expected, _ = _streamed(shards, OnCls(square), "process")
+    got, stage = _streamed(shards, OnCls(square), "ray")
+    assert got == expected and sorted(got) == [k * k for k in range(40)]
+    assert stage["executor"] == "ray" and stage["reads"] == "source", stage  # the actors read
+    assert stage["bytes_read"] > 0 and len({a["node"] for a in stage["actors"]}) == 2
+
+
+def test_streamed_shards_resume_from_the_open_shard(cluster, shards) -> None:
+    """A resumed run's actors read the open shard from its next sample on: the rest, once."""
+    expected, _ = _streamed(shards, OnCls(square), "process")
+    urls = [shards.url(f"s-{shard:06d}.tar") for shard in range(4)]
+
+    def loader() -> al.Loader:
+        source = al.sources.WebDataset(urls)
+        return al.Loader.from_source(source, shuffle=True, seed=4).map(
+            OnCls(square), executor="ray", concurrency=2, ray_options=SPREAD
+        )
+
+    with loader() as first:
+        it = iter(first)
+        head = [int(next(it)[0]) for _ in range(15)]  # inside the second shard
+        state = first.state_dict()
+    with loader() as resumed:
+        resumed.load_state_dict(state)
+        rest = [int(value[0]) for value in resumed]
+        (stage,) = [s for s in resumed.stats()["stages"] if s["name"].startswith("map")]
+    assert stage["reads"] == "source"
+    assert head + rest == expected
+
+
+def test_an_actor_killed_mid_shard_has_its_shard_read_again(cluster, shards, tmp_path: Path) -> None:
+    """The killed actor provably holds a shard (StallOneActor); its shard is read again from its
+    first sample not received, by a replacement: every sample once, in order."""
+    expected, _ = _streamed(shards, OnCls(square), "process")
+    claim = tmp_path / "claimed"
+    stalling = OnCls(StallOneActor(claim, claim_by="pid"))
+    killed = []
+
+    urls = [shards.url(f"s-{shard:06d}.tar") for shard in range(4)]
+    loader = al.Loader.from_source(al.sources.WebDataset(urls), shuffle=True, seed=4).map(
+        stalling, executor="ray", concurrency=2, ray_options=SPREAD
+    )
+
+    def kill(pid: str) -> None:
+        (victim,) = [a["actor"] for a in _actors(loader, "map(OnCls)") if str(a["pid"]) == pid]
+        ray.kill(ray.get_actor(victim))
+        killed.append(victim)
+
+    with loader:
+        fault = _when_claimed(claim, kill)
+        try:
+            got = [int(value[0]) for value in loader]
+        finally:
+            fault.join(timeout=200)
+        (stage,) = [s for s in loader.stats()["stages"] if s["name"].startswith("map")]
+    assert killed
+    assert sum(a["replaced"] for a in stage["actors"]) >= 1
+    assert got == expected
+
+
 def test_node_removed_mid_epoch(cluster, expected, tmp_path) -> None:
     cluster.add_node(**NODE)  # room for the replacement; the cluster keeps two nodes after
     cluster.wait_for_nodes()
