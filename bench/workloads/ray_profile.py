@@ -73,8 +73,14 @@ def _profile(name: str, loader: al.Loader) -> str:
     before = _threads()
     started = time.perf_counter()
     samples = 0
+    firsts = []
     for _ in range(EPOCHS):
+        epoch_started = time.perf_counter()
+        first = None
         for batch in loader:
+            if first is None:
+                first = time.perf_counter() - epoch_started
+                firsts.append(first)
             samples += _batch_len(batch)
     elapsed = time.perf_counter() - started
     after = _threads()
@@ -90,10 +96,13 @@ def _profile(name: str, loader: al.Loader) -> str:
     lines = [
         f"## {name}: {samples / elapsed:,.0f} samples/s, driver {total / samples * 1e6:,.1f} us/sample",
         *(f"- {group}: {cpu / samples * 1e6:,.1f} us/sample" for group, cpu in per_group.most_common() if cpu > 0),
+        "first batch of each epoch (s): " + ", ".join(f"{first:.3f}" for first in firsts),
         "tree CPU per sample by role: "
         + ", ".join(f"{role} {roles[role] / samples * 1e6:,.1f} us" for role in ROLES)
         + f"; total {sum(roles.values()) / samples * 1e6:,.1f} us",
     ]
+    stages = [s for s in loader.stats()["stages"] if s["name"].startswith("map")]
+    lines += [f"stage {s['name']}: executor {s['executor']}, fused batch {s.get('fused')}, reads {s.get('reads')}" for s in stages]
     if calls:
         ray_threads = sum(cpu for group, cpu in per_group.items() if not group.startswith("aioloader"))
         lines.append(
