@@ -416,6 +416,46 @@ def test_streamed_shards_are_read_by_the_actors(cluster, shards) -> None:
     assert stage["bytes_read"] > 0 and len({a["node"] for a in stage["actors"]}) == 2
 
 
+class AfterTheFirstValue:
+    """``square`` of a sample's ``cls``; from a shard's fifth sample on it waits (up to 20 s)
+    for ``gate``, which the test makes once it has received a value, and leaves ``late`` if
+    it waited in vain: only parts sent before their shard ends can open the gate."""
+
+    def __init__(self, gate: Path, late: Path) -> None:
+        self.gate, self.late = gate, late
+
+    def __call__(self, sample: dict) -> np.ndarray:
+        value = int(sample["cls"])
+        if value % 10 >= 4:
+            deadline = time.monotonic() + 20
+            while not self.gate.exists() and time.monotonic() < deadline:
+                time.sleep(0.01)
+            if not self.gate.exists():
+                self.late.touch()
+        return square(value)
+
+
+def test_streamed_shards_send_parts_before_the_shard_ends(cluster, shards, tmp_path: Path) -> None:
+    """Before: a shard's results came back as one object when the shard was done (a shard of
+    decoded images can outgrow the driver node's store, and its first sample waited for the
+    whole shard). Now the actor yields a part per block as it is done (a Ray streaming call)."""
+    gate, late = tmp_path / "gate", tmp_path / "late"
+    loader = (
+        al.Loader.from_source(al.sources.WebDataset(shards.url("s-000000.tar")))
+        .map(AfterTheFirstValue(gate, late), executor="ray", concurrency=1)
+        .options(block_size=2)
+    )
+    got = []
+    with loader:
+        for value in loader:
+            got.append(int(value[0]))
+            gate.touch()
+        (stage,) = [s for s in loader.stats()["stages"] if s["name"].startswith("map")]
+    assert stage["reads"] == "source"
+    assert got == [k * k for k in range(10)]
+    assert not late.exists(), "the shard's first samples came only once the whole shard was done"
+
+
 def test_streamed_shards_resume_from_the_open_shard(cluster, shards) -> None:
     """A resumed run's actors read the open shard from its next sample on: the rest, once."""
     expected, _ = _streamed(shards, OnCls(square), "process")
