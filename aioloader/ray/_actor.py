@@ -7,7 +7,8 @@ a worker process does: ``("ok", (results, failures, busy_s, nbytes))`` (``nbytes
 of the arrays and tensors in the results, by which the pool sizes the next chunks),
 ``("error", exc)`` when the work raised, or ``("undecodable", exc)`` when the values cannot be
 unpickled here. Exceptions come back as values, not as Ray task errors, so the stage sees the
-function's own exception types.
+function's own exception types. ``run_parts`` does the same for work that sends parts of its
+result early (a fused shard stream), as a Ray streaming call.
 
 An actor with a memory limit (``max_worker_memory``) reads its own resident memory every
 :data:`MEMORY_CHECK_S` while it runs a chunk, from a daemon thread of its own (the driver

@@ -10,6 +10,9 @@ Each slot holds one actor. A slot takes work once its actor answered ``ready()``
 starts its next chunk without waiting for the driver; one under a ``timeout``, so a chunk's
 deadline counts from when its actor starts it. Results come back through Ray's object store
 and resolve the futures from Ray's own threads: the driver's event loop never blocks on Ray.
+A chunk submitted with ``on_part`` (a fused shard stream's) is a Ray streaming call whose parts
+a thread of the pool's reads as they come (one per such call, ended with it, joined by
+``close``).
 
 A chunk an actor has been running past the stall limit (``stall_after``, as the process pool's:
 "auto" is 20 times the slowest chunk, at least 60 s) is reported once: a warning naming the

@@ -21,11 +21,10 @@ first sample not yet received (read again from the shard's start), at most
 :data:`~aioloader.workers.executor.MAX_ATTEMPTS` times, so nothing is lost or doubled.
 
 With ``executor="ray"`` the stage's Ray actors read the shards the same way (the same work,
-:class:`~aioloader.sources._stream_worker.ShardStreamWork`, in each actor), but a shard's
-results come back as one object when the shard is done (an actor call answers once), and an
-actor reads no queued shard ahead (Ray gives a running call no view of the calls queued behind
-it). A dead actor's shard is read again from its first sample not received: its start, or the
-resume point's sample.
+:class:`~aioloader.sources._stream_worker.ShardStreamWork`, in each actor, its parts sent back
+by a Ray streaming call: :meth:`aioloader.ray._actor.MapActor.run_parts`), but an actor reads
+no queued shard ahead (Ray gives a running call no view of the calls queued behind it). A dead
+actor's shard is read again from its first sample not received.
 
 Used where nothing else can differ (:func:`aioloader._run.rewrite.fuse_stream`); elsewhere the
 source stage streams in the parent.
