@@ -74,14 +74,25 @@ def test_place_rule() -> None:
 
 
 def test_gil_probe_tells_holding_from_releasing() -> None:
-    holding = [
-        gil_blocked_fraction(functools.partial(apply_items, holds_gil), list(range(30)))[1] for _ in range(3)
-    ]
-    releasing = [
-        gil_blocked_fraction(functools.partial(apply_items, releases_gil), list(range(15)))[1]
-        for _ in range(3)
-    ]
-    assert sorted(holding)[1] > sorted(releasing)[1]
+    """Medians of three readings each. A reading is a timing: on a busy machine the holder's
+    thread may hardly get a core in the spinner's 0.1 s, and reads 0 (2 of 10 runs at load 14):
+    up to three rounds, and a skip, saying so, when two threads do not get two cores now."""
+    rounds = []
+    for _ in range(3):
+        holding = [
+            gil_blocked_fraction(functools.partial(apply_items, holds_gil), list(range(30)))[1]
+            for _ in range(3)
+        ]
+        releasing = [
+            gil_blocked_fraction(functools.partial(apply_items, releases_gil), list(range(15)))[1]
+            for _ in range(3)
+        ]
+        rounds.append({"holding": holding, "releasing": releasing})
+        if sorted(holding)[1] > sorted(releasing)[1]:
+            break
+    else:
+        _skip_unless_two_cores_free(rounds)
+        raise AssertionError(rounds)
     result, _ = gil_blocked_fraction(functools.partial(apply_items, trivial), [1, 2, 3])
     assert result[0] == [2, 3, 4]
 
@@ -90,7 +101,9 @@ async def test_probe_keeps_every_result_in_order() -> None:
     """Every probe keeps the results in order; most read sha256 as a releaser (threads). One
     reading is a timing: a GIL hand-over waits for the other thread to get a core, so on a busy
     machine a probe now and then reads the releaser as a holder (2 of 100 at load 8; it failed
-    once on a quiet machine): the decision is the majority of three fresh probes."""
+    once on a quiet machine): the decision is the majority of three fresh probes, or that of
+    every probe whose two threads had two cores at once (``parallel``, read at the probe's
+    time: at load 14 two of three read 0.5 and 1.29 and chose processes, the third threads)."""
     work = functools.partial(apply_items, releases_gil)
     described = []
     for _ in range(3):
@@ -100,6 +113,11 @@ async def test_probe_keeps_every_result_in_order() -> None:
         json.dumps(probe.describe())
         described.append(probe.describe())
     if [d["decision"] for d in described].count("thread") < 2:
+        had_cores = [d for d in described if d["parallel"] is not None and d["parallel"] >= 1.5]
+        if not had_cores:
+            pytest.skip(f"the probes' two threads never had two cores at once here now: {described}")
+        if all(d["decision"] == "thread" for d in had_cores):
+            return
         _skip_unless_two_cores_free(described)
         raise AssertionError(described)
 

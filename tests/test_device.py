@@ -114,6 +114,7 @@ def _with_engine(loader: al.Loader, engine: HostCopyEngine, **options) -> al.Loa
     ],
 )
 def test_bad_arguments_fail_at_build_time_naming_the_argument(kwargs, error, names) -> None:
+    kwargs = dict(kwargs)  # the case's own dict stays whole: the test can run again (a rerun)
     device = kwargs.pop("device")
     with al.Loader.from_source(range(4)) as loader, pytest.raises(error, match=names):
         loader.to_device(device, **kwargs)
