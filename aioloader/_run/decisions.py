@@ -13,6 +13,7 @@ class Decisions:
     executors: dict[str, str] = field(default_factory=dict)  # stage name -> executor kind
     placements: dict[str, dict[str, Any] | None] = field(default_factory=dict)  # what decided it
     one_shot_started: bool = False  # a one-shot iterator source was iterated by an earlier run
+    left: dict[str, set[str]] = field(default_factory=dict)  # stage -> kinds a review moved it from
 
     def executor(self, stage: str) -> str | None:
         return self.executors.get(stage)
@@ -23,3 +24,8 @@ class Decisions:
 
     def placement(self, stage: str) -> dict[str, Any] | None:
         return self.placements.get(stage)
+
+    def moved(self, stage: str, old: str, kind: str, placement: dict[str, Any] | None) -> None:
+        """A review moved ``stage`` from ``old`` to ``kind`` (it is not moved back to ``old``)."""
+        self.left.setdefault(stage, set()).add(old)
+        self.decide(stage, kind, placement)
