@@ -10,8 +10,8 @@ leave it wrong for the rest of the run. At the end of each whole epoch the stage
   :data:`PROCESSES_PAY` times the rate the function would run at inline (its measured cost);
   otherwise the stage goes inline. A stage slowed by its consumer or its input waits on neither
   in those seconds, so only a pool that is itself too slow is moved.
-- inline: the function's cost per item on the loop thread's own clock (a busy machine's waits
-  for a core are not its cost). One now clearly above :data:`~aioloader._run.placement.INLINE_BELOW_S`
+- inline: the function's CPU time per item on the loop thread (a busy machine's waits for a
+  core are not its cost; a function that waits on I/O reads cheap, and is not moved). One now clearly above :data:`~aioloader._run.placement.INLINE_BELOW_S`
   (cheap when probed) is placed again on that cost, with the thread trial's GIL reading on the
   last block's inputs (:func:`aioloader._run.thread_trial.thread_trial`).
 
@@ -43,7 +43,7 @@ class EpochRates:
     items: int = 0
     chunks: int = 0
     waited_s: float = 0.0  # the stage waiting on its pool for results
-    fn_s: float = 0.0  # the function's own seconds (workers' time; inline: the loop's own clock)
+    fn_s: float = 0.0  # the function's seconds (workers' time; inline: the loop thread's CPU)
     started: bool = False  # the first result is in: later ones count
     last_inputs: list[Any] = field(default_factory=list)  # an inline stage's last chunk's inputs
 

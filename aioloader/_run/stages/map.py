@@ -18,7 +18,7 @@ import numbers
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
-from time import perf_counter
+from time import perf_counter, thread_time
 from typing import Any, ClassVar
 
 from aioloader._run.block import Block
@@ -46,7 +46,6 @@ from aioloader._run.placement_review import EpochRates, review
 from aioloader._run.read_fusion import NamedRead, read_then_apply
 from aioloader._run.stages.base import BuildContext, Stage, StageSpec
 from aioloader._run.stall import StallWatch
-from aioloader._run.thread_trial import own_clock
 from aioloader._spec import (
     EXECUTORS,
     ON_ERROR,
@@ -464,7 +463,8 @@ class MapStage(Stage):
         inline = self._executor.kind == "inline"
         if inline or self._executor.kind == "auto":  # on the loop (threads: the executor's watch)
             work = self._stall.watched(work, chunk.keys)
-        began = own_clock() if inline else 0.0
+        timed = inline and self._reviewed()
+        began = thread_time() if timed else 0.0
         try:
             results, failures, busy = await self._executor.run(work, values, self.spec.timeout)
         except ChunkTimeout as timeout:
@@ -481,10 +481,10 @@ class MapStage(Stage):
         if len(results) != len(values):  # a lost or invented sample must never pass silently
             raise RuntimeError(f"stage {self.name!r}: {len(results)} results for {len(values)} inputs")
         self.stats.busy_s += busy
-        if inline:  # the loop thread's own clock: a busy machine's waits for a core are not fn's
-            self._rates.ran(len(values), own_clock() - began)
+        if timed:  # CPU time: a busy machine's waits for a core are not fn's cost
+            self._rates.ran(len(values), thread_time() - began)
             self._rates.last_inputs = values
-        else:
+        elif not inline:
             self._rates.ran(len(values), busy)
         if len(values):
             cost = busy / len(values)
