@@ -8,7 +8,8 @@ leave it wrong for the rest of the run. At the end of each whole epoch the stage
 - in processes: the items, the seconds the stage waited on the pool for them, and the
   function's own seconds for them in the workers. Processes stay while they deliver at least
   :data:`PROCESSES_PAY` times the rate the function would run at inline (its measured cost);
-  otherwise the stage goes inline. A stage slowed by its consumer or its input waits on neither
+  otherwise the stage goes inline, unless an item costs over
+  :data:`~aioloader._run.placement.THREAD_ABOVE_S` (inline, it would hold the loop that long). A stage slowed by its consumer or its input waits on neither
   in those seconds, so only a pool that is itself too slow is moved.
 - inline: the function's CPU time per item on the loop thread (a busy machine's waits for a
   core are not its cost; a function that waits on I/O reads cheap, and is not moved). One now clearly above :data:`~aioloader._run.placement.INLINE_BELOW_S`
@@ -26,13 +27,13 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from aioloader._run.placement import INLINE_BELOW_S, place
+from aioloader._run.placement import INLINE_BELOW_S, THREAD_ABOVE_S, place
 from aioloader._run.thread_trial import thread_trial
 
 __all__ = ["MIN_CHUNKS", "PROCESSES_PAY", "EpochRates", "review"]
 
 PROCESSES_PAY = 1.1  # a pool's measured rate over the inline rate the function's cost predicts
-MIN_CHUNKS = 8  # results after the first that a review judges from
+MIN_CHUNKS = 12  # results after the first that a review judges from
 _COSTLIER = 2.0  # an inline function re-placed: its cost above this many times INLINE_BELOW_S
 
 
@@ -78,11 +79,11 @@ def review(
     if rates.chunks < MIN_CHUNKS or rates.items <= 0 or rates.fn_s <= 0:
         return None
     cost = rates.fn_s / rates.items
-    why: dict[str, Any] = {"epoch": epoch, "from": kind, "cost_us": round(cost * 1e6, 1)}
+    why: dict[str, Any] = {"epoch": epoch, "from": kind, "cost_us": round(cost * 1e6, 1), "chunks": rates.chunks}
     if kind == "process":
         measured = rates.items / max(rates.waited_s, 1e-9)
         inline = 1.0 / cost
-        if measured >= PROCESSES_PAY * inline or "inline" in left:
+        if measured >= PROCESSES_PAY * inline or cost > THREAD_ABOVE_S or "inline" in left:
             return None
         why.update(measured_per_s=round(measured), inline_per_s=round(inline))
         return "inline", {**why, "to": "inline"}
