@@ -97,3 +97,27 @@ def test_an_inline_stage_whose_samples_turn_costly_is_placed_again() -> None:
         assert _stage(loader, name)["executor"] == "process"
         assert list(loader) == expected
         assert _stage(loader, name)["executor"] == "process"  # not moved back
+
+
+def test_an_inline_review_runs_the_thread_trial_once_a_stage() -> None:
+    runs: list[int] = []
+    ran: list[bool] = []
+
+    def work(values: list) -> None:  # a GIL holder
+        runs.append(len(values))
+        for _ in values:
+            _spin(300)
+
+    def tried() -> bool:
+        ran.append(True)
+        return len(ran) > 1
+
+    options = {"work": work, "trial": True, "can_process": False, "picklable": lambda: False, "left": set()}
+    rates = _rates(1000, 20, 0.0, 0.050)  # 50 us an item on the loop, cheap when probed
+    rates.last_inputs = [1, 2, 3]
+    # not picklable and under THREAD_ABOVE_S: inline is right, kept
+    assert review("inline", rates, epoch=0, tried=tried, **options) is None
+    assert runs  # the trial ran the work
+    runs.clear()
+    assert review("inline", rates, epoch=1, tried=tried, **options) is None
+    assert not runs  # and not again

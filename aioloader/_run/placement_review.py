@@ -72,10 +72,13 @@ def review(
     picklable: Callable[[], bool],
     left: set[str],
     epoch: int,
+    tried: Callable[[], bool] = lambda: False,
 ) -> tuple[str, dict[str, Any]] | None:
     """``(new kind, why)`` when the epoch's rates say ``kind`` was wrong, else None. ``work``
     and ``trial``: the stage's chunk function and whether it may run again on the inputs (the
-    thread trial); ``left``: the kinds a review already moved this stage from."""
+    thread trial); ``left``: the kinds a review already moved this stage from; ``tried()``:
+    whether a review ran the thread trial for this stage already, and notes that it runs now
+    (once a stage: a trial that kept it inline is not run again at each epoch's end)."""
     if rates.chunks < MIN_CHUNKS or rates.items <= 0 or rates.fn_s <= 0:
         return None
     cost = rates.fn_s / rates.items
@@ -88,6 +91,8 @@ def review(
         why.update(measured_per_s=round(measured), inline_per_s=round(inline))
         return "inline", {**why, "to": "inline"}
     if kind == "inline" and trial and rates.last_inputs and cost > _COSTLIER * INLINE_BELOW_S:
+        if tried():
+            return None
         reading = thread_trial(work, rates.last_inputs, cost)
         work_s = cost * rates.items
         decision = place(cost, reading.holds_gil, True, can_process, work_s=work_s)

@@ -235,6 +235,7 @@ class MapStage(Stage):
             picklable=lambda: is_picklable(self._work),
             left=self._decisions.left.get(name, set()),
             epoch=self._epoch,
+            tried=lambda: self._decisions.tried_once(name),
         )
         if outcome is None:
             return
