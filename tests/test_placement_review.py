@@ -4,6 +4,8 @@ keyed on the sample, so the change itself is deterministic."""
 
 from __future__ import annotations
 
+import numpy as np
+
 import aioloader as al
 from aioloader._run.placement_review import MIN_CHUNKS, EpochRates, review
 
@@ -121,3 +123,10 @@ def test_an_inline_review_runs_the_thread_trial_once_a_stage() -> None:
     runs.clear()
     assert review("inline", rates, epoch=1, tried=tried, **options) is None
     assert not runs  # and not again
+
+
+def test_an_inline_review_takes_a_block_of_array_rows() -> None:
+    rates = _rates(1000, 20, 0.0, 0.001)
+    rates.last_inputs = np.zeros((4, 3))  # a block of rows is an array: no truth value
+    options = {"work": _never_run, "trial": True, "can_process": True, "picklable": lambda: True, "left": set()}
+    assert review("inline", rates, epoch=0, **options) is None

@@ -23,8 +23,8 @@ two rules must not take turns), and a review needs :data:`MIN_CHUNKS` results to
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from aioloader._run.placement import INLINE_BELOW_S, THREAD_ABOVE_S, place
@@ -46,7 +46,7 @@ class EpochRates:
     waited_s: float = 0.0  # the stage waiting on its pool for results
     fn_s: float = 0.0  # the function's seconds (workers' time; inline: the loop thread's CPU)
     started: bool = False  # the first result is in: later ones count
-    last_inputs: list[Any] = field(default_factory=list)  # an inline stage's last chunk's inputs
+    last_inputs: Sequence[Any] = ()  # an inline stage's last chunk's inputs (a list or an array)
 
     def ran(self, items: int, fn_s: float) -> None:
         """A chunk of ``items`` done, ``fn_s`` of the function's time."""
@@ -90,10 +90,10 @@ def review(
             return None
         why.update(measured_per_s=round(measured), inline_per_s=round(inline))
         return "inline", {**why, "to": "inline"}
-    if kind == "inline" and trial and rates.last_inputs and cost > _COSTLIER * INLINE_BELOW_S:
+    if kind == "inline" and trial and len(rates.last_inputs) and cost > _COSTLIER * INLINE_BELOW_S:
         if tried():
             return None
-        reading = thread_trial(work, rates.last_inputs, cost)
+        reading = thread_trial(work, list(rates.last_inputs), cost)
         work_s = cost * rates.items
         decision = place(cost, reading.holds_gil, True, can_process, work_s=work_s)
         if decision == "process" and not picklable():
