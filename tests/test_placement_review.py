@@ -42,8 +42,9 @@ def _never_run(values: list) -> None:
     raise AssertionError("the review must not run the function here")
 
 
-def _rates(items: int, chunks: int, waited_s: float, fn_s: float) -> EpochRates:
-    return EpochRates(items=items, chunks=chunks, waited_s=waited_s, fn_s=fn_s, started=True)
+def _rates(items: int, chunks: int, waited_s: float, fn_s: float, units: int | None = None) -> EpochRates:
+    units = items if units is None else units
+    return EpochRates(items=items, units=units, chunks=chunks, waited_s=waited_s, fn_s=fn_s, started=True)
 
 
 def test_review_rule_moves_a_pool_slower_than_inline_and_keeps_one_that_pays() -> None:
@@ -59,6 +60,9 @@ def test_review_rule_moves_a_pool_slower_than_inline_and_keeps_one_that_pays() -
     assert review("process", _rates(1000, 20, 0.011, 0.020), left=set(), **options) is None
     # 300 us an item would hold the loop that long at each item: the pool stays
     assert review("process", _rates(100, 20, 0.060, 0.030), left=set(), **options) is None
+    # a fused stage: 64 samples of 30 us a batch (~2 ms), judged per sample: it moves
+    fused = review("process", _rates(6400, 20, 0.250, 0.192, units=100), left=set(), **options)
+    assert fused is not None and fused[0] == "inline" and fused[1]["cost_us"] == 30.0
     assert review("process", _rates(1000, MIN_CHUNKS - 1, 0.030, 0.020), left=set(), **options) is None
     assert review("process", _rates(1000, 20, 0.030, 0.020), left={"inline"}, **options) is None
     # inline and still cheap: nothing to run again

@@ -8,8 +8,9 @@ leave it wrong for the rest of the run. At the end of each whole epoch the stage
 - in processes: the items, the seconds the stage waited on the pool for them, and the
   function's own seconds for them in the workers. Processes stay while they deliver at least
   :data:`PROCESSES_PAY` times the rate the function would run at inline (its measured cost);
-  otherwise the stage goes inline, unless an item costs over
-  :data:`~aioloader._run.placement.THREAD_ABOVE_S` (inline, it would hold the loop that long). A stage slowed by its consumer or its input waits on neither
+  otherwise the stage goes inline, unless a sample costs over
+  :data:`~aioloader._run.placement.THREAD_ABOVE_S` (inline, it would hold the loop that long; a
+  fused stage's rates and costs are per sample, not per batch). A stage slowed by its consumer or its input waits on neither
   in those seconds, so only a pool that is itself too slow is moved.
 - inline: the function's CPU time per item on the loop thread (a busy machine's waits for a
   core are not its cost; a function that waits on I/O reads cheap, and is not moved). One now clearly above :data:`~aioloader._run.placement.INLINE_BELOW_S`
@@ -41,17 +42,20 @@ _COSTLIER = 2.0  # an inline function re-placed: its cost above this many times 
 class EpochRates:
     """What a stage measured in one epoch after its executor's first result."""
 
-    items: int = 0
+    items: int = 0  # samples (a fused stage's work items are batches of them)
+    units: int = 0  # the work's items: samples, or a fused stage's batches
     chunks: int = 0
     waited_s: float = 0.0  # the stage waiting on its pool for results
     fn_s: float = 0.0  # the function's seconds (workers' time; inline: the loop thread's CPU)
     started: bool = False  # the first result is in: later ones count
     last_inputs: Sequence[Any] = ()  # an inline stage's last chunk's inputs (a list or an array)
 
-    def ran(self, items: int, fn_s: float) -> None:
-        """A chunk of ``items`` done, ``fn_s`` of the function's time."""
+    def ran(self, items: int, fn_s: float, *, units: int | None = None) -> None:
+        """A chunk of ``items`` samples (in ``units`` work items, when not one each) done,
+        ``fn_s`` of the function's time."""
         if self.started:
             self.items += items
+            self.units += items if units is None else units
             self.fn_s += fn_s
 
     def waited(self, seconds: float) -> None:
@@ -81,7 +85,8 @@ def review(
     (once a stage: a trial that kept it inline is not run again at each epoch's end)."""
     if rates.chunks < MIN_CHUNKS or rates.items <= 0 or rates.fn_s <= 0:
         return None
-    cost = rates.fn_s / rates.items
+    cost = rates.fn_s / rates.items  # a sample's
+    unit_cost = rates.fn_s / max(rates.units, 1)  # a work item's (a fused stage's batch)
     why: dict[str, Any] = {"epoch": epoch, "from": kind, "cost_us": round(cost * 1e6, 1), "chunks": rates.chunks}
     if kind == "process":
         measured = rates.items / max(rates.waited_s, 1e-9)
@@ -93,11 +98,11 @@ def review(
     if kind == "inline" and trial and len(rates.last_inputs) and cost > _COSTLIER * INLINE_BELOW_S:
         if tried():
             return None
-        reading = thread_trial(work, list(rates.last_inputs), cost)
-        work_s = cost * rates.items
-        decision = place(cost, reading.holds_gil, True, can_process, work_s=work_s)
+        reading = thread_trial(work, list(rates.last_inputs), unit_cost)
+        work_s = rates.fn_s
+        decision = place(unit_cost, reading.holds_gil, True, can_process, work_s=work_s)
         if decision == "process" and not picklable():
-            decision = place(cost, reading.holds_gil, False, can_process, work_s=work_s)
+            decision = place(unit_cost, reading.holds_gil, False, can_process, work_s=work_s)
         if decision == "inline" or decision in left:
             return None
         why.update(thread_speedup=round(reading.speedup, 2), parallel=round(reading.parallel or 0.0, 2))

@@ -489,10 +489,10 @@ class MapStage(Stage):
             raise RuntimeError(f"stage {self.name!r}: {len(results)} results for {len(values)} inputs")
         self.stats.busy_s += busy
         if timed:  # CPU time: a busy machine's waits for a core are not fn's cost
-            self._rates.ran(len(values), thread_time() - began)
+            self._rates.ran(self._samples(chunk), thread_time() - began, units=len(values))
             self._rates.last_inputs = values
         elif not inline:
-            self._rates.ran(len(values), busy)
+            self._rates.ran(self._samples(chunk), busy, units=len(values))
         if len(values):
             cost = busy / len(values)
             previous = self._cost_per_item
