@@ -331,3 +331,22 @@ def test_block_reads_check_their_keys_as_single_reads_do(text_file: Path) -> Non
             source.__getitems__(keys)
     with pytest.raises(TypeError, match="indices must be integers"):
         source.__getitems__([1.5, 2])
+
+
+def test_block_reads_slice_each_file_mapped_once_and_close_unmaps(tmp_path: Path) -> None:
+    """A shuffled block of plain text is sliced from each file's read-only mapping, made on the
+    first read and closed by ``close()``; reads after it map again."""
+    paths = [
+        _long_lines(tmp_path, "a.txt", 4, ending="\r\n"),
+        _long_lines(tmp_path, "b.txt", 3, last_ending="\n"),
+    ]
+    expected = _lines(paths[0]) + _lines(paths[1])
+    source = al.sources.TextLines(str(tmp_path / "*.txt"))
+    assert not source._maps.is_open
+    order = [6, 0, 3, 5, 1]
+    assert source.__getitems__(order) == [expected[k] for k in order]
+    assert sorted(source._maps.get()) == [0, 1]  # one mapping per file read
+    source.close()
+    assert not source._maps.is_open
+    assert source.__getitems__([4, 2]) == [expected[4], expected[2]]
+    source.close()

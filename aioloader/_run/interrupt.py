@@ -49,9 +49,11 @@ class HoldingLoop:
 
     def __enter__(self) -> HoldingLoop:
         _holding.add(threading.get_ident())
+        if threading.current_thread() is not threading.main_thread():
+            return self  # (a Loader's own loop thread: once a chunk, getsignal's enum lookups skipped)
         handler = signal.getsignal(signal.SIGINT)
         runner = getattr(getattr(handler, "func", None), "__self__", None)
-        if isinstance(runner, asyncio.Runner) and threading.current_thread() is threading.main_thread():
+        if isinstance(runner, asyncio.Runner):
             signal.signal(signal.SIGINT, _raising(handler))
             self._installed = handler
         return self

@@ -18,7 +18,7 @@ import numbers
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
-from time import perf_counter
+from time import perf_counter, thread_time
 from typing import Any, ClassVar
 
 from aioloader._run.block import Block
@@ -42,6 +42,7 @@ from aioloader._run.executors import (
 from aioloader._run.failures import FailurePolicy
 from aioloader._run.interrupt import HoldingLoop
 from aioloader._run.placement import Limiter, PlacementProbe
+from aioloader._run.placement_review import EpochRates, review
 from aioloader._run.read_fusion import NamedRead, read_then_apply
 from aioloader._run.stages.base import BuildContext, Stage, StageSpec
 from aioloader._run.stall import StallWatch
@@ -55,6 +56,7 @@ from aioloader._spec import (
     check_positive_int,
     fn_name,
     is_async_callable,
+    is_picklable,
 )
 from aioloader.errors import StageStalledError, StageTimeoutError
 from aioloader.monitor.stats import ErrorLog, StageStats
@@ -119,6 +121,7 @@ class MapStage(Stage):
         self._expected_items = expected_items
         self._owned: list[Executor] = []
         self._probes: list[PlacementProbe] = []
+        self._rates = EpochRates()  # executor="auto": what this epoch measured, for the review
         self._leftover: list[Any] = []  # calls running in threads when the stage closed
         self._tune_max: int | None = None  # concurrency="auto": the pool size, set by the tuner
         self._limiter: Limiter | None = None  # the in-flight limit while running concurrently
@@ -206,9 +209,40 @@ class MapStage(Stage):
         if kind == "inline":
             async for block in self.input:
                 await self._forward(await self._process(block))
+                self._rates.waited(0.0)
         else:
             await self._run_concurrent()
         self.output.close()
+        self._review()
+
+    def _reviewed(self) -> bool:
+        """An executor="auto" stage whose placement is reviewed after each whole epoch."""
+        spec = self.spec
+        return spec.executor == "auto" and not (spec.per_block or spec.is_async) and spec.rewrite.reads is None
+
+    def _review(self) -> None:
+        """The epoch is whole: move the stage for the next one when its rates say the
+        placement is wrong (:mod:`aioloader._run.placement_review`)."""
+        if not self._reviewed():
+            return
+        kind = self.stats.executor
+        name = self.spec.name
+        outcome = review(
+            kind,
+            self._rates,
+            work=self._work,
+            trial=self.spec.trial_runs,
+            can_process=self._runtime is not None,
+            picklable=lambda: is_picklable(self._work),
+            left=self._decisions.left.get(name, set()),
+            epoch=self._epoch,
+            tried=lambda: self._decisions.tried_once(name),
+        )
+        if outcome is None:
+            return
+        new, why = outcome
+        self.stats.placement = {**(self.stats.placement or {}), "review": why}
+        self._decisions.moved(name, kind, new, self.stats.placement)
 
     async def _probe_inline(self) -> bool:
         """executor="auto" for a sync function: measure it on the first block and choose
@@ -402,7 +436,10 @@ class MapStage(Stage):
             if ordered:
                 async for task in window:
                     outstanding.discard(task)
-                    await self._forward(await task)
+                    began = perf_counter()
+                    result = await task
+                    self._rates.waited(perf_counter() - began)
+                    await self._forward(result)
             else:
                 async for _ in window:
                     while not done:
@@ -411,6 +448,7 @@ class MapStage(Stage):
                     task = done.popleft()
                     outstanding.discard(task)
                     result = task.result()
+                    self._rates.waited(0.0)  # (unordered: taken as done, the wait not told apart)
                     slots.release()
                     await self._forward(result)
             await dispatcher
@@ -429,8 +467,11 @@ class MapStage(Stage):
         values = self._inputs(chunk)
         CHUNK_KEYS.set(chunk.keys)  # this chunk's task only: each _process is a task of its own
         work = self._work
-        if self._executor.kind in ("inline", "auto"):  # on the loop (threads: the executor's watch)
+        inline = self._executor.kind == "inline"
+        if inline or self._executor.kind == "auto":  # on the loop (threads: the executor's watch)
             work = self._stall.watched(work, chunk.keys)
+        timed = inline and self._reviewed()
+        began = thread_time() if timed else 0.0
         try:
             results, failures, busy = await self._executor.run(work, values, self.spec.timeout)
         except ChunkTimeout as timeout:
@@ -447,6 +488,11 @@ class MapStage(Stage):
         if len(results) != len(values):  # a lost or invented sample must never pass silently
             raise RuntimeError(f"stage {self.name!r}: {len(results)} results for {len(values)} inputs")
         self.stats.busy_s += busy
+        if timed:  # CPU time: a busy machine's waits for a core are not fn's cost
+            self._rates.ran(self._samples(chunk), thread_time() - began, units=len(values))
+            self._rates.last_inputs = values
+        elif not inline:
+            self._rates.ran(self._samples(chunk), busy, units=len(values))
         if len(values):
             cost = busy / len(values)
             previous = self._cost_per_item
