@@ -9,6 +9,7 @@ owns that thread, the epoch counter and any long-lived pool until ``close()``.
 from __future__ import annotations
 
 import weakref
+from collections import deque
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from dataclasses import replace
 from time import perf_counter
@@ -778,6 +779,18 @@ def _hand_out(delivery: Delivery, block: Block) -> Iterator[Any]:
     if len(values) == 1:
         delivery.current_count = 1
         yield values[0]
+        return
+    if isinstance(values, list):
+        # the block lets go of its items, so an item handed out lives only as long as the
+        # consumer keeps it (not until the block's last item is handed out)
+        block.values = []
+        pending = deque(values)
+        del values
+        count = 0
+        while pending:
+            count += 1
+            delivery.current_count = count
+            yield pending.popleft()
         return
     for count, value in enumerate(values, 1):
         delivery.current_count = count

@@ -86,6 +86,9 @@ class BatchStage(Stage):
             keys.extend(block.keys)
             seqs.extend(block.seqs)
             values.extend(block.values)
+            # not held while this block's batches wait for room: the consumer may already have
+            # (and have dropped) the first of them
+            del block
             while len(values) >= size:
                 await self._emit(keys[:size], seqs[:size], values[:size])
                 del keys[:size], seqs[:size], values[:size]
