@@ -171,3 +171,49 @@ def test_workers_share_the_shard_cache_and_the_parent_can_read_instead(server, t
     assert sent == sum(len(data) for data in server.objects.values()) and server.bytes_sent == 0
     assert stage["bytes_read"] == 0  # the second epoch's shards came from the cache
     assert len([n for n in os.listdir(tmp_path / "cache") if n.endswith(".shard")]) == SHARDS
+
+
+
+class SlowFirstShard:
+    """A 64 KiB array per sample; each sample of shard 0 (the head) takes ``delay_s`` more."""
+
+    def __init__(self, delay_s: float) -> None:
+        self.delay_s = delay_s
+
+    def __call__(self, sample: dict):
+        import time
+
+        import numpy as np
+
+        if sample["__url__"].endswith("train-000000.tar"):
+            time.sleep(self.delay_s)
+        return np.full(8192, int(sample["cls"]), dtype=np.float64)
+
+
+@pytest.mark.parametrize("limit", [128 * 1024, 1 << 30])
+def test_results_held_for_reordering_stay_within_reorder_bytes(tmp_path, limit):
+    """Shard 0 is slow: the other worker's shards (4 of the first 8) would arrive whole while
+    it is mapped; bounded, that worker waits and the parent holds at most twice the bound (the
+    shards behind the head, and the head's) plus a part per worker."""
+    samples = [{"__key__": f"k{i:05d}", "cls": i} for i in range(12 * 4)]
+    al.sources.write_shards(samples, str(tmp_path / "train-%06d.tar"), max_count=4)
+    with ObjectServer() as server:
+        for path in tmp_path.glob("*.tar"):
+            server.objects[path.name] = path.read_bytes()
+        source = al.sources.WebDataset(server.url("train-{000000..000011}.tar"), retry=FAST_RETRY, reorder_bytes=limit)
+        loader = (
+            al.Loader.from_source(source)
+            .map(SlowFirstShard(0.1), executor="process", concurrency=2)
+            .batch(4, collate=al.collate.as_list)
+            .options(block_size=2)
+        )
+        with loader:
+            got = [int(x[0]) for batch in loader for x in batch]
+            held = _fused_stage(loader)["reorder_bytes"]
+    assert got == list(range(12 * 4))  # in order, each once
+    part = 2 * 8192 * 8  # a part: a block of 2 results
+    assert held["limit"] == limit
+    if limit < 1 << 30:
+        assert held["peak"] <= 2 * limit + 2 * part, held
+    else:  # unbounded: 4 shards of 4 results arrive while shard 0 is mapped
+        assert held["peak"] >= 16 * part // 2, held

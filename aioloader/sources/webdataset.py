@@ -85,7 +85,10 @@ class WebDataset:
     ``read_in_workers``: a stream followed by ``.map(fn, executor="process")`` is read by
     the map's worker processes, each streaming its shards itself (the default; the shards'
     bytes never pass through the parent, :mod:`aioloader._run.stages.shard_map`); False: the
-    parent streams and sends each sample to a worker.
+    parent streams and sends each sample to a worker. ``reorder_bytes``: read in workers, the
+    most bytes of their results the parent holds to hand them on in shard order (the shards
+    behind a slow one, at most twice it: those and the shard handed on); past it, a worker
+    ahead of the shard handed on waits.
     """
 
     def __init__(
@@ -105,6 +108,7 @@ class WebDataset:
         client: str = "fsspec",
         scan_index: str | os.PathLike[str] | None = None,
         read_in_workers: bool = True,
+        reorder_bytes: int = 256 * _MiB,
     ) -> None:
         if on_error not in ("raise", "skip"):
             raise ValueError(f"on_error must be 'raise' or 'skip', got {on_error!r}")
@@ -115,6 +119,7 @@ class WebDataset:
         if not isinstance(read_in_workers, bool):
             raise TypeError(f"read_in_workers must be a bool, got {read_in_workers!r}")
         self.read_in_workers = read_in_workers
+        self.reorder_bytes = _positive("reorder_bytes", reorder_bytes)
         self.client = client
         self.storage_options = dict(storage_options or {})
         self.part_size = _positive("part_size", part_size)
