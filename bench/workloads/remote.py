@@ -25,9 +25,11 @@ the same samples in slightly fewer bytes: no tar headers).
 At 20 ms the indexed source runs a global shuffle (``shuffle=True``, ranged reads of single
 samples read ahead along the order): its rate as a fraction of the shard-order stream's (the
 same threads), and the order's ``aioloader.order.quality``. For the arrays, aioloader's rows
-give the rate as a fraction of the link's limit: samples/s x the mean sample's bytes (its tar
-members and headers) over 50 MB/s x the most GETs the server answered at once in that run (the
-connections the loader actually used; the server sets no total limit).
+give the steady state's share of the link's limit: the bytes the server sent after the first
+batch, over the seconds after it, over 50 MB/s x the most GETs the server answered at once in
+that run (the connections the loader actually used; the server sets no total limit); n/a
+where less than a tenth of the bytes came after the first batch (the small --quick data is
+read ahead whole within the read budget).
 """
 
 from __future__ import annotations
@@ -145,13 +147,42 @@ def _resume(make: Any, server: Any, half: int, data: int) -> str:
     return f"resume: first batch {first:.3f}s, fetched {server.bytes_sent / data:.2f} of the data ({rest + 1} batches)"
 
 
-def _link(result: Any, sample_bytes: float, connections: int) -> str:
-    """The rate as a fraction of the link's limit: LINK per connection x ``connections``."""
-    used = _rate(result) * sample_bytes
-    return f"link: {used / (LINK * max(1, connections)):.2f} of {LINK / 1e6:.0f} MB/s x {connections} connections"
+LINK_NOTE = (
+    "link: bytes sent after the first batch / (s after the first batch x 50 MB/s x the most GETs "
+    "in flight at once)"
+)
 
 
-def _shuffled(server: Any, index: str, kind: str, data: int, stream: Any, sample_bytes: float) -> str:
+class _Counted:
+    """One measured epoch with the server's bytes: in all, and after the first batch."""
+
+    def __init__(self, server: Any, name: str, make: Any, consume: Any = None) -> None:
+        at_first: list[int] = []
+
+        def take(batch: Any) -> None:
+            if not at_first:
+                at_first.append(server.bytes_sent)
+            if consume is not None:
+                consume(batch)
+
+        server.bytes_sent = 0
+        self.result = measure_once(name, make, consume=take)
+        self.sent = server.bytes_sent
+        self.steady_bytes = self.sent - (at_first[0] if at_first else 0)
+        self.connections, _ = server.in_flight()
+
+    def link(self) -> str:
+        """The steady state's bytes/s as a fraction of the link's limit: LINK per connection x
+        the most GETs in flight at once."""
+        if self.steady_bytes < 0.1 * self.sent:  # nothing left to measure the link by
+            before = 1 - self.steady_bytes / max(1, self.sent)
+            return f"link: n/a ({before:.0%} of the bytes came before the first batch)"
+        seconds = max(1e-9, self.result.elapsed_s - self.result.first_batch_s)
+        share = self.steady_bytes / seconds / (LINK * max(1, self.connections))
+        return f"link: {share:.2f} of {LINK / 1e6:.0f} MB/s x {self.connections} connections"
+
+
+def _shuffled(server: Any, index: str, kind: str, data: int, stream: Any) -> str:
     """The global shuffle's row: rate, and as a fraction of the shard-order stream's (after
     the first batch, and over the whole epoch); quality."""
     decode = keyed_jpeg if kind == "jpeg" else keyed_array
@@ -162,17 +193,15 @@ def _shuffled(server: Any, index: str, kind: str, data: int, stream: Any, sample
         .batch(BATCH)
     )
     with indexed:
-        server.bytes_sent = 0
-        result = measure_once("global", lambda: iter(indexed), consume=lambda b: keys.extend(b[2].tolist()))
-        sent = server.bytes_sent
-        most, _ = server.in_flight()
+        counted = _Counted(server, "global", lambda: iter(indexed), consume=lambda b: keys.extend(b[2].tolist()))
+    result = counted.result
     note = (
         f"{_rate(result) / max(1e-9, _rate(stream)):.2f}x the shard-order rate (whole epoch "
         f"{result.samples_per_s / max(1e-9, stream.samples_per_s):.2f}x), quality {quality(keys):.3f}"
     )
     if kind == "array":
-        note += ", " + _link(result, sample_bytes, most)
-    return _row("20 ms: aioloader shuffle=True (ranged reads, read ahead)", result, sent, data, note)
+        note += ", " + counted.link()
+    return _row("20 ms: aioloader shuffle=True (ranged reads, read ahead)", result, counted.sent, data, note)
 
 
 def _rate(result: Any) -> float:
@@ -253,7 +282,6 @@ def _section(kind: str, n: int, latencies: list[float]) -> str:
     served = [f"{folder.name}/{name}" for name in [*names, "index.json"]]
     served += [f"{folder.name}-anchors/{name}" for name in others]
     decode = decode_jpeg if kind == "jpeg" else decode_array
-    sample_bytes = data / n
     lines = [
         f"### remote {kind}: {n:,} samples in {len(names)} shards, {LINK / 1e6:.0f} MB/s per connection",
         "",
@@ -275,11 +303,9 @@ def _section(kind: str, n: int, latencies: list[float]) -> str:
             _anchors(lines, tag, server, f"{base}-anchors", decode, data, best)
             for executor, in_workers in (("thread", True), ("process", True), ("process", False)):
                 with _aio_loader(url, decode, executor, read_in_workers=in_workers) as loader:
-                    server.bytes_sent = 0
-                    result = measure_once("aioloader", lambda loader=loader: iter(loader))
-                    sent = server.bytes_sent
-                    most, _ = server.in_flight()
-                notes = [_link(result, sample_bytes, most)] if kind == "array" else []
+                    counted = _Counted(server, "aioloader", lambda loader=loader: iter(loader))
+                result, sent = counted.result, counted.sent
+                notes = [counted.link()] if kind == "array" else []
                 if executor == "thread":
                     notes.append(_resume(lambda: _aio_loader(url, decode), server, result.batches // 2, data))
                 how = "" if executor == "thread" else (", workers read" if in_workers else ", parent reads")
@@ -294,7 +320,9 @@ def _section(kind: str, n: int, latencies: list[float]) -> str:
             )
             if latency == 0.02:
                 index = server.url(f"{base}/index.json")
-                lines.append(_shuffled(server, index, kind, data, stream, sample_bytes))
+                lines.append(_shuffled(server, index, kind, data, stream))
+    if kind == "array":
+        lines.append(f"| {LINK_NOTE} | | | | | |")
     if kind == "jpeg":
         lines.append(f"| decode limit: 2 processes, decode only | {_ceiling(folder):,.0f} | | | | |")
     return "\n".join([*lines, "", *([anchors.NOTES] if anchors.NOTES else [])])
