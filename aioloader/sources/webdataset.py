@@ -82,10 +82,12 @@ class WebDataset:
     ``scan_index``: a local file where the stream records the byte ranges of the samples of
     each shard it reads whole; once it covers every shard, a ``WebDataset`` built over the
     same URLs is indexable, as with ``index`` (:mod:`aioloader.io.scan_index`).
-    ``read_in_workers``: a stream followed by ``.map(fn, executor="process")`` is read by
-    the map's worker processes, each streaming its shards itself (the default; the shards'
-    bytes never pass through the parent, :mod:`aioloader._run.stages.shard_map`); False: the
-    parent streams and sends each sample to a worker. ``reorder_bytes``: read in workers, the
+    ``read_in_workers=True``: a stream followed by ``.map(fn, executor="process")`` is read
+    by the map's worker processes, each streaming its shards itself (the shards' bytes never
+    pass through the parent, :mod:`aioloader._run.stages.shard_map`): faster for a cheap ``fn``
+    over large samples (I/O-bound); with a CPU-bound ``fn`` (a JPEG decode) the parent's
+    stream measured faster, so it is the default (False: the parent streams and sends each
+    sample to a worker; docs/remote.md has the numbers). ``reorder_bytes``: read in workers, the
     most bytes of their results the parent holds to hand them on in shard order (the shards
     behind a slow one, at most twice it: those and the shard handed on); past it, a worker
     ahead of the shard handed on waits.
@@ -107,7 +109,7 @@ class WebDataset:
         cache_bytes: int | None = None,
         client: str = "fsspec",
         scan_index: str | os.PathLike[str] | None = None,
-        read_in_workers: bool = True,
+        read_in_workers: bool = False,
         reorder_bytes: int = 256 * _MiB,
     ) -> None:
         if on_error not in ("raise", "skip"):

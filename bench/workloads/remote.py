@@ -10,9 +10,9 @@ sent over the dataset's bytes, and for aioloader the first batch after a resume 
 of the epoch (and the bytes that resumed run fetched over the bytes still to read).
 
 aioloader decodes in 2 threads (Pillow and numpy release the GIL), and in 2 processes: the
-workers streaming their shards themselves (the default), and the parent reading and parsing
-the shards for the workers to decode (``read_in_workers=False``); the resume is measured with threads,
-so its fresh loader measures the read path rather than the start of a process pool.
+workers streaming their shards themselves (``read_in_workers=True``), and the parent reading
+and parsing the shards for the workers to decode (the default); the resume is measured with
+threads, so its fresh loader measures the read path rather than the start of a process pool.
 
 Anchors: the ``webdataset`` package in torch ``DataLoader(num_workers=2)`` (one ``curl`` per
 shard), Mosaic Streaming and LitData (num_workers=2) reading the same samples in their formats
@@ -110,7 +110,7 @@ def _wds_loader(urls: list[str], decode: Any) -> Any:
 
 
 def _aio_loader(
-    url: str, decode: Any, executor: str = "thread", *, read_in_workers: bool = True, **options: Any
+    url: str, decode: Any, executor: str = "thread", *, read_in_workers: bool = False, **options: Any
 ) -> al.Loader:
     retry = Retry(timeout_s=30.0)
     source = al.sources.WebDataset(url, retry=retry, read_in_workers=read_in_workers)

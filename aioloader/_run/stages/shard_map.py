@@ -242,4 +242,5 @@ def _shard_executor(spec: MapSpec, runtime: Any) -> Any:
     executor = factory(spec, runtime)
     executor.pool_key = "shard-stream-pool"
     executor.tasks_per_worker = 1 + QUEUED
+    executor.spread = True  # shards dealt in turn: the workers start together and end together
     return executor
