@@ -26,6 +26,7 @@ from __future__ import annotations
 import asyncio
 import atexit
 import copy
+import os
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from time import perf_counter
@@ -68,6 +69,8 @@ class ShardOutput:
     bytes_read: int = 0
     next_index: int = 0  # the shard's samples before this index have been read
     nbytes: int = 0  # the results' bytes, as the parent counts them for its bound
+    worker: int = 0  # the pid of the worker that read and mapped them
+    fn_s: float = 0.0  # seconds ``fn`` took on them
 
 
 class _WorkerLoop:
@@ -194,6 +197,7 @@ class ShardStreamWork:
         """``out`` made ready to travel: the members skipped since the last part, the bytes
         read, its results' bytes (counted at the gate); returns the reports handed on so far."""
         io = self._io_loop()
+        out.worker = os.getpid()
         out.nbytes = block_nbytes(Block(out.indices, out.indices, out.results))
         if gate is not None:
             gate.sent(slot, out.nbytes)
@@ -248,11 +252,13 @@ class ShardStreamWork:
                     turn_at = perf_counter() + _TURN_S
                 out.indices.append(index)
                 out.next_index = index + 1
+                began = perf_counter()
                 try:
                     out.results.append(self.fn(sample))
                 except Exception as exc:
                     out.results.append(None)
                     out.failures.append((len(out.indices) - 1, _portable(exc)))
+                out.fn_s += perf_counter() - began
                 if len(out.indices) >= every and self._send is not None:
                     opened.sent = self._finish(out, opened, opened.sent, gate, slot)
                     self._send(out)

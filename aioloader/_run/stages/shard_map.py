@@ -89,6 +89,7 @@ class ShardMapStage(Stage):
         self.stats = StageStats(spec.name, workers=self._executor.workers, executor="process")
         self.stats.reads = SOURCE
         self.stats.bytes_read = 0
+        self.stats.by_worker = {}
         self._gate: HeldGate | None = None
 
     def close(self) -> None:
@@ -176,6 +177,7 @@ class ShardMapStage(Stage):
             if outcome.kind == "ok":
                 outputs, _, busy = outcome.value
                 self.stats.busy_s += busy
+                self._by_worker(outputs[0].worker)["shards"] += 1
                 got(outputs[0])
                 return
             if outcome.kind != "crash":  # an error of the work itself, or a stall given up
@@ -201,10 +203,18 @@ class ShardMapStage(Stage):
             if out.error is not None:
                 raise annotate(out.error, SOURCE, getattr(out.error, "key", None)) from None
 
+    def _by_worker(self, pid: int) -> dict[str, float]:
+        """What the worker ``pid`` did this run: shards, samples and seconds in ``fn`` (a worker
+        idle at the end of a run shows as less busy than the others)."""
+        return self.stats.by_worker.setdefault(pid, {"shards": 0, "samples": 0, "busy_s": 0.0})
+
     async def _hand_on(self, place: int, out: ShardOutput) -> None:
         """One part's results downstream, in blocks; ``fn``'s failures under ``on_error``."""
         shard = self._shards[place]
         self.stats.bytes_read += out.bytes_read
+        mine = self._by_worker(out.worker)
+        mine["busy_s"] += out.fn_s
+        mine["samples"] += len(out.indices)
         for key, exc in out.reports:
             self._errors.record(SOURCE, key, exc)
         failed = dict(out.failures)
