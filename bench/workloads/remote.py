@@ -4,7 +4,9 @@ The server (``tests/object_server.py``: aiohttp on 127.0.0.1, run in a process o
 ``bench/object_server_process.py``) adds a first-byte latency of 0, 20 and 100 ms to every GET
 and sends at most 50 MB/s per connection. Two workloads: JPEGs
 decoded and resized to 224 (CPU-bound here) and pre-decoded float32 arrays of ~150 KB with no
-decode (I/O-bound). Each contender reads one epoch; the table gives samples/s after the first
+decode (I/O-bound). Before each measurement the bench waits (up to 10 s) until no process of
+an earlier contender is left (an anchor's workers still ending would compute during it); a
+row says how long it waited (from 0.2 s), or names any still running after that. Each contender reads one epoch; the table gives samples/s after the first
 batch, the time to that batch, peak memory over the process tree (PSS), the bytes the server
 sent over the dataset's bytes, and for aioloader the first batch after a resume from the middle
 of the epoch (and the bytes that resumed run fetched over the bytes still to read).
@@ -42,6 +44,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import psutil
 import torch
 
 import aioloader as al
@@ -153,10 +156,44 @@ LINK_NOTE = (
 )
 
 
+SETTLE_S = 10.0  # the most a measurement waits for an earlier contender's processes to end
+
+
+def _settle(server: Any) -> str:
+    """Wait (up to SETTLE_S) until no process of an earlier contender is left in this process
+    tree (an anchor's workers, its downloader, still ending), so none computes during the next
+    measurement; returns a note naming those still there after that."""
+    keep = {server._process.pid}
+    started = time.monotonic()
+    while True:
+        stray = [p for p in psutil.Process().children(recursive=True) if p.pid not in keep]
+        stray = [p for p in stray if _alive(p)]
+        waited = time.monotonic() - started
+        if not stray or waited >= SETTLE_S:
+            break
+        time.sleep(0.05)
+    if stray:
+        return f"{len(stray)} processes of an earlier contender still running"
+    return f"waited {waited:.1f}s for an earlier contender's processes to end" if waited >= 0.2 else ""
+
+
+def _alive(process: Any) -> bool:
+    """Whether ``process`` is a contender's, still running (not multiprocessing's resource
+    tracker or fork server, which stay for the interpreter's life and compute nothing)."""
+    try:
+        command = " ".join(process.cmdline())
+        return process.status() != psutil.STATUS_ZOMBIE and not any(
+            helper in command for helper in ("resource_tracker", "forkserver")
+        )
+    except psutil.Error:
+        return False
+
+
 class _Counted:
     """One measured epoch with the server's bytes: in all, and after the first batch."""
 
     def __init__(self, server: Any, name: str, make: Any, consume: Any = None) -> None:
+        self.stray = _settle(server)
         at_first: list[int] = []
 
         def take(batch: Any) -> None:
@@ -201,6 +238,8 @@ def _shuffled(server: Any, index: str, kind: str, data: int, stream: Any) -> str
     )
     if kind == "array":
         note += ", " + counted.link()
+    if counted.stray:
+        note += ", " + counted.stray
     return _row("20 ms: aioloader shuffle=True (ranged reads, read ahead)", result, counted.sent, data, note)
 
 
@@ -262,15 +301,14 @@ def _anchors(
             )
         )
     for label, name, make in contenders:
-        server.bytes_sent = 0
         try:
-            result = measure_once(name, make)
+            counted = _Counted(server, name, make)
         except Exception as exc:  # the anchor's own failure: reported, not measured
             reason = " ".join(str(exc).split())[:160]
             lines.append(f"| {tag}: {label} | failed | | | | {type(exc).__name__}: {reason} |")
             continue
-        lines.append(_row(f"{tag}: {label}", result, server.bytes_sent, data))
-        best[name] = _rate(result)
+        lines.append(_row(f"{tag}: {label}", counted.result, counted.sent, data, counted.stray))
+        best[name] = _rate(counted.result)
 
 
 def _section(kind: str, n: int, latencies: list[float]) -> str:
@@ -296,16 +334,17 @@ def _section(kind: str, n: int, latencies: list[float]) -> str:
         for latency in latencies:
             server.latency_s = latency
             tag = f"{latency * 1000:.0f} ms"
-            server.bytes_sent = 0
-            wds_result = measure_once("webdataset", lambda: _wds_loader(urls, decode))
-            lines.append(_row(f"{tag}: webdataset, torch DL w=2", wds_result, server.bytes_sent, data))
-            best = {"webdataset": _rate(wds_result)}
+            wds = _Counted(server, "webdataset", lambda: _wds_loader(urls, decode))
+            lines.append(_row(f"{tag}: webdataset, torch DL w=2", wds.result, wds.sent, data, wds.stray))
+            best = {"webdataset": _rate(wds.result)}
             _anchors(lines, tag, server, f"{base}-anchors", decode, data, best)
             for executor, in_workers in (("thread", True), ("process", True), ("process", False)):
                 with _aio_loader(url, decode, executor, read_in_workers=in_workers) as loader:
                     counted = _Counted(server, "aioloader", lambda loader=loader: iter(loader))
                 result, sent = counted.result, counted.sent
-                notes = [counted.link()] if kind == "array" else []
+                notes = [note for note in (counted.stray,) if note]
+                if kind == "array":
+                    notes.append(counted.link())
                 if executor == "thread":
                     notes.append(_resume(lambda: _aio_loader(url, decode), server, result.batches // 2, data))
                 how = "" if executor == "thread" else (", workers read" if in_workers else ", parent reads")
