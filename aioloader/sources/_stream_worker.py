@@ -47,7 +47,6 @@ _TAKE = 32  # samples taken from the stream at once (a part usually holds severa
 WORKER_PART = 1 << 20
 QUEUED = 3  # shard tasks queued behind a worker's running one (read ahead as they come)
 _TURN_S = 0.002  # the loop turns between samples at most this often (each turn polls the sockets)
-_LOOK_S = 0.05  # the pipe is looked at for newly queued tasks at most this often (a poll: ~1 ms loaded)
 _WAIT_S = 0.002  # how often a worker held back by the parent's bound looks again
 
 # shard, skip, size, every, and the run's gate: its name, slots and this task's slot (or None)
@@ -139,7 +138,6 @@ class ShardStreamWork:
         self._gate: GateView | None = None
         self._send: Callable[[Any], None] | None = None
         self._peek: Callable[[], Any] | None = None
-        self._look_at = 0.0  # when the pipe may be looked at next
         self._reported = 0  # the store's bytes read, up to the last output's end
 
     def __getstate__(self) -> dict[str, Any]:
@@ -239,7 +237,7 @@ class ShardStreamWork:
         turn_at = perf_counter() + _TURN_S
         while True:
             try:
-                taken = await (pending if pending is not None else _take(opened.stream, _TAKE))
+                taken = await self._taken(pending if pending is not None else _take(opened.stream, _TAKE))
             except Exception as exc:  # a missing or corrupt shard: after its samples
                 out.error = _portable(exc)
                 return out
@@ -263,12 +261,27 @@ class ShardStreamWork:
                     opened.sent = self._finish(out, opened, opened.sent, gate, slot)
                     self._send(out)
                     out = ShardOutput(next_index=out.next_index)
-                if (now := perf_counter()) >= turn_at:  # the reads in flight take what has arrived
-                    if len(self._open) < QUEUED and now >= self._look_at:
-                        self._look_at = now + _LOOK_S
+                if perf_counter() >= turn_at:  # the reads in flight take what has arrived
+                    if len(self._open) < QUEUED:
                         self._look()
                     await asyncio.sleep(0)
                     turn_at = perf_counter() + _TURN_S
+
+    async def _taken(self, taking: Any) -> list[Any]:
+        """The samples ``taking`` takes, the pipe looked at while they are awaited (a task
+        queued meanwhile starts its reads now, not after this shard)."""
+        task = asyncio.ensure_future(taking)
+        try:
+            while True:
+                done, _ = await asyncio.wait({task}, timeout=_TURN_S)
+                if done:
+                    return task.result()
+                if len(self._open) < QUEUED:
+                    self._look()
+        finally:
+            if not task.done():  # (cancelled) its reads stop with it
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
 
     def __repr__(self) -> str:
         return f"ShardStreamWork({self.dataset.describe()}, {self.fn!r})"
