@@ -124,7 +124,7 @@ class ShardStreamWork:
 
     ``dataset``: a :class:`~aioloader.sources.WebDataset` (streamed); ``fn``: the map's
     function. ``size`` is the shard's size when the parent looked it up (None: looked up here);
-``gate``: the run's bound on results held by the parent (None: none).
+    ``gate``: the run's bound on results held by the parent (None: none).
     It looks at the task queued behind the running one as soon as it is in the pipe
     (:meth:`look_ahead`): that shard's reads begin then, so its first bytes are here when
     its turn comes.
