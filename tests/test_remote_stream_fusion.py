@@ -99,9 +99,8 @@ def test_fused_run_gives_the_unfused_batches_and_the_parent_reads_no_sample_byte
     )
     # every byte the server sent went to the workers: one epoch's shards, once
     assert stage["bytes_read"] == sent == total
-    # the shards were dealt in turn: 3 and 2 of the 5 to the two workers, whichever started first
-    workers = stage["by_worker"]
-    assert sorted(w["shards"] for w in workers) == [2, 3] and sum(w["samples"] for w in workers) == 40, workers
+    workers = stage["by_worker"]  # what each worker did (how many shards each: timing)
+    assert sum(w["shards"] for w in workers) == SHARDS and sum(w["samples"] for w in workers) == 40, workers
 
 
 def test_fused_resume_reads_from_the_open_shard_on_and_gives_the_rest(server):
