@@ -162,7 +162,10 @@ def test_workers_share_the_shard_cache_and_the_parent_can_read_instead(server, t
         expected = list(parent_reads)
         assert [st["name"] for st in parent_reads.stats()["stages"]] == ["source", "map(describe)", "batch"]
     urls = server.url(f"train-{{000000..{SHARDS - 1:06d}}}.tar")
-    default = al.Loader.from_source(al.sources.WebDataset(urls, retry=FAST_RETRY), shuffle=True, seed=5)
+    source = al.sources.WebDataset(urls, retry=FAST_RETRY)
+    # by default Ray's actors read their shards (they may be on other machines), processes not
+    assert source.reads_in_workers("ray") and not source.reads_in_workers("process")
+    default = al.Loader.from_source(source, shuffle=True, seed=5)
     with default.map(describe, executor="process", concurrency=2).batch(3, collate=al.collate.as_list) as loader:
         assert list(loader) == expected  # the parent streams by default (it measured faster for a CPU-bound map)
         assert [st["name"] for st in loader.stats()["stages"]] == ["source", "map(describe)", "batch"]

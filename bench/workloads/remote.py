@@ -113,7 +113,7 @@ def _wds_loader(urls: list[str], decode: Any) -> Any:
 
 
 def _aio_loader(
-    url: str, decode: Any, executor: str = "thread", *, read_in_workers: bool = False, **options: Any
+    url: str, decode: Any, executor: str = "thread", *, read_in_workers: bool | None = None, **options: Any
 ) -> al.Loader:
     retry = Retry(timeout_s=30.0)
     source = al.sources.WebDataset(url, retry=retry, read_in_workers=read_in_workers)

@@ -15,7 +15,8 @@ unfused stream does), then the shards after it. The parent looks up the shards' 
 Memory: the parent holds the parts received and not yet handed on (the shards behind a slow
 one), within the source's ``reorder_bytes`` (:mod:`aioloader._run.held_gate`): past it, a
 worker on a shard other than the one handed on waits before its next sample (and the worker
-on that one, past it in its own shard's results: the consumer is behind).
+on that one, past it in its own shard's results: the consumer is behind). Process workers
+only: the segment is on this machine, and Ray's actors may not be.
 
 Failures: ``fn``'s go through the map's ``on_error`` with the sample's key; a corrupt member
 skipped under the source's ``on_error="skip"`` is reported by stage ``"source"`` with its key
@@ -24,6 +25,12 @@ under ``"raise"`` ends the run after that shard's samples before the damage. A w
 dies mid-shard loses only the block it was on: the shard is given to a worker again from the
 first sample not yet received (read again from the shard's start), at most
 :data:`~aioloader.workers.executor.MAX_ATTEMPTS` times, so nothing is lost or doubled.
+
+With ``executor="ray"`` the stage's Ray actors read the shards the same way (the same work,
+:class:`~aioloader.sources._stream_worker.ShardStreamWork`, in each actor, its parts sent back
+by a Ray streaming call: :meth:`aioloader.ray._actor.MapActor.run_parts`), but an actor reads
+no queued shard ahead (Ray gives a running call no view of the calls queued behind it). A dead
+actor's shard is read again from its first sample not received.
 
 Used where nothing else can differ (:func:`aioloader._run.rewrite.fuse_stream`); elsewhere the
 source stage streams in the parent.
@@ -86,7 +93,8 @@ class ShardMapStage(Stage):
         self._executor = _shard_executor(spec, runtime)
         self._work = ShardStreamWork(dataset, spec.fn)
         self.output: Channel
-        self.stats = StageStats(spec.name, workers=self._executor.workers, executor="process")
+        self.stats = StageStats(spec.name, workers=self._executor.workers, executor=self._executor.kind)
+        self.stats.describe_workers = getattr(self._executor, "describe", None)  # a Ray stage's actors
         self.stats.reads = SOURCE
         self.stats.bytes_read = 0
         self.stats.by_worker = {}
@@ -170,7 +178,8 @@ class ShardMapStage(Stage):
 
         detail = ""
         for _ in range(MAX_ATTEMPTS):
-            gate = (self._gate.name, self._gate.slots, slot)
+            # Ray's actors may be on other machines: the bound is the process pool's
+            gate = (self._gate.name, self._gate.slots, slot) if self._executor.kind == "process" else None
             value = (shard, received[0], size, self._block_size, gate)
             future = pool.submit(wire.pack([value]), None, label=[(shard, received[0])], on_part=on_part)
             outcome = await asyncio.wrap_future(future)
@@ -187,7 +196,7 @@ class ShardMapStage(Stage):
             self._gate.lift()
         url = self._dataset.urls[shard]
         raise WorkerCrashError(
-            f"stage {self.name!r}: a worker process died each of the {MAX_ATTEMPTS} times it read "
+            f"stage {self.name!r}: {self._executor.runner} died each of the {MAX_ATTEMPTS} times it read "
             f"shard {url} (from sample {received[0]}; last: {detail}); giving up on it",
             stage=self.name,
             key=(shard, received[0]),
@@ -244,13 +253,14 @@ async def _size(store: Any, url: str) -> int | None:
 
 
 def _shard_executor(spec: MapSpec, runtime: Any) -> Any:
-    """The process executor of the stage's pool: a pool of its own (its work is the shard
-    task, not the map's chunk), started at the first shard and kept by the Loader."""
-    factory = external_executor("process")
-    if factory is None:  # registered by aioloader.workers
-        raise ValueError("executor 'process' is not available")
+    """The process (or Ray) executor of the stage's pool: a pool of its own (its work is the
+    shard task, not the map's chunk), started at the first shard and kept by the Loader."""
+    factory = external_executor(spec.executor)
+    if factory is None:  # registered by aioloader.workers (and aioloader.ray)
+        raise ValueError(f"executor {spec.executor!r} is not available")
     executor = factory(spec, runtime)
     executor.pool_key = "shard-stream-pool"
-    executor.tasks_per_worker = 1 + QUEUED
-    executor.spread = True  # shards dealt in turn: the workers start together and end together
+    if spec.executor == "process":
+        executor.tasks_per_worker = 1 + QUEUED
+        executor.spread = True  # shards dealt in turn: the workers start together and end together
     return executor
