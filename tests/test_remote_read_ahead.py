@@ -172,3 +172,69 @@ def test_a_missing_shard_read_ahead_is_named_or_its_samples_skipped(server):
         errors = loader.stats()["errors"]
     assert sorted(got) == [i for i in range(SHARDS * PER_SHARD) if i // PER_SHARD != 2]
     assert len(errors) == PER_SHARD  # each of its samples reported by its key
+
+
+@pytest.fixture
+def parquet_server(tmp_path):
+    pa = pytest.importorskip("pyarrow")
+    pq = pytest.importorskip("pyarrow.parquet")
+    with ObjectServer() as srv:
+        for shard in range(4):  # 4 files of 4 row groups of 8 rows
+            ids = list(range(shard * 32, shard * 32 + 32))
+            table = pa.table({"id": ids, "x": [bytes([i % 256]) * 2000 for i in ids]})
+            path = tmp_path / f"p{shard}.parquet"
+            pq.write_table(table, path, row_group_size=8, compression="none")
+            srv.objects[path.name] = path.read_bytes()
+        yield srv
+
+
+def test_shuffled_indexed_parquet_reads_each_row_group_once_ahead_with_requests_in_flight(parquet_server):
+    srv = parquet_server
+    urls = [srv.url(f"p{i}.parquet") for i in range(4)]
+    ds = al.sources.ParquetShards(urls, indexed=True, retry=FAST_RETRY, max_requests=4)
+    srv.latency_s = 0.05
+    srv.requests.clear()
+    srv.max_in_flight = 0
+    with al.Loader.from_source(ds, shuffle=True, seed=1).batch(4, collate=al.collate.as_list) as loader:
+        got = [row["id"] for batch in loader for row in batch]
+    assert sorted(got) == list(range(128)) and got != sorted(got)
+    # along the order, every row of a row group is admitted before its turn: each of the 16 row
+    # groups read once (one GET each: pyarrow joins the columns' ranges), and each file's footer
+    # once or twice (the run's loop reads it again); read a block of keys at a time, the 4-row-
+    # group cache read each one again and again (103 GETs in a run like this one)
+    assert sum(srv.requests.values()) <= 16 + 2 * 4
+    assert 2 <= srv.max_in_flight <= 4  # counted at the server, bounded by max_requests
+
+
+@pytest.mark.parametrize("budget", [40, 30])
+async def test_unit_read_ahead_holds_units_within_its_budget_and_reads_one_again_only_after_it_left(budget):
+    from aioloader.io.read_ahead import UnitReadAhead
+
+    reads: list[int] = []
+    in_flight = [0, 0]  # now, most
+
+    async def read(unit: int) -> str:
+        reads.append(unit)
+        in_flight[0] += 1
+        in_flight[1] = max(in_flight)
+        await asyncio.sleep(0.001)
+        in_flight[0] -= 1
+        return f"unit {unit}"
+
+    order = [0, 1, 0, 2, 1, 3, 0, 3, 2, 4, 5, 4]  # key k is in unit order[k]
+    keys = ((key, unit, 10) for key, unit in enumerate(order))
+    ahead = UnitReadAhead(keys, read, budget=budget, max_requests=2)
+    most = 0
+    try:
+        for key, unit in enumerate(order):
+            assert await ahead.take(key) == f"unit {unit}"
+            most = max(most, ahead.held)
+            assert ahead.held <= budget
+        assert await ahead.take(99) is None  # outside the plan: the caller reads it
+    finally:
+        await ahead.aclose()
+    assert most == budget and in_flight[1] <= 2
+    if budget == 40:  # units 0-3 and all their keys fit: each is held until its last key, read once
+        assert reads[:4] == [0, 1, 2, 3] and sorted(set(reads[4:])) == [4, 5]
+    else:  # unit 0 leaves at key 2 (unit 3 needs the room) and is read again for key 6
+        assert reads[:5] == [0, 1, 2, 3, 0] and sorted(set(reads)) == [0, 1, 2, 3, 4, 5]

@@ -66,6 +66,7 @@ def server(shard_dir):
 
 def _loader(server: ObjectServer, executor: str, fn=describe, *, on_error="raise", source_errors="raise", **options):
     urls = server.url(f"train-{{000000..{SHARDS - 1:06d}}}.tar")
+    options.setdefault("read_in_workers", True)
     source = al.sources.WebDataset(urls, retry=FAST_RETRY, on_error=source_errors, **options)
     return (
         al.Loader.from_source(source, shuffle=True, seed=5)
@@ -98,6 +99,8 @@ def test_fused_run_gives_the_unfused_batches_and_the_parent_reads_no_sample_byte
     )
     # every byte the server sent went to the workers: one epoch's shards, once
     assert stage["bytes_read"] == sent == total
+    workers = stage["by_worker"]  # what each worker did (how many shards each: timing)
+    assert sum(w["shards"] for w in workers) == SHARDS and sum(w["samples"] for w in workers) == 40, workers
 
 
 def test_fused_resume_reads_from_the_open_shard_on_and_gives_the_rest(server):
@@ -158,6 +161,14 @@ def test_workers_share_the_shard_cache_and_the_parent_can_read_instead(server, t
     with _loader(server, "process", read_in_workers=False) as parent_reads:
         expected = list(parent_reads)
         assert [st["name"] for st in parent_reads.stats()["stages"]] == ["source", "map(describe)", "batch"]
+    urls = server.url(f"train-{{000000..{SHARDS - 1:06d}}}.tar")
+    source = al.sources.WebDataset(urls, retry=FAST_RETRY)
+    # by default Ray's actors read their shards (they may be on other machines), processes not
+    assert source.reads_in_workers("ray") and not source.reads_in_workers("process")
+    default = al.Loader.from_source(source, shuffle=True, seed=5)
+    with default.map(describe, executor="process", concurrency=2).batch(3, collate=al.collate.as_list) as loader:
+        assert list(loader) == expected  # the parent streams by default (it measured faster for a CPU-bound map)
+        assert [st["name"] for st in loader.stats()["stages"]] == ["source", "map(describe)", "batch"]
     cache = {"cache": str(tmp_path / "cache"), "cache_bytes": 1 << 20}
     with _loader(server, "process", **cache) as fused:
         server.bytes_sent = 0
@@ -171,3 +182,50 @@ def test_workers_share_the_shard_cache_and_the_parent_can_read_instead(server, t
     assert sent == sum(len(data) for data in server.objects.values()) and server.bytes_sent == 0
     assert stage["bytes_read"] == 0  # the second epoch's shards came from the cache
     assert len([n for n in os.listdir(tmp_path / "cache") if n.endswith(".shard")]) == SHARDS
+
+
+
+class SlowFirstShard:
+    """A 64 KiB array per sample; each sample of shard 0 (the head) takes ``delay_s`` more."""
+
+    def __init__(self, delay_s: float) -> None:
+        self.delay_s = delay_s
+
+    def __call__(self, sample: dict):
+        import time
+
+        import numpy as np
+
+        if sample["__url__"].endswith("train-000000.tar"):
+            time.sleep(self.delay_s)
+        return np.full(8192, int(sample["cls"]), dtype=np.float64)
+
+
+@pytest.mark.parametrize("limit", [128 * 1024, 1 << 30])
+def test_results_held_for_reordering_stay_within_reorder_bytes(tmp_path, limit):
+    """Shard 0 is slow: the other worker's shards (4 of the first 8) would arrive whole while
+    it is mapped; bounded, that worker waits and the parent holds at most twice the bound (the
+    shards behind the head, and the head's) plus a part per worker."""
+    samples = [{"__key__": f"k{i:05d}", "cls": i} for i in range(12 * 4)]
+    al.sources.write_shards(samples, str(tmp_path / "train-%06d.tar"), max_count=4)
+    with ObjectServer() as server:
+        for path in tmp_path.glob("*.tar"):
+            server.objects[path.name] = path.read_bytes()
+        urls = server.url("train-{000000..000011}.tar")
+        source = al.sources.WebDataset(urls, retry=FAST_RETRY, read_in_workers=True, reorder_bytes=limit)
+        loader = (
+            al.Loader.from_source(source)
+            .map(SlowFirstShard(0.1), executor="process", concurrency=2)
+            .batch(4, collate=al.collate.as_list)
+            .options(block_size=2)
+        )
+        with loader:
+            got = [int(x[0]) for batch in loader for x in batch]
+            held = _fused_stage(loader)["reorder_bytes"]
+    assert got == list(range(12 * 4))  # in order, each once
+    part = 2 * 8192 * 8  # a part: a block of 2 results
+    assert held["limit"] == limit
+    if limit < 1 << 30:
+        assert held["peak"] <= 2 * limit + 2 * part, held
+    else:  # unbounded: 4 shards of 4 results arrive while shard 0 is mapped
+        assert held["peak"] >= 16 * part // 2, held

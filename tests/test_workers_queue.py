@@ -163,3 +163,24 @@ def test_submitting_to_a_closed_pool_touches_no_other_pool():
         assert [_submit(live, ("sleep", 0.0)).result(30).kind for _ in range(3)] == ["ok"] * 3
     finally:
         live.close()
+
+
+def _pid_after(values: list) -> tuple[list, list, float]:
+    """Sleep, then say which worker ran the task."""
+    import time
+
+    time.sleep(values[0])
+    return [os.getpid()], [], 0.0
+
+
+def test_a_spread_pool_deals_tasks_in_turn_while_its_workers_start():
+    """Four 1 s tasks submitted as the pool starts: each worker gets two (stream fusion's
+    shards), where a plain pool gives the first worker ready all four it may hold (unless
+    both are ready at the same moment)."""
+    pool = ProcessPool(_pid_after, workers=2, name="spread", tasks_per_worker=4, spread=True)
+    try:
+        futures = [pool.submit(wire.pack([1.0])) for _ in range(4)]
+        pids = [future.result(60).value[0][0] for future in futures]
+    finally:
+        pool.close()
+    assert sorted(pids.count(pid) for pid in set(pids)) == [2, 2], pids

@@ -87,12 +87,16 @@ def fuse_stream(source: ShardStreamSource, specs: Sequence[StageSpec], *, prefix
     stream's reads: :mod:`aioloader._run.stages.shard_map`), or None, the stream then read in
     the parent: for a map not in processes or Ray actors (threads share the parent's loop, which reads
     without copies), one that is not per item, random, timed or retried (a shard's task
-    would carry them all), a source that offers no ``worker_stream()``, and a resume whose
-    shuffle buffer is read again first (its samples come from several shards)."""
+    would carry them all), a source that offers no ``worker_stream()`` or whose stream says
+    its ``reads_in_workers(executor)`` is False, and a resume whose shuffle buffer is read
+    again first (its samples come from several shards)."""
     if not specs or prefix or source.worker_stream is None:
         return None
     spec = specs[0]
     if not isinstance(spec, MapSpec) or spec.executor not in ("process", "ray") or not pooled_per_item(spec):
+        return None
+    reads_in_workers = getattr(source.worker_stream, "reads_in_workers", None)
+    if reads_in_workers is not None and not reads_in_workers(spec.executor):
         return None
     if spec.timeout is not None or spec.retries or spec.rewrite.fused_batch is not None:
         return None

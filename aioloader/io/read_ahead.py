@@ -19,13 +19,19 @@ before they are asked for:
 
 It owns its tasks: the planner starts at the first :meth:`take` (on the loop that reads), and
 :meth:`aclose` cancels and awaits it and every read.
+
+:class:`UnitReadAhead` does the same for sources whose keys are parts of larger units read
+whole (an indexed Parquet file's rows: a row group is read with the selected columns'
+byte ranges, by pyarrow). Along the order, each unit an admitted key needs is read once, ahead,
+and held until the last admitted key of it is taken; a unit needed again after that is read
+again. The units held stay within the byte budget (by the size the source gives each unit).
 """
 
 from __future__ import annotations
 
 import asyncio
 from collections import defaultdict, deque
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from typing import Any
 
 from aioloader.io.store import ObjectStore
@@ -260,3 +266,136 @@ class ReadAhead:
         view = memoryview(data)  # each span a view of the request's bytes: not copied again
         for span in group:
             span.settle(view[span.start - low : span.end - low], None)
+
+
+class _Unit:
+    __slots__ = ("read", "refs", "size", "unit")
+
+    def __init__(self, unit: Any, size: int, read: asyncio.Task[Any]) -> None:
+        self.unit, self.size, self.read = unit, size, read
+        self.refs = 1  # admitted keys that have not taken it yet
+
+
+class UnitReadAhead:
+    """The units of ``keys`` (``(key, unit, size)`` in the order they will be taken: the unit
+    holding the key and its size in bytes), each read by ``read(unit)`` ahead of the takes,
+    at most ``max_requests`` at once, the units held (read or in flight) within ``budget``
+    bytes (one larger than the budget is held alone). :meth:`take` must be called in that
+    order (concurrent calls are fine)."""
+
+    def __init__(
+        self,
+        keys: Iterator[tuple[Any, Any, int]],
+        read: Callable[[Any], Awaitable[Any]],
+        *,
+        budget: int,
+        max_requests: int,
+        max_keys: int = 16384,
+    ) -> None:
+        self._keys = keys
+        self._read = read
+        self._budget = budget
+        self._max_keys = max_keys
+        self._limit = asyncio.Semaphore(max_requests)
+        self.held = 0  # bytes of the units admitted and not released
+        self._count = 0  # keys admitted and not yet taken
+        self._room = asyncio.Event()
+        self._units: dict[Any, _Unit] = {}  # admitted, by unit
+        self._admitted: dict[Any, deque[_Unit]] = defaultdict(deque)  # key -> its units, in order
+        self._waiting: dict[Any, list[asyncio.Future[_Unit | None]]] = defaultdict(list)
+        self.reads = 0  # units read, for stats and tests
+        self._done = False
+        self._planner: asyncio.Task[None] | None = None
+        self._tasks: set[asyncio.Task[Any]] = set()  # the reads running
+        self._closed = False
+
+    async def take(self, key: Any) -> Any:
+        """What ``read`` gave for ``key``'s unit (read ahead); None when ``key`` is not (or no
+        longer) in the plan, for the caller to read it itself."""
+        if self._closed:
+            return None
+        if self._planner is None:
+            self._planner = asyncio.create_task(self._plan(), name="aioloader-read-ahead")
+        queue = self._admitted.get(key)
+        if queue:
+            entry = queue.popleft()
+            if not queue:
+                del self._admitted[key]
+        elif self._done:
+            return None
+        else:  # not admitted yet: the planner gets to it as earlier keys are taken
+            waiter: asyncio.Future[_Unit | None] = asyncio.get_running_loop().create_future()
+            self._waiting[key].append(waiter)
+            found = await waiter
+            if found is None:
+                return None
+            entry = found
+        try:
+            return await asyncio.shield(entry.read)  # a taker cancelled leaves the read to others
+        finally:
+            self._count -= 1
+            entry.refs -= 1
+            if entry.refs == 0:  # its last admitted key: the unit goes
+                if self._units.get(entry.unit) is entry:
+                    del self._units[entry.unit]
+                entry.read.cancel()  # (done already, unless its taker was cancelled)
+                self.held -= entry.size
+            self._room.set()
+
+    async def aclose(self) -> None:
+        """Stop reading ahead: cancel and await the planner and every read."""
+        self._closed = True
+        tasks = [t for t in (self._planner, *self._tasks) if t is not None]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        for entry in self._units.values():  # a read never taken: its error is not left unseen
+            if entry.read.done() and not entry.read.cancelled():
+                entry.read.exception()
+        self._units.clear()
+        self._finish()
+
+    def _finish(self) -> None:
+        self._done = True
+        for waiters in self._waiting.values():
+            for waiter in waiters:
+                if not waiter.done():
+                    waiter.set_result(None)
+        self._waiting.clear()
+
+    async def _plan(self) -> None:
+        try:
+            for admitted, (key, unit, size) in enumerate(self._keys, 1):
+                entry = self._units.get(unit)
+                if entry is not None:  # read (or being read) for a key admitted earlier
+                    entry.refs += 1
+                else:
+                    while self._count and (self.held + size > self._budget or self._count >= self._max_keys):
+                        self._room.clear()
+                        await self._room.wait()
+                    read = asyncio.create_task(self._read_one(unit), name="aioloader-read")
+                    self._tasks.add(read)
+                    read.add_done_callback(self._tasks.discard)
+                    entry = self._units[unit] = _Unit(unit, size, read)
+                    self.held += size
+                self._count += 1
+                waiters = self._waiting.get(key, [])
+                while waiters and waiters[0].done():  # a take cancelled while it waited
+                    waiters.pop(0)
+                if waiters:  # its take() came first
+                    waiters.pop(0).set_result(entry)
+                else:
+                    self._admitted[key].append(entry)
+                if not waiters:
+                    self._waiting.pop(key, None)
+                if admitted % _ADMIT_STEP == 0:
+                    await asyncio.sleep(0)
+        except Exception:  # (a key out of range) the takes left read for themselves and raise it
+            pass
+        finally:
+            self._finish()
+
+    async def _read_one(self, unit: Any) -> Any:
+        async with self._limit:
+            self.reads += 1
+            return await self._read(unit)

@@ -44,6 +44,8 @@ class StageStats:
     reads: str | None = None  # the read stage this map stage's workers run (aioloader._run.read_fusion)
     describe_workers: Any = None  # () -> a list of dicts: a Ray stage's actors (aioloader.ray)
     bytes_read: int | None = None  # bytes its workers read from storage (a fused shard stream)
+    reorder: Any = None  # a fused shard stream's bound on results held for reordering (HeldGate)
+    by_worker: dict[int, dict[str, float]] | None = None  # a fused shard stream's, by worker pid
 
     def snapshot(self, now: float, run_elapsed: float | None = None) -> dict[str, Any]:
         """``run_elapsed``: the run's duration; a stage that finished early was not limiting
@@ -75,6 +77,10 @@ class StageStats:
             snapshot["actors"] = self.describe_workers()
         if self.bytes_read is not None:
             snapshot["bytes_read"] = self.bytes_read
+        if self.by_worker is not None:
+            snapshot["by_worker"] = [{"pid": pid, **done} for pid, done in sorted(self.by_worker.items())]
+        if self.reorder is not None:
+            snapshot["reorder_bytes"] = {"peak": self.reorder.peak, "limit": self.reorder.limit}
         return snapshot
 
 

@@ -9,8 +9,12 @@ A row is read with its row group: pyarrow reads the selected columns' byte range
 group (ranged reads on the loop, neighbouring ranges joined), in a thread. Reads of rows of one
 row group waiting at the same time are joined into that one read, and the last
 ``row_groups_kept`` row groups read on a loop are kept, so rows of a row group read moments
-apart (a shuffle buffer, ``shuffle="chunks"``) do not read it again. Before a map stage with
-``executor="ray"``, the actors read the rows themselves (:meth:`IndexedParquet.worker_reader`).
+apart (a shuffle buffer, ``shuffle="chunks"``) do not read it again. A run reads its rows'
+row groups ahead along its key order (:meth:`IndexedParquet.read_ahead`): each one its next
+rows need, once, up to ``max_requests`` at once, held until the last of those rows is taken,
+within ``read_budget`` bytes (by the selected columns' uncompressed size in the footer).
+Before a map stage with ``executor="ray"``, the actors read the rows themselves
+(:meth:`IndexedParquet.worker_reader`).
 """
 
 from __future__ import annotations
@@ -18,12 +22,14 @@ from __future__ import annotations
 import asyncio
 import bisect
 from collections import OrderedDict
+from collections.abc import Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
 
 from aioloader.errors import DataCorruptionError
+from aioloader.io.read_ahead import UnitReadAhead
 from aioloader.io.store import ObjectStore
 
 
@@ -33,15 +39,25 @@ def run_blocking(coro_fn: Any) -> Any:
         return pool.submit(asyncio.run, coro_fn()).result()
 
 
-async def read_footers(dataset: Any) -> tuple[list[int], list[list[int]]]:
-    """Sizes and row counts per row group of every file of ``dataset``, read concurrently."""
+def _group_bytes(metadata: Any, group: int, columns: list[str] | None) -> int:
+    """The uncompressed bytes of the selected ``columns`` (all: None) of row group ``group``."""
+    row_group = metadata.row_group(group)
+    chunks = (row_group.column(c) for c in range(row_group.num_columns))
+    return sum(
+        c.total_uncompressed_size for c in chunks if columns is None or c.path_in_schema.split(".")[0] in columns
+    )
+
+
+async def read_footers(dataset: Any) -> tuple[list[int], list[list[int]], list[list[int]]]:
+    """Sizes, and row counts and bytes (of the selected columns) per row group, of every file
+    of ``dataset``, read concurrently."""
     from aioloader.sources.parquet_shards import _open_checked, _RangedFile
 
     store = dataset._store()
     loop = asyncio.get_running_loop()
     limit = asyncio.Semaphore(dataset.max_requests)
 
-    async def one(url: str) -> tuple[int, list[int]]:
+    async def one(url: str) -> tuple[int, list[int], list[int]]:
         async with limit:
             size = await store.size(url)
             file = _RangedFile(store, url, size, loop)
@@ -50,13 +66,15 @@ async def read_footers(dataset: Any) -> tuple[list[int], list[list[int]]]:
             finally:
                 file.abort()
             dataset.check_columns(url, parquet.schema_arrow.names)
-            return size, [parquet.metadata.row_group(g).num_rows for g in range(parquet.num_row_groups)]
+            metadata, groups = parquet.metadata, range(parquet.num_row_groups)
+            rows = [metadata.row_group(g).num_rows for g in groups]
+            return size, rows, [_group_bytes(metadata, g, dataset.columns) for g in groups]
 
     try:
         found = await asyncio.gather(*(one(url) for url in dataset.urls))
     finally:
         await store.aclose()
-    return [size for size, _ in found], [groups for _, groups in found]
+    return [f[0] for f in found], [f[1] for f in found], [f[2] for f in found]
 
 
 class _LoopState:
@@ -81,6 +99,7 @@ class IndexedParquet:
         self._group_starts = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
         # (shard, row group in shard) of each global row group
         self._group_of = [(shard, g) for shard, counts in enumerate(groups) for g in range(len(counts))]
+        self._group_bytes = np.asarray([n for shard in dataset.group_bytes for n in shard], dtype=np.int64)
         self._length = int(self._group_starts[-1])
         self.read_concurrency = dataset.max_requests
         self.read_failures = (dataset.on_error, 1.0 if dataset.on_error == "skip" else 0)
@@ -110,6 +129,21 @@ class IndexedParquet:
         group = bisect.bisect_right(self._group_starts, key) - 1
         shard, in_shard = self._group_of[group]
         return shard, in_shard, key - int(self._group_starts[group])
+
+    def read_ahead(self, keys: Iterable[np.ndarray]) -> RowGroupReadAhead:
+        """A run's reader of ``keys`` (in the order the read stage asks for them), reading
+        their row groups ahead of it."""
+        return RowGroupReadAhead(self, keys)
+
+    def units(self, keys: Iterable[np.ndarray]) -> Iterator[tuple[int, int, int]]:
+        """``(key, row group, its bytes)`` of each of ``keys``, in order (the global number of
+        the row group)."""
+        for run in keys:
+            run = np.asarray(run, dtype=np.int64)
+            if len(run) and (run.min() < 0 or run.max() >= self._length):
+                raise IndexError(f"a row key out of range for {self._length} rows")
+            groups = np.searchsorted(self._group_starts, run, side="right") - 1
+            yield from zip(run.tolist(), groups.tolist(), self._group_bytes[groups].tolist(), strict=True)
 
     def chunk_bounds(self) -> list[int]:
         """Row group boundaries: ``shuffle="chunks"`` reads one row group's rows together."""
@@ -216,3 +250,32 @@ class IndexedParquet:
                 footer.cancel()
             await asyncio.gather(*state.footers.values(), return_exceptions=True)
             await state.store.aclose()
+
+
+class RowGroupReadAhead:
+    """One run's reads of an indexed ``ParquetShards``: the row groups of the run's key order
+    read ahead of the read stage (:class:`~aioloader.io.read_ahead.UnitReadAhead`) on the run's
+    loop, ``max_requests`` at once, within ``read_budget`` bytes. A key outside the plan is read
+    by :meth:`IndexedParquet.aget`."""
+
+    def __init__(self, shards: IndexedParquet, keys: Iterable[np.ndarray]) -> None:
+        dataset = shards.dataset
+        self._shards = shards
+        self.ahead = UnitReadAhead(
+            shards.units(keys), self._read, budget=dataset.read_budget, max_requests=dataset.max_requests
+        )
+
+    async def _read(self, group: int) -> Any:
+        shard, in_shard = self._shards._group_of[group]
+        return await self._shards._read_group(self._shards._state(), shard, in_shard)
+
+    async def aget(self, key: int) -> dict[str, Any]:
+        table = await self.ahead.take(key)
+        if table is None:
+            return await self._shards.aget(key)
+        _, _, row = self._shards.locate(int(key))
+        return table.slice(row, 1).to_pylist()[0]
+
+    async def aclose(self) -> None:
+        """Stop reading ahead (the connections are the loop's, closed by ``aclose_io``)."""
+        await self.ahead.aclose()

@@ -9,6 +9,10 @@ point's sample on): the worker streams it itself through the source's own
 of a block's samples as they are done (the pool's early parts), with their indices, ``fn``'s
 failures and the corrupt members it skipped. The shards' bytes never enter the parent.
 
+A worker on a shard other than the one the parent hands on now waits before its next sample
+while the parent holds its bound of results (:mod:`aioloader._run.held_gate`, named by the
+task); its reads in flight stay within its read budget meanwhile.
+
 The reads run on an event loop of the worker's own thread, made at its first task with the
 store client (its connection pool) and kept for the worker's life (both closed when it exits):
 the loop turns between samples (every few ms), so the reads in flight (this shard's next parts, the
@@ -22,12 +26,16 @@ from __future__ import annotations
 import asyncio
 import atexit
 import copy
+import os
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from time import perf_counter
 from typing import Any
 
+from aioloader._run.block import Block
+from aioloader._run.bridge import block_nbytes
 from aioloader._run.executors import one_intra_op_thread
+from aioloader._run.held_gate import GateView
 from aioloader.io.store import ObjectStore
 from aioloader.workers._child import _portable
 
@@ -39,6 +47,10 @@ _TAKE = 32  # samples taken from the stream at once (a part usually holds severa
 WORKER_PART = 1 << 20
 QUEUED = 3  # shard tasks queued behind a worker's running one (read ahead as they come)
 _TURN_S = 0.002  # the loop turns between samples at most this often (each turn polls the sockets)
+_WAIT_S = 0.002  # how often a worker held back by the parent's bound looks again
+
+# shard, skip, size, every, and the run's gate: its name, slots and this task's slot (or None)
+Task = tuple[int, int, "int | None", int, "tuple[str, int, int] | None"]
 
 
 @dataclass(slots=True)
@@ -55,6 +67,9 @@ class ShardOutput:
     error: BaseException | None = None
     bytes_read: int = 0
     next_index: int = 0  # the shard's samples before this index have been read
+    nbytes: int = 0  # the results' bytes, as the parent counts them for its bound
+    worker: int = 0  # the pid of the worker that read and mapped them
+    fn_s: float = 0.0  # seconds ``fn`` took on them
 
 
 class _WorkerLoop:
@@ -104,11 +119,12 @@ class _Open:
 
 
 class ShardStreamWork:
-    """The pool's work for fused shard tasks: ``[(shard, skip, size, every)]`` ->
+    """The pool's work for fused shard tasks: ``[(shard, skip, size, every, gate)]`` ->
     ``[ShardOutput]``, a part of ``every`` samples sent back as soon as it is done.
 
     ``dataset``: a :class:`~aioloader.sources.WebDataset` (streamed); ``fn``: the map's
-    function. ``size`` is the shard's size when the parent looked it up (None: looked up here).
+    function. ``size`` is the shard's size when the parent looked it up (None: looked up here);
+    ``gate``: the run's bound on results held by the parent (None: none).
     It looks at the task queued behind the running one as soon as it is in the pipe
     (:meth:`look_ahead`): that shard's reads begin then, so its first bytes are here when
     its turn comes.
@@ -118,7 +134,8 @@ class ShardStreamWork:
         self.dataset = dataset
         self.fn = fn
         self._io: _WorkerLoop | None = None
-        self._open: dict[tuple[int, int, int | None, int], _Open] = {}
+        self._open: dict[Task, _Open] = {}
+        self._gate: GateView | None = None
         self._send: Callable[[Any], None] | None = None
         self._peek: Callable[[], Any] | None = None
         self._reported = 0  # the store's bytes read, up to the last output's end
@@ -129,7 +146,7 @@ class ShardStreamWork:
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__init__(state["dataset"], state["fn"])  # type: ignore[misc]
 
-    def __call__(self, values: list[tuple[int, int, int | None, int]]) -> tuple[list[ShardOutput], list[Any], float]:
+    def __call__(self, values: list[Task]) -> tuple[list[ShardOutput], list[Any], float]:
         started = perf_counter()
         one_intra_op_thread()
         outputs = [self._shard(value) for value in values]
@@ -162,9 +179,9 @@ class ShardStreamWork:
             self._io = _WorkerLoop(self.dataset._store)
         return self._io
 
-    def _start(self, value: tuple[int, int, int | None, int]) -> _Open:
+    def _start(self, value: Task) -> _Open:
         io = self._io_loop()
-        shard, skip, size, _ = value
+        shard, skip, size, *_ = value
         reports: list[tuple[Any, BaseException]] = []
 
         def report(key: Any, exc: BaseException) -> None:
@@ -174,34 +191,53 @@ class ShardStreamWork:
         first = io.loop.create_task(_take(stream, _TAKE))  # runs while the loop turns
         return _Open(stream, reports, first)
 
-    def _finish(self, out: ShardOutput, opened: _Open, reported: int) -> int:
+    def _finish(self, out: ShardOutput, opened: _Open, reported: int, gate: GateView | None, slot: int) -> int:
         """``out`` made ready to travel: the members skipped since the last part, the bytes
-        read; returns the reports handed on so far."""
+        read, its results' bytes (counted at the gate); returns the reports handed on so far."""
         io = self._io_loop()
+        out.worker = os.getpid()
+        out.nbytes = block_nbytes(Block(out.indices, out.indices, out.results))
+        if gate is not None:
+            gate.sent(slot, out.nbytes)
         out.reports = [(key, _portable(exc)) for key, exc in opened.reports[reported:]]
         out.bytes_read, self._reported = io.store.bytes_read - self._reported, io.store.bytes_read
         return reported + len(out.reports)
 
-    def _shard(self, value: tuple[int, int, int | None, int]) -> ShardOutput:
+    def _gate_of(self, gate: tuple[str, int, int] | None) -> GateView | None:
+        """The run's gate (one mapping kept at a time: a new run names a new one)."""
+        name = None if gate is None else gate[0]
+        if self._gate is not None and self._gate.name != name:
+            self._gate.close()
+            self._gate = None
+        if self._gate is None and gate is not None:
+            self._gate = GateView(gate[0], gate[1])
+        return self._gate
+
+    def _shard(self, value: Task) -> ShardOutput:
         opened = self._open.pop(value, None) or self._start(value)
         self._look()
         io = self._io_loop()
         out = ShardOutput(next_index=value[1])
+        gate = self._gate_of(value[4])
+        slot = -1 if value[4] is None else value[4][2]
         try:
-            out = io.call(self._map(opened, out, max(1, value[3])))
+            out = io.call(self._map(opened, out, max(1, value[3]), value[0], gate, slot))
         finally:
             io.call(opened.stream.aclose())
-        self._finish(out, opened, opened.sent)
+        self._finish(out, opened, opened.sent, gate, slot)
         return out
 
-    async def _map(self, opened: _Open, out: ShardOutput, every: int) -> ShardOutput:
+    async def _map(
+        self, opened: _Open, out: ShardOutput, every: int, shard: int, gate: GateView | None, slot: int
+    ) -> ShardOutput:
         """``fn`` on the shard's samples as they are parsed, the loop turning after each; a
-        part of ``every`` samples sent as soon as it is done; the rest returned."""
+        part of ``every`` samples sent as soon as it is done; the rest returned. Before each
+        sample, it waits while ``gate`` holds this shard back."""
         pending: Any = opened.first
         turn_at = perf_counter() + _TURN_S
         while True:
             try:
-                taken = await (pending if pending is not None else _take(opened.stream, _TAKE))
+                taken = await self._taken(pending if pending is not None else _take(opened.stream, _TAKE))
             except Exception as exc:  # a missing or corrupt shard: after its samples
                 out.error = _portable(exc)
                 return out
@@ -209,15 +245,20 @@ class ShardStreamWork:
             if not taken:
                 return out
             for _, index, sample in taken:
+                while gate is not None and gate.waits(shard, slot):
+                    await asyncio.sleep(_WAIT_S)  # the reads in flight go on meanwhile
+                    turn_at = perf_counter() + _TURN_S
                 out.indices.append(index)
                 out.next_index = index + 1
+                began = perf_counter()
                 try:
                     out.results.append(self.fn(sample))
                 except Exception as exc:
                     out.results.append(None)
                     out.failures.append((len(out.indices) - 1, _portable(exc)))
+                out.fn_s += perf_counter() - began
                 if len(out.indices) >= every and self._send is not None:
-                    opened.sent = self._finish(out, opened, opened.sent)
+                    opened.sent = self._finish(out, opened, opened.sent, gate, slot)
                     self._send(out)
                     out = ShardOutput(next_index=out.next_index)
                 if perf_counter() >= turn_at:  # the reads in flight take what has arrived
@@ -225,6 +266,22 @@ class ShardStreamWork:
                         self._look()
                     await asyncio.sleep(0)
                     turn_at = perf_counter() + _TURN_S
+
+    async def _taken(self, taking: Any) -> list[Any]:
+        """The samples ``taking`` takes, the pipe looked at while they are awaited (a task
+        queued meanwhile starts its reads now, not after this shard)."""
+        task = asyncio.ensure_future(taking)
+        try:
+            while True:
+                done, _ = await asyncio.wait({task}, timeout=_TURN_S)
+                if done:
+                    return task.result()
+                if len(self._open) < QUEUED:
+                    self._look()
+        finally:
+            if not task.done():  # (cancelled) its reads stop with it
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
 
     def __repr__(self) -> str:
         return f"ShardStreamWork({self.dataset.describe()}, {self.fn!r})"

@@ -105,8 +105,8 @@ def _rows(parquet: Any, group: int, columns: list[str] | None) -> list[dict[str,
 class ParquetShards(RemoteShards):
     """Rows of the Parquet files at ``urls``; ``columns`` selects the columns read (all by
     default). ``indexed=True``: read every footer now and make the rows indexable (global
-    ``shuffle=True``, ``"chunks"`` by row group), keeping the last ``row_groups_kept`` row
-    groups read. Other options as :class:`~aioloader.sources.WebDataset`."""
+    ``shuffle=True``, ``"chunks"`` by row group, the row groups read ahead along the order within
+    ``read_budget`` bytes), keeping the last ``row_groups_kept`` row groups read. Other options as :class:`~aioloader.sources.WebDataset`."""
 
     kind = "parquet"
 
@@ -133,8 +133,9 @@ class ParquetShards(RemoteShards):
         self.row_groups_kept = row_groups_kept
         self.sizes: list[int] = []
         self.row_groups: list[list[int]] = []  # rows per row group, per file
+        self.group_bytes: list[list[int]] = []  # the selected columns' bytes per row group, per file
         if self.indexed:
-            self.sizes, self.row_groups = run_blocking(lambda: read_footers(self))
+            self.sizes, self.row_groups, self.group_bytes = run_blocking(lambda: read_footers(self))
 
     def __aioloader_source__(self) -> Any:
         return IndexedParquet(self) if self.indexed else self

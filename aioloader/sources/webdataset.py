@@ -82,10 +82,15 @@ class WebDataset:
     ``scan_index``: a local file where the stream records the byte ranges of the samples of
     each shard it reads whole; once it covers every shard, a ``WebDataset`` built over the
     same URLs is indexable, as with ``index`` (:mod:`aioloader.io.scan_index`).
-    ``read_in_workers``: a stream followed by ``.map(fn, executor="process")`` is read by
-    the map's worker processes, each streaming its shards itself (the default; the shards'
-    bytes never pass through the parent, :mod:`aioloader._run.stages.shard_map`); False: the
-    parent streams and sends each sample to a worker.
+    ``read_in_workers``: a stream followed by ``.map(fn, executor="process")`` (or ``"ray"``)
+    is read by the map's workers, each streaming its shards itself (the shards' bytes never
+    pass through the parent, :mod:`aioloader._run.stages.shard_map`) with True, by the parent
+    (sending each sample to a worker) with False; None (the default): Ray actors read, and the
+    parent reads for worker processes, where that measured faster with a CPU-bound ``fn`` (a
+    JPEG decode; the workers' reads win for a cheap ``fn`` over large samples: docs/remote.md).
+    ``reorder_bytes``: read in worker processes, the most bytes of their results the parent
+    holds to hand them on in shard order (the shards behind a slow one, at most twice it: those
+    and the shard handed on); past it, a worker ahead of the shard handed on waits.
     """
 
     def __init__(
@@ -104,7 +109,8 @@ class WebDataset:
         cache_bytes: int | None = None,
         client: str = "fsspec",
         scan_index: str | os.PathLike[str] | None = None,
-        read_in_workers: bool = True,
+        read_in_workers: bool | None = None,
+        reorder_bytes: int = 256 * _MiB,
     ) -> None:
         if on_error not in ("raise", "skip"):
             raise ValueError(f"on_error must be 'raise' or 'skip', got {on_error!r}")
@@ -112,9 +118,10 @@ class WebDataset:
             raise TypeError("storage_options must be a dict of protocol -> options")
         if client not in CLIENTS:
             raise ValueError(f"client must be one of {CLIENTS}, got {client!r}")
-        if not isinstance(read_in_workers, bool):
-            raise TypeError(f"read_in_workers must be a bool, got {read_in_workers!r}")
+        if read_in_workers is not None and not isinstance(read_in_workers, bool):
+            raise TypeError(f"read_in_workers must be a bool or None, got {read_in_workers!r}")
         self.read_in_workers = read_in_workers
+        self.reorder_bytes = _positive("reorder_bytes", reorder_bytes)
         self.client = client
         self.storage_options = dict(storage_options or {})
         self.part_size = _positive("part_size", part_size)
@@ -210,7 +217,13 @@ class WebDataset:
         """What a process pool's worker streams its shards from when a process map follows
         this stream (read fusion, :mod:`aioloader._run.stages.shard_map`): this dataset; None
         with a ``scan_index``, which the parent records as it reads, or ``read_in_workers=False``."""
-        return self if self.read_in_workers and self.scan_index is None else None
+        return self if self.read_in_workers is not False and self.scan_index is None else None
+
+    def reads_in_workers(self, executor: str) -> bool:
+        """Whether a map of ``executor`` ("process", "ray") right after this stream reads it
+        in its workers: ``read_in_workers``, or by default Ray's actors (often on other
+        machines: the bytes would cross the network twice) and not worker processes."""
+        return self.read_in_workers if self.read_in_workers is not None else executor == "ray"
 
     async def stream(
         self,

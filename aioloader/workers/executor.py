@@ -138,6 +138,7 @@ class ProcessExecutor:
     # other work for the same stage (stream fusion's shard tasks) has a key of its own
     pool_key = "process-pool"
     tasks_per_worker = TASKS_PER_WORKER  # held by each worker: the running one and those queued
+    spread = False  # tasks go to the workers holding the fewest (ProcessPool's spread)
 
     def __init__(self, spec: MapSpec, runtime: Any) -> None:
         self._spec = spec
@@ -172,6 +173,7 @@ class ProcessExecutor:
                     on_stall=getattr(self._spec, "on_stall", "warn"),
                     max_memory=memory,  # type: ignore[arg-type]
                     tasks_per_worker=self.tasks_per_worker,
+                    spread=self.spread,
                 )
 
             if self._runtime is None:  # no Loader to own it: this executor does

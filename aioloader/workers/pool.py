@@ -212,13 +212,18 @@ class ProcessPool:
         on_stall: str = "warn",
         max_memory: int | None = None,
         tasks_per_worker: int = TASKS_PER_WORKER,
+        spread: bool = False,
     ) -> None:
         """``start_timeout``: seconds a worker may take to become ready (import the function,
         run ``worker_init``); past it the worker is killed and the pool fails with
         :class:`WorkerCrashError` (None: no limit). ``shm_min_bytes``: the smallest array of a
         result that comes back through shared memory (see :mod:`aioloader.workers.shm`).
         ``tasks_per_worker``: the tasks a worker holds, its running one included (more for a
-        work that looks at the tasks queued behind it, to read ahead)."""
+        work that looks at the tasks queued behind it, to read ahead). ``spread``: a task goes
+        only to a worker holding the fewest tasks of all live workers, a starting one included
+        (whole shards as tasks: the first worker ready would otherwise take
+        ``tasks_per_worker`` of them while the others start, and the run would end on its
+        last ones)."""
         if workers < 1:
             raise ValueError(f"workers must be >= 1, got {workers}")
         if _child.BOOTSTRAPPING:
@@ -231,6 +236,7 @@ class ProcessPool:
             raise ValueError(f"tasks_per_worker must be >= 1, got {tasks_per_worker}")
         self.size = workers
         self._tasks_per_worker = tasks_per_worker
+        self._spread = spread
         self.name = name
         self._stall_after = stall_after
         self._on_stall = on_stall
@@ -621,6 +627,9 @@ class ProcessPool:
                 task = self._pending[0]
                 # the least loaded worker that can take it without blocking the send
                 takers = [w for w in self._workers.values() if w.can_take(task)]
+                if self._spread and takers:
+                    fewest = min(len(w.queue) for w in self._workers.values() if w.state != "dead")
+                    takers = [w for w in takers if len(w.queue) == fewest]
                 if not takers:
                     return
                 self._pending.popleft()

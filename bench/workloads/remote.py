@@ -4,15 +4,17 @@ The server (``tests/object_server.py``: aiohttp on 127.0.0.1, run in a process o
 ``bench/object_server_process.py``) adds a first-byte latency of 0, 20 and 100 ms to every GET
 and sends at most 50 MB/s per connection. Two workloads: JPEGs
 decoded and resized to 224 (CPU-bound here) and pre-decoded float32 arrays of ~150 KB with no
-decode (I/O-bound). Each contender reads one epoch; the table gives samples/s after the first
+decode (I/O-bound). Before each measurement the bench waits (up to 10 s) until no process of
+an earlier contender is left (an anchor's workers still ending would compute during it); a
+row says how long it waited (from 0.2 s), or names any still running after that. Each contender reads one epoch; the table gives samples/s after the first
 batch, the time to that batch, peak memory over the process tree (PSS), the bytes the server
 sent over the dataset's bytes, and for aioloader the first batch after a resume from the middle
 of the epoch (and the bytes that resumed run fetched over the bytes still to read).
 
 aioloader decodes in 2 threads (Pillow and numpy release the GIL), and in 2 processes: the
-workers streaming their shards themselves (the default), and the parent reading and parsing
-the shards for the workers to decode (``read_in_workers=False``); the resume is measured with threads,
-so its fresh loader measures the read path rather than the start of a process pool.
+workers streaming their shards themselves (``read_in_workers=True``), and the parent reading
+and parsing the shards for the workers to decode (the default); the resume is measured with
+threads, so its fresh loader measures the read path rather than the start of a process pool.
 
 Anchors: the ``webdataset`` package in torch ``DataLoader(num_workers=2)`` (one ``curl`` per
 shard), Mosaic Streaming and LitData (num_workers=2) reading the same samples in their formats
@@ -25,9 +27,11 @@ the same samples in slightly fewer bytes: no tar headers).
 At 20 ms the indexed source runs a global shuffle (``shuffle=True``, ranged reads of single
 samples read ahead along the order): its rate as a fraction of the shard-order stream's (the
 same threads), and the order's ``aioloader.order.quality``. For the arrays, aioloader's rows
-give the rate as a fraction of the link's limit: samples/s x the mean sample's bytes (its tar
-members and headers) over 50 MB/s x the most GETs the server answered at once in that run (the
-connections the loader actually used; the server sets no total limit).
+give the steady state's share of the link's limit: the bytes the server sent after the first
+batch, over the seconds after it, over 50 MB/s x the most GETs the server answered at once in
+that run (the connections the loader actually used; the server sets no total limit); n/a
+where less than a tenth of the bytes came after the first batch (the small --quick data is
+read ahead whole within the read budget).
 """
 
 from __future__ import annotations
@@ -40,6 +44,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import psutil
 import torch
 
 import aioloader as al
@@ -108,7 +113,7 @@ def _wds_loader(urls: list[str], decode: Any) -> Any:
 
 
 def _aio_loader(
-    url: str, decode: Any, executor: str = "thread", *, read_in_workers: bool = True, **options: Any
+    url: str, decode: Any, executor: str = "thread", *, read_in_workers: bool | None = None, **options: Any
 ) -> al.Loader:
     retry = Retry(timeout_s=30.0)
     source = al.sources.WebDataset(url, retry=retry, read_in_workers=read_in_workers)
@@ -145,13 +150,76 @@ def _resume(make: Any, server: Any, half: int, data: int) -> str:
     return f"resume: first batch {first:.3f}s, fetched {server.bytes_sent / data:.2f} of the data ({rest + 1} batches)"
 
 
-def _link(result: Any, sample_bytes: float, connections: int) -> str:
-    """The rate as a fraction of the link's limit: LINK per connection x ``connections``."""
-    used = _rate(result) * sample_bytes
-    return f"link: {used / (LINK * max(1, connections)):.2f} of {LINK / 1e6:.0f} MB/s x {connections} connections"
+LINK_NOTE = (
+    "link: bytes sent after the first batch / (s after the first batch x 50 MB/s x the most GETs "
+    "in flight at once)"
+)
 
 
-def _shuffled(server: Any, index: str, kind: str, data: int, stream: Any, sample_bytes: float) -> str:
+SETTLE_S = 10.0  # the most a measurement waits for an earlier contender's processes to end
+
+
+def _settle(server: Any) -> str:
+    """Wait (up to SETTLE_S) until no process of an earlier contender is left in this process
+    tree (an anchor's workers, its downloader, still ending), so none computes during the next
+    measurement; returns a note naming those still there after that."""
+    keep = {server._process.pid}
+    started = time.monotonic()
+    while True:
+        stray = [p for p in psutil.Process().children(recursive=True) if p.pid not in keep]
+        stray = [p for p in stray if _alive(p)]
+        waited = time.monotonic() - started
+        if not stray or waited >= SETTLE_S:
+            break
+        time.sleep(0.05)
+    if stray:
+        return f"{len(stray)} processes of an earlier contender still running"
+    return f"waited {waited:.1f}s for an earlier contender's processes to end" if waited >= 0.2 else ""
+
+
+def _alive(process: Any) -> bool:
+    """Whether ``process`` is a contender's, still running (not multiprocessing's resource
+    tracker or fork server, which stay for the interpreter's life and compute nothing)."""
+    try:
+        command = " ".join(process.cmdline())
+        return process.status() != psutil.STATUS_ZOMBIE and not any(
+            helper in command for helper in ("resource_tracker", "forkserver")
+        )
+    except psutil.Error:
+        return False
+
+
+class _Counted:
+    """One measured epoch with the server's bytes: in all, and after the first batch."""
+
+    def __init__(self, server: Any, name: str, make: Any, consume: Any = None) -> None:
+        self.stray = _settle(server)
+        at_first: list[int] = []
+
+        def take(batch: Any) -> None:
+            if not at_first:
+                at_first.append(server.bytes_sent)
+            if consume is not None:
+                consume(batch)
+
+        server.bytes_sent = 0
+        self.result = measure_once(name, make, consume=take)
+        self.sent = server.bytes_sent
+        self.steady_bytes = self.sent - (at_first[0] if at_first else 0)
+        self.connections, _ = server.in_flight()
+
+    def link(self) -> str:
+        """The steady state's bytes/s as a fraction of the link's limit: LINK per connection x
+        the most GETs in flight at once."""
+        if self.steady_bytes < 0.1 * self.sent:  # nothing left to measure the link by
+            before = 1 - self.steady_bytes / max(1, self.sent)
+            return f"link: n/a ({before:.0%} of the bytes came before the first batch)"
+        seconds = max(1e-9, self.result.elapsed_s - self.result.first_batch_s)
+        share = self.steady_bytes / seconds / (LINK * max(1, self.connections))
+        return f"link: {share:.2f} of {LINK / 1e6:.0f} MB/s x {self.connections} connections"
+
+
+def _shuffled(server: Any, index: str, kind: str, data: int, stream: Any) -> str:
     """The global shuffle's row: rate, and as a fraction of the shard-order stream's (after
     the first batch, and over the whole epoch); quality."""
     decode = keyed_jpeg if kind == "jpeg" else keyed_array
@@ -162,17 +230,17 @@ def _shuffled(server: Any, index: str, kind: str, data: int, stream: Any, sample
         .batch(BATCH)
     )
     with indexed:
-        server.bytes_sent = 0
-        result = measure_once("global", lambda: iter(indexed), consume=lambda b: keys.extend(b[2].tolist()))
-        sent = server.bytes_sent
-        most, _ = server.in_flight()
+        counted = _Counted(server, "global", lambda: iter(indexed), consume=lambda b: keys.extend(b[2].tolist()))
+    result = counted.result
     note = (
         f"{_rate(result) / max(1e-9, _rate(stream)):.2f}x the shard-order rate (whole epoch "
         f"{result.samples_per_s / max(1e-9, stream.samples_per_s):.2f}x), quality {quality(keys):.3f}"
     )
     if kind == "array":
-        note += ", " + _link(result, sample_bytes, most)
-    return _row("20 ms: aioloader shuffle=True (ranged reads, read ahead)", result, sent, data, note)
+        note += ", " + counted.link()
+    if counted.stray:
+        note += ", " + counted.stray
+    return _row("20 ms: aioloader shuffle=True (ranged reads, read ahead)", result, counted.sent, data, note)
 
 
 def _rate(result: Any) -> float:
@@ -233,15 +301,14 @@ def _anchors(
             )
         )
     for label, name, make in contenders:
-        server.bytes_sent = 0
         try:
-            result = measure_once(name, make)
+            counted = _Counted(server, name, make)
         except Exception as exc:  # the anchor's own failure: reported, not measured
             reason = " ".join(str(exc).split())[:160]
             lines.append(f"| {tag}: {label} | failed | | | | {type(exc).__name__}: {reason} |")
             continue
-        lines.append(_row(f"{tag}: {label}", result, server.bytes_sent, data))
-        best[name] = _rate(result)
+        lines.append(_row(f"{tag}: {label}", counted.result, counted.sent, data, counted.stray))
+        best[name] = _rate(counted.result)
 
 
 def _section(kind: str, n: int, latencies: list[float]) -> str:
@@ -253,7 +320,6 @@ def _section(kind: str, n: int, latencies: list[float]) -> str:
     served = [f"{folder.name}/{name}" for name in [*names, "index.json"]]
     served += [f"{folder.name}-anchors/{name}" for name in others]
     decode = decode_jpeg if kind == "jpeg" else decode_array
-    sample_bytes = data / n
     lines = [
         f"### remote {kind}: {n:,} samples in {len(names)} shards, {LINK / 1e6:.0f} MB/s per connection",
         "",
@@ -268,18 +334,17 @@ def _section(kind: str, n: int, latencies: list[float]) -> str:
         for latency in latencies:
             server.latency_s = latency
             tag = f"{latency * 1000:.0f} ms"
-            server.bytes_sent = 0
-            wds_result = measure_once("webdataset", lambda: _wds_loader(urls, decode))
-            lines.append(_row(f"{tag}: webdataset, torch DL w=2", wds_result, server.bytes_sent, data))
-            best = {"webdataset": _rate(wds_result)}
+            wds = _Counted(server, "webdataset", lambda: _wds_loader(urls, decode))
+            lines.append(_row(f"{tag}: webdataset, torch DL w=2", wds.result, wds.sent, data, wds.stray))
+            best = {"webdataset": _rate(wds.result)}
             _anchors(lines, tag, server, f"{base}-anchors", decode, data, best)
             for executor, in_workers in (("thread", True), ("process", True), ("process", False)):
                 with _aio_loader(url, decode, executor, read_in_workers=in_workers) as loader:
-                    server.bytes_sent = 0
-                    result = measure_once("aioloader", lambda loader=loader: iter(loader))
-                    sent = server.bytes_sent
-                    most, _ = server.in_flight()
-                notes = [_link(result, sample_bytes, most)] if kind == "array" else []
+                    counted = _Counted(server, "aioloader", lambda loader=loader: iter(loader))
+                result, sent = counted.result, counted.sent
+                notes = [note for note in (counted.stray,) if note]
+                if kind == "array":
+                    notes.append(counted.link())
                 if executor == "thread":
                     notes.append(_resume(lambda: _aio_loader(url, decode), server, result.batches // 2, data))
                 how = "" if executor == "thread" else (", workers read" if in_workers else ", parent reads")
@@ -294,7 +359,9 @@ def _section(kind: str, n: int, latencies: list[float]) -> str:
             )
             if latency == 0.02:
                 index = server.url(f"{base}/index.json")
-                lines.append(_shuffled(server, index, kind, data, stream, sample_bytes))
+                lines.append(_shuffled(server, index, kind, data, stream))
+    if kind == "array":
+        lines.append(f"| {LINK_NOTE} | | | | | |")
     if kind == "jpeg":
         lines.append(f"| decode limit: 2 processes, decode only | {_ceiling(folder):,.0f} | | | | |")
     return "\n".join([*lines, "", *([anchors.NOTES] if anchors.NOTES else [])])

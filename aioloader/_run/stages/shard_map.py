@@ -12,6 +12,12 @@ shard from its next sample on (the worker reads that shard's consumed part again
 unfused stream does), then the shards after it. The parent looks up the shards' sizes ahead
 (HEAD requests, no sample bytes), so a worker's first read of a shard starts at once.
 
+Memory: the parent holds the parts received and not yet handed on (the shards behind a slow
+one), within the source's ``reorder_bytes`` (:mod:`aioloader._run.held_gate`): past it, a
+worker on a shard other than the one handed on waits before its next sample (and the worker
+on that one, past it in its own shard's results: the consumer is behind). Process workers
+only: the segment is on this machine, and Ray's actors may not be.
+
 Failures: ``fn``'s go through the map's ``on_error`` with the sample's key; a corrupt member
 skipped under the source's ``on_error="skip"`` is reported by stage ``"source"`` with its key
 ``(url, member)``; a missing shard (``DataNotFoundError`` naming the URL) or a corrupt one
@@ -40,6 +46,7 @@ from aioloader._run.block import Block
 from aioloader._run.channel import Channel
 from aioloader._run.executors import external_executor
 from aioloader._run.failures import FailurePolicy
+from aioloader._run.held_gate import HeldGate
 from aioloader._run.stages.base import Stage
 from aioloader._run.stages.map import MapSpec
 from aioloader._run.stages.shard_source import SHARD_STRIDE, rank_shards
@@ -90,8 +97,12 @@ class ShardMapStage(Stage):
         self.stats.describe_workers = getattr(self._executor, "describe", None)  # a Ray stage's actors
         self.stats.reads = SOURCE
         self.stats.bytes_read = 0
+        self.stats.by_worker = {}
+        self._gate: HeldGate | None = None
 
     def close(self) -> None:
+        if self._gate is not None:
+            self._gate.close()
         self._executor.close()
 
     async def run(self) -> None:
@@ -102,24 +113,27 @@ class ShardMapStage(Stage):
         ahead = self._executor.workers * self._executor.tasks_per_worker + 1
         store = self._dataset._store() if self._dataset.cache is None else None
         sizes: dict[int, asyncio.Task[int | None]] = {}
-        jobs: deque[tuple[int, asyncio.Queue[Any], asyncio.Task[None]]] = deque()
+        jobs: deque[tuple[int, int, asyncio.Queue[Any], asyncio.Task[None]]] = deque()
+        self._gate = self.stats.reorder = HeldGate(self._dataset.reorder_bytes, slots=ahead + 1)
         try:
             for at, place in enumerate(places):
                 self._look_up_sizes(store, places[at : at + 2 * ahead], sizes)
                 queue: asyncio.Queue[Any] = asyncio.Queue()
-                job = asyncio.create_task(self._job(place, skip if at == 0 else 0, sizes[place], queue))
-                jobs.append((place, queue, job))
+                slot = self._gate.open_slot(place)  # the place that had it was handed on
+                job = asyncio.create_task(self._job(place, skip if at == 0 else 0, sizes[place], slot, queue))
+                jobs.append((place, slot, queue, job))
                 if len(jobs) >= ahead:
-                    await self._emit(*jobs.popleft()[:2])
+                    await self._emit(*jobs.popleft()[:3])
             while jobs:
-                await self._emit(*jobs.popleft()[:2])
+                await self._emit(*jobs.popleft()[:3])
         finally:
-            pending = [job for _, _, job in jobs] + list(sizes.values())
+            pending = [job for *_, job in jobs] + list(sizes.values())
             for task in pending:
                 task.cancel()
             await asyncio.gather(*pending, return_exceptions=True)
             if store is not None:
                 await store.aclose()
+            self._gate.close()  # lifted first: a worker still on one of this run's shards ends it
         self.output.close()
 
     def _look_up_sizes(self, store: Any, places: list[int], sizes: dict[int, asyncio.Task[int | None]]) -> None:
@@ -130,17 +144,22 @@ class ShardMapStage(Stage):
                 url = self._dataset.urls[self._shards[place]]
                 sizes[place] = asyncio.create_task(_size(store, url))
 
-    async def _job(self, place: int, skip: int, size: asyncio.Task[int | None], queue: asyncio.Queue[Any]) -> None:
-        """Shard ``place`` read and mapped by the pool, its parts put in ``queue`` as they come,
-        then None (or the error, raised in order by :meth:`_emit`)."""
+    async def _job(
+        self, place: int, skip: int, size: asyncio.Task[int | None], slot: int, queue: asyncio.Queue[Any]
+    ) -> None:
+        """Shard ``place`` read and mapped by the pool (its results counted in the gate's
+        ``slot``), its parts put in ``queue`` as they come, then None (or the error, raised in
+        order by :meth:`_emit`)."""
         try:
-            await self._read_shard(place, skip, await size, queue)
+            await self._read_shard(place, skip, await size, slot, queue)
         except Exception as exc:
             queue.put_nowait(_Failed(exc))
         else:
             queue.put_nowait(None)
 
-    async def _read_shard(self, place: int, skip: int, size: int | None, queue: asyncio.Queue[Any]) -> None:
+    async def _read_shard(
+        self, place: int, skip: int, size: int | None, slot: int, queue: asyncio.Queue[Any]
+    ) -> None:
         from aioloader.workers import wire
         from aioloader.workers.executor import MAX_ATTEMPTS
 
@@ -151,6 +170,7 @@ class ShardMapStage(Stage):
 
         def got(out: ShardOutput) -> None:
             received[0] = max(received[0], out.next_index)
+            self._gate.received(out.nbytes)
             queue.put_nowait(out)
 
         def on_part(out: ShardOutput) -> None:  # on the pool's I/O thread
@@ -158,17 +178,22 @@ class ShardMapStage(Stage):
 
         detail = ""
         for _ in range(MAX_ATTEMPTS):
-            value = (shard, received[0], size, self._block_size)
+            # Ray's actors may be on other machines: the bound is the process pool's
+            gate = (self._gate.name, self._gate.slots, slot) if self._executor.kind == "process" else None
+            value = (shard, received[0], size, self._block_size, gate)
             future = pool.submit(wire.pack([value]), None, label=[(shard, received[0])], on_part=on_part)
             outcome = await asyncio.wrap_future(future)
             if outcome.kind == "ok":
                 outputs, _, busy = outcome.value
                 self.stats.busy_s += busy
+                self._by_worker(outputs[0].worker)["shards"] += 1
                 got(outputs[0])
                 return
             if outcome.kind != "crash":  # an error of the work itself, or a stall given up
                 raise outcome.value
             detail = outcome.value  # the parts received stay; the rest is read again
+            # read again, the shard may wait in the pool behind a worker the bound holds back
+            self._gate.lift()
         url = self._dataset.urls[shard]
         raise WorkerCrashError(
             f"stage {self.name!r}: {self._executor.runner} died each of the {MAX_ATTEMPTS} times it read "
@@ -177,18 +202,28 @@ class ShardMapStage(Stage):
             key=(shard, received[0]),
         )
 
-    async def _emit(self, place: int, queue: asyncio.Queue[Any]) -> None:
+    async def _emit(self, place: int, slot: int, queue: asyncio.Queue[Any]) -> None:
+        self._gate.set_head(self._shards[place])
         while (out := await queue.get()) is not None:
             if isinstance(out, _Failed):
                 raise out.error
             await self._hand_on(place, out)
+            self._gate.handed_on(slot, out.nbytes)
             if out.error is not None:
                 raise annotate(out.error, SOURCE, getattr(out.error, "key", None)) from None
+
+    def _by_worker(self, pid: int) -> dict[str, float]:
+        """What the worker ``pid`` did this run: shards, samples and seconds in ``fn`` (a worker
+        idle at the end of a run shows as less busy than the others)."""
+        return self.stats.by_worker.setdefault(pid, {"shards": 0, "samples": 0, "busy_s": 0.0})
 
     async def _hand_on(self, place: int, out: ShardOutput) -> None:
         """One part's results downstream, in blocks; ``fn``'s failures under ``on_error``."""
         shard = self._shards[place]
         self.stats.bytes_read += out.bytes_read
+        mine = self._by_worker(out.worker)
+        mine["busy_s"] += out.fn_s
+        mine["samples"] += len(out.indices)
         for key, exc in out.reports:
             self._errors.record(SOURCE, key, exc)
         failed = dict(out.failures)
@@ -227,4 +262,5 @@ def _shard_executor(spec: MapSpec, runtime: Any) -> Any:
     executor.pool_key = "shard-stream-pool"
     if spec.executor == "process":
         executor.tasks_per_worker = 1 + QUEUED
+        executor.spread = True  # shards dealt in turn: the workers start together and end together
     return executor
