@@ -77,7 +77,7 @@ def f(x):
         started.set()
         if MODE == "waiting":
             print("blocked", flush=True)  # the consumer now waits for key 0
-        threading.Event().wait(60)  # a user call that nothing can stop
+        threading.Event().wait(30)  # a user call that nothing can stop
     return x
 
 got = []
@@ -91,7 +91,7 @@ async def main():
             if MODE == "body":
                 await asyncio.to_thread(started.wait, 10)
                 print("blocked", flush=True)  # the consumer is in its loop body
-                await asyncio.sleep(60)
+                await asyncio.sleep(30)
 
 try:
     asyncio.run(main())
@@ -105,7 +105,7 @@ except KeyboardInterrupt:
 
 # after aioloader's exit hooks, the interpreter's own teardown (torch's modules): 0.6 s of CPU,
 # 1.2-1.9 s on 2 loaded cores, 6-9 s with two more such children exiting beside it. A thread that
-# held the exit would hold it until its call returned: the calls last 60 s.
+# held the exit would hold it until its call returned: the calls last 30 s (async) or 60 s.
 _TEARDOWN_SLACK_S = 15.0
 _ALIVE_LIMIT_S = 30.0  # then the child hangs: its stacks are dumped and the test fails
 
