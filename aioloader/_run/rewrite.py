@@ -85,14 +85,14 @@ def fuse_read(source: IndexableSource, specs: Sequence[StageSpec]) -> list[Stage
 def fuse_stream(source: ShardStreamSource, specs: Sequence[StageSpec], *, prefix: Sequence[int] = ()) -> MapSpec | None:
     """The map that a shard stream's workers run (the first stage, when it may take the
     stream's reads: :mod:`aioloader._run.stages.shard_map`), or None, the stream then read in
-    the parent: for a map not in processes (threads share the parent's loop, which reads
+    the parent: for a map not in processes or Ray actors (threads share the parent's loop, which reads
     without copies), one that is not per item, random, timed or retried (a shard's task
     would carry them all), a source that offers no ``worker_stream()``, and a resume whose
     shuffle buffer is read again first (its samples come from several shards)."""
     if not specs or prefix or source.worker_stream is None:
         return None
     spec = specs[0]
-    if not isinstance(spec, MapSpec) or spec.executor != "process" or not pooled_per_item(spec):
+    if not isinstance(spec, MapSpec) or spec.executor not in ("process", "ray") or not pooled_per_item(spec):
         return None
     if spec.timeout is not None or spec.retries or spec.rewrite.fused_batch is not None:
         return None

@@ -7,7 +7,8 @@ a worker process does: ``("ok", (results, failures, busy_s, nbytes))`` (``nbytes
 of the arrays and tensors in the results, by which the pool sizes the next chunks),
 ``("error", exc)`` when the work raised, or ``("undecodable", exc)`` when the values cannot be
 unpickled here. Exceptions come back as values, not as Ray task errors, so the stage sees the
-function's own exception types.
+function's own exception types. ``run_parts`` does the same for work that sends parts of its
+result early (a fused shard stream), as a Ray streaming call.
 
 An actor with a memory limit (``max_worker_memory``) reads its own resident memory every
 :data:`MEMORY_CHECK_S` while it runs a chunk, from a daemon thread of its own (the driver
@@ -23,10 +24,11 @@ from __future__ import annotations
 import ctypes
 import os
 import pickle
+import queue
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from aioloader.workers._child import _portable
@@ -125,6 +127,33 @@ class MapActor:
             return self._run(head, buffers)
         finally:
             self._busy.clear()
+
+    def run_parts(self, head: bytes, buffers: list[Any]) -> Iterator[tuple[str, Any]]:
+        """``run`` for work that sends parts of its result as they are done (a fused shard
+        stream's :class:`~aioloader.sources._stream_worker.ShardStreamWork`): called with
+        ``num_returns="streaming"``, it yields ``("part", part)`` for each, then ``run``'s
+        answer. The work runs in a thread of this call's own, ended before the answer."""
+        parts: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        end = object()
+        answer: list[tuple[str, Any]] = []
+        send_parts = getattr(self._work, "send_parts", None)
+        if send_parts is not None:
+            send_parts(parts.put)
+
+        def work() -> None:
+            try:
+                answer.append(self.run(head, buffers))
+            finally:
+                if send_parts is not None:
+                    send_parts(None)  # this call's queue is done with
+                parts.put(end)
+
+        thread = threading.Thread(target=work, name="aioloader-parts", daemon=True)
+        thread.start()
+        while (part := parts.get()) is not end:
+            yield "part", part
+        thread.join()
+        yield answer[0] if answer else ("error", RuntimeError("the work ended without an answer"))
 
     def _run(self, head: bytes, buffers: list[Any]) -> tuple[str, Any]:
         try:

@@ -167,6 +167,7 @@ class RayExecutor(ProcessExecutor):
     kind = "ray"
     coalesce = True
     runner = "a Ray actor"
+    pool_key = "ray-pool"  # a fused shard stream's pool is another (its work is a shard)
 
     def __init__(self, spec: MapSpec, runtime: Any) -> None:
         self._spec = spec
@@ -177,13 +178,30 @@ class RayExecutor(ProcessExecutor):
         # under a timeout an actor holds one chunk, so its deadline counts from its start
         self._per_actor = 1 if spec.timeout is not None else 1 + QUEUED_PER_ACTOR
         self.in_flight = self.workers * self._per_actor
+        self.tasks_per_worker = self._per_actor  # what a fused shard stream keeps at each actor
         self._pool: Any = None
         self._store_bytes = driver_store_bytes()
+        # the pool an earlier run (epoch) of this stage left open: the cost of an item it timed
+        kept = None if runtime is None else runtime.resources.get(self._pool_key)
+        self._earlier_cost = getattr(kept, "cost_per_item", None)
+        self._earlier_bytes_per_s = getattr(kept, "bytes_per_s", None)
+
+    @property
+    def _pool_key(self) -> str:
+        return f"{self.pool_key}:{self._spec.name}:{self._per_actor}"
+
+    @property
+    def cost_per_item(self) -> float | None:
+        """An item's cost in the actors as earlier epochs timed it (None in the first): the
+        map stage sizes a run's chunks by it until it has timed one of its own, so an epoch
+        after the first sends one single-block chunk (its first batch), not one per actor
+        call in flight: each call costs the driver milliseconds of Ray's CPU."""
+        return self._earlier_cost
 
     @property
     def target_task_s(self) -> float:
         """How long a chunk should run (read by the map stage for each chunk it forms)."""
-        rate = None if self._pool is None else self._pool.bytes_per_s
+        rate = self._earlier_bytes_per_s if self._pool is None else self._pool.bytes_per_s
         return chunk_seconds(self._store_bytes, self.workers, rate)
 
     def _pool_for(self, work: Callable[[list[Any]], Any]) -> Any:
@@ -208,8 +226,7 @@ class RayExecutor(ProcessExecutor):
             if self._runtime is None:
                 self._pool = start()
             else:
-                key = f"ray-pool:{self._spec.name}:{self._per_actor}"
-                self._pool = self._runtime.resource(key, start, usable=lambda pool: pool.broken is None)
+                self._pool = self._runtime.resource(self._pool_key, start, usable=lambda pool: pool.broken is None)
         return self._pool
 
     def describe(self) -> list[dict[str, Any]]:

@@ -10,6 +10,9 @@ Each slot holds one actor. A slot takes work once its actor answered ``ready()``
 starts its next chunk without waiting for the driver; one under a ``timeout``, so a chunk's
 deadline counts from when its actor starts it. Results come back through Ray's object store
 and resolve the futures from Ray's own threads: the driver's event loop never blocks on Ray.
+A chunk submitted with ``on_part`` (a fused shard stream's) is a Ray streaming call whose parts
+a thread of the pool's reads as they come (one per such call, ended with it, joined by
+``close``).
 
 A chunk an actor has been running past the stall limit (``stall_after``, as the process pool's:
 "auto" is 20 times the slowest chunk, at least 60 s) is reported once: a warning naming the
@@ -50,9 +53,15 @@ log = logging.getLogger("aioloader")
 
 
 class _Task:
-    __slots__ = ("at", "buffers", "deadline", "future", "head", "label", "sent", "stalled", "timeout")
+    __slots__ = ("at", "buffers", "deadline", "future", "head", "label", "on_part", "sent", "stalled", "timeout")
 
-    def __init__(self, payload: wire.Payload, timeout: float | None, label: Any = None) -> None:
+    def __init__(
+        self,
+        payload: wire.Payload,
+        timeout: float | None,
+        label: Any = None,
+        on_part: Callable[[Any], None] | None = None,
+    ) -> None:
         import numpy as np
 
         self.head = payload.head
@@ -65,6 +74,7 @@ class _Task:
         self.sent = 0.0  # when it was handed to its actor
         self.at: tuple[_Slot, int] | None = None  # (slot, generation) running it, until it ends
         self.stalled = False  # reported once
+        self.on_part = on_part  # parts of the result sent early (a fused shard stream's)
 
     def finish(self, outcome: Outcome) -> bool:
         try:
@@ -120,6 +130,7 @@ class ActorPool:
         self._max_memory = max_memory
         self._slowest = 0.0  # the longest a chunk has run: the "auto" stall limit is 20x this
         self._bytes_per_s: float | None = None
+        self._cost_per_item: float | None = None
         self._tag = f"aioloader:{name}:{uuid.uuid4().hex[:8]}"
         self._options = options
         self._actor_class = ray.remote(MapActor)
@@ -135,6 +146,7 @@ class ActorPool:
         self._to_start: list[tuple[_Slot, int]] = []  # slots whose actor that thread makes
         # what to check when: a task's end, or (slot, generation) for an actor's start
         self._deadlines: dict[Any, tuple[float, _Slot, int, _Task | None]] = {}
+        self._readers: set[threading.Thread] = set()  # one per streaming call, until it ends
         self._slots = [_Slot(i) for i in range(actors)]
         # Ray's callbacks must not block or call into Ray: they hand their event to this thread
         self._thread = threading.Thread(target=self._serve, name=f"aioloader-ray-{name}", daemon=True)
@@ -153,12 +165,25 @@ class ActorPool:
         """Result bytes an actor makes per second of work (None until a chunk answered)."""
         return self._bytes_per_s
 
+    @property
+    def cost_per_item(self) -> float | None:
+        """An actor's busy seconds per item of a chunk, averaged over the chunks answered so
+        far in any epoch (None until one answered)."""
+        return self._cost_per_item
+
     def submit(
-        self, payload: wire.Payload, timeout: float | None = None, label: Any = None
+        self,
+        payload: wire.Payload,
+        timeout: float | None = None,
+        label: Any = None,
+        on_part: Callable[[Any], None] | None = None,
     ) -> Future[Outcome]:
         """Queue a chunk; ``timeout`` in seconds from the moment an actor is given it. ``label``:
-        what a stall report names (the chunk's keys)."""
-        task = _Task(payload, timeout, label)
+        what a stall report names (the chunk's keys). ``on_part``: called with each part of
+        the result the work sends early (``run_parts``, a Ray streaming call), from a thread
+        of the pool's, never after the chunk has ended (a part still on its way when its
+        actor died is dropped, so the chunk is redone from the last part delivered)."""
+        task = _Task(payload, timeout, label, on_part)
         with self._lock:
             if self._closed:
                 task.finish(Outcome("error", RuntimeError(f"the Ray actor pool of {self.name!r} is closed")))
@@ -206,6 +231,10 @@ class ActorPool:
                 self._kill(actor)
         if self._thread is not threading.current_thread():
             self._thread.join(2.0)
+        with self._lock:
+            readers = list(self._readers)
+        for reader in readers:  # their calls end with the killed actors
+            reader.join(2.0)
 
     # -- actors (under the lock) ----------------------------------------------------------
     def _spawn(self, slot: _Slot) -> None:
@@ -319,12 +348,16 @@ class ActorPool:
         slot.tasks.add(task)
         task.sent = time.monotonic()
         task.at = (slot, slot.generation)
-        ref = slot.actor.run.remote(task.head, task.buffers)
         generation = slot.generation
+        if task.on_part is not None:
+            stream = slot.actor.run_parts.options(num_returns="streaming").remote(task.head, task.buffers)
+            self._read_parts(stream, slot, generation, task)
+        else:
+            ref = slot.actor.run.remote(task.head, task.buffers)
+            self._when_done(ref, lambda done: self._on_done(slot, generation, task, done))
         if task.timeout is not None:
             task.deadline = time.monotonic() + task.timeout
             self._watch(slot, generation, task.deadline, task)
-        self._when_done(ref, lambda done: self._on_done(slot, generation, task, done))
 
     def _on_done(self, slot: _Slot, generation: int, task: _Task, done: Future[Any]) -> None:
         with self._lock:
@@ -358,6 +391,7 @@ class ActorPool:
                     slot.busy_s += busy
                     slot.chunks += 1
                     self._count_bytes(nbytes, busy)
+                    self._count_cost(len(results), busy)
                 outcome = Outcome(kind, value)
             task.finish(outcome)
             self._dispatch()
@@ -375,6 +409,13 @@ class ActorPool:
         rate = nbytes / busy
         previous = self._bytes_per_s
         self._bytes_per_s = rate if previous is None else 0.7 * previous + 0.3 * rate
+
+    def _count_cost(self, items: int, busy: float) -> None:
+        if items <= 0 or busy <= 0:
+            return
+        cost = busy / items
+        previous = self._cost_per_item
+        self._cost_per_item = cost if previous is None else 0.7 * previous + 0.3 * cost
 
     def _failure(self, exc: BaseException) -> Outcome:
         if isinstance(exc, self._lost):  # an actor replaced already (a late report of its death)
@@ -404,6 +445,36 @@ class ActorPool:
                 self._wake.notify_all()
 
         ref.future().add_done_callback(post)
+
+    def _read_parts(self, stream: Any, slot: _Slot, generation: int, task: _Task) -> None:
+        """A thread that reads a streaming call's parts as the actor yields them (Ray's
+        callbacks must not block, this thread may), hands each to ``task.on_part`` while the
+        task is still this actor's, and then the call's answer (or its error) to the pool's
+        thread, as ``_when_done`` does."""
+
+        def read() -> None:
+            done: Future[Any] = Future()
+            try:
+                answer = None
+                for ref in stream:
+                    kind, value = self._ray.get(ref)
+                    if kind != "part":
+                        answer = (kind, value)
+                        continue
+                    with self._lock:  # not once the pool has ended the task (a crash redoes it)
+                        if task.at == (slot, generation) and task.on_part is not None:
+                            task.on_part(value)
+                done.set_result(answer)
+            except BaseException as exc:  # the actor died, or Ray is down: the pool decides
+                done.set_exception(exc)
+            with self._lock:
+                self._readers.discard(threading.current_thread())
+                self._events.append(lambda: self._on_done(slot, generation, task, done))
+                self._wake.notify_all()
+
+        reader = threading.Thread(target=read, name=f"aioloader-ray-parts-{self.name}", daemon=True)
+        self._readers.add(reader)
+        reader.start()
 
     def _watch(self, slot: _Slot, generation: int, deadline: float, task: _Task | None = None) -> None:
         """Check at ``deadline`` that the slot's actor started (``task`` None) or finished ``task``."""

@@ -9,7 +9,10 @@ threads in it count, the cluster's processes do not). Peak memory is the tree's 
 simulated cluster included (its raylets, object stores and workers are children of this
 process); the cluster runs through every row, and the two aioloader loaders stay open through
 their alternating rounds (best of three each), so the idle actors count in the process
-executor's row and its idle workers in the Ray executor's.
+executor's row and its idle workers in the Ray executor's. A second table splits the tree's CPU
+per sample by role (the driver, the actors or worker processes, the raylets, the GCS, Ray's
+other processes; psutil over the tree around each measured round): on two cores shared by all
+of them, a loader's rate is bounded by 2 cores / its tree's CPU per sample.
 
 Ray must never bind this machine's external address nor probe a public DNS server, so this
 workload re-executes itself inside a private network namespace with only loopback
@@ -83,36 +86,104 @@ class ReadDecodeBatch:
 
 
 def _driver_cpu(make: Callable[[], Iterable[Any]]) -> Callable[[], Iterable[Any]]:
-    """``make`` whose iteration leaves this process's CPU seconds in ``_DRIVER[0]``."""
+    """``make`` whose iteration leaves this process's CPU seconds in ``_DRIVER[0]`` and the
+    tree's by role in ``_ROLES[0]`` (the harness's own work around the iteration left out)."""
 
     def wrapped() -> Iterable[Any]:
         me = psutil.Process()
+        tree_before = tree_cpu()
         before = me.cpu_times()
         try:
             yield from make()
         finally:
             after = me.cpu_times()
             _DRIVER[0] = (after.user - before.user) + (after.system - before.system)
+            # the driver's own reading: the tree's readings around it cost the driver too
+            _ROLES[0] = {**cpu_by_role(tree_before, tree_cpu()), "driver": _DRIVER[0]}
 
     return wrapped
 
 
 _DRIVER = [0.0]
+_ROLES: list[dict[str, float]] = [{}]
+ROLES = ("driver", "actors / workers", "raylets", "gcs_server", "other Ray processes")
 
 
-def _measure(name: str, make: Callable[[], Iterable[Any]]) -> tuple[Result, float]:
-    """One round: the harness's numbers and the driver's CPU seconds per sample."""
+def _role(proc: psutil.Process, me: int) -> str | None:
+    """What a process of this tree is, for the CPU split (None: the harness's memory sampler)."""
+    if proc.pid == me:
+        return "driver"
+    name = proc.name()
+    if name == "raylet":
+        return "raylets"
+    if name == "gcs_server":
+        return "gcs_server"
+    command = " ".join(proc.cmdline()[:4])
+    if "tree_pss" in command:
+        return None
+    if any(actor in name or actor in command for actor in ("MapActor", "MapBatches", "MapWorker")):
+        return "actors / workers"  # ours, Ray Data's
+    if name.startswith("ray::") or "/ray/" in command or "ray." in command:
+        return "other Ray processes"  # idle Ray workers, the log monitor, agents
+    return "actors / workers"  # the process executor's workers
+
+
+def tree_cpu() -> dict[int, tuple[str, float]]:
+    """This process tree's CPU seconds: pid -> (role, seconds)."""
+    me = psutil.Process()
+    out = {}
+    for proc in [me, *me.children(recursive=True)]:
+        try:
+            role = _role(proc, me.pid)
+            times = proc.cpu_times()
+        except psutil.Error:
+            continue
+        if role is not None:
+            out[proc.pid] = (role, times.user + times.system)
+    return out
+
+
+def cpu_by_role(before: dict[int, tuple[str, float]], after: dict[int, tuple[str, float]]) -> dict[str, float]:
+    """CPU seconds per role between two :func:`tree_cpu` readings (a process started between
+    them counts from zero; one that ended is missed)."""
+    spent = dict.fromkeys(ROLES, 0.0)
+    for pid, (role, seconds) in after.items():
+        spent[role] += seconds - before.get(pid, (role, 0.0))[1]
+    return spent
+
+
+Measured = tuple[Result, float, dict[str, float]]
+
+
+def _measure(name: str, make: Callable[[], Iterable[Any]]) -> Measured:
+    """One round: the harness's numbers, the driver's CPU seconds per sample and the tree's
+    CPU seconds per sample by role."""
     result = measure_once(name, _driver_cpu(make))
-    per_sample = _DRIVER[0] / max(result.samples, 1)
+    roles = _ROLES[0]
+    samples = max(result.samples, 1)
+    per_sample = _DRIVER[0] / samples
     print(
-        f"{name}: {result.samples_per_s:,.0f} samples/s, driver {per_sample * 1e6:,.0f} us/sample",
+        f"{name}: {result.samples_per_s:,.0f} samples/s, driver {per_sample * 1e6:,.0f} us/sample, "
+        + ", ".join(f"{role} {cpu / samples * 1e6:,.0f}" for role, cpu in roles.items()),
         file=sys.stderr,
     )
-    return result, per_sample
+    return result, per_sample, {role: cpu / samples for role, cpu in roles.items()}
 
 
-def _best(rounds: list[tuple[Result, float]]) -> tuple[Result, float]:
+def _best(rounds: list[Measured]) -> Measured:
     return max(rounds, key=lambda measured: measured[0].samples_per_s)
+
+
+def roles_table(measured: list[Measured], cores: int) -> list[str]:
+    """The tree's CPU per sample by role, and the rate ``cores`` cores bound it to."""
+    head = "| loader | " + " | ".join(ROLES) + " | tree | bound: cores / tree (samples/s) |"
+    lines = [head, "|---" * (len(ROLES) + 3) + "|"]
+    for result, _, roles in measured:
+        tree = sum(roles.values())
+        cells = " | ".join(f"{roles[role] * 1e6:,.0f}" for role in ROLES)
+        bound = cores / tree if tree > 0 else 0.0
+        lines.append(f"| {result.name} | {cells} | {tree * 1e6:,.0f} | {bound:,.0f} |")
+    return lines
 
 
 def _run(quick: bool) -> str:
@@ -167,7 +238,7 @@ def _run(quick: bool) -> str:
             "aioloader executor=process (2 workers, this machine)",
             "aioloader executor=ray (2 actors, 2 nodes)",
         )
-        runs: list[list[tuple[Result, float]]] = [[], []]
+        runs: list[list[Measured]] = [[], []]
         for _ in range(rounds):
             for i, (name, loader) in enumerate(zip(names, (process, ray_loader), strict=True)):
                 runs[i].append(_measure(name, lambda loader=loader: iter(loader)))
@@ -185,8 +256,9 @@ def _run(quick: bool) -> str:
                 loader.close()
         ray.shutdown()
         cluster.shutdown()
-    results = [r for r, _ in measured]
-    (proc_r, proc_cpu), (ray_r, ray_cpu), (data_r, _) = measured
+    results = [r for r, _, _ in measured]
+    (proc_r, proc_cpu, proc_roles), (ray_r, ray_cpu, ray_roles), (data_r, _, _) = measured
+    cores = psutil.cpu_count() or 1
     lines = [
         table(
             f"ray: {n:,} JPEGs 320x240, decode + resize {SIZE}, batch {BATCH}, "
@@ -197,7 +269,14 @@ def _run(quick: bool) -> str:
         "",
         "| loader | driver CPU per sample (us) |",
         "|---|---|",
-        *(f"| {r.name} | {cpu * 1e6:,.0f} |" for r, cpu in measured),
+        *(f"| {r.name} | {cpu * 1e6:,.0f} |" for r, cpu, _ in measured),
+        "",
+        f"CPU per sample by process role (us; psutil over the tree, all on this machine's {cores} cores):",
+        "",
+        *roles_table(measured, cores),
+        "",
+        f"tree CPU per sample, ray / process: **{sum(ray_roles.values()) / max(sum(proc_roles.values()), 1e-12):.2f}**"
+        " (on shared cores, the ray / process rate is bounded by its inverse)",
         "",
         f"executor=ray / executor=process: **{ray_r.samples_per_s / proc_r.samples_per_s:.2f}x** "
         f"(target >= 0.9); / Ray Data: **{ray_r.samples_per_s / data_r.samples_per_s:.2f}x** (target >= 1); "

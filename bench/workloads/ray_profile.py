@@ -3,7 +3,9 @@
 Runs the ray workload's two aioloader loaders (process and Ray executors, same images, same
 two-node simulated cluster, in the same loopback-only network namespace) for two measured
 epochs each, and prints per loader: samples/s, the driver's CPU per sample split by thread
-(the event loop's, Ray's core-worker and gRPC threads, the pool's), and, when ``py-spy`` is
+(the event loop's, Ray's core-worker and gRPC threads, the pool's), the actor calls per second
+and the driver's CPU per call, the whole tree's CPU per sample by process role (raylets, GCS,
+actors or workers), and, when ``py-spy`` is
 installed, the functions the driver's threads were sampled in (own time, then inclusive).
 A diagnostic, not part of ``python -m bench``.
 """
@@ -26,10 +28,11 @@ import torch
 
 import aioloader as al
 from aioloader.transforms import decode_image
+from bench.harness import _batch_len
 from bench.workloads.jpeg import BATCH, SIZE, make_images
-from bench.workloads.ray import _INSIDE, NODE, in_namespace
+from bench.workloads.ray import _INSIDE, NODE, ROLES, cpu_by_role, in_namespace, tree_cpu
 
-EPOCHS = 2
+EPOCHS = 3
 
 
 def _threads() -> dict[int, tuple[str, float]]:
@@ -65,14 +68,24 @@ def _profile(name: str, loader: al.Loader) -> str:
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         )  # fmt: skip
         time.sleep(1.0)  # attached before the epochs start
+    calls_before = _calls(loader)
+    tree_before = tree_cpu()
     before = _threads()
     started = time.perf_counter()
     samples = 0
+    firsts = []
     for _ in range(EPOCHS):
+        epoch_started = time.perf_counter()
+        first = None
         for batch in loader:
-            samples += len(batch)
+            if first is None:
+                first = time.perf_counter() - epoch_started
+                firsts.append(first)
+            samples += _batch_len(batch)
     elapsed = time.perf_counter() - started
     after = _threads()
+    roles = cpu_by_role(tree_before, tree_cpu())
+    calls = _calls(loader) - calls_before
     if recorder is not None:
         recorder.send_signal(signal.SIGINT)
         recorder.wait(60)
@@ -83,10 +96,32 @@ def _profile(name: str, loader: al.Loader) -> str:
     lines = [
         f"## {name}: {samples / elapsed:,.0f} samples/s, driver {total / samples * 1e6:,.1f} us/sample",
         *(f"- {group}: {cpu / samples * 1e6:,.1f} us/sample" for group, cpu in per_group.most_common() if cpu > 0),
+        "first batch of each epoch (s): " + ", ".join(f"{first:.3f}" for first in firsts),
+        "tree CPU per sample by role: "
+        + ", ".join(f"{role} {roles[role] / samples * 1e6:,.1f} us" for role in ROLES)
+        + f"; total {sum(roles.values()) / samples * 1e6:,.1f} us",
     ]
+    stages = [s for s in loader.stats()["stages"] if s["name"].startswith("map")]
+    lines += [f"stage {s['name']}: executor {s['executor']}, fused batch {s.get('fused')}, reads {s.get('reads')}" for s in stages]
+    if calls:
+        ray_threads = sum(cpu for group, cpu in per_group.items() if not group.startswith("aioloader"))
+        lines.append(
+            f"actor calls: {calls} ({calls / elapsed:,.1f}/s, {samples / calls:,.0f} samples each); driver CPU "
+            f"per call {total / calls * 1e3:,.2f} ms, of which Ray's and other non-aioloader threads "
+            f"{ray_threads / calls * 1e3:,.2f} ms"
+        )
     if raw.exists():
         lines += _hot(raw)
     return "\n".join(lines)
+
+
+def _calls(loader: al.Loader) -> int:
+    """Chunks the loader's Ray actors have run so far (0 for other executors)."""
+    try:
+        stages = loader.stats()["stages"]
+    except Exception:  # no run yet
+        return 0
+    return sum(actor["chunks"] for stage in stages for actor in stage.get("actors") or ())
 
 
 def _hot(raw: Path, top: int = 25) -> list[str]:

@@ -130,6 +130,27 @@ def test_same_batches_as_process_on_two_nodes(cluster, expected) -> None:
     assert _actors_gone(names), "close() left actors alive"
 
 
+def sleepy_square(x: int) -> np.ndarray:
+    time.sleep(0.01)
+    return square(x)
+
+
+def test_later_epochs_size_chunks_by_the_cost_timed_before(cluster) -> None:
+    """Before: every epoch sent single-block chunks (one batch a call, four calls in flight)
+    until it had timed one of its own, and each actor call costs the driver milliseconds of
+    Ray's CPU. Now an epoch after the first sizes its chunks by the cost the actors timed
+    before (the pool outlives the epoch): only its first chunk is a single block."""
+    with _loader(sleepy_square, "ray", batch=4) as loader:
+        first = _run(loader)
+        calls = [sum(a["chunks"] for a in _actors(loader, "map(sleepy_square)"))]
+        second = _run(loader)
+        calls.append(sum(a["chunks"] for a in _actors(loader, "map(sleepy_square)")) - calls[0])
+    for got in (first, second):
+        assert sorted(int(v) for b in got for v in b[:, 0]) == sorted(k * k for k in range(N))
+    # 24 batches of ~40 ms: 4 single-block calls, then chunks of several batches; later, 1
+    assert calls[1] < calls[0], calls
+
+
 def wide_square(x: int) -> np.ndarray:
     return np.full(2048, x * x, dtype=np.int64)  # batches of 128 KB: views, not copies
 
@@ -349,6 +370,143 @@ def test_actor_killed_mid_epoch(cluster, expected, tmp_path) -> None:
     assert killed
     assert sum(a["replaced"] for a in actors) >= 1
     _same([np.concatenate(got[i : i + 2]) for i in range(0, len(got), 2)], expected)
+
+
+class OnCls:
+    """``inner`` of a WebDataset sample's ``cls``."""
+
+    def __init__(self, inner) -> None:
+        self.inner = inner
+
+    def __call__(self, sample: dict) -> np.ndarray:
+        return self.inner(int(sample["cls"]))
+
+
+def _streamed(server: ObjectServer, fn, executor: str) -> tuple[list[int], dict]:
+    """A streamed (unindexed) WebDataset's samples through ``fn``: the values and the stage."""
+    urls = [server.url(f"s-{shard:06d}.tar") for shard in range(4)]
+    options = {"ray_options": SPREAD} if executor == "ray" else {}
+    loader = al.Loader.from_source(al.sources.WebDataset(urls), shuffle=True, seed=4).map(
+        fn, executor=executor, concurrency=2, **options
+    )
+    with loader:
+        got = [int(value[0]) for value in loader]
+        (stage,) = [s for s in loader.stats()["stages"] if s["name"].startswith("map")]
+    return got, stage
+
+
+@pytest.fixture
+def shards(tmp_path: Path):
+    """Four unindexed WebDataset shards of ten samples on an object server (127.0.0.1)."""
+    samples = [{"__key__": f"k{i:04d}", "bin": os.urandom(200 + i), "cls": i} for i in range(40)]
+    al.sources.write_shards(samples, str(tmp_path / "s-%06d.tar"), max_count=10)
+    with ObjectServer() as server:
+        for path in tmp_path.glob("s-*.tar"):
+            server.objects[path.name] = path.read_bytes()
+        yield server
+
+
+def test_streamed_shards_are_read_by_the_actors(cluster, shards) -> None:
+    """Before: an unindexed WebDataset was streamed by the trainer's loop, every sample's bytes
+    sent to the actors; now the actors stream whole shards (as processes do): same order."""
+    expected, _ = _streamed(shards, OnCls(square), "process")
+    got, stage = _streamed(shards, OnCls(square), "ray")
+    assert got == expected and sorted(got) == [k * k for k in range(40)]
+    assert stage["executor"] == "ray" and stage["reads"] == "source", stage  # the actors read
+    assert stage["bytes_read"] > 0 and len({a["node"] for a in stage["actors"]}) == 2
+
+
+class AfterTheFirstValue:
+    """``square`` of a sample's ``cls``; from a shard's fifth sample on it waits (up to 20 s)
+    for ``gate``, which the test makes once it has received a value, and leaves ``late`` if
+    it waited in vain: only parts sent before their shard ends can open the gate."""
+
+    def __init__(self, gate: Path, late: Path) -> None:
+        self.gate, self.late = gate, late
+
+    def __call__(self, sample: dict) -> np.ndarray:
+        value = int(sample["cls"])
+        if value % 10 >= 4:
+            deadline = time.monotonic() + 20
+            while not self.gate.exists() and time.monotonic() < deadline:
+                time.sleep(0.01)
+            if not self.gate.exists():
+                self.late.touch()
+        return square(value)
+
+
+def test_streamed_shards_send_parts_before_the_shard_ends(cluster, shards, tmp_path: Path) -> None:
+    """Before: a shard's results came back as one object when the shard was done (a shard of
+    decoded images can outgrow the driver node's store, and its first sample waited for the
+    whole shard). Now the actor yields a part per block as it is done (a Ray streaming call)."""
+    gate, late = tmp_path / "gate", tmp_path / "late"
+    loader = (
+        al.Loader.from_source(al.sources.WebDataset(shards.url("s-000000.tar")))
+        .map(AfterTheFirstValue(gate, late), executor="ray", concurrency=1)
+        .options(block_size=2)
+    )
+    got = []
+    with loader:
+        for value in loader:
+            got.append(int(value[0]))
+            gate.touch()
+        (stage,) = [s for s in loader.stats()["stages"] if s["name"].startswith("map")]
+    assert stage["reads"] == "source"
+    assert got == [k * k for k in range(10)]
+    assert not late.exists(), "the shard's first samples came only once the whole shard was done"
+
+
+def test_streamed_shards_resume_from_the_open_shard(cluster, shards) -> None:
+    """A resumed run's actors read the open shard from its next sample on: the rest, once."""
+    expected, _ = _streamed(shards, OnCls(square), "process")
+    urls = [shards.url(f"s-{shard:06d}.tar") for shard in range(4)]
+
+    def loader() -> al.Loader:
+        source = al.sources.WebDataset(urls)
+        return al.Loader.from_source(source, shuffle=True, seed=4).map(
+            OnCls(square), executor="ray", concurrency=2, ray_options=SPREAD
+        )
+
+    with loader() as first:
+        it = iter(first)
+        head = [int(next(it)[0]) for _ in range(15)]  # inside the second shard
+        state = first.state_dict()
+    with loader() as resumed:
+        resumed.load_state_dict(state)
+        rest = [int(value[0]) for value in resumed]
+        (stage,) = [s for s in resumed.stats()["stages"] if s["name"].startswith("map")]
+    assert stage["reads"] == "source"
+    assert head + rest == expected
+
+
+def test_an_actor_killed_mid_shard_has_its_shard_read_again(cluster, shards, tmp_path: Path) -> None:
+    """The killed actor provably holds a shard (StallOneActor); its shard is read again from its
+    first sample not received, by a replacement: every sample once, in order."""
+    expected, _ = _streamed(shards, OnCls(square), "process")
+    claim = tmp_path / "claimed"
+    stalling = OnCls(StallOneActor(claim, claim_by="pid"))
+    killed = []
+
+    urls = [shards.url(f"s-{shard:06d}.tar") for shard in range(4)]
+    loader = al.Loader.from_source(al.sources.WebDataset(urls), shuffle=True, seed=4).map(
+        stalling, executor="ray", concurrency=2, ray_options=SPREAD
+    )
+
+    def kill(pid: str) -> None:
+        (victim,) = [a["actor"] for a in _actors(loader, "map(OnCls)") if str(a["pid"]) == pid]
+        ray.kill(ray.get_actor(victim))
+        killed.append(victim)
+
+    with loader:
+        fault = _when_claimed(claim, kill)
+        try:
+            got = [int(value[0]) for value in loader]
+        finally:
+            fault.join(timeout=200)
+        (stage,) = [s for s in loader.stats()["stages"] if s["name"].startswith("map")]
+    assert killed
+    assert sum(a["replaced"] for a in stage["actors"]) >= 1
+    assert got == expected
 
 
 def test_node_removed_mid_epoch(cluster, expected, tmp_path) -> None:

@@ -115,6 +115,7 @@ class MapStage(Stage):
             spec.name, spec.on_error, spec.max_failures, errors, expected_items
         )
         self._cost_per_item: float | None = None
+        self._chunks_formed = 0
         self._expected_items = expected_items
         self._owned: list[Executor] = []
         self._probes: list[PlacementProbe] = []
@@ -310,6 +311,7 @@ class MapStage(Stage):
 
     def _chunks(self, block: Block) -> list[Block]:
         size = 1 if self.spec.timeout is not None else self._chunk_size()
+        self._chunks_formed += 1
         n = len(block)
         if size >= n:
             return [block]
@@ -336,6 +338,10 @@ class MapStage(Stage):
 
     def _chunk_size(self) -> int:
         cost = self._cost_per_item
+        if cost is None and self._chunks_formed:
+            # a pool that outlives the run (Ray's actors) knows an item's cost from earlier
+            # epochs: only the run's first chunk is a single block (its first batch is not held)
+            cost = getattr(self._executor, "cost_per_item", None)
         if cost is None:
             return 1
         # An executor with a costlier round trip (processes) may ask for longer tasks.

@@ -20,6 +20,12 @@ dies mid-shard loses only the block it was on: the shard is given to a worker ag
 first sample not yet received (read again from the shard's start), at most
 :data:`~aioloader.workers.executor.MAX_ATTEMPTS` times, so nothing is lost or doubled.
 
+With ``executor="ray"`` the stage's Ray actors read the shards the same way (the same work,
+:class:`~aioloader.sources._stream_worker.ShardStreamWork`, in each actor, its parts sent back
+by a Ray streaming call: :meth:`aioloader.ray._actor.MapActor.run_parts`), but an actor reads
+no queued shard ahead (Ray gives a running call no view of the calls queued behind it). A dead
+actor's shard is read again from its first sample not received.
+
 Used where nothing else can differ (:func:`aioloader._run.rewrite.fuse_stream`); elsewhere the
 source stage streams in the parent.
 """
@@ -80,7 +86,8 @@ class ShardMapStage(Stage):
         self._executor = _shard_executor(spec, runtime)
         self._work = ShardStreamWork(dataset, spec.fn)
         self.output: Channel
-        self.stats = StageStats(spec.name, workers=self._executor.workers, executor="process")
+        self.stats = StageStats(spec.name, workers=self._executor.workers, executor=self._executor.kind)
+        self.stats.describe_workers = getattr(self._executor, "describe", None)  # a Ray stage's actors
         self.stats.reads = SOURCE
         self.stats.bytes_read = 0
 
@@ -164,7 +171,7 @@ class ShardMapStage(Stage):
             detail = outcome.value  # the parts received stay; the rest is read again
         url = self._dataset.urls[shard]
         raise WorkerCrashError(
-            f"stage {self.name!r}: a worker process died each of the {MAX_ATTEMPTS} times it read "
+            f"stage {self.name!r}: {self._executor.runner} died each of the {MAX_ATTEMPTS} times it read "
             f"shard {url} (from sample {received[0]}; last: {detail}); giving up on it",
             stage=self.name,
             key=(shard, received[0]),
@@ -211,12 +218,13 @@ async def _size(store: Any, url: str) -> int | None:
 
 
 def _shard_executor(spec: MapSpec, runtime: Any) -> Any:
-    """The process executor of the stage's pool: a pool of its own (its work is the shard
-    task, not the map's chunk), started at the first shard and kept by the Loader."""
-    factory = external_executor("process")
-    if factory is None:  # registered by aioloader.workers
-        raise ValueError("executor 'process' is not available")
+    """The process (or Ray) executor of the stage's pool: a pool of its own (its work is the
+    shard task, not the map's chunk), started at the first shard and kept by the Loader."""
+    factory = external_executor(spec.executor)
+    if factory is None:  # registered by aioloader.workers (and aioloader.ray)
+        raise ValueError(f"executor {spec.executor!r} is not available")
     executor = factory(spec, runtime)
     executor.pool_key = "shard-stream-pool"
-    executor.tasks_per_worker = 1 + QUEUED
+    if spec.executor == "process":
+        executor.tasks_per_worker = 1 + QUEUED
     return executor
