@@ -23,7 +23,7 @@ import torch
 
 from aioloader._run.block import Block
 from aioloader._run.channel import ChannelClosed
-from aioloader._run.interrupt import holds_loop
+from aioloader._run.interrupt import holds_loop, start_thread
 from aioloader._run.threads import wait_at_exit, wait_while_computing
 
 STOP_TIMEOUT_S = 2.0
@@ -59,7 +59,7 @@ class LoopThread:
         self.loop = new_event_loop(kind)
         ready = threading.Event()
         self._thread = threading.Thread(target=self._main, args=(ready,), name="aioloader-loop", daemon=True)
-        self._thread.start()
+        start_thread(self._thread)
         wait_at_exit(self._thread)  # after Ctrl-C its stop is not waited for long
         ready.wait()
 

@@ -23,6 +23,8 @@ import traceback
 from collections.abc import Callable
 from typing import Any
 
+from aioloader._run.interrupt import start_thread
+
 STALL_MIN_S = 60.0  # the default stall limit is STALL_FACTOR x the slowest task, and at least this
 STALL_FACTOR = 20
 STACK_MAX_CHARS = 8000  # a report keeps the innermost frames of a longer stack
@@ -150,7 +152,7 @@ class StallWatch:
                 self._thread = threading.Thread(
                     target=self._watch, name=f"aioloader-stall-{self.stage}", daemon=True
                 )
-                self._thread.start()
+                start_thread(self._thread)
 
     def _watch(self) -> None:
         while True:

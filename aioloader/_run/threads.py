@@ -31,6 +31,7 @@ from concurrent.futures import Future
 from typing import Any
 
 from aioloader import _exit
+from aioloader._run.interrupt import start_thread
 
 _Item = tuple[Future[Any], Callable[..., Any], tuple[Any, ...]]
 
@@ -118,7 +119,7 @@ class DaemonThreadPool:
             return
         thread = threading.Thread(target=self._work, name=f"{self._prefix}_{next(self._names)}", daemon=True)
         self._threads.add(thread)
-        thread.start()
+        start_thread(thread)
 
     def _work(self) -> None:
         me = threading.current_thread()

@@ -43,6 +43,7 @@ import aioloader.workers._child as worker_child
 import aioloader.workers.shm as shm
 from aioloader._closing import Closing
 from aioloader._run.graph import Pipeline
+from aioloader._run.interrupt import start_thread
 from aioloader.errors import WorkerCrashError
 from aioloader.service.cursor import Cursor
 from aioloader.service.specs import check_host_only, pickled_spec, pinned_rank
@@ -109,7 +110,7 @@ class SubprocessLoader(Closing):
             name="aioloader-subprocess",
             daemon=True,
         )
-        self._reader.start()
+        start_thread(self._reader)
         self._finalizer = weakref.finalize(self, _kill, self._proc, self._prefix, self._lifeline)
         try:
             self._commands.send(preparation_data("aioloader-subprocess"))
