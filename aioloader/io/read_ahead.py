@@ -116,20 +116,9 @@ class ReadAhead:
             return None
         if self._planner is None:
             self._planner = asyncio.create_task(self._plan(), name="aioloader-read-ahead")
-        queue = self._admitted.get(key)
-        if queue:
-            span = queue.popleft()
-            if not queue:
-                del self._admitted[key]
-        elif self._done:
+        span: _Span | None = await _next_admitted(self, key)
+        if span is None:
             return None
-        else:  # not admitted yet: the planner gets to it as earlier spans are taken
-            waiter: asyncio.Future[_Span | None] = asyncio.get_running_loop().create_future()
-            self._waiting[key].append(waiter)
-            found = await waiter
-            if found is None:
-                return None
-            span = found
         try:
             if span.data is None and span.error is None:  # not read yet: wait for it
                 if not span.requested:  # sent at once, whatever the lead
@@ -316,20 +305,9 @@ class UnitReadAhead:
             return None
         if self._planner is None:
             self._planner = asyncio.create_task(self._plan(), name="aioloader-read-ahead")
-        queue = self._admitted.get(key)
-        if queue:
-            entry = queue.popleft()
-            if not queue:
-                del self._admitted[key]
-        elif self._done:
+        entry: _Unit | None = await _next_admitted(self, key)
+        if entry is None:
             return None
-        else:  # not admitted yet: the planner gets to it as earlier keys are taken
-            waiter: asyncio.Future[_Unit | None] = asyncio.get_running_loop().create_future()
-            self._waiting[key].append(waiter)
-            found = await waiter
-            if found is None:
-                return None
-            entry = found
         try:
             return await asyncio.shield(entry.read)  # a taker cancelled leaves the read to others
         finally:
@@ -399,3 +377,20 @@ class UnitReadAhead:
         async with self._limit:
             self.reads += 1
             return await self._read(unit)
+
+
+async def _next_admitted(plan: Any, key: Any) -> Any:
+    """The next entry ``plan``'s planner admitted for ``key`` (waiting while the planner gets
+    to it, as earlier keys are taken); None when ``key`` is not (or no longer) in the plan.
+    ``plan``: a read-ahead with ``_admitted``, ``_waiting`` and ``_done``."""
+    queue = plan._admitted.get(key)
+    if queue:
+        entry = queue.popleft()
+        if not queue:
+            del plan._admitted[key]
+        return entry
+    if plan._done:
+        return None
+    waiter: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+    plan._waiting[key].append(waiter)
+    return await waiter
