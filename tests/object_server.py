@@ -30,6 +30,7 @@ class ObjectServer:
         self.in_flight = 0  # GETs being answered now
         self.max_in_flight = 0
         self.request_s = 0.0  # seconds of GETs being answered, summed over the GETs
+        self.head_latency_s: dict[str, float] = {}  # an object's HEADs answered this much later
         self.heads_in_flight = 0  # HEADs (size lookups) being answered now
         self.max_heads_in_flight = 0
         self._loop = asyncio.new_event_loop()
@@ -82,8 +83,8 @@ class ObjectServer:
             self.heads_in_flight += 1
             self.max_heads_in_flight = max(self.max_heads_in_flight, self.heads_in_flight)
             try:
-                if self.latency_s:
-                    await asyncio.sleep(self.latency_s)
+                if self.latency_s or name in self.head_latency_s:
+                    await asyncio.sleep(self.latency_s + self.head_latency_s.get(name, 0.0))
             finally:
                 self.heads_in_flight -= 1
             return web.Response(headers={"Content-Length": str(len(data)), "Accept-Ranges": "bytes"})

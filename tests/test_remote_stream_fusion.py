@@ -229,3 +229,27 @@ def test_results_held_for_reordering_stay_within_reorder_bytes(tmp_path, limit):
         assert held["peak"] <= 2 * limit + 2 * part, held
     else:  # unbounded: 4 shards of 4 results arrive while shard 0 is mapped
         assert held["peak"] >= 16 * part // 2, held
+
+
+def test_a_shard_whose_size_is_looked_up_last_is_not_queued_behind_shards_the_bound_holds(tmp_path):
+    """Shard 1's HEAD answers a second after the others'. Its task still enters the pool
+    before shard 2's: queued behind shards that wait for it to be handed on, it was never run
+    and the run hung."""
+    samples = [{"__key__": f"k{i:05d}", "cls": i} for i in range(12 * 4)]
+    al.sources.write_shards(samples, str(tmp_path / "train-%06d.tar"), max_count=4)
+    with ObjectServer() as server:
+        for path in tmp_path.glob("*.tar"):
+            server.objects[path.name] = path.read_bytes()
+        server.head_latency_s["train-000001.tar"] = 1.0
+        urls = server.url("train-{000000..000011}.tar")
+        source = al.sources.WebDataset(urls, retry=FAST_RETRY, read_in_workers=True, reorder_bytes=128 * 1024)
+        loader = (
+            al.Loader.from_source(source)
+            # a hang fails within a minute, naming the waiting workers
+            .map(SlowFirstShard(0.1), executor="process", concurrency=2, stall_after=10, on_stall="raise")
+            .batch(4, collate=al.collate.as_list)
+            .options(block_size=2)
+        )
+        with loader:
+            got = [int(x[0]) for batch in loader for x in batch]
+    assert got == list(range(12 * 4))

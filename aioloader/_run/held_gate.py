@@ -7,10 +7,11 @@ shard in flight. A small shared-memory segment holds, per shard task in flight (
 bytes of results its worker has sent and the bytes the parent has handed on, the shard being
 handed on now (the head) and the bound. A worker on any other shard waits before its next
 sample while the bytes sent and not handed on are at the bound (:class:`GateView`); the
-head's worker waits only while its own shard's are (the consumer is behind), so the run always
-progresses. The worker counts a part as it sends it, so parts still in the pipe count too: the
-parent holds at most twice the bound (the shards behind the head, and the head's) plus one
-part per worker.
+head's worker waits only while its own shard's are (the consumer is behind). The tasks enter
+the pool in shard order, so no task the gate holds back is ahead of the head's on its worker,
+and the run always progresses. The worker counts a part as it sends it, so parts still in the
+pipe count too: the parent holds at most twice the bound (the shards behind the head, and the
+head's) plus one part per worker.
 
 Each count has one writer (the slot's worker, or the parent), so no lock is needed. The stage
 owns the segment (:class:`HeldGate`): it lifts the bound before unlinking it at the run's end,

@@ -115,12 +115,18 @@ class ShardMapStage(Stage):
         sizes: dict[int, asyncio.Task[int | None]] = {}
         jobs: deque[tuple[int, int, asyncio.Queue[Any], asyncio.Task[None]]] = deque()
         self._gate = self.stats.reorder = HeldGate(self._dataset.reorder_bytes, slots=ahead + 1)
+        loop = asyncio.get_running_loop()
+        submitted: asyncio.Future[None] | None = None  # the previous shard's task is in the pool
         try:
             for at, place in enumerate(places):
                 self._look_up_sizes(store, places[at : at + 2 * ahead], sizes)
                 queue: asyncio.Queue[Any] = asyncio.Queue()
                 slot = self._gate.open_slot(place)  # the place that had it was handed on
-                job = asyncio.create_task(self._job(place, skip if at == 0 else 0, sizes[place], slot, queue))
+                after, submitted = submitted, loop.create_future()
+                turn = (after, submitted)
+                job = asyncio.create_task(
+                    self._job(place, skip if at == 0 else 0, sizes[place], slot, queue, turn)
+                )
                 jobs.append((place, slot, queue, job))
                 if len(jobs) >= ahead:
                     await self._emit(*jobs.popleft()[:3])
@@ -136,7 +142,9 @@ class ShardMapStage(Stage):
             self._gate.close()  # lifted first: a worker still on one of this run's shards ends it
         self.output.close()
 
-    def _look_up_sizes(self, store: Any, places: list[int], sizes: dict[int, asyncio.Task[int | None]]) -> None:
+    def _look_up_sizes(
+        self, store: Any, places: list[int], sizes: dict[int, asyncio.Task[int | None]]
+    ) -> None:
         """Start the HEADs of the shards at ``places`` not looked up yet (none with a cache:
         a cached shard needs none, a worker looks up the others)."""
         for place in places:
@@ -145,20 +153,43 @@ class ShardMapStage(Stage):
                 sizes[place] = asyncio.create_task(_size(store, url))
 
     async def _job(
-        self, place: int, skip: int, size: asyncio.Task[int | None], slot: int, queue: asyncio.Queue[Any]
+        self,
+        place: int,
+        skip: int,
+        size: asyncio.Task[int | None],
+        slot: int,
+        queue: asyncio.Queue[Any],
+        turn: tuple[asyncio.Future[None] | None, asyncio.Future[None]],
     ) -> None:
         """Shard ``place`` read and mapped by the pool (its results counted in the gate's
         ``slot``), its parts put in ``queue`` as they come, then None (or the error, raised in
-        order by :meth:`_emit`)."""
+        order by :meth:`_emit`). ``turn``: the previous shard's task is in the pool, this one's.
+
+        The tasks enter the pool in shard order, whichever size lookup answers first: a
+        worker's queue is then in shard order, so the shard handed on is never queued behind
+        one the gate holds back (both workers waited for it for good)."""
+        after, submitted = turn
         try:
-            await self._read_shard(place, skip, await size, slot, queue)
+            known = await size
+            if after is not None:
+                await asyncio.shield(after)
+            await self._read_shard(place, skip, known, slot, queue, submitted)
         except Exception as exc:
             queue.put_nowait(_Failed(exc))
         else:
             queue.put_nowait(None)
+        finally:
+            if not submitted.done():  # failed before its submit: the next shard's turn anyway
+                submitted.set_result(None)
 
     async def _read_shard(
-        self, place: int, skip: int, size: int | None, slot: int, queue: asyncio.Queue[Any]
+        self,
+        place: int,
+        skip: int,
+        size: int | None,
+        slot: int,
+        queue: asyncio.Queue[Any],
+        submitted: asyncio.Future[None],
     ) -> None:
         from aioloader.workers import wire
         from aioloader.workers.executor import MAX_ATTEMPTS
@@ -182,6 +213,8 @@ class ShardMapStage(Stage):
             gate = (self._gate.name, self._gate.slots, slot) if self._executor.kind == "process" else None
             value = (shard, received[0], size, self._block_size, gate)
             future = pool.submit(wire.pack([value]), None, label=[(shard, received[0])], on_part=on_part)
+            if not submitted.done():
+                submitted.set_result(None)
             outcome = await asyncio.wrap_future(future)
             if outcome.kind == "ok":
                 outputs, _, busy = outcome.value
