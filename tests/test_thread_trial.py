@@ -40,13 +40,13 @@ def draws(x: float) -> float:
 
 def test_a_gil_holder_reads_as_holding() -> None:
     trial = thread_trial(functools.partial(apply_items, spin), list(range(16)), 40e-6)
-    assert trial.holds_gil, (trial.speedup, trial.waits, trial.parallel, trial.served)
+    assert trial.holds_gil, (trial.speedup, trial.trials, trial.parallel, trial.served)
     assert trial.items >= 2 and trial.cost_s > 0
 
 
 def test_a_sleeper_reads_as_releasing() -> None:
     trial = thread_trial(functools.partial(apply_items, sleeper), list(range(8)), 1e-3)
-    assert not trial.holds_gil, (trial.speedup, trial.waits, trial.parallel, trial.served)
+    assert not trial.holds_gil, (trial.speedup, trial.trials, trial.parallel, trial.served)
 
 
 def test_the_trial_leaves_the_global_rngs_as_they_were() -> None:
