@@ -6,6 +6,7 @@ import asyncio
 import gc
 import json
 import os
+import signal
 import subprocess
 import threading
 import time
@@ -14,6 +15,15 @@ import psutil
 import pytest
 
 LEAK_DEADLINE_S = 2.0  # docs/design.md guarantee 6: everything is gone within 2 s
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """The Ctrl-C tests need Python's SIGINT handler, here and in the children they start. A
+    shell's background job (``make test &``, nohup, a loop run with ``&``) starts with SIGINT
+    ignored: Python then installs none, a raised or sent SIGINT did nothing, and each of those
+    tests hung until its timeout."""
+    if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)  # a child starts with SIG_DFL
 
 
 def _loader_threads() -> set[threading.Thread]:

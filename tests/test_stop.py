@@ -19,7 +19,7 @@ import pytest
 
 import aioloader as al
 
-from .conftest import wait_threads_gone
+from .conftest import pytest_configure, wait_threads_gone
 
 
 def _slow_endless():
@@ -84,6 +84,18 @@ def test_ctrl_c_in_loop_body_stops_the_run():
                     signal.raise_signal(signal.SIGINT)
         gc.collect()
         assert _run_tasks(loader) == []
+
+
+def test_a_run_started_with_sigint_ignored_gets_python_s_handler_back():
+    """Before: the test above (and the Ctrl-C tests of child processes) hung until its timeout
+    in a ``pytest ... &`` started from a script: Python installs no SIGINT handler when the
+    signal is ignored at its start. The conftest puts Python's handler back."""
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        pytest_configure(None)
+        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def test_ctrl_c_while_blocked_waiting_for_a_batch(tmp_path):
