@@ -40,11 +40,13 @@ def _shm_segments() -> set[str]:
         return set()
 
 
-def run_with_repo(args: list[str], *, cwd: str | os.PathLike[str]) -> subprocess.CompletedProcess[str]:
+def run_with_repo(
+    args: list[str], *, cwd: str | os.PathLike[str], timeout: float = 120
+) -> subprocess.CompletedProcess[str]:
     """Run ``args`` (a fresh interpreter, a script) with this checkout importable, from ``cwd``."""
     repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     env = {**os.environ, "PYTHONPATH": repo}
-    return subprocess.run(args, capture_output=True, text=True, timeout=120, cwd=cwd, env=env)
+    return subprocess.run(args, capture_output=True, text=True, timeout=timeout, cwd=cwd, env=env)
 
 
 def state_after(loader, k: int, epochs_before: int = 0) -> dict:

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import copy
 import json
+import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -13,6 +15,7 @@ import numpy as np
 import pytest
 
 import aioloader as al
+from aioloader._run.bridge import STOP_TIMEOUT_S
 
 from .conftest import state_after
 
@@ -397,3 +400,29 @@ def test_a_state_is_refused_by_a_pipeline_that_cannot_resume_exactly() -> None:
         with pytest.raises(ValueError, match="load_state_dict: stage 'map\\(_double\\)' has ordered=False"):
             loader.load_state_dict(state)
         assert not loader.resuming
+
+
+def test_state_dict_waits_for_a_loop_held_past_the_stop_timeout() -> None:
+    """A sync consumer's state_dict() is answered on the loop thread. A loop held longer than
+    STOP_TIMEOUT_S (an inline call; executor="auto"'s GIL trial took that long on a busy machine)
+    delays the answer: it failed with TimeoutError, which ended a subprocess loader's run."""
+    entered, asked = threading.Event(), threading.Event()
+
+    def held(x: int) -> int:
+        if x == 4:
+            entered.set()
+            asked.wait(30)
+            time.sleep(STOP_TIMEOUT_S + 0.5)  # the slow part: the loop is held past one wait
+        return x
+
+    loader = (
+        al.Loader.from_source(list(range(10))).map(held, executor="inline").batch(2).options(block_size=1)
+    )
+    with loader:
+        batches = iter(loader)
+        assert next(batches).tolist() == [0, 1]
+        assert entered.wait(30), "the loop did not run ahead into the held call"
+        asked.set()
+        state = loader.state_dict()
+        assert (state["epoch"], state["position"]) == (0, 2)
+        assert [b.tolist() for b in batches] == [[2, 3], [4, 5], [6, 7], [8, 9]]

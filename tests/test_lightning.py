@@ -18,11 +18,16 @@ from tests.conftest import run_with_repo
 SCRIPT = Path(__file__).with_name("_lightning_ddp.py")
 EPOCHS = 2  # as in the script: 6 batches per rank and epoch
 LIMIT, MID_STEP = 4, 2  # limit_train_batches; the mid-epoch checkpoint's step
+# Two fresh interpreters import Lightning, one after the other: 34 s and 25 s of the 80-86 s a
+# run took at load 18 on 2 cores (the training itself: 10 s); 120 s was cut short under load.
+RUN_LIMIT_S = 360
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(RUN_LIMIT_S + 60)
 def test_ddp_resume_from_rank_0s_checkpoint_equals_the_uninterrupted_run(tmp_path: Path) -> None:
-    done = run_with_repo([sys.executable, str(SCRIPT), str(tmp_path), str(LIMIT), str(MID_STEP)], cwd=tmp_path)
+    args = [sys.executable, str(SCRIPT), str(tmp_path), str(LIMIT), str(MID_STEP)]
+    done = run_with_repo(args, cwd=tmp_path, timeout=RUN_LIMIT_S)
     assert done.returncode == 0, done.stderr[-3000:]
 
     def seen(tag: str, rank: int) -> list[list[int]]:

@@ -63,7 +63,20 @@ class Runtime:
         async def call() -> Any:
             return fn()
 
-        return asyncio.run_coroutine_threadsafe(call(), loop).result(STOP_TIMEOUT_S)
+        # The loop may be held for seconds by a blocking step (an inline call, the GIL trial of
+        # executor="auto" on a busy machine): wait as long as the run is alive on a running loop,
+        # so a slow loop delays the answer instead of failing it with TimeoutError.
+        future = asyncio.run_coroutine_threadsafe(call(), loop)
+        while True:
+            try:
+                return future.result(STOP_TIMEOUT_S)
+            except TimeoutError:
+                with self._lock:
+                    alive = self._active.get(run) is loop
+                if alive and loop.is_running():
+                    continue
+                if future.cancel():  # never ran: the run has ended, its stages no longer change
+                    return fn()
 
     def loop_thread(self, kind: str) -> LoopThread:
         with self._lock:
