@@ -110,6 +110,8 @@ class ShardMapStage(Stage):
         self._held: dict[int, int] = {}  # place -> bytes received and not handed on
         self._head = -1  # the place handed on now
         self._progress = asyncio.Event()  # set (and replaced) as results are handed on
+        # the parent's chunks in the pool at most: its reads wait for the workers beyond it
+        self._chunks = asyncio.Semaphore(self._executor.workers * self._executor.tasks_per_worker)
         self.stats.read_choice = None
 
     def close(self) -> None:
@@ -203,6 +205,8 @@ class ShardMapStage(Stage):
         finally:
             if not submitted.done():  # failed before its submit: the next shard's turn anyway
                 submitted.set_result(None)
+            if after is None:  # the first shard ended before it measured: the parent reads
+                self._decide(None, [])
 
     async def _read_shard(
         self,
@@ -292,7 +296,9 @@ class ShardMapStage(Stage):
                 indices = [index for index, _ in taken]
                 samples = [sample for _, sample in taken]
                 next_index = indices[-1] + 1
+                await self._chunks.acquire()  # released as the chunk's task ends
                 task = asyncio.create_task(self._chunk(shard, SampleChunk(indices, samples)))
+                task.add_done_callback(lambda _: self._chunks.release())
                 if probe and not sizes:
                     sizes = [sample_bytes(sample) for sample in samples]
                     task.add_done_callback(lambda done, sizes=sizes: self._decide(done, sizes))
