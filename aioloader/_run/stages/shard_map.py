@@ -32,6 +32,14 @@ by a Ray streaming call: :meth:`aioloader.ray._actor.MapActor.run_parts`), but a
 no queued shard ahead (Ray gives a running call no view of the calls queued behind it). A dead
 actor's shard is read again from its first sample not received.
 
+By default (``read_in_workers=None``, worker processes) the stage reads the run's first shard
+in the parent, sending its samples to the pool in chunks, and ``fn``'s CPU on the first chunk
+decides who reads the other shards (:mod:`aioloader._run.stream_reads`): the workers, as
+above, or the parent, which streams them in order through one reader and sends their samples
+in chunks (a chunk whose worker dies is sent again). Each shard's chunks all enter the pool
+before the next shard's task, and the parent reads no further while the gate would hold a
+worker on that shard back, so the bound and the progress argument above hold in both modes.
+
 Used where nothing else can differ (:func:`aioloader._run.rewrite.fuse_stream`); elsewhere the
 source stage streams in the parent.
 """
