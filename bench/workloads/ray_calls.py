@@ -6,8 +6,11 @@ images of 224x224x3 uint8, 4.8 MB; four batches as one array or as a list of fou
 driver awaits them four ways: ``ObjectRef.future()`` callbacks (what the pool does), one
 ``ray.get`` per call, ``ray.wait`` on all of them then one ``ray.get``, and two calls in
 flight with each result dropped once read (the stores hold only a few). It prints the
-driver's CPU per call (this process's, Ray's threads in it included). A diagnostic, not part
-of ``python -m bench``.
+driver's CPU per call (this process's, Ray's threads in it included). A second table sets an
+actor on the driver's node beside the one on the other node, results of 1, 4 and 8 batches
+awaited two in flight, with the raylets' CPU per call beside the driver's: what moving a result
+between the nodes' object stores costs, per call and per MB. A diagnostic, not part of
+``python -m bench``.
 """
 
 from __future__ import annotations
@@ -34,6 +37,7 @@ class Answer:
             "1 batch": np.ones(BATCH_BYTES, dtype=np.uint8),
             "4 batches, one array": np.ones(4 * BATCH_BYTES, dtype=np.uint8),
             "4 batches, a list": [np.ones(BATCH_BYTES, dtype=np.uint8) for _ in range(4)],
+            "8 batches, one array": np.ones(8 * BATCH_BYTES, dtype=np.uint8),
         }
 
     def where(self) -> str:
@@ -114,10 +118,40 @@ def _run(quick: bool) -> str:
                     per_call = (_cpu() - before) / CALLS
                     lines.append(f"| {what} | {how} | {form} | {per_call * 1e3:.2f} |")
                     print(lines[-1], file=sys.stderr, flush=True)
+        here = (
+            ray.remote(Answer)
+            .options(num_cpus=1, scheduling_strategy=NodeAffinitySchedulingStrategy(head, soft=False))
+            .remote()
+        )
+        assert ray.get(here.where.remote()) == head
+        lines += ["", *_by_node({"the driver's node": here, "the other node": actor})]
     finally:
         ray.shutdown()
         cluster.shutdown()
     return "\n".join(lines)
+
+
+def _by_node(actors: dict[str, Any]) -> list[str]:
+    """Driver and raylet CPU per call, two calls in flight, by where the actor runs."""
+    from bench.workloads.ray import cpu_by_role, tree_cpu
+
+    lines = [
+        "| actor on | result | driver CPU per call (ms) | raylets CPU per call (ms) | raylets per MB (ms) |",
+        "|---|---|---|---|---|",
+    ]
+    for what, batches in (("1 batch", 1), ("4 batches, one array", 4), ("8 batches, one array", 8)):
+        for where, actor in actors.items():
+            _few_alive(actor, what, None)  # warm
+            before = tree_cpu()
+            _few_alive(actor, what, None)
+            roles = cpu_by_role(before, tree_cpu())
+            driver, raylets = roles["driver"] / CALLS, roles["raylets"] / CALLS
+            mb = batches * BATCH_BYTES / 1e6
+            lines.append(
+                f"| {where} | {what} | {driver * 1e3:.2f} | {raylets * 1e3:.2f} | {raylets / mb * 1e3:.2f} |"
+            )
+            print(lines[-1], file=sys.stderr, flush=True)
+    return lines
 
 
 def run(quick: bool = False) -> str:

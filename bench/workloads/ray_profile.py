@@ -1,8 +1,10 @@
 """Where the driver's CPU goes in the ray workload: ``python -m bench.workloads.ray_profile``.
 
 Runs the ray workload's two aioloader loaders (process and Ray executors, same images, same
-two-node simulated cluster, in the same loopback-only network namespace) for two measured
-epochs each, and prints per loader: samples/s, the driver's CPU per sample split by thread
+two-node simulated cluster, in the same loopback-only network namespace) for
+``AIOLOADER_PROFILE_EPOCHS`` measured epochs each (3; py-spy at ``AIOLOADER_PROFILE_RATE``
+samples a second, 250: on a loaded machine more epochs and a higher rate steady the split),
+and prints per loader: samples/s, the driver's CPU per sample split by thread
 (the event loop's, Ray's core-worker and gRPC threads, the pool's), the actor calls per second
 and the driver's CPU per call, the whole tree's CPU per sample by process role (raylets, GCS,
 actors or workers), and, when ``py-spy`` is
@@ -32,7 +34,8 @@ from bench.harness import _batch_len
 from bench.workloads.jpeg import BATCH, SIZE, make_images
 from bench.workloads.ray import _INSIDE, NODE, ROLES, cpu_by_role, in_namespace, tree_cpu
 
-EPOCHS = 3
+EPOCHS = int(os.environ.get("AIOLOADER_PROFILE_EPOCHS", "3"))  # measured epochs per loader
+RATE = os.environ.get("AIOLOADER_PROFILE_RATE", "250")  # py-spy's samples per second
 
 
 def _threads() -> dict[int, tuple[str, float]]:
@@ -63,7 +66,7 @@ def _profile(name: str, loader: al.Loader) -> str:
     recorder = None
     if Path(spy).exists():
         recorder = subprocess.Popen(
-            [spy, "record", "--pid", str(os.getpid()), "--rate", "250", "--nonblocking", "--threads",
+            [spy, "record", "--pid", str(os.getpid()), "--rate", RATE, "--nonblocking", "--threads",
              "--format", "raw", "--output", str(raw)],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         )  # fmt: skip
