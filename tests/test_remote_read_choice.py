@@ -98,12 +98,14 @@ def test_the_first_shard_decides_who_reads_and_later_runs_keep_it(request, data,
         assert choice["workers"] == 2 and choice["sample_bytes"] > 0 and choice["fn_s"] >= 0
         second = list(loader)  # the next run is built for the mode chosen, without measuring
         stages = loader.stats()["stages"]
+        pools = sorted(name.split(":")[0] for name in loader._runtime.resources)
     names = [s["name"] for s in stages]
     if workers_read:
         assert names == [f"map({fn.__name__})", "batch"] and stages[0]["reads"] == "source", stages
-        assert "read_choice" not in stages[0]
+        assert "read_choice" not in stages[0] and pools == ["shard-stream-pool"], pools
     else:
         assert names == ["source", f"map({fn.__name__})", "batch"], names
+        assert pools == ["process-pool"], pools  # the measuring run's pool was closed after it
     keys = sorted(key for batch in first for key, _, _ in batch)
     assert keys == sorted(key for batch in second for key, _, _ in batch) == [f"k{i:05d}" for i in range(30)]
 

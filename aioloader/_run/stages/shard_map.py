@@ -102,6 +102,7 @@ class ShardMapStage(Stage):
         self._start = start
         self.failure_policy = FailurePolicy(spec.name, spec.on_error, spec.max_failures, errors)
         self._executor = _shard_executor(spec, runtime)
+        self._runtime = runtime
         self._work = ShardStreamWork(dataset, spec.fn)
         self.output: Channel
         self.stats = StageStats(spec.name, workers=self._executor.workers, executor=self._executor.kind)
@@ -126,6 +127,10 @@ class ShardMapStage(Stage):
         if self._gate is not None:
             self._gate.close()
         self._executor.close()
+        decided = None if self._measure is None else self._measure.stream_reads.get(self.name)
+        if decided is False and self._runtime is not None:
+            # later runs are built unfused, with a pool of their own: this one's workers go now
+            self._runtime.release(f"{self._executor.pool_key}:{self.spec.name}")
 
     async def run(self) -> None:
         first, skip = divmod(self._start, SHARD_STRIDE)
