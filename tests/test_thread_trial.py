@@ -9,6 +9,7 @@ import random
 import subprocess
 import sys
 import time
+from typing import Any
 
 import numpy as np
 import pytest
@@ -39,13 +40,13 @@ def draws(x: float) -> float:
 
 def test_a_gil_holder_reads_as_holding() -> None:
     trial = thread_trial(functools.partial(apply_items, spin), list(range(16)), 40e-6)
-    assert trial.holds_gil, (trial.speedup, trial.waits, trial.parallel, trial.served)
+    assert trial.holds_gil, (trial.speedup, trial.trials, trial.parallel, trial.served)
     assert trial.items >= 2 and trial.cost_s > 0
 
 
 def test_a_sleeper_reads_as_releasing() -> None:
     trial = thread_trial(functools.partial(apply_items, sleeper), list(range(8)), 1e-3)
-    assert not trial.holds_gil, (trial.speedup, trial.waits, trial.parallel, trial.served)
+    assert not trial.holds_gil, (trial.speedup, trial.trials, trial.parallel, trial.served)
 
 
 def test_the_trial_leaves_the_global_rngs_as_they_were() -> None:
@@ -133,3 +134,36 @@ def test_a_sources_read_stage_is_placed_without_trial_runs() -> None:
     with al.Loader.from_source(source).batch(64) as loader:
         assert [int(x) for b in loader for x in b] == [spin(i) for i in range(256)]
     assert source.reads == 256
+
+
+def _run(wall: float, cpu: float, asleep: float) -> Any:
+    from aioloader._run.thread_trial import _Run
+
+    return _Run(wall, cpu, asleep)
+
+
+def test_two_trials_that_settle_the_reading_give_the_outcome_of_three() -> None:
+    from aioloader._run.thread_trial import _median, _releases, _settled
+
+    rng = random.Random(0)
+    settled = 0
+    for _ in range(5000):
+        ones, twos = [], []
+        for _ in range(3):
+            wall = rng.uniform(0.01, 0.1)
+            ones.append(_run(wall, wall * rng.uniform(0.05, 1.0), wall * rng.uniform(0.0, 0.9)))
+            two_wall = wall / rng.uniform(0.5, 2.2)
+            twos.append(_run(two_wall, two_wall * rng.uniform(0.5, 2.0), 0.0))
+        if _settled(ones[:2], twos[:2]):
+            settled += 1
+            full = _releases(ones, twos, _median)
+            assert _releases(ones[:2], twos[:2], _median) == full
+    assert 0 < settled < 5000  # both kinds of case were drawn
+
+
+def test_a_gil_holders_trial_stops_after_two_pairs_of_runs() -> None:
+    # one thread alone is never asleep and two never use two cores at once: no third pair can
+    # make the holder read as releasing
+    trial = thread_trial(functools.partial(apply_items, spin), list(range(16)), 40e-6)
+    assert trial.holds_gil
+    assert trial.trials == 2, (trial.speedup, trial.parallel, trial.served)

@@ -12,6 +12,11 @@ change of load hits both kinds), and takes medians of two readings:
 - the share of one thread's time asleep (neither on a core nor waiting for one): above half, the
   function waits on I/O or sleeps, and threads overlap those waits.
 
+Three trials stop after two when the third could not change the outcome (:func:`_settled`):
+the runs' results are thrown away while the stage waits, so each run the outcome does not need
+is start-up time (a GIL holder's trial took 0.3-0.45 s of a 1-2 s first epoch on a loaded
+2-core machine).
+
 A function that neither shows releasing the GIL is read as holding it: where threads were not
 seen to help, they are not used (processes or inline, see :func:`aioloader._run.placement.place`).
 The mistakes are not alike: a holder on threads ran at 0.37x inline (the tokenizer of issue 23),
@@ -55,10 +60,11 @@ _MAX_ITEMS = 50_000  # items in a run, whatever the cost (a cheap function is pl
 class ThreadTrial:
     """The outcome of :func:`thread_trial`: ``holds_gil``, the median readings it came from
     (``parallel``: the cores two threads used at once; ``served``: the share of a core one
-    thread had; ``speedup``: two threads' speed over one's, for the record), the items per run
-    and the per-item CPU cost measured in one thread (the fastest run's)."""
+    thread had; ``speedup``: two threads' speed over one's, for the record), the items per run,
+    the per-item CPU cost measured in one thread (the fastest run's) and ``trials``, the pairs
+    of runs made."""
 
-    __slots__ = ("cost_s", "holds_gil", "items", "parallel", "served", "speedup")
+    __slots__ = ("cost_s", "holds_gil", "items", "parallel", "served", "speedup", "trials")
 
     def __init__(self, holds_gil: bool, speedup: float, items: int, cost_s: float) -> None:
         self.holds_gil = holds_gil
@@ -67,6 +73,7 @@ class ThreadTrial:
         self.cost_s = cost_s
         self.parallel: float | None = None
         self.served: float | None = None
+        self.trials = 0  # pairs of runs (one thread, two) the readings came from
 
 
 def _rng_states() -> tuple[Any, ...]:
@@ -183,6 +190,29 @@ def _median(values: list[float]) -> float:
     return sorted(values)[len(values) // 2]
 
 
+def _releases(ones: list[_Run], twos: list[_Run], pick: Callable[[list[float]], float]) -> bool:
+    """The Linux reading (each run's time asleep known): threads help when one thread is asleep
+    over :data:`_IO_BOUND` of its time, or two threads use at least :data:`THREADS_PAY_ABOVE`
+    cores at once and finish that much sooner; ``pick`` takes each reading from its values
+    (the median). (CPU alone is not enough: threads fighting over a GIL that is let go often
+    burn CPU on the hand-overs; the issue 23 tokenizer: 1.2 cores, 0.6-1.0x one thread's speed.)"""
+    asleep = pick([one.asleep / one.wall for one in ones])  # type: ignore[operator]
+    parallel = pick([two.cpu / two.wall for two in twos])
+    speedup = pick([one.wall / two.wall for one, two in zip(ones, twos, strict=True)])
+    return asleep > _IO_BOUND or (parallel >= THREADS_PAY_ABOVE and speedup >= THREADS_PAY_ABOVE)
+
+
+def _settled(ones: list[_Run], twos: list[_Run]) -> bool:
+    """After two trials of three: whether the third cannot change the outcome. A median of three
+    lies between the two values known, whatever the third, and the outcome only grows with each
+    reading, so the same outcome from the lower values and from the higher ones is the outcome
+    of the full trial (a GIL holder: 2 pairs of runs instead of 3, a third less of the work
+    thrown away before the stage runs where it is placed)."""
+    if any(run.asleep is None for run in ones):  # off Linux: read from all the trials
+        return False
+    return _releases(ones, twos, min) == _releases(ones, twos, max)
+
+
 def thread_trial(work: Callable[[list[Any]], Any], values: list[Any], cost_s: float) -> ThreadTrial:
     """Whether ``work`` holds the GIL, from runs over ``values`` (repeated to fill a trial) in
     one thread and in two, given an estimated ``cost_s`` per item. ``work`` takes a list of
@@ -210,6 +240,8 @@ def thread_trial(work: Callable[[list[Any]], Any], values: list[Any], cost_s: fl
             else:
                 twos.append(_timed_threads(work, halves))
                 ones.append(_timed_threads(work, [items]))
+            if trial == 1 and trials == 3 and _settled(ones, twos):
+                break
     finally:
         _restore(states)
     speedup = _median([one.wall / two.wall for one, two in zip(ones, twos, strict=True)])
@@ -218,13 +250,11 @@ def thread_trial(work: Callable[[list[Any]], Any], values: list[Any], cost_s: fl
     share = _median([one.cpu / one.wall for one in ones])  # of a core, one thread had
     if any(run.asleep is None for run in ones):  # off Linux: asleep is not told from waiting
         io_bound = share < 0.2 and speedup >= THREADS_PAY_ABOVE
+        # two threads on two cores at once (never a holder, whatever the load), and done sooner
+        releases = io_bound or (parallel >= THREADS_PAY_ABOVE and speedup >= THREADS_PAY_ABOVE)
     else:
-        io_bound = _median([one.asleep / one.wall for one in ones]) > _IO_BOUND  # type: ignore[operator]
-    # Two threads on two cores at once (never a holder, whatever the load), and done sooner: CPU
-    # alone is not enough, as threads fighting over a GIL that is let go often burn CPU on the
-    # hand-overs (the issue 23 tokenizer: 1.2 cores, and 0.6-1.0x the speed of one thread).
-    parallel_and_faster = parallel >= THREADS_PAY_ABOVE and speedup >= THREADS_PAY_ABOVE
-    releases = io_bound or parallel_and_faster  # (io: threads overlap the waits, GIL or not)
+        releases = _releases(ones, twos, _median)  # (io: threads overlap the waits, GIL or not)
     trial = ThreadTrial(not releases, speedup, n, fastest)
     trial.parallel, trial.served = parallel, share
+    trial.trials = len(ones)
     return trial
