@@ -15,6 +15,8 @@ class Decisions:
     one_shot_started: bool = False  # a one-shot iterator source was iterated by an earlier run
     left: dict[str, set[str]] = field(default_factory=dict)  # stage -> kinds a review moved it from
     tried: set[str] = field(default_factory=set)  # stages a review ran the thread trial for
+    # fused shard stages whose first shard measured who reads faster: True the workers
+    stream_reads: dict[str, bool] = field(default_factory=dict)
 
     def executor(self, stage: str) -> str | None:
         return self.executors.get(stage)

@@ -30,6 +30,7 @@ from aioloader._run.stages.map import MapSpec
 from aioloader._run.stages.shard_map import ShardMapStage
 from aioloader._run.stages.shard_source import ShardSource
 from aioloader._run.stages.source import AsyncIterSource, IterSource, KeySource
+from aioloader._run.stream_reads import reads_measured
 from aioloader._spec import Options, SourceSpec
 from aioloader.monitor.observe import RunMonitor, run_stats
 from aioloader.monitor.stats import ErrorLog
@@ -189,8 +190,16 @@ class Run:
                 self._io_closers.append(source.aclose_io)
         elif isinstance(source, ShardStreamSource):
             fused = fuse_stream(source, pipeline.stages, prefix=prefix)
+            measure = fused is not None and reads_measured(source.worker_stream, fused.executor)
+            if measure and decisions.stream_reads.get(fused.name) is False:
+                fused = None  # an earlier run's first shard measured the parent's reads faster
             if fused is not None:  # the map's workers read the shards
-                self.stages.append(self._shard_map(pipeline, fused, block, start))
+                measured = decisions.stream_reads.get(fused.name)
+                self.stages.append(
+                    self._shard_map(
+                        pipeline, fused, block, start, decisions if measure and measured is None else None
+                    )
+                )
                 specs = fuse_map_batch(pipeline.stages[1:])
             else:
                 self.stages.append(self._shard_source(pipeline, block, start, prefix))
@@ -278,7 +287,9 @@ class Run:
                 "the source an index (al.sources.write_shards writes one)"
             )
 
-    def _shard_map(self, pipeline: Pipeline, map_spec: MapSpec, block: int, start: int) -> ShardMapStage:
+    def _shard_map(
+        self, pipeline: Pipeline, map_spec: MapSpec, block: int, start: int, measure: Decisions | None
+    ) -> ShardMapStage:
         self._check_shard_policy(pipeline)
         spec = pipeline.source_spec
         return ShardMapStage(
@@ -292,6 +303,7 @@ class Run:
             errors=self.errors,
             runtime=self.runtime,
             start=start,
+            measure=measure,
         )
 
     def _shard_source(self, pipeline: Pipeline, block: int, start: int, prefix: list[int]) -> ShardSource:

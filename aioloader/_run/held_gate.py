@@ -63,7 +63,11 @@ class HeldGate:
         self._values[_SLOTS + self.slots + slot] = 0
         return slot
 
-    def received(self, nbytes: int) -> None:
+    def received(self, nbytes: int, *, slot: int | None = None) -> None:
+        """A part of ``nbytes`` received; ``slot``: the parent read it (no worker counted it
+        as sent in the slot, so the parent does)."""
+        if slot is not None:
+            self._values[_SLOTS + slot] += nbytes
         self.held += nbytes
         self.peak = max(self.peak, self.held)
 

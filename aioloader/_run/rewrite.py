@@ -88,7 +88,7 @@ def fuse_stream(source: ShardStreamSource, specs: Sequence[StageSpec], *, prefix
     the parent: for a map not in processes or Ray actors (threads share the parent's loop, which reads
     without copies), one that is not per item, random, timed or retried (a shard's task
     would carry them all), a source that offers no ``worker_stream()`` or whose stream says
-    its ``reads_in_workers(executor)`` is False, and a resume whose shuffle buffer is read
+    its ``reads_in_workers(executor)`` is False (None: measured by the stage), and a resume whose shuffle buffer is read
     again first (its samples come from several shards)."""
     if not specs or prefix or source.worker_stream is None:
         return None
@@ -96,7 +96,7 @@ def fuse_stream(source: ShardStreamSource, specs: Sequence[StageSpec], *, prefix
     if not isinstance(spec, MapSpec) or spec.executor not in ("process", "ray") or not pooled_per_item(spec):
         return None
     reads_in_workers = getattr(source.worker_stream, "reads_in_workers", None)
-    if reads_in_workers is not None and not reads_in_workers(spec.executor):
+    if reads_in_workers is not None and reads_in_workers(spec.executor) is False:
         return None
     if spec.timeout is not None or spec.retries or spec.rewrite.fused_batch is not None:
         return None

@@ -96,6 +96,13 @@ class Runtime:
                 self.resources[name] = factory()
             return self.resources[name]
 
+    def release(self, name: str) -> None:
+        """Close the resource ``name`` now, if there is one (a pool no later run will use)."""
+        with self._lock:
+            resource = self.resources.pop(name, None)
+        if resource is not None:
+            resource.close()
+
     def step_sizer(self, spec: Any) -> Any:
         """The :class:`~aioloader._run.stages.adaptive_batch.StepSizer` of an adaptive batch
         stage: made once, it lives across epochs as the epoch counter does."""

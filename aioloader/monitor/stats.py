@@ -46,6 +46,8 @@ class StageStats:
     bytes_read: int | None = None  # bytes its workers read from storage (a fused shard stream)
     reorder: Any = None  # a fused shard stream's bound on results held for reordering (HeldGate)
     by_worker: dict[int, dict[str, float]] | None = None  # a fused shard stream's, by worker pid
+    # a fused shard stream's measure of who reads (aioloader._run.stream_reads)
+    read_choice: dict[str, Any] | None = None
 
     def snapshot(self, now: float, run_elapsed: float | None = None) -> dict[str, Any]:
         """``run_elapsed``: the run's duration; a stage that finished early was not limiting
@@ -79,6 +81,8 @@ class StageStats:
             snapshot["bytes_read"] = self.bytes_read
         if self.by_worker is not None:
             snapshot["by_worker"] = [{"pid": pid, **done} for pid, done in sorted(self.by_worker.items())]
+        if self.read_choice is not None:
+            snapshot["read_choice"] = self.read_choice
         if self.reorder is not None:
             snapshot["reorder_bytes"] = {"peak": self.reorder.peak, "limit": self.reorder.limit}
         return snapshot

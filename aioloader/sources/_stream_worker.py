@@ -29,7 +29,7 @@ import copy
 import os
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
-from time import perf_counter
+from time import perf_counter, thread_time
 from typing import Any
 
 from aioloader._run.block import Block
@@ -39,7 +39,7 @@ from aioloader._run.held_gate import GateView
 from aioloader.io.store import ObjectStore
 from aioloader.workers._child import _portable
 
-__all__ = ["ShardOutput", "ShardStreamWork"]
+__all__ = ["SampleChunk", "ShardOutput", "ShardStreamWork"]
 
 _TAKE = 32  # samples taken from the stream at once (a part usually holds several)
 # a worker reads one shard at a time: parts this small keep several connections busy on it
@@ -70,6 +70,15 @@ class ShardOutput:
     nbytes: int = 0  # the results' bytes, as the parent counts them for its bound
     worker: int = 0  # the pid of the worker that read and mapped them
     fn_s: float = 0.0  # seconds ``fn`` took on them
+    fn_times: list[float] | None = None  # each sample's CPU seconds in ``fn`` (a chunk the parent read)
+
+
+@dataclass(slots=True)
+class SampleChunk:
+    """A task of samples the parent read (a shard it streams itself): ``fn`` on each."""
+
+    indices: list[int]
+    samples: list[Any]
 
 
 class _WorkerLoop:
@@ -146,11 +155,28 @@ class ShardStreamWork:
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__init__(state["dataset"], state["fn"])  # type: ignore[misc]
 
-    def __call__(self, values: list[Task]) -> tuple[list[ShardOutput], list[Any], float]:
+    def __call__(self, values: list[Task | SampleChunk]) -> tuple[list[ShardOutput], list[Any], float]:
         started = perf_counter()
         one_intra_op_thread()
-        outputs = [self._shard(value) for value in values]
+        outputs = [self._apply(v) if isinstance(v, SampleChunk) else self._shard(v) for v in values]
         return outputs, [], perf_counter() - started
+
+    def _apply(self, chunk: SampleChunk) -> ShardOutput:
+        """``fn`` on the samples of ``chunk``, each one's CPU time noted (the parent decides
+        who reads from the first chunk's)."""
+        out = ShardOutput(indices=list(chunk.indices), fn_times=[], worker=os.getpid())
+        for at, sample in enumerate(chunk.samples):
+            began, cpu = perf_counter(), thread_time()
+            try:
+                out.results.append(self.fn(sample))
+            except Exception as exc:
+                out.results.append(None)
+                out.failures.append((at, _portable(exc)))
+            out.fn_times.append(thread_time() - cpu)  # CPU: a busy machine's waits left out
+            out.fn_s += perf_counter() - began
+        out.next_index = chunk.indices[-1] + 1 if chunk.indices else 0
+        out.nbytes = block_nbytes(Block(out.indices, out.indices, out.results))
+        return out
 
     def send_parts(self, send: Callable[[Any], None]) -> None:
         """How the running task sends a part of its result early (set by the worker)."""
@@ -163,7 +189,8 @@ class ShardStreamWork:
     def _look(self) -> None:
         """Start reading the shards of the tasks queued behind the running one, once they are
         in the pipe: their first bytes are here when their turn comes."""
-        queued = [value for values in (self._peek() if self._peek is not None else ()) for value in values]
+        peeked = self._peek() if self._peek is not None else ()
+        queued = [value for values in peeked for value in values if not isinstance(value, SampleChunk)]
         for value in queued:
             if value not in self._open:
                 self._open[value] = self._start(value)

@@ -85,9 +85,11 @@ class WebDataset:
     ``read_in_workers``: a stream followed by ``.map(fn, executor="process")`` (or ``"ray"``)
     is read by the map's workers, each streaming its shards itself (the shards' bytes never
     pass through the parent, :mod:`aioloader._run.stages.shard_map`) with True, by the parent
-    (sending each sample to a worker) with False; None (the default): Ray actors read, and the
-    parent reads for worker processes, where that measured faster with a CPU-bound ``fn`` (a
-    JPEG decode; the workers' reads win for a cheap ``fn`` over large samples: docs/remote.md).
+    (sending each sample to a worker) with False; None (the default): Ray actors read, and for
+    worker processes the run's first shard measures which is faster (the parent reads it, the
+    workers time ``fn``): the workers read the other shards when passing a sample's bytes on
+    would cost the parent more than a worker's share of ``fn`` (large samples, a cheap ``fn``),
+    else the parent does (:mod:`aioloader._run.stream_reads`, docs/remote.md).
     ``reorder_bytes``: read in worker processes, the most bytes of their results the parent
     holds to hand them on in shard order (the shards behind a slow one, at most twice it: those
     and the shard handed on); past it, a worker ahead of the shard handed on waits.
@@ -219,11 +221,14 @@ class WebDataset:
         with a ``scan_index``, which the parent records as it reads, or ``read_in_workers=False``."""
         return self if self.read_in_workers is not False and self.scan_index is None else None
 
-    def reads_in_workers(self, executor: str) -> bool:
+    def reads_in_workers(self, executor: str) -> bool | None:
         """Whether a map of ``executor`` ("process", "ray") right after this stream reads it
         in its workers: ``read_in_workers``, or by default Ray's actors (often on other
-        machines: the bytes would cross the network twice) and not worker processes."""
-        return self.read_in_workers if self.read_in_workers is not None else executor == "ray"
+        machines: the bytes would cross the network twice); None for worker processes by
+        default: measured on the run's first shard (:mod:`aioloader._run.stream_reads`)."""
+        if self.read_in_workers is not None:
+            return self.read_in_workers
+        return True if executor == "ray" else None
 
     async def stream(
         self,

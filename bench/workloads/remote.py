@@ -12,8 +12,10 @@ sent over the dataset's bytes, and for aioloader the first batch after a resume 
 of the epoch (and the bytes that resumed run fetched over the bytes still to read).
 
 aioloader decodes in 2 threads (Pillow and numpy release the GIL), and in 2 processes: the
-workers streaming their shards themselves (``read_in_workers=True``), and the parent reading
-and parsing the shards for the workers to decode (the default); the resume is measured with
+workers streaming their shards themselves (``read_in_workers=True``), the parent reading
+and parsing the shards for the workers to decode (``False``), and the default (``None``: the
+first shard measures which of the two to use; its row names the choice and gives its rate over
+the faster of the two rows); the resume is measured with
 threads, so its fresh loader measures the read path rather than the start of a process pool.
 
 Anchors: the ``webdataset`` package in torch ``DataLoader(num_workers=2)`` (one ``curl`` per
@@ -243,6 +245,19 @@ def _shuffled(server: Any, index: str, kind: str, data: int, stream: Any) -> str
     return _row("20 ms: aioloader shuffle=True (ranged reads, read ahead)", result, counted.sent, data, note)
 
 
+def _choice_note(choice: dict[str, Any] | None, rate: float, best: dict[str, float]) -> str:
+    """What the default (``read_in_workers=None``) measured on its first shard and chose, and
+    its rate over the faster of the two process rows of the same run."""
+    faster = max(best["aioloader processs, workers read"], best["aioloader processs, parent reads"])
+    if choice is None:
+        return f"chose nothing (no measure); {rate / max(1e-9, faster):.2f}x the faster mode"
+    who = "workers read" if choice["workers_read"] else "parent reads"
+    return (
+        f"chose {who} ({choice['sample_bytes'] / 1e3:.0f} KB a sample, fn {choice['fn_s'] * 1e3:.2f} ms CPU); "
+        f"{rate / max(1e-9, faster):.2f}x the faster mode"
+    )
+
+
 def _rate(result: Any) -> float:
     return (result.samples - BATCH) / max(1e-9, result.elapsed_s - result.first_batch_s)
 
@@ -338,9 +353,11 @@ def _section(kind: str, n: int, latencies: list[float]) -> str:
             lines.append(_row(f"{tag}: webdataset, torch DL w=2", wds.result, wds.sent, data, wds.stray))
             best = {"webdataset": _rate(wds.result)}
             _anchors(lines, tag, server, f"{base}-anchors", decode, data, best)
-            for executor, in_workers in (("thread", True), ("process", True), ("process", False)):
+            modes = (("thread", True), ("process", True), ("process", False), ("process", None))
+            for executor, in_workers in modes:
                 with _aio_loader(url, decode, executor, read_in_workers=in_workers) as loader:
                     counted = _Counted(server, "aioloader", lambda loader=loader: iter(loader))
+                    choice = loader.stats()["stages"][0].get("read_choice")
                 result, sent = counted.result, counted.sent
                 notes = [note for note in (counted.stray,) if note]
                 if kind == "array":
@@ -348,6 +365,9 @@ def _section(kind: str, n: int, latencies: list[float]) -> str:
                 if executor == "thread":
                     notes.append(_resume(lambda: _aio_loader(url, decode), server, result.batches // 2, data))
                 how = "" if executor == "thread" else (", workers read" if in_workers else ", parent reads")
+                if in_workers is None:
+                    how = ", default"
+                    notes.append(_choice_note(choice, _rate(result), best))
                 lines.append(_row(f"{tag}: aioloader stream, {executor} x2{how}", result, sent, data, "; ".join(notes)))
                 best[f"aioloader {executor}s{how}"] = _rate(result)
                 if executor == "thread":
