@@ -368,7 +368,13 @@ async def _redo_one(pool: ProcessPool, value: Any, timeout: float | None, detail
 
 def _unpack(outcome: Outcome, index: int) -> ChunkResult:
     if outcome.kind == "ok":
-        return outcome.value
+        results, failures, busy = outcome.value
+        if isinstance(results, list):
+            # the outcome may outlive the chunk (a finished future's result): its list must not
+            # keep the results alive after the consumer dropped them
+            results, taken = list(results), results
+            taken.clear()
+        return results, failures, busy
     if outcome.kind == "timeout":
         raise ChunkTimeout(index)
     if outcome.kind == "undecodable":  # one value (a redo runs them alone): its own failure
