@@ -174,14 +174,18 @@ def test_served_run_cut_off_mid_epoch_is_not_continued_silently():
                     received.append(list(batch))
                     if len(received) == 2:
                         srv.close()
+            # a third batch may have arrived before the close (its credit went out with the
+            # second): then the consumer received it too, and the count says so
+            got = len(received)
+            assert got in (2, 3), got
             srv = al.serve(loader, token=TOKEN, port=srv.address[1])
-            with pytest.raises(RuntimeError, match=r"cut off after 2 batches.*set_epoch\(0\)"):
+            with pytest.raises(RuntimeError, match=rf"cut off after {got} batches.*set_epoch\(0\)"):
                 list(client)
             with pytest.raises(RuntimeError, match="cut off"):  # until the user chooses
                 list(client)
             client.set_epoch(0)
             again = ids(client)
-        assert again[:2] == received
+        assert again[:got] == received
         assert_each_once(again)
     finally:
         srv.close()
